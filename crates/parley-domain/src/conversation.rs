@@ -1,0 +1,757 @@
+//! The conversation state machine: `apply(command, now)` returns the next state and the
+//! effects to carry out (events to publish, desks to notify, capacity to release). It
+//! performs none of them, so every rule here is testable without NATS or Redis.
+//!
+//! ```text
+//!            open            offer             accept
+//!   (new) ────────▶ Queued ─────────▶ Offered ────────▶ Assigned ──┐
+//!                    ▲  │ assign        │ decline/expire   │ transfer to operator
+//!                    │  └───────────────┼──────────────────▶ (new owner)
+//!                    └──────────────────┘◀── transfer to queue / requeue
+//!   any open state ── close ──▶ Closed
+//! ```
+
+use std::time::Duration;
+
+use crate::{
+    Channel, ChannelConfigId, ConversationId, CustomerId, Message, MessageId, OperatorId, QueueId,
+    Sender, TenantId, Timestamp,
+};
+
+/// How many message ids a conversation remembers to recognise redeliveries.
+pub const RECENT_IDS: usize = 128;
+/// How many messages a conversation carries for a newly assigned operator.
+pub const RECENT_MESSAGES: usize = 10;
+
+/// The customer a conversation is with, as the channel named them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRef {
+    pub id: CustomerId,
+    pub address: String,
+    pub display_name: String,
+}
+
+/// Where a conversation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Offered { operator: OperatorId, expires: Timestamp },
+    Assigned { operator: OperatorId },
+    Closed,
+}
+
+impl Status {
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Offered { .. } => "offered",
+            Status::Assigned { .. } => "assigned",
+            Status::Closed => "closed",
+        }
+    }
+
+    /// The operator holding the conversation (owning it or offered it), if any.
+    pub fn holder(&self) -> Option<&OperatorId> {
+        match self {
+            Status::Offered { operator, .. } | Status::Assigned { operator } => Some(operator),
+            Status::Queued | Status::Closed => None,
+        }
+    }
+}
+
+/// One conversation's whole routing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub tenant: TenantId,
+    pub customer: CustomerRef,
+    pub channel: Channel,
+    pub channel_config: ChannelConfigId,
+    pub queue: QueueId,
+    pub status: Status,
+    pub priority: i32,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+    /// When it began waiting; kept across requeues so nobody loses their place.
+    pub wait_start: Timestamp,
+    /// Operators who declined it or let an offer expire.
+    pub declined_by: Vec<OperatorId>,
+    /// Latest message ids, newest last.
+    pub recent_message_ids: Vec<MessageId>,
+    /// Latest messages, newest last.
+    pub recent_messages: Vec<Message>,
+    pub message_count: u32,
+    pub transfer_note: String,
+    pub closed_at: Option<Timestamp>,
+}
+
+/// Who acts on a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An operator, who may act only on conversations they hold.
+    Operator(OperatorId),
+    /// A supervisor or admin of the tenant, who may act on any.
+    Supervisor(String),
+    /// Parley itself (timeouts, presence loss).
+    System,
+}
+
+impl Actor {
+    pub fn name(&self) -> &str {
+        match self {
+            Actor::Operator(id) => id.as_str(),
+            Actor::Supervisor(s) => s,
+            Actor::System => "system",
+        }
+    }
+}
+
+/// Where a transfer sends a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTarget {
+    Operator(OperatorId),
+    Queue(QueueId),
+}
+
+/// Why a conversation went (back) to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueReason {
+    New,
+    Transferred,
+    Declined,
+    OfferExpired,
+    OperatorUnavailable,
+}
+
+impl QueueReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            QueueReason::New => "new",
+            QueueReason::Transferred => "transferred",
+            QueueReason::Declined => "declined",
+            QueueReason::OfferExpired => "offer_expired",
+            QueueReason::OperatorUnavailable => "operator_unavailable",
+        }
+    }
+}
+
+/// Why an operator got a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignReason {
+    Routed,
+    Accepted,
+    Transferred,
+}
+
+impl AssignReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AssignReason::Routed => "routed",
+            AssignReason::Accepted => "accepted",
+            AssignReason::Transferred => "transferred",
+        }
+    }
+}
+
+/// Why a conversation left an operator's desk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    Closed,
+    Transferred,
+    OfferDeclined,
+    OfferExpired,
+    Rerouted,
+}
+
+impl ReleaseReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Closed => "closed",
+            ReleaseReason::Transferred => "transferred",
+            ReleaseReason::OfferDeclined => "offer_declined",
+            ReleaseReason::OfferExpired => "offer_expired",
+            ReleaseReason::Rerouted => "rerouted",
+        }
+    }
+}
+
+/// What can happen to a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A customer wrote.
+    CustomerMessage(Message),
+    /// An operator's reply, already on its way to the customer: it is recorded whatever
+    /// the state now is (the check was made when it was sent).
+    RecordOperatorMessage(Message),
+    /// Offer to an operator whose capacity the caller has reserved.
+    Offer { operator: OperatorId, timeout: Duration },
+    /// Give to an operator whose capacity the caller has reserved, without an offer.
+    Assign { operator: OperatorId },
+    Accept { operator: OperatorId },
+    Decline { operator: OperatorId },
+    /// The pending offer's deadline has passed.
+    ExpireOffer,
+    /// For a target operator, the caller has reserved their capacity.
+    Transfer { by: Actor, target: TransferTarget, note: String },
+    Close { by: Actor, reason: String },
+    /// The holder went away (offline, heartbeat lost): back to the queue, priority kept.
+    Requeue,
+}
+
+/// An event for the conversation's log (stream EVENTS, then history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Opened,
+    MessageReceived(Message),
+    MessageSent(Message),
+    Queued { queue: QueueId, priority: i32, reason: QueueReason },
+    Offered { operator: OperatorId, expires: Timestamp },
+    Assigned { operator: OperatorId, reason: AssignReason, note: String },
+    Closed { by: String, reason: String },
+}
+
+/// Something an operator's desk must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeskEvent {
+    Offered { expires: Timestamp },
+    /// Carries the conversation's latest messages and any transfer note.
+    Assigned,
+    Message(Message),
+    Released(ReleaseReason),
+}
+
+/// Something the customer is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerNotice {
+    Queued,
+    OperatorJoined(OperatorId),
+    Ended { reason: String },
+}
+
+/// An effect for the caller to carry out, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Log(Event),
+    Desk { operator: OperatorId, event: DeskEvent },
+    Customer(CustomerNotice),
+    /// The operator's reserved capacity for this conversation is free again.
+    ReleaseCapacity(OperatorId),
+    /// Put the conversation in its queue (ordered by priority, then wait start).
+    Enqueue,
+    /// Take the conversation out of its queue.
+    Dequeue,
+}
+
+/// Why a command does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("conversation is closed")]
+    Closed,
+    #[error("conversation is {0}, not {1}")]
+    WrongStatus(&'static str, &'static str),
+    #[error("conversation is held by another operator")]
+    NotHolder,
+    #[error("the offer expired")]
+    OfferExpired,
+    #[error("the offer has not expired yet")]
+    OfferPending,
+    #[error("conversation is already with operator {0}")]
+    SameOperator(OperatorId),
+}
+
+/// The result of a command that applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub next: Conversation,
+    pub effects: Vec<Effect>,
+    /// True when the command was a redelivery already applied: nothing changes.
+    pub duplicate: bool,
+}
+
+/// What a new conversation starts from.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub id: ConversationId,
+    pub tenant: TenantId,
+    pub customer: CustomerRef,
+    pub channel: Channel,
+    pub channel_config: ChannelConfigId,
+    pub queue: QueueId,
+    pub priority: i32,
+}
+
+impl Conversation {
+    /// Opens a conversation with its first customer message: it is logged, queued, and the
+    /// customer told.
+    pub fn open(opening: Opening, first: Message, now: Timestamp) -> Transition {
+        let conversation = Conversation {
+            id: opening.id,
+            tenant: opening.tenant,
+            customer: opening.customer,
+            channel: opening.channel,
+            channel_config: opening.channel_config,
+            queue: opening.queue.clone(),
+            status: Status::Queued,
+            priority: opening.priority,
+            created: now,
+            updated: now,
+            wait_start: now,
+            declined_by: Vec::new(),
+            recent_message_ids: Vec::new(),
+            recent_messages: Vec::new(),
+            message_count: 0,
+            transfer_note: String::new(),
+            closed_at: None,
+        };
+        let mut t = conversation.with_message(first.clone(), now);
+        t.effects = vec![
+            Effect::Log(Event::Opened),
+            Effect::Log(Event::MessageReceived(first)),
+            Effect::Log(Event::Queued { queue: opening.queue, priority: opening.priority, reason: QueueReason::New }),
+            Effect::Enqueue,
+            Effect::Customer(CustomerNotice::Queued),
+        ];
+        t
+    }
+
+    /// True when this message id was already applied.
+    pub fn has_message(&self, id: MessageId) -> bool {
+        self.recent_message_ids.contains(&id)
+    }
+
+    fn with_message(&self, message: Message, now: Timestamp) -> Transition {
+        let mut next = self.clone();
+        next.updated = now;
+        next.message_count = next.message_count.saturating_add(1);
+        next.recent_message_ids.push(message.id);
+        if next.recent_message_ids.len() > RECENT_IDS {
+            next.recent_message_ids.remove(0);
+        }
+        next.recent_messages.push(message);
+        if next.recent_messages.len() > RECENT_MESSAGES {
+            next.recent_messages.remove(0);
+        }
+        Transition { next, effects: Vec::new(), duplicate: false }
+    }
+
+    fn unchanged(&self) -> Transition {
+        Transition { next: self.clone(), effects: Vec::new(), duplicate: true }
+    }
+
+    /// Applies one command at time `now`.
+    pub fn apply(&self, command: Command, now: Timestamp) -> Result<Transition, Rejected> {
+        match command {
+            Command::CustomerMessage(message) => self.customer_message(message, now),
+            Command::RecordOperatorMessage(message) => Ok(self.operator_message(message, now)),
+            Command::Offer { operator, timeout } => self.offer(operator, timeout, now),
+            Command::Assign { operator } => {
+                self.expect_queued("queued")?;
+                Ok(self.assign(operator, AssignReason::Routed, None, now))
+            }
+            Command::Accept { operator } => self.accept(operator, now),
+            Command::Decline { operator } => self.decline(operator, now),
+            Command::ExpireOffer => self.expire_offer(now),
+            Command::Transfer { by, target, note } => self.transfer(by, target, note, now),
+            Command::Close { by, reason } => self.close(by, reason, now),
+            Command::Requeue => self.requeue(now),
+        }
+    }
+
+    fn expect_queued(&self, wanted: &'static str) -> Result<(), Rejected> {
+        match self.status {
+            Status::Queued => Ok(()),
+            Status::Closed => Err(Rejected::Closed),
+            _ => Err(Rejected::WrongStatus(self.status.name(), wanted)),
+        }
+    }
+
+    fn customer_message(&self, message: Message, now: Timestamp) -> Result<Transition, Rejected> {
+        if self.has_message(message.id) {
+            return Ok(self.unchanged());
+        }
+        if self.status == Status::Closed {
+            return Err(Rejected::Closed);
+        }
+        let mut t = self.with_message(message.clone(), now);
+        t.effects.push(Effect::Log(Event::MessageReceived(message.clone())));
+        if let Status::Assigned { operator } = &self.status {
+            t.effects.push(Effect::Desk { operator: operator.clone(), event: DeskEvent::Message(message) });
+        }
+        Ok(t)
+    }
+
+    fn operator_message(&self, message: Message, now: Timestamp) -> Transition {
+        if self.has_message(message.id) {
+            return self.unchanged();
+        }
+        let mut t = self.with_message(message.clone(), now);
+        t.effects.push(Effect::Log(Event::MessageSent(message.clone())));
+        if message.sender == Sender::Operator
+            && let Some(author) = &message.operator
+        {
+            // The author's other desks (and their own after a reload) see what was sent.
+            t.effects.push(Effect::Desk { operator: author.clone(), event: DeskEvent::Message(message) });
+        }
+        t
+    }
+
+    fn offer(&self, operator: OperatorId, timeout: Duration, now: Timestamp) -> Result<Transition, Rejected> {
+        self.expect_queued("queued")?;
+        let expires = now.saturating_add(timeout);
+        let mut next = self.clone();
+        next.updated = now;
+        next.status = Status::Offered { operator: operator.clone(), expires };
+        let effects = vec![
+            Effect::Dequeue,
+            Effect::Log(Event::Offered { operator: operator.clone(), expires }),
+            Effect::Desk { operator, event: DeskEvent::Offered { expires } },
+        ];
+        Ok(Transition { next, effects, duplicate: false })
+    }
+
+    fn assign(&self, operator: OperatorId, reason: AssignReason, note: Option<String>, now: Timestamp) -> Transition {
+        let mut next = self.clone();
+        next.updated = now;
+        next.status = Status::Assigned { operator: operator.clone() };
+        next.declined_by.clear();
+        next.transfer_note = note.unwrap_or_default();
+        let mut effects = Vec::new();
+        if self.status == Status::Queued {
+            effects.push(Effect::Dequeue);
+        }
+        effects.extend([
+            Effect::Log(Event::Assigned { operator: operator.clone(), reason, note: next.transfer_note.clone() }),
+            Effect::Desk { operator: operator.clone(), event: DeskEvent::Assigned },
+            Effect::Customer(CustomerNotice::OperatorJoined(operator)),
+        ]);
+        Transition { next, effects, duplicate: false }
+    }
+
+    fn accept(&self, operator: OperatorId, now: Timestamp) -> Result<Transition, Rejected> {
+        match &self.status {
+            Status::Offered { operator: offered, expires } => {
+                if offered != &operator {
+                    return Err(Rejected::NotHolder);
+                }
+                if now > *expires {
+                    return Err(Rejected::OfferExpired);
+                }
+                Ok(self.assign(operator, AssignReason::Accepted, None, now))
+            }
+            // Accepting twice is harmless: the second one changes nothing.
+            Status::Assigned { operator: owner } if owner == &operator => Ok(self.unchanged()),
+            Status::Closed => Err(Rejected::Closed),
+            other => Err(Rejected::WrongStatus(other.name(), "offered")),
+        }
+    }
+
+    /// Back to the queue from an offer or an assignment, releasing the holder.
+    fn back_to_queue(
+        &self,
+        holder: &OperatorId,
+        queue_reason: QueueReason,
+        release: ReleaseReason,
+        now: Timestamp,
+    ) -> Transition {
+        let mut next = self.clone();
+        next.updated = now;
+        next.status = Status::Queued;
+        if matches!(queue_reason, QueueReason::Declined | QueueReason::OfferExpired)
+            && !next.declined_by.contains(holder)
+        {
+            next.declined_by.push(holder.clone());
+        }
+        let effects = vec![
+            Effect::ReleaseCapacity(holder.clone()),
+            Effect::Desk { operator: holder.clone(), event: DeskEvent::Released(release) },
+            Effect::Log(Event::Queued { queue: next.queue.clone(), priority: next.priority, reason: queue_reason }),
+            Effect::Enqueue,
+            Effect::Customer(CustomerNotice::Queued),
+        ];
+        Transition { next, effects, duplicate: false }
+    }
+
+    fn decline(&self, operator: OperatorId, now: Timestamp) -> Result<Transition, Rejected> {
+        match &self.status {
+            Status::Offered { operator: offered, .. } if offered == &operator => {
+                Ok(self.back_to_queue(&operator, QueueReason::Declined, ReleaseReason::OfferDeclined, now))
+            }
+            Status::Offered { .. } => Err(Rejected::NotHolder),
+            Status::Closed => Err(Rejected::Closed),
+            other => Err(Rejected::WrongStatus(other.name(), "offered")),
+        }
+    }
+
+    fn expire_offer(&self, now: Timestamp) -> Result<Transition, Rejected> {
+        match &self.status {
+            Status::Offered { operator, expires } => {
+                if now < *expires {
+                    return Err(Rejected::OfferPending);
+                }
+                Ok(self.back_to_queue(operator, QueueReason::OfferExpired, ReleaseReason::OfferExpired, now))
+            }
+            Status::Closed => Err(Rejected::Closed),
+            other => Err(Rejected::WrongStatus(other.name(), "offered")),
+        }
+    }
+
+    fn check_actor(&self, by: &Actor, owner: &OperatorId) -> Result<(), Rejected> {
+        match by {
+            Actor::Operator(id) if id != owner => Err(Rejected::NotHolder),
+            _ => Ok(()),
+        }
+    }
+
+    fn transfer(&self, by: Actor, target: TransferTarget, note: String, now: Timestamp) -> Result<Transition, Rejected> {
+        let owner = match &self.status {
+            Status::Assigned { operator } => operator.clone(),
+            Status::Closed => return Err(Rejected::Closed),
+            other => return Err(Rejected::WrongStatus(other.name(), "assigned")),
+        };
+        self.check_actor(&by, &owner)?;
+        match target {
+            TransferTarget::Operator(to) => {
+                if to == owner {
+                    return Err(Rejected::SameOperator(to));
+                }
+                let mut t = self.assign(to, AssignReason::Transferred, Some(note), now);
+                t.effects.splice(
+                    0..0,
+                    [
+                        Effect::ReleaseCapacity(owner.clone()),
+                        Effect::Desk { operator: owner, event: DeskEvent::Released(ReleaseReason::Transferred) },
+                    ],
+                );
+                Ok(t)
+            }
+            TransferTarget::Queue(queue) => {
+                let mut moved = self.clone();
+                moved.queue = queue;
+                moved.transfer_note = note;
+                Ok(moved.back_to_queue(&owner, QueueReason::Transferred, ReleaseReason::Transferred, now))
+            }
+        }
+    }
+
+    fn close(&self, by: Actor, reason: String, now: Timestamp) -> Result<Transition, Rejected> {
+        let mut effects = Vec::new();
+        match &self.status {
+            Status::Closed => return Err(Rejected::Closed),
+            Status::Queued => {
+                if let Actor::Operator(_) = by {
+                    return Err(Rejected::NotHolder);
+                }
+                effects.push(Effect::Dequeue);
+            }
+            Status::Offered { operator, .. } | Status::Assigned { operator } => {
+                self.check_actor(&by, operator)?;
+                effects.push(Effect::ReleaseCapacity(operator.clone()));
+                effects.push(Effect::Desk {
+                    operator: operator.clone(),
+                    event: DeskEvent::Released(ReleaseReason::Closed),
+                });
+            }
+        }
+        let mut next = self.clone();
+        next.updated = now;
+        next.status = Status::Closed;
+        next.closed_at = Some(now);
+        effects.push(Effect::Log(Event::Closed { by: by.name().to_owned(), reason: reason.clone() }));
+        effects.push(Effect::Customer(CustomerNotice::Ended { reason }));
+        Ok(Transition { next, effects, duplicate: false })
+    }
+
+    fn requeue(&self, now: Timestamp) -> Result<Transition, Rejected> {
+        match &self.status {
+            Status::Offered { operator, .. } | Status::Assigned { operator } => Ok(self.back_to_queue(
+                operator,
+                QueueReason::OperatorUnavailable,
+                ReleaseReason::Rerouted,
+                now,
+            )),
+            Status::Closed => Err(Rejected::Closed),
+            Status::Queued => Err(Rejected::WrongStatus("queued", "offered or assigned")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::DeliveryState;
+
+    fn op(s: &str) -> OperatorId {
+        OperatorId::parse(s).unwrap()
+    }
+
+    fn msg(n: u128, sender: Sender) -> Message {
+        Message {
+            id: MessageId::from_uuid(Uuid::from_u128(n)),
+            conversation: ConversationId::from_uuid(Uuid::from_u128(1)),
+            customer: CustomerId::from_uuid(Uuid::from_u128(2)),
+            channel: Channel::Api,
+            sender,
+            operator: (sender == Sender::Operator).then(|| op("anna")),
+            text: format!("message {n}"),
+            quoted: None,
+            delivery: DeliveryState::Accepted,
+            created: Timestamp::from_millis(n as i64),
+            channel_message_id: format!("k{n}"),
+        }
+    }
+
+    fn opened() -> Conversation {
+        let opening = Opening {
+            id: ConversationId::from_uuid(Uuid::from_u128(1)),
+            tenant: TenantId::parse("acme").unwrap(),
+            customer: CustomerRef {
+                id: CustomerId::from_uuid(Uuid::from_u128(2)),
+                address: "c-1".into(),
+                display_name: "Ivan".into(),
+            },
+            channel: Channel::Api,
+            channel_config: ChannelConfigId::parse("api").unwrap(),
+            queue: QueueId::parse("default").unwrap(),
+            priority: 0,
+        };
+        Conversation::open(opening, msg(100, Sender::Customer), Timestamp::from_millis(1_000)).next
+    }
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn open_logs_queues_and_tells_the_customer() {
+        let opening = Opening {
+            id: ConversationId::from_uuid(Uuid::from_u128(1)),
+            tenant: TenantId::parse("acme").unwrap(),
+            customer: CustomerRef { id: CustomerId::from_uuid(Uuid::from_u128(2)), address: "c".into(), display_name: String::new() },
+            channel: Channel::Api,
+            channel_config: ChannelConfigId::parse("api").unwrap(),
+            queue: QueueId::parse("default").unwrap(),
+            priority: 5,
+        };
+        let t = Conversation::open(opening, msg(100, Sender::Customer), at(1_000));
+        assert_eq!(t.next.status, Status::Queued);
+        assert_eq!(t.next.message_count, 1);
+        assert_eq!(t.next.wait_start, at(1_000));
+        assert!(matches!(t.effects[0], Effect::Log(Event::Opened)));
+        assert!(t.effects.contains(&Effect::Enqueue));
+        assert!(t.effects.contains(&Effect::Customer(CustomerNotice::Queued)));
+    }
+
+    #[test]
+    fn redelivered_customer_message_changes_nothing() {
+        let c = opened();
+        let t = c.apply(Command::CustomerMessage(msg(100, Sender::Customer)), at(2_000)).unwrap();
+        assert!(t.duplicate);
+        assert!(t.effects.is_empty());
+        assert_eq!(t.next, c);
+    }
+
+    #[test]
+    fn messages_reach_the_desk_only_once_assigned() {
+        let c = opened();
+        let queued = c.apply(Command::CustomerMessage(msg(101, Sender::Customer)), at(2_000)).unwrap();
+        assert!(!queued.effects.iter().any(|e| matches!(e, Effect::Desk { .. })));
+        let assigned = queued.next.apply(Command::Assign { operator: op("anna") }, at(3_000)).unwrap();
+        assert!(assigned.effects.contains(&Effect::Desk { operator: op("anna"), event: DeskEvent::Assigned }));
+        assert!(assigned.effects.contains(&Effect::Dequeue));
+        let third = assigned.next.apply(Command::CustomerMessage(msg(102, Sender::Customer)), at(4_000)).unwrap();
+        assert!(matches!(&third.effects[1], Effect::Desk { operator, event: DeskEvent::Message(m) } if operator == &op("anna") && m.id == msg(102, Sender::Customer).id));
+        assert_eq!(third.next.message_count, 3);
+    }
+
+    #[test]
+    fn offer_accept_and_expiry() {
+        let c = opened();
+        let offered = c.apply(Command::Offer { operator: op("anna"), timeout: Duration::from_secs(30) }, at(2_000)).unwrap().next;
+        assert_eq!(offered.status, Status::Offered { operator: op("anna"), expires: at(32_000) });
+        assert_eq!(offered.apply(Command::Accept { operator: op("boris") }, at(3_000)), Err(Rejected::NotHolder));
+        assert_eq!(offered.apply(Command::Accept { operator: op("anna") }, at(32_001)), Err(Rejected::OfferExpired));
+        assert_eq!(offered.apply(Command::ExpireOffer, at(31_999)), Err(Rejected::OfferPending));
+        let expired = offered.apply(Command::ExpireOffer, at(32_000)).unwrap();
+        assert_eq!(expired.next.status, Status::Queued);
+        assert_eq!(expired.next.declined_by, vec![op("anna")]);
+        assert_eq!(expired.next.wait_start, at(1_000), "requeue keeps the original wait");
+        assert!(expired.effects.contains(&Effect::ReleaseCapacity(op("anna"))));
+        let accepted = offered.apply(Command::Accept { operator: op("anna") }, at(5_000)).unwrap();
+        assert_eq!(accepted.next.status, Status::Assigned { operator: op("anna") });
+        let again = accepted.next.apply(Command::Accept { operator: op("anna") }, at(6_000)).unwrap();
+        assert!(again.duplicate);
+    }
+
+    #[test]
+    fn decline_remembers_the_operator() {
+        let offered = opened().apply(Command::Offer { operator: op("anna"), timeout: Duration::from_secs(30) }, at(2_000)).unwrap().next;
+        assert_eq!(offered.apply(Command::Decline { operator: op("boris") }, at(3_000)), Err(Rejected::NotHolder));
+        let t = offered.apply(Command::Decline { operator: op("anna") }, at(3_000)).unwrap();
+        assert_eq!(t.next.declined_by, vec![op("anna")]);
+        assert!(t.effects.contains(&Effect::Desk { operator: op("anna"), event: DeskEvent::Released(ReleaseReason::OfferDeclined) }));
+    }
+
+    #[test]
+    fn transfer_moves_ownership_and_capacity() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        let by_other = assigned.apply(
+            Command::Transfer { by: Actor::Operator(op("boris")), target: TransferTarget::Operator(op("vera")), note: String::new() },
+            at(3_000),
+        );
+        assert_eq!(by_other, Err(Rejected::NotHolder));
+        let t = assigned
+            .apply(
+                Command::Transfer { by: Actor::Operator(op("anna")), target: TransferTarget::Operator(op("vera")), note: "VIP".into() },
+                at(3_000),
+            )
+            .unwrap();
+        assert_eq!(t.next.status, Status::Assigned { operator: op("vera") });
+        assert_eq!(t.next.transfer_note, "VIP");
+        assert_eq!(t.effects[0], Effect::ReleaseCapacity(op("anna")));
+        assert!(t.effects.contains(&Effect::Desk { operator: op("vera"), event: DeskEvent::Assigned }));
+        assert!(!t.effects.contains(&Effect::Dequeue));
+        let to_queue = assigned
+            .apply(
+                Command::Transfer {
+                    by: Actor::Supervisor("sv".into()),
+                    target: TransferTarget::Queue(QueueId::parse("billing").unwrap()),
+                    note: String::new(),
+                },
+                at(3_000),
+            )
+            .unwrap();
+        assert_eq!(to_queue.next.status, Status::Queued);
+        assert_eq!(to_queue.next.queue.as_str(), "billing");
+        assert_eq!(to_queue.next.wait_start, at(1_000));
+    }
+
+    #[test]
+    fn close_releases_and_is_final() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        assert_eq!(
+            assigned.apply(Command::Close { by: Actor::Operator(op("boris")), reason: String::new() }, at(3_000)),
+            Err(Rejected::NotHolder)
+        );
+        let closed = assigned.apply(Command::Close { by: Actor::Operator(op("anna")), reason: "solved".into() }, at(3_000)).unwrap();
+        assert_eq!(closed.next.status, Status::Closed);
+        assert!(closed.effects.contains(&Effect::ReleaseCapacity(op("anna"))));
+        assert_eq!(closed.next.apply(Command::CustomerMessage(msg(103, Sender::Customer)), at(4_000)), Err(Rejected::Closed));
+        // An operator reply already sent is still recorded after close.
+        let late = closed.next.apply(Command::RecordOperatorMessage(msg(104, Sender::Operator)), at(4_000)).unwrap();
+        assert!(late.effects.iter().any(|e| matches!(e, Effect::Log(Event::MessageSent(_)))));
+    }
+
+    #[test]
+    fn recent_lists_are_bounded() {
+        let mut c = opened();
+        for n in 0..300u128 {
+            c = c.apply(Command::CustomerMessage(msg(1_000 + n, Sender::Customer)), at(2_000)).unwrap().next;
+        }
+        assert_eq!(c.recent_message_ids.len(), RECENT_IDS);
+        assert_eq!(c.recent_messages.len(), RECENT_MESSAGES);
+        assert_eq!(c.message_count, 301);
+        assert_eq!(c.recent_messages.last().unwrap().id, msg(1_299, Sender::Customer).id);
+    }
+}

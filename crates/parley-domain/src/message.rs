@@ -1,0 +1,91 @@
+//! Messages in either direction, with their text rules and delivery states.
+
+use crate::{Channel, ConversationId, CustomerId, MessageId, OperatorId, Timestamp};
+
+/// The longest message text accepted from any side, in characters.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Customer,
+    Operator,
+    Bot,
+    System,
+}
+
+/// How far a message got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeliveryState {
+    Accepted,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+/// Why a text is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidText {
+    #[error("text is empty")]
+    Empty,
+    #[error("text has {0} characters, more than the {MAX_TEXT_CHARS} allowed")]
+    TooLong(usize),
+    #[error("text contains a NUL character")]
+    Nul,
+}
+
+/// Checks a message text: not blank, at most [`MAX_TEXT_CHARS`], no NUL (which PostgreSQL
+/// text cannot store).
+pub fn check_text(text: &str) -> Result<(), InvalidText> {
+    if text.trim().is_empty() {
+        return Err(InvalidText::Empty);
+    }
+    let n = text.chars().count();
+    if n > MAX_TEXT_CHARS {
+        return Err(InvalidText::TooLong(n));
+    }
+    if text.contains('\0') {
+        return Err(InvalidText::Nul);
+    }
+    Ok(())
+}
+
+/// The message an earlier one answers, carried to the operator as context.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Quoted {
+    pub message_id: Option<MessageId>,
+    pub channel_message_id: String,
+    pub text: String,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation: ConversationId,
+    pub customer: CustomerId,
+    pub channel: Channel,
+    pub sender: Sender,
+    pub operator: Option<OperatorId>,
+    pub text: String,
+    pub quoted: Option<Quoted>,
+    pub delivery: DeliveryState,
+    pub created: Timestamp,
+    /// The provider's id or the caller's idempotency key.
+    pub channel_message_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_rules() {
+        assert_eq!(check_text(""), Err(InvalidText::Empty));
+        assert_eq!(check_text(" \n\t"), Err(InvalidText::Empty));
+        assert_eq!(check_text("a\0b"), Err(InvalidText::Nul));
+        assert!(check_text(&"я".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert_eq!(check_text(&"я".repeat(MAX_TEXT_CHARS + 1)), Err(InvalidText::TooLong(MAX_TEXT_CHARS + 1)));
+    }
+}
