@@ -168,15 +168,17 @@ impl TokenKey {
     }
 }
 
-/// What the interceptor asks of the installation's configuration: is this tenant live,
-/// this token revoked, this operator enabled. Implemented over the watched config store.
+/// What authentication asks of the installation's configuration: is this principal's
+/// tenant live, its token not revoked, its operator enabled. Implemented over the watched
+/// config store (which reads through to the store on a miss, so a tenant created a moment
+/// ago on another replica is already known).
 pub trait Directory: Send + Sync + 'static {
-    fn tenant_active(&self, tenant: &TenantId) -> bool;
-    fn token_revoked(&self, tenant: &TenantId, token_id: &str) -> bool;
-    fn operator_active(&self, tenant: &TenantId, operator: &str) -> bool;
+    fn check<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<(), AuthError>>;
 }
 
-/// Checks a bearer token fully: signature, time, tenant, revocation, operator.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Checks a bearer token fully: signature, time, then tenant, revocation and operator.
 #[derive(Clone)]
 pub struct Authenticator {
     key: TokenKey,
@@ -199,7 +201,7 @@ impl Authenticator {
     }
 
     /// Authenticates the value of an `authorization` header.
-    pub fn authenticate(&self, authorization: Option<&str>, now: Timestamp) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, authorization: Option<&str>, now: Timestamp) -> Result<Principal, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;
         let token = value
             .strip_prefix("Bearer ")
@@ -207,32 +209,72 @@ impl Authenticator {
             .ok_or(AuthError::NotBearer)?
             .trim();
         let (principal, _) = self.key.verify(token, now)?;
-        if principal.role != Role::Platform {
-            if !self.directory.tenant_active(&principal.tenant) {
-                return Err(AuthError::UnknownTenant(principal.tenant.to_string()));
-            }
-            if principal.role == Role::Operator && !self.directory.operator_active(&principal.tenant, &principal.subject)
-            {
-                return Err(AuthError::UnknownOperator(principal.subject.clone()));
-            }
-        }
-        if self.directory.token_revoked(&principal.tenant, &principal.token_id) {
-            return Err(AuthError::Revoked);
-        }
+        self.directory.check(&principal).await?;
         Ok(principal)
     }
 }
 
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or(""));
-        match self.authenticate(header, crate::clock::now()) {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
-                Ok(request)
+/// A tower layer for gRPC servers: admits a call only with a valid bearer token and puts
+/// the [`Principal`] in the request's extensions. Health checks and reflection
+/// (`/grpc.*`) pass without one.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    auth: Authenticator,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Authenticator) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, auth: self.auth.clone() }
+    }
+}
+
+/// The service [`AuthLayer`] wraps.
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The ready inner service is the one to call; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            if request.uri().path().starts_with("/grpc.") {
+                return inner.call(request).await;
             }
-            Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
-        }
+            let header = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+            match auth.authenticate(header, crate::clock::now()).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(e) => Ok(tonic::Status::unauthenticated(e.to_string()).into_http()),
+            }
+        })
     }
 }
 
@@ -265,15 +307,24 @@ mod tests {
 
     struct Dir;
     impl Directory for Dir {
-        fn tenant_active(&self, tenant: &TenantId) -> bool {
-            tenant.as_str() == "acme"
+        fn check<'a>(&'a self, p: &'a Principal) -> BoxFuture<'a, Result<(), AuthError>> {
+            Box::pin(async move {
+                if p.role != Role::Platform && p.tenant.as_str() != "acme" {
+                    return Err(AuthError::UnknownTenant(p.tenant.to_string()));
+                }
+                if p.role == Role::Operator && p.subject != "anna" {
+                    return Err(AuthError::UnknownOperator(p.subject.clone()));
+                }
+                if p.token_id == "revoked" {
+                    return Err(AuthError::Revoked);
+                }
+                Ok(())
+            })
         }
-        fn token_revoked(&self, _: &TenantId, id: &str) -> bool {
-            id == "revoked"
-        }
-        fn operator_active(&self, _: &TenantId, op: &str) -> bool {
-            op == "anna"
-        }
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     fn claims(tid: &str, role: &str, sub: &str) -> Claims {
@@ -290,7 +341,7 @@ mod tests {
     fn a_signed_token_round_trips() {
         let a = auth();
         let t = a.key().sign(&claims("acme", "operator", "anna"));
-        let p = a.authenticate(Some(&format!("Bearer {t}")), NOW).unwrap();
+        let p = block(a.authenticate(Some(&format!("Bearer {t}")), NOW)).unwrap();
         assert_eq!((p.tenant.as_str(), p.subject.as_str(), p.role), ("acme", "anna", Role::Operator));
     }
 
@@ -334,18 +385,18 @@ mod tests {
             ),
         ];
         for (header, expected) in cases {
-            assert_eq!(a.authenticate(header.as_deref(), NOW), Err(expected.clone()), "{expected}");
+            assert_eq!(block(a.authenticate(header.as_deref(), NOW)), Err(expected.clone()), "{expected}");
         }
         let late = Timestamp::from_millis(2_100_000);
-        assert_eq!(a.authenticate(Some(&format!("Bearer {good}")), late), Err(AuthError::Expired));
+        assert_eq!(block(a.authenticate(Some(&format!("Bearer {good}")), late)), Err(AuthError::Expired));
         let early = Timestamp::from_millis(900_000);
-        assert_eq!(a.authenticate(Some(&format!("Bearer {good}")), early), Err(AuthError::NotYetValid));
+        assert_eq!(block(a.authenticate(Some(&format!("Bearer {good}")), early)), Err(AuthError::NotYetValid));
     }
 
     #[test]
     fn platform_tokens_skip_the_tenant_check() {
         let a = auth();
         let t = a.key().sign(&claims(PLATFORM_TENANT, "platform", "ops"));
-        assert_eq!(a.authenticate(Some(&format!("Bearer {t}")), NOW).unwrap().role, Role::Platform);
+        assert_eq!(block(a.authenticate(Some(&format!("Bearer {t}")), NOW)).unwrap().role, Role::Platform);
     }
 }

@@ -103,11 +103,12 @@ pub async fn serve_http(listener: TcpListener, router: axum::Router, token: Canc
 }
 
 /// Serves gRPC: the given routes plus `grpc.health.v1` and server reflection, with a span
-/// per request (child of the caller's trace) and per-RPC metrics. Stops accepting when the
+/// per request (child of the caller's trace), per-RPC metrics and bearer-token auth. Stops accepting when the
 /// token fires and returns once open calls finish.
 pub async fn serve_grpc(
     listener: TcpListener,
     routes: tonic::service::Routes,
+    auth: crate::auth::Authenticator,
     metrics: Metrics,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -128,6 +129,7 @@ pub async fn serve_grpc(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .trace_fn(telemetry::grpc_request_span)
         .layer(telemetry::RpcMetricsLayer::new(metrics))
+        .layer(crate::auth::AuthLayer::new(auth))
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)

@@ -1,0 +1,353 @@
+//! Tenant configuration in the `parley_config` key-value bucket: the store (writes with
+//! compare-and-set, for the admin API) and the cache every service keeps by watching the
+//! bucket (reads, and the auth [`Directory`]).
+//!
+//! Keys: `<tenant>.tenant`, `<tenant>.operator.<id>`, `<tenant>.queue.<id>`,
+//! `<tenant>.skill.<id>`, `<tenant>.channel.<id>`, `<tenant>.token.<id>`. Values are the
+//! protobuf resources of `parley.v1` (tokens: `parley.events.v1.TokenRecord`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parley_domain::{Role, TenantId};
+use parley_kit::auth::{AuthError, Directory, Principal};
+use parley_proto::prost::Message as _;
+use parley_proto::{events, prost, v1};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The kinds of entry under a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Operator,
+    Queue,
+    Skill,
+    Channel,
+    Token,
+}
+
+impl Kind {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Operator => "operator",
+            Kind::Queue => "queue",
+            Kind::Skill => "skill",
+            Kind::Channel => "channel",
+            Kind::Token => "token",
+        }
+    }
+}
+
+/// The key of a tenant's own record.
+pub fn tenant_key(tenant: &TenantId) -> String {
+    format!("{tenant}.tenant")
+}
+
+/// The key of an entry of a tenant.
+pub fn key(tenant: &TenantId, kind: Kind, id: &str) -> String {
+    format!("{tenant}.{}.{id}", kind.as_str())
+}
+
+/// A store operation that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} was changed concurrently (revision mismatch); re-read and retry")]
+    Conflict(String),
+    #[error("configuration store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Writes configuration. Cheap to clone.
+#[derive(Clone)]
+pub struct ConfigStore {
+    kv: kv::Store,
+}
+
+impl std::fmt::Debug for ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigStore(..)")
+    }
+}
+
+impl ConfigStore {
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    /// Reads one entry with its revision.
+    pub async fn get<P: prost::Message + Default>(&self, key: &str) -> Result<Option<(P, u64)>, StoreError> {
+        match self.kv.entry(key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                let value = P::decode(e.value).map_err(|e| StoreError::Unavailable(format!("{key}: {e}")))?;
+                Ok(Some((value, e.revision)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Creates an entry; fails if it exists.
+    pub async fn create<P: prost::Message>(&self, key: &str, value: &P) -> Result<u64, StoreError> {
+        self.kv.create(key, Bytes::from(value.encode_to_vec())).await.map_err(|e| {
+            if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                StoreError::AlreadyExists(key.to_owned())
+            } else {
+                StoreError::Unavailable(e.to_string())
+            }
+        })
+    }
+
+    /// Replaces an existing entry. With `expected` (non-zero) the write happens only if the
+    /// entry is still at that revision.
+    pub async fn update<P: prost::Message + Default>(
+        &self,
+        key: &str,
+        value: &P,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
+        let current = match self.kv.entry(key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => e.revision,
+            Ok(_) => return Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        };
+        if expected != 0 && expected != current {
+            return Err(StoreError::Conflict(key.to_owned()));
+        }
+        self.kv.update(key, Bytes::from(value.encode_to_vec()), current).await.map_err(|e| {
+            if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                StoreError::Conflict(key.to_owned())
+            } else {
+                StoreError::Unavailable(e.to_string())
+            }
+        })
+    }
+
+    /// Deletes an existing entry.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.kv.entry(key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {}
+            Ok(_) => return Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        }
+        self.kv.delete(key).await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+/// One tenant's configuration as cached.
+#[derive(Debug, Clone, Default)]
+pub struct TenantConfig {
+    pub tenant: Option<v1::Tenant>,
+    pub operators: BTreeMap<String, v1::Operator>,
+    pub queues: BTreeMap<String, v1::Queue>,
+    pub skills: BTreeMap<String, v1::Skill>,
+    pub channels: BTreeMap<String, v1::ChannelConfig>,
+    pub tokens: BTreeMap<String, events::TokenRecord>,
+}
+
+type Snapshot = HashMap<String, TenantConfig>;
+
+/// Every service's read view of the configuration, kept current by a watch on the bucket.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ConfigCache {
+    inner: Arc<RwLock<Snapshot>>,
+    revision: watch::Receiver<u64>,
+    store: ConfigStore,
+}
+
+impl std::fmt::Debug for ConfigCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigCache(..)")
+    }
+}
+
+impl ConfigCache {
+    /// Loads the whole bucket, then keeps watching it until the token fires. Returns once
+    /// the initial load is complete.
+    pub async fn start(kv: kv::Store, token: CancellationToken) -> anyhow::Result<Self> {
+        let inner = Arc::new(RwLock::new(Snapshot::new()));
+        let (tx, rx) = watch::channel(0u64);
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+        let empty = kv.status().await.map_err(|e| anyhow::anyhow!("config bucket: {e}"))?.values() == 0;
+        let mut entries = kv.watch_with_history(">").await.map_err(|e| anyhow::anyhow!("watch config: {e}"))?;
+        let task_inner = inner.clone();
+        tokio::spawn(async move {
+            let mut loaded = Some(loaded_tx);
+            if empty && let Some(l) = loaded.take() {
+                let _ = l.send(());
+            }
+            loop {
+                let entry = tokio::select! {
+                    _ = token.cancelled() => break,
+                    e = entries.next() => e,
+                };
+                match entry {
+                    Some(Ok(entry)) => {
+                        let revision = entry.revision;
+                        let delta = entry.delta;
+                        apply(&task_inner, entry);
+                        tx.send_modify(|r| *r = (*r).max(revision));
+                        if delta == 0 && let Some(l) = loaded.take() {
+                            let _ = l.send(());
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "config watch error");
+                    }
+                    None => {
+                        tracing::warn!("config watch ended");
+                        break;
+                    }
+                }
+            }
+        });
+        loaded_rx.await.map_err(|_| anyhow::anyhow!("config watch ended before the initial load"))?;
+        Ok(Self { inner, revision: rx, store: ConfigStore::new(kv) })
+    }
+
+    /// The store this cache reads from.
+    pub fn store(&self) -> &ConfigStore {
+        &self.store
+    }
+
+    /// Waits until the cache has applied at least `revision` (read-your-writes after a store
+    /// write), for at most five seconds.
+    pub async fn wait_for(&self, revision: u64) {
+        let mut rx = self.revision.clone();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
+    }
+
+    /// Reads one tenant's configuration.
+    pub fn with_tenant<T>(&self, tenant: &TenantId, f: impl FnOnce(Option<&TenantConfig>) -> T) -> T {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        f(guard.get(tenant.as_str()).filter(|t| t.tenant.is_some()))
+    }
+
+    /// Every tenant record.
+    pub fn tenants(&self) -> Vec<v1::Tenant> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<v1::Tenant> = guard.values().filter_map(|t| t.tenant.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn operator(&self, tenant: &TenantId, id: &str) -> Option<v1::Operator> {
+        self.with_tenant(tenant, |t| t.and_then(|t| t.operators.get(id).cloned()))
+    }
+
+    pub fn queue(&self, tenant: &TenantId, id: &str) -> Option<v1::Queue> {
+        self.with_tenant(tenant, |t| t.and_then(|t| t.queues.get(id).cloned()))
+    }
+
+    pub fn channel(&self, tenant: &TenantId, id: &str) -> Option<v1::ChannelConfig> {
+        self.with_tenant(tenant, |t| t.and_then(|t| t.channels.get(id).cloned()))
+    }
+
+    /// Reads an entry from the store when the cache does not have it yet (created a moment
+    /// ago through another replica).
+    async fn read_through<P: prost::Message + Default>(&self, key: &str) -> Option<P> {
+        self.store.get::<P>(key).await.ok().flatten().map(|(v, _)| v)
+    }
+}
+
+fn apply(inner: &RwLock<Snapshot>, entry: kv::Entry) {
+    let mut parts = entry.key.splitn(3, '.');
+    let (Some(tenant), Some(kind)) = (parts.next(), parts.next()) else {
+        tracing::warn!(key = %entry.key, "ignoring config key of unknown shape");
+        return;
+    };
+    let id = parts.next().unwrap_or("").to_owned();
+    let put = entry.operation == kv::Operation::Put;
+    let mut guard = inner.write().unwrap_or_else(|p| p.into_inner());
+    let t = guard.entry(tenant.to_owned()).or_default();
+    let revision = entry.revision;
+    let value = entry.value;
+    macro_rules! upsert {
+        ($map:expr, $ty:ty, $rev:expr) => {
+            if put {
+                match <$ty>::decode(value) {
+                    Ok(mut v) => {
+                        $rev(&mut v, revision);
+                        $map.insert(id, v);
+                    }
+                    Err(e) => tracing::warn!(key = %entry.key, error = %e, "undecodable config entry"),
+                }
+            } else {
+                $map.remove(&id);
+            }
+        };
+    }
+    match kind {
+        "tenant" => {
+            if put {
+                match v1::Tenant::decode(value) {
+                    Ok(mut v) => {
+                        v.revision = revision;
+                        t.tenant = Some(v);
+                    }
+                    Err(e) => tracing::warn!(key = %entry.key, error = %e, "undecodable tenant"),
+                }
+            } else {
+                t.tenant = None;
+            }
+        }
+        "operator" => upsert!(t.operators, v1::Operator, |v: &mut v1::Operator, r| v.revision = r),
+        "queue" => upsert!(t.queues, v1::Queue, |v: &mut v1::Queue, r| v.revision = r),
+        "skill" => upsert!(t.skills, v1::Skill, |_: &mut v1::Skill, _| ()),
+        "channel" => upsert!(t.channels, v1::ChannelConfig, |v: &mut v1::ChannelConfig, r| v.revision = r),
+        "token" => upsert!(t.tokens, events::TokenRecord, |_: &mut events::TokenRecord, _| ()),
+        other => tracing::warn!(key = %entry.key, kind = other, "ignoring config entry of unknown kind"),
+    }
+}
+
+impl Directory for ConfigCache {
+    fn check<'a>(
+        &'a self,
+        principal: &'a Principal,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AuthError>> + Send + 'a>> {
+        Box::pin(async move {
+            let tenant = &principal.tenant;
+            if principal.role != Role::Platform {
+                let cached = self.with_tenant(tenant, |t| t.and_then(|t| t.tenant.clone()));
+                let record = match cached {
+                    Some(r) => Some(r),
+                    None => self.read_through::<v1::Tenant>(&tenant_key(tenant)).await,
+                };
+                if !record.is_some_and(|r| !r.disabled) {
+                    return Err(AuthError::UnknownTenant(tenant.to_string()));
+                }
+                if principal.role == Role::Operator {
+                    let op = match self.operator(tenant, &principal.subject) {
+                        Some(o) => Some(o),
+                        None => {
+                            self.read_through::<v1::Operator>(&key(tenant, Kind::Operator, &principal.subject)).await
+                        }
+                    };
+                    if !op.is_some_and(|o| !o.disabled) {
+                        return Err(AuthError::UnknownOperator(principal.subject.clone()));
+                    }
+                }
+            }
+            // Not `with_tenant`: platform tokens live under the reserved tenant, which has no
+            // tenant record.
+            let revoked = {
+                let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+                guard
+                    .get(tenant.as_str())
+                    .and_then(|t| t.tokens.get(&principal.token_id))
+                    .is_some_and(|r| r.revoked)
+            };
+            if revoked {
+                return Err(AuthError::Revoked);
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! Durable pull consumers with explicit ack decisions.
+//!
+//! A consumer pulls from one durable JetStream consumer (shared by every replica of the
+//! service, which split the messages) and hands each message to a [`Handler`], which
+//! decides: [`Outcome::Ack`] (done), [`Outcome::Retry`] (a transient failure: redeliver
+//! after a delay) or [`Outcome::Term`] (poison: never redeliver, logged with the reason).
+//!
+//! Messages run concurrently on `lanes`; messages with the same ordering key
+//! ([`crate::publish::KEY_HEADER`], e.g. the customer) always take the same lane, so they
+//! are handled one at a time and in stream order within a replica.
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use opentelemetry::propagation::Extractor;
+use parley_kit::telemetry::Metrics;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::publish::{KEY_HEADER, SCHEMA_HEADER};
+use crate::topology::StreamDef;
+
+/// What to do with a handled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ack,
+    Retry(Duration),
+    Term(String),
+}
+
+/// One delivered message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Bytes,
+    pub schema: Option<String>,
+    pub key: Option<String>,
+    /// The message's sequence in its stream.
+    pub stream_sequence: u64,
+    /// How many times it has been delivered (1 the first time).
+    pub delivered: i64,
+}
+
+impl Delivery {
+    /// Decodes the payload as `P`, checking the schema header names `P`.
+    pub fn decode<P: crate::publish::Payload>(&self) -> Result<P, String> {
+        match self.schema.as_deref() {
+            Some(s) if s == P::SCHEMA => {}
+            Some(s) => return Err(format!("schema {s} is not {}", P::SCHEMA)),
+            None => return Err(format!("no {SCHEMA_HEADER} header (expected {})", P::SCHEMA)),
+        }
+        P::decode(self.payload.clone()).map_err(|e| format!("cannot decode {}: {e}", P::SCHEMA))
+    }
+}
+
+/// Handles messages of one consumer.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send;
+}
+
+/// How a consumer is set up.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: StreamDef,
+    pub durable: &'static str,
+    /// Restricts to matching subjects; `None` takes the whole stream.
+    pub filter: Option<String>,
+    /// Concurrent lanes (ordering is per key within a lane).
+    pub lanes: usize,
+    /// Messages delivered but not yet acknowledged, across all replicas.
+    pub max_ack_pending: i64,
+    /// After this long without an ack, a message is redelivered.
+    pub ack_wait: Duration,
+}
+
+impl ConsumerSpec {
+    pub fn new(stream: StreamDef, durable: &'static str) -> Self {
+        Self { stream, durable, filter: None, lanes: 32, max_ack_pending: 10_000, ack_wait: Duration::from_secs(30) }
+    }
+}
+
+struct NatsHeaders<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// Runs the consumer until the token fires; then stops pulling, finishes (and acks) what
+/// it holds, and returns.
+pub async fn run<H: Handler>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    metrics: Metrics,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = js
+        .get_stream(spec.stream.name)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {} unavailable: {e}", spec.stream.name))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            spec.durable,
+            consumer::pull::Config {
+                durable_name: Some(spec.durable.to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                filter_subject: spec.filter.clone().unwrap_or_default(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {} on {}: {e}", spec.durable, spec.stream.name))?;
+
+    let lanes = spec.lanes.max(1);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..lanes {
+        let (tx, mut rx) = mpsc::channel::<jetstream::Message>(64);
+        senders.push(tx);
+        let handler = handler.clone();
+        let metrics = metrics.clone();
+        let stream_name = spec.stream.name;
+        workers.spawn(async move {
+            while let Some(message) = rx.recv().await {
+                handle_one(&*handler, message, stream_name, &metrics).await;
+            }
+        });
+    }
+
+    tracing::info!(stream = spec.stream.name, consumer = spec.durable, lanes, "consuming");
+    'outer: while !token.is_cancelled() {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = spec.durable, error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = token.cancelled() => break 'outer,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let lane = lane_of(&message, lanes);
+                    if senders[lane].send(message).await.is_err() {
+                        anyhow::bail!("lane {lane} of {} stopped", spec.durable);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = spec.durable, error = %e, "pull stream error; reopening");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    // Stop pulling; let the lanes finish what they hold, acking each.
+    drop(senders);
+    while let Some(r) = workers.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(consumer = spec.durable, error = %e, "lane panicked");
+        }
+    }
+    tracing::info!(consumer = spec.durable, "consumer drained");
+    Ok(())
+}
+
+fn lane_of(message: &jetstream::Message, lanes: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    match message.headers.as_ref().and_then(|h| h.get(KEY_HEADER)) {
+        Some(key) => key.as_str().hash(&mut h),
+        None => message.subject.as_str().hash(&mut h),
+    }
+    (h.finish() % lanes as u64) as usize
+}
+
+async fn handle_one<H: Handler>(handler: &H, message: jetstream::Message, stream: &'static str, metrics: &Metrics) {
+    let started = Instant::now();
+    let info = message.info().ok();
+    let headers = message.headers.as_ref();
+    let delivery = Delivery {
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        schema: headers.and_then(|h| h.get(SCHEMA_HEADER)).map(|v| v.as_str().to_owned()),
+        key: headers.and_then(|h| h.get(KEY_HEADER)).map(|v| v.as_str().to_owned()),
+        stream_sequence: info.as_ref().map_or(0, |i| i.stream_sequence),
+        delivered: info.as_ref().map_or(1, |i| i.delivered),
+    };
+    let span = tracing::info_span!("consume", otel.name = %format!("{stream} process"), stream, subject = %delivery.subject, seq = delivery.stream_sequence);
+    if let Some(h) = headers {
+        parley_kit::telemetry::set_parent_from(&span, &NatsHeaders(h));
+    }
+    let outcome = handler.handle(delivery).instrument(span.clone()).await;
+    let (kind, label) = match &outcome {
+        Outcome::Ack => (AckKind::Ack, "ack"),
+        Outcome::Retry(delay) => {
+            tracing::warn!(parent: &span, delay_ms = delay.as_millis() as u64, "will retry");
+            (AckKind::Nak(Some(*delay)), "retry")
+        }
+        Outcome::Term(reason) => {
+            tracing::error!(parent: &span, reason = %reason, "poison message dropped");
+            (AckKind::Term, "term")
+        }
+    };
+    if let Err(e) = message.ack_with(kind).await {
+        // The message will be redelivered after ack_wait; handlers are idempotent.
+        tracing::warn!(parent: &span, error = %e, "ack failed");
+    }
+    metrics.observe_stream(stream, label, started);
+}

@@ -1,0 +1,117 @@
+//! Parley's NATS adapter.
+//!
+//! Layout:
+//! - [`topology`]: every stream, subject, consumer and bucket name, and `ensure`.
+//! - [`publish`]: protobuf payloads with schema, dedupe id, ordering key and trace context.
+//! - [`consume`]: durable pull consumers, lanes ordered by key, ack / retry / term.
+//! - [`config_store`]: tenant configuration (writes) and the watched cache (reads, auth).
+//! - [`conversations`]: conversation state with compare-and-set.
+//!
+//! *API boundary*: async-nats types do not leave this crate except the connection handle
+//! ([`Nats`]) that services pass back into it.
+
+pub mod config_store;
+pub mod consume;
+pub mod conversations;
+pub mod publish;
+pub mod topology;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use parley_kit::config::NatsConfig;
+
+pub use config_store::{ConfigCache, ConfigStore, StoreError};
+pub use consume::{ConsumerSpec, Delivery, Handler, Outcome};
+pub use conversations::ConversationStore;
+pub use publish::{Payload, Published, Publisher};
+
+/// A connection to NATS with its JetStream context.
+#[derive(Clone)]
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nats(..)")
+    }
+}
+
+impl Nats {
+    /// Connects (retrying for up to `wait`) and ensures the topology exists.
+    pub async fn connect(config: &NatsConfig, name: &str, wait: Duration) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let client = loop {
+            let attempt = async_nats::ConnectOptions::new()
+                .name(name)
+                .connection_timeout(Duration::from_secs(3))
+                .retry_on_initial_connect()
+                .connect(config.url.as_str());
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(c)) => break c,
+                Ok(Err(e)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        anyhow::bail!("cannot connect to NATS at {}: {e}", config.url);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => anyhow::bail!("cannot connect to NATS at {} within {wait:?}", config.url),
+            }
+        };
+        let info = client.server_info();
+        if !version_at_least(&info.version, 2, 10) {
+            anyhow::bail!(
+                "NATS server at {} is version {}; Parley needs 2.10 or newer (key-value watch with many filters)",
+                config.url,
+                info.version
+            );
+        }
+        if !info.jetstream {
+            anyhow::bail!("NATS server at {} has JetStream disabled; start it with -js", config.url);
+        }
+        let js = jetstream::new(client.clone());
+        topology::ensure(&js, config).await?;
+        Ok(Self { client, js })
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.js.clone())
+    }
+
+    pub async fn config_kv(&self) -> anyhow::Result<jetstream::kv::Store> {
+        self.js
+            .get_key_value(topology::buckets::CONFIG)
+            .await
+            .map_err(|e| anyhow::anyhow!("config bucket: {e}"))
+    }
+
+    pub async fn conversations(&self) -> anyhow::Result<ConversationStore> {
+        let kv = self
+            .js
+            .get_key_value(topology::buckets::CONVERSATIONS)
+            .await
+            .map_err(|e| anyhow::anyhow!("conversations bucket: {e}"))?;
+        Ok(ConversationStore::new(kv))
+    }
+}
+
+/// Compares a `major.minor.patch` version string.
+fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_compare() {
+        assert!(super::version_at_least("2.10.0", 2, 10));
+        assert!(super::version_at_least("2.15.1", 2, 10));
+        assert!(super::version_at_least("3.0.0", 2, 10));
+        assert!(!super::version_at_least("2.9.10", 2, 10));
+        assert!(!super::version_at_least("", 2, 10));
+    }
+}

@@ -1,0 +1,101 @@
+//! Publishing to JetStream: protobuf payloads with their schema name, a dedupe id
+//! (`Nats-Msg-Id`), an ordering key, and the current trace context; each publish waits
+//! for the stream's acknowledgement, so "published" means "durable".
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use opentelemetry::propagation::Injector;
+use parley_proto::{events, prost, v1};
+
+/// The header naming a payload's protobuf type.
+pub const SCHEMA_HEADER: &str = "Parley-Schema";
+/// The header carrying the key that orders processing (messages with the same key are
+/// handled one at a time, in order, by a consumer).
+pub const KEY_HEADER: &str = "Parley-Key";
+
+/// A protobuf payload of a Parley stream.
+pub trait Payload: prost::Message + Default {
+    /// The full protobuf name, sent as [`SCHEMA_HEADER`].
+    const SCHEMA: &'static str;
+}
+
+impl Payload for events::InboundEnvelope {
+    const SCHEMA: &'static str = "parley.events.v1.InboundEnvelope";
+}
+impl Payload for events::ConversationEvent {
+    const SCHEMA: &'static str = "parley.events.v1.ConversationEvent";
+}
+impl Payload for events::OutboundEnvelope {
+    const SCHEMA: &'static str = "parley.events.v1.OutboundEnvelope";
+}
+impl Payload for v1::DeskEvent {
+    const SCHEMA: &'static str = "parley.v1.DeskEvent";
+}
+
+/// Why a publish did not become durable.
+#[derive(Debug, thiserror::Error)]
+#[error("publish to {subject} failed: {reason}")]
+pub struct PublishError {
+    pub subject: String,
+    pub reason: String,
+}
+
+/// The stream's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub sequence: u64,
+    /// The stream already had a message with this dedupe id (within its window).
+    pub duplicate: bool,
+}
+
+/// Publishes Parley payloads. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publisher(..)")
+    }
+}
+
+/// Writes trace context into NATS headers.
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js }
+    }
+
+    /// Publishes `payload` on `subject` and waits until the stream has it.
+    ///
+    /// `dedupe_id` must be the same for every retry of the same logical message (a provider
+    /// message id, an idempotency key, an event id derived from what it is about).
+    pub async fn publish<P: Payload>(
+        &self,
+        subject: String,
+        dedupe_id: &str,
+        key: &str,
+        payload: &P,
+    ) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", dedupe_id);
+        headers.insert(SCHEMA_HEADER, P::SCHEMA);
+        headers.insert(KEY_HEADER, key);
+        parley_kit::telemetry::inject_current(&mut HeaderInjector(&mut headers));
+        let body = Bytes::from(payload.encode_to_vec());
+        let err = |reason: String| PublishError { subject: subject.clone(), reason };
+        let ack_future =
+            self.js.publish_with_headers(subject.clone(), headers, body).await.map_err(|e| err(e.to_string()))?;
+        let ack = ack_future.await.map_err(|e| err(e.to_string()))?;
+        Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+}

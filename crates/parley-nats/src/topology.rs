@@ -1,0 +1,159 @@
+//! Every stream, subject, consumer and bucket Parley uses, named here and nowhere else, and
+//! `ensure`, which creates or updates them (idempotent, safe from every replica at once).
+//!
+//! | stream | subjects | written by | read by |
+//! |---|---|---|---|
+//! | `PARLEY_INBOUND` | `parley.inbound.<tenant>.<channel>` | ingest | routing |
+//! | `PARLEY_EVENTS` | `parley.events.<tenant>.<conversation>` | routing | history |
+//! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>` | routing | notification (per session) |
+//! | `PARLEY_OUTBOUND` | `parley.outbound.<tenant>.<channel>.<customer>` | notification | routing, channel senders, API streams |
+//!
+//! Tenant ids and operator ids are slugs and the others UUIDs or channel names, so every
+//! token is safe in a subject (no `.`, `*`, `>` or spaces can appear).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use parley_domain::{Channel, ConversationId, CustomerId, OperatorId, TenantId};
+use parley_kit::config::NatsConfig;
+
+/// A stream's fixed shape.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDef {
+    pub name: &'static str,
+    pub subjects: &'static str,
+    pub max_age: Duration,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+pub const INBOUND: StreamDef = StreamDef { name: "PARLEY_INBOUND", subjects: "parley.inbound.>", max_age: DAY.saturating_mul(7) };
+pub const EVENTS: StreamDef = StreamDef { name: "PARLEY_EVENTS", subjects: "parley.events.>", max_age: DAY.saturating_mul(14) };
+pub const DESK: StreamDef = StreamDef { name: "PARLEY_DESK", subjects: "parley.desk.>", max_age: DAY.saturating_mul(7) };
+pub const OUTBOUND: StreamDef = StreamDef { name: "PARLEY_OUTBOUND", subjects: "parley.outbound.>", max_age: DAY.saturating_mul(7) };
+
+pub const STREAMS: [StreamDef; 4] = [INBOUND, EVENTS, DESK, OUTBOUND];
+
+/// Durable consumers (shared by all replicas of their service, which split the work).
+pub mod consumers {
+    /// Routing reads customer messages.
+    pub const ROUTING_INBOUND: &str = "routing-inbound";
+    /// Routing records operator replies in the conversation log.
+    pub const ROUTING_OUTBOUND: &str = "routing-outbound";
+    /// History writes the conversation log to PostgreSQL.
+    pub const HISTORY_EVENTS: &str = "history-events";
+}
+
+/// Key-value buckets.
+pub mod buckets {
+    /// Tenants, operators, skills, queues, channels and tokens (keys `<tenant>.<kind>.<id>`).
+    pub const CONFIG: &str = "parley_config";
+    /// Conversation state (`<tenant>.conv.<id>`) and open-conversation pointers
+    /// (`<tenant>.open.<customer>`), updated with compare-and-set.
+    pub const CONVERSATIONS: &str = "parley_conversations";
+}
+
+pub fn inbound_subject(tenant: &TenantId, channel: Channel) -> String {
+    format!("parley.inbound.{tenant}.{channel}")
+}
+
+pub fn events_subject(tenant: &TenantId, conversation: ConversationId) -> String {
+    format!("parley.events.{tenant}.{conversation}")
+}
+
+pub fn desk_subject(tenant: &TenantId, operator: &OperatorId) -> String {
+    format!("parley.desk.{tenant}.{operator}")
+}
+
+pub fn outbound_subject(tenant: &TenantId, channel: Channel, customer: CustomerId) -> String {
+    format!("parley.outbound.{tenant}.{channel}.{customer}")
+}
+
+/// Every outbound subject of one channel (for that channel's sender).
+pub fn outbound_channel_filter(channel: Channel) -> String {
+    format!("parley.outbound.*.{channel}.>")
+}
+
+/// Creates or updates every stream and bucket. Safe to run concurrently and repeatedly.
+pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<()> {
+    for def in STREAMS {
+        let cfg = stream::Config {
+            name: def.name.to_owned(),
+            subjects: vec![def.subjects.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: def.max_age,
+            duplicate_window: Duration::from_secs(config.dedupe_window_secs),
+            num_replicas: config.replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        create_or_update_stream(js, cfg).await?;
+    }
+    // Configuration is kept forever; a conversation's state is refreshed on every change and
+    // dropped a month after its last one (history keeps the record).
+    for (bucket, description, max_age) in [
+        (buckets::CONFIG, "Parley tenant configuration", Duration::ZERO),
+        (buckets::CONVERSATIONS, "Parley conversation routing state", DAY.saturating_mul(30)),
+    ] {
+        let cfg = kv::Config {
+            bucket: bucket.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        if js.get_key_value(bucket).await.is_err() {
+            // Two replicas starting at once may both try; the loser finds it created.
+            if let Err(e) = js.create_key_value(cfg).await
+                && js.get_key_value(bucket).await.is_err()
+            {
+                anyhow::bail!("cannot create key-value bucket {bucket}: {e} (NATS 2.10 or newer is required)");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create_or_update_stream(js: &jetstream::Context, cfg: stream::Config) -> anyhow::Result<()> {
+    let name = cfg.name.clone();
+    match js.get_stream(&name).await {
+        Ok(_) => {
+            js.update_stream(cfg).await.map_err(|e| anyhow::anyhow!("cannot update stream {name}: {e}"))?;
+        }
+        Err(_) => {
+            if let Err(e) = js.create_stream(cfg).await
+                && js.get_stream(&name).await.is_err()
+            {
+                anyhow::bail!("cannot create stream {name}: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_stay_inside_their_streams() {
+        let t = TenantId::parse("acme").unwrap();
+        let op = OperatorId::parse("anna").unwrap();
+        let conv = ConversationId::parse("0190a6f2-8f1e-7c3a-9d4e-0123456789ab").unwrap();
+        let cust = CustomerId::derive(&t, Channel::Api, "x");
+        for (subject, def) in [
+            (inbound_subject(&t, Channel::Sms), INBOUND),
+            (events_subject(&t, conv), EVENTS),
+            (desk_subject(&t, &op), DESK),
+            (outbound_subject(&t, Channel::Api, cust), OUTBOUND),
+        ] {
+            let prefix = def.subjects.trim_end_matches('>');
+            assert!(subject.starts_with(prefix), "{subject} outside {}", def.subjects);
+            assert!(!subject.contains(['*', '>', ' ']));
+        }
+        assert_eq!(events_subject(&t, conv).split('.').count(), 4);
+    }
+}

@@ -1,0 +1,644 @@
+//! Parley's PostgreSQL adapter: versioned migrations, a pool whose sessions act as the
+//! non-owner role `parley_app` under row-level security, tenant-scoped transactions
+//! (`SET LOCAL parley.tenant` through `set_config(…, true)`), batched idempotent writes
+//! and keyset-paginated reads.
+//!
+//! *Architecture invariant*: every query runs inside [`Db::tenant_tx`] or a batch that sets
+//! the tenant for its rows; a pooled connection never carries one tenant's setting into
+//! another transaction, because the setting is transaction-local.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
+use parley_domain::{TenantId, Timestamp};
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+pub mod migrate;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() || e.as_db_error().is_none() {
+            DbError::Unavailable(e.to_string())
+        } else {
+            // Keep the server's message, which says what is wrong.
+            let db = e.as_db_error().map(|d| format!("{}: {}", d.code().code(), d.message())).unwrap_or_default();
+            DbError::Query(db)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, DbError>;
+
+pub fn to_system_time(t: Timestamp) -> SystemTime {
+    let micros = t.as_micros();
+    if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+pub fn from_system_time(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        Err(e) => Timestamp::from_micros(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
+    }
+}
+
+/// The pool of application connections.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db(..)")
+    }
+}
+
+impl Db {
+    /// Opens a pool of up to `size` connections to `url`. Each new connection switches to
+    /// `role` (the non-owner application role), so row-level security applies to it even
+    /// when the login user owns the tables.
+    pub fn connect(url: &str, size: usize, role: &str) -> anyhow::Result<Self> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| anyhow::anyhow!("database url is invalid: {e}"))?;
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let role = role.to_owned();
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .post_create(Hook::async_fn(move |client, _| {
+                let role = role.clone();
+                Box::pin(async move {
+                    // The role name comes from configuration; quote it as an identifier.
+                    let stmt = format!("SET ROLE \"{}\"", role.replace('"', "\"\""));
+                    client.batch_execute(&stmt).await.map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| anyhow::anyhow!("database pool: {e}"))?;
+        Ok(Self { pool })
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Runs `f` in a transaction scoped to `tenant`.
+    pub async fn tenant_tx<T, F>(&self, tenant: &TenantId, f: F) -> Result<T>
+    where
+        F: for<'t> FnOnce(&'t tokio_postgres::Transaction<'t>) -> futures_like::BoxFuture<'t, Result<T>>,
+    {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        tx.execute("SELECT set_config('parley.tenant', $1, true)", &[&tenant.as_str()]).await?;
+        let out = f(&tx).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Writes batches of rows, each group under its tenant, in one transaction; every
+    /// insert is idempotent, so a redelivered batch changes nothing.
+    pub async fn write(&self, batches: &[TenantBatch]) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        for b in batches {
+            tx.execute("SELECT set_config('parley.tenant', $1, true)", &[&b.tenant.as_str()]).await?;
+            write_tenant_batch(&tx, b).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A query that sets no tenant: under row-level security it must see nothing (the
+    /// isolation test uses this).
+    pub async fn count_without_tenant(&self, table: &str) -> Result<i64> {
+        let c = self.pool.get().await?;
+        let allowed = ["customers", "customer_identities", "conversations", "messages", "assignments", "routing_decisions"];
+        if !allowed.contains(&table) {
+            return Err(DbError::Query(format!("unknown table {table}")));
+        }
+        let row = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?;
+        Ok(row.get(0))
+    }
+}
+
+/// A boxed future, for the transaction closure (no extra dependency for one alias).
+pub mod futures_like {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+/// A customer first seen on a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRow {
+    pub id: Uuid,
+    pub display_name: String,
+    pub channel: String,
+    pub address: String,
+    pub created_at: Timestamp,
+}
+
+/// A conversation's newest known state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub channel: String,
+    pub channel_config_id: String,
+    pub queue_id: String,
+    pub status: String,
+    pub operator_id: Option<String>,
+    pub priority: i32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub closed_at: Option<Timestamp>,
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub customer_id: Uuid,
+    pub channel: String,
+    pub sender: String,
+    pub operator_id: Option<String>,
+    pub body: String,
+    pub quoted_message_id: Option<Uuid>,
+    pub quoted_channel_message_id: Option<String>,
+    pub quoted_text: Option<String>,
+    pub delivery_state: String,
+    pub channel_message_id: String,
+    pub created_at: Timestamp,
+}
+
+/// An operator getting a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentRow {
+    pub event_id: Uuid,
+    pub conversation_id: Uuid,
+    pub operator_id: String,
+    pub reason: String,
+    pub note: String,
+    pub assigned_at: Timestamp,
+}
+
+/// A routing decision with its candidates (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub queue_id: String,
+    pub chosen_operator_id: Option<String>,
+    pub reason: String,
+    pub candidates_json: String,
+    pub decided_at: Timestamp,
+}
+
+/// Rows of one tenant to write together.
+#[derive(Debug, Clone)]
+pub struct TenantBatch {
+    pub tenant: TenantId,
+    pub customers: Vec<CustomerRow>,
+    pub conversations: Vec<ConversationRow>,
+    pub messages: Vec<MessageRow>,
+    pub assignments: Vec<AssignmentRow>,
+    pub decisions: Vec<DecisionRow>,
+}
+
+impl TenantBatch {
+    pub fn new(tenant: TenantId) -> Self {
+        Self {
+            tenant,
+            customers: Vec::new(),
+            conversations: Vec::new(),
+            messages: Vec::new(),
+            assignments: Vec::new(),
+            decisions: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+            && self.conversations.is_empty()
+            && self.messages.is_empty()
+            && self.assignments.is_empty()
+            && self.decisions.is_empty()
+    }
+}
+
+fn times(v: impl Iterator<Item = Timestamp>) -> Vec<SystemTime> {
+    v.map(to_system_time).collect()
+}
+
+async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatch) -> Result<()> {
+    let tenant = b.tenant.as_str();
+    if !b.customers.is_empty() {
+        let mut customers = b.customers.clone();
+        customers.sort_by_key(|c| c.id);
+        customers.dedup_by_key(|c| c.id);
+        let ids: Vec<Uuid> = customers.iter().map(|c| c.id).collect();
+        let names: Vec<&str> = customers.iter().map(|c| c.display_name.as_str()).collect();
+        let created = times(customers.iter().map(|c| c.created_at));
+        tx.execute(
+            "INSERT INTO customers (tenant_id, id, display_name, created_at)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::timestamptz[])
+             ON CONFLICT (tenant_id, id) DO NOTHING",
+            &[&tenant, &ids, &names, &created],
+        )
+        .await?;
+        let mut identities = b.customers.clone();
+        identities.sort_by(|a, b| (&a.channel, &a.address).cmp(&(&b.channel, &b.address)));
+        identities.dedup_by(|a, b| a.channel == b.channel && a.address == b.address);
+        let channels: Vec<&str> = identities.iter().map(|c| c.channel.as_str()).collect();
+        let addresses: Vec<&str> = identities.iter().map(|c| c.address.as_str()).collect();
+        let ids: Vec<Uuid> = identities.iter().map(|c| c.id).collect();
+        let seen = times(identities.iter().map(|c| c.created_at));
+        tx.execute(
+            "INSERT INTO customer_identities (tenant_id, channel, address, customer_id, first_seen_at)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::timestamptz[])
+             ON CONFLICT (tenant_id, channel, address) DO NOTHING",
+            &[&tenant, &channels, &addresses, &ids, &seen],
+        )
+        .await?;
+    }
+    if !b.conversations.is_empty() {
+        // One row per conversation: the newest state in the batch.
+        let mut convs = b.conversations.clone();
+        convs.sort_by(|a, b| a.id.cmp(&b.id).then(b.updated_at.cmp(&a.updated_at)));
+        convs.dedup_by_key(|c| c.id);
+        let c = &convs;
+        let ids: Vec<Uuid> = c.iter().map(|c| c.id).collect();
+        let customers: Vec<Uuid> = c.iter().map(|c| c.customer_id).collect();
+        let channels: Vec<&str> = c.iter().map(|c| c.channel.as_str()).collect();
+        let configs: Vec<&str> = c.iter().map(|c| c.channel_config_id.as_str()).collect();
+        let queues: Vec<&str> = c.iter().map(|c| c.queue_id.as_str()).collect();
+        let statuses: Vec<&str> = c.iter().map(|c| c.status.as_str()).collect();
+        let operators: Vec<Option<&str>> = c.iter().map(|c| c.operator_id.as_deref()).collect();
+        let priorities: Vec<i32> = c.iter().map(|c| c.priority).collect();
+        let created = times(c.iter().map(|c| c.created_at));
+        let updated = times(c.iter().map(|c| c.updated_at));
+        let closed: Vec<Option<SystemTime>> = c.iter().map(|c| c.closed_at.map(to_system_time)).collect();
+        tx.execute(
+            "INSERT INTO conversations (tenant_id, id, customer_id, channel, channel_config_id, queue_id, status,
+                                        operator_id, priority, created_at, updated_at, closed_at)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                      $8::text[], $9::int4[], $10::timestamptz[], $11::timestamptz[],
+                                      $12::timestamptz[])
+             ON CONFLICT (tenant_id, id) DO UPDATE SET
+               queue_id = EXCLUDED.queue_id, status = EXCLUDED.status, operator_id = EXCLUDED.operator_id,
+               priority = EXCLUDED.priority, updated_at = EXCLUDED.updated_at, closed_at = EXCLUDED.closed_at
+             WHERE conversations.updated_at <= EXCLUDED.updated_at",
+            &[
+                &tenant, &ids, &customers, &channels, &configs, &queues, &statuses, &operators, &priorities, &created,
+                &updated, &closed,
+            ],
+        )
+        .await?;
+    }
+    if !b.messages.is_empty() {
+        let mut msgs = b.messages.clone();
+        msgs.sort_by_key(|m| m.id);
+        msgs.dedup_by_key(|m| m.id);
+        let m = &msgs;
+        let ids: Vec<Uuid> = m.iter().map(|m| m.id).collect();
+        let convs: Vec<Uuid> = m.iter().map(|m| m.conversation_id).collect();
+        let customers: Vec<Uuid> = m.iter().map(|m| m.customer_id).collect();
+        let channels: Vec<&str> = m.iter().map(|m| m.channel.as_str()).collect();
+        let senders: Vec<&str> = m.iter().map(|m| m.sender.as_str()).collect();
+        let operators: Vec<Option<&str>> = m.iter().map(|m| m.operator_id.as_deref()).collect();
+        let bodies: Vec<&str> = m.iter().map(|m| m.body.as_str()).collect();
+        let q_ids: Vec<Option<Uuid>> = m.iter().map(|m| m.quoted_message_id).collect();
+        let q_channel_ids: Vec<Option<&str>> = m.iter().map(|m| m.quoted_channel_message_id.as_deref()).collect();
+        let q_texts: Vec<Option<&str>> = m.iter().map(|m| m.quoted_text.as_deref()).collect();
+        let states: Vec<&str> = m.iter().map(|m| m.delivery_state.as_str()).collect();
+        let channel_ids: Vec<&str> = m.iter().map(|m| m.channel_message_id.as_str()).collect();
+        let created = times(m.iter().map(|m| m.created_at));
+        tx.execute(
+            "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender, operator_id, body,
+                                   quoted_message_id, quoted_channel_message_id, quoted_text, delivery_state,
+                                   channel_message_id, created_at)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                                      $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[],
+                                      $14::timestamptz[])
+             ON CONFLICT (tenant_id, id) DO NOTHING",
+            &[
+                &tenant, &ids, &convs, &customers, &channels, &senders, &operators, &bodies, &q_ids, &q_channel_ids,
+                &q_texts, &states, &channel_ids, &created,
+            ],
+        )
+        .await?;
+    }
+    if !b.assignments.is_empty() {
+        let a = &b.assignments;
+        let ids: Vec<Uuid> = a.iter().map(|a| a.event_id).collect();
+        let convs: Vec<Uuid> = a.iter().map(|a| a.conversation_id).collect();
+        let ops: Vec<&str> = a.iter().map(|a| a.operator_id.as_str()).collect();
+        let reasons: Vec<&str> = a.iter().map(|a| a.reason.as_str()).collect();
+        let notes: Vec<&str> = a.iter().map(|a| a.note.as_str()).collect();
+        let at = times(a.iter().map(|a| a.assigned_at));
+        tx.execute(
+            "INSERT INTO assignments (tenant_id, event_id, conversation_id, operator_id, reason, note, assigned_at)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+             ON CONFLICT (tenant_id, event_id) DO NOTHING",
+            &[&tenant, &ids, &convs, &ops, &reasons, &notes, &at],
+        )
+        .await?;
+    }
+    if !b.decisions.is_empty() {
+        let d = &b.decisions;
+        let ids: Vec<Uuid> = d.iter().map(|d| d.id).collect();
+        let convs: Vec<Uuid> = d.iter().map(|d| d.conversation_id).collect();
+        let queues: Vec<&str> = d.iter().map(|d| d.queue_id.as_str()).collect();
+        let chosen: Vec<Option<&str>> = d.iter().map(|d| d.chosen_operator_id.as_deref()).collect();
+        let reasons: Vec<&str> = d.iter().map(|d| d.reason.as_str()).collect();
+        let candidates: Vec<&str> = d.iter().map(|d| d.candidates_json.as_str()).collect();
+        let at = times(d.iter().map(|d| d.decided_at));
+        tx.execute(
+            "INSERT INTO routing_decisions (tenant_id, id, conversation_id, queue_id, chosen_operator_id, reason,
+                                            candidates, decided_at)
+             SELECT $1, u.id, u.conv, u.queue, u.chosen, u.reason, u.candidates::jsonb, u.at
+             FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
+                  AS u(id, conv, queue, chosen, reason, candidates, at)
+             ON CONFLICT (tenant_id, id) DO NOTHING",
+            &[&tenant, &ids, &convs, &queues, &chosen, &reasons, &candidates, &at],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A keyset position in a time-ordered listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: Timestamp,
+    pub id: Uuid,
+}
+
+fn conversation_row(r: &Row) -> ConversationRow {
+    ConversationRow {
+        id: r.get("id"),
+        customer_id: r.get("customer_id"),
+        channel: r.get("channel"),
+        channel_config_id: r.get("channel_config_id"),
+        queue_id: r.get("queue_id"),
+        status: r.get("status"),
+        operator_id: r.get("operator_id"),
+        priority: r.get("priority"),
+        created_at: from_system_time(r.get("created_at")),
+        updated_at: from_system_time(r.get("updated_at")),
+        closed_at: r.get::<_, Option<SystemTime>>("closed_at").map(from_system_time),
+    }
+}
+
+fn message_row(r: &Row) -> MessageRow {
+    MessageRow {
+        id: r.get("id"),
+        conversation_id: r.get("conversation_id"),
+        customer_id: r.get("customer_id"),
+        channel: r.get("channel"),
+        sender: r.get("sender"),
+        operator_id: r.get("operator_id"),
+        body: r.get("body"),
+        quoted_message_id: r.get("quoted_message_id"),
+        quoted_channel_message_id: r.get("quoted_channel_message_id"),
+        quoted_text: r.get("quoted_text"),
+        delivery_state: r.get("delivery_state"),
+        channel_message_id: r.get("channel_message_id"),
+        created_at: from_system_time(r.get("created_at")),
+    }
+}
+
+const CONVERSATION_COLUMNS: &str =
+    "id, customer_id, channel, channel_config_id, queue_id, status, operator_id, priority, created_at, updated_at, closed_at";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
+     quoted_channel_message_id, quoted_text, delivery_state, channel_message_id, created_at";
+
+/// A customer with their identities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRecord {
+    pub id: Uuid,
+    pub display_name: String,
+    pub created_at: Timestamp,
+    /// (channel, address, first seen)
+    pub identities: Vec<(String, String, Timestamp)>,
+}
+
+impl Db {
+    /// One conversation and how many messages it has.
+    pub async fn conversation(&self, tenant: &TenantId, id: Uuid) -> Result<Option<(ConversationRow, i64)>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {CONVERSATION_COLUMNS}, (SELECT count(*) FROM messages m WHERE m.tenant_id = c.tenant_id
+                       AND m.conversation_id = c.id) AS message_count
+                     FROM conversations c WHERE id = $1"
+                );
+                let row = tx.query_opt(&sql, &[&id]).await?;
+                Ok(row.map(|r| (conversation_row(&r), r.get::<_, i64>("message_count"))))
+            })
+        })
+        .await
+    }
+
+    /// Conversations by id (those that exist).
+    pub async fn conversations(&self, tenant: &TenantId, ids: Vec<Uuid>) -> Result<Vec<ConversationRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ANY($1) ORDER BY created_at DESC");
+                Ok(tx.query(&sql, &[&ids]).await?.iter().map(conversation_row).collect())
+            })
+        })
+        .await
+    }
+
+    /// A page of a conversation's messages after `after`, oldest or newest first.
+    pub async fn messages(
+        &self,
+        tenant: &TenantId,
+        conversation: Uuid,
+        after: Option<Cursor>,
+        limit: i64,
+        newest_first: bool,
+    ) -> Result<Vec<MessageRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let (cmp, order) = if newest_first { ("<", "DESC") } else { (">", "ASC") };
+                let rows = match after {
+                    None => {
+                        let sql = format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+                             ORDER BY created_at {order}, id {order} LIMIT $2"
+                        );
+                        tx.query(&sql, &[&conversation, &limit]).await?
+                    }
+                    Some(c) => {
+                        let sql = format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+                               AND (created_at, id) {cmp} ($2, $3)
+                             ORDER BY created_at {order}, id {order} LIMIT $4"
+                        );
+                        tx.query(&sql, &[&conversation, &to_system_time(c.at), &c.id, &limit]).await?
+                    }
+                };
+                Ok(rows.iter().map(message_row).collect())
+            })
+        })
+        .await
+    }
+
+    /// A page of a customer's messages across conversations, newest first, before `before`.
+    pub async fn timeline(
+        &self,
+        tenant: &TenantId,
+        customer: Uuid,
+        before: Option<Cursor>,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = match before {
+                    None => {
+                        let sql = format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE customer_id = $1
+                             ORDER BY created_at DESC, id DESC LIMIT $2"
+                        );
+                        tx.query(&sql, &[&customer, &limit]).await?
+                    }
+                    Some(c) => {
+                        let sql = format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE customer_id = $1
+                               AND (created_at, id) < ($2, $3)
+                             ORDER BY created_at DESC, id DESC LIMIT $4"
+                        );
+                        tx.query(&sql, &[&customer, &to_system_time(c.at), &c.id, &limit]).await?
+                    }
+                };
+                Ok(rows.iter().map(message_row).collect())
+            })
+        })
+        .await
+    }
+
+    /// One customer with their channel identities.
+    pub async fn customer(&self, tenant: &TenantId, id: Uuid) -> Result<Option<CustomerRecord>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let Some(row) =
+                    tx.query_opt("SELECT id, display_name, created_at FROM customers WHERE id = $1", &[&id]).await?
+                else {
+                    return Ok(None);
+                };
+                let identities = tx
+                    .query(
+                        "SELECT channel, address, first_seen_at FROM customer_identities WHERE customer_id = $1
+                         ORDER BY first_seen_at, channel, address",
+                        &[&id],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), from_system_time(r.get(2))))
+                    .collect();
+                Ok(Some(CustomerRecord {
+                    id: row.get(0),
+                    display_name: row.get(1),
+                    created_at: from_system_time(row.get(2)),
+                    identities,
+                }))
+            })
+        })
+        .await
+    }
+
+    /// A conversation's routing decisions, oldest first.
+    pub async fn decisions(&self, tenant: &TenantId, conversation: Uuid) -> Result<Vec<DecisionRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT id, conversation_id, queue_id, chosen_operator_id, reason, candidates::text, decided_at
+                         FROM routing_decisions WHERE conversation_id = $1 ORDER BY decided_at, id",
+                        &[&conversation],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| DecisionRow {
+                        id: r.get(0),
+                        conversation_id: r.get(1),
+                        queue_id: r.get(2),
+                        chosen_operator_id: r.get(3),
+                        reason: r.get(4),
+                        candidates_json: r.get(5),
+                        decided_at: from_system_time(r.get(6)),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// A conversation's assignments, oldest first.
+    pub async fn assignments(&self, tenant: &TenantId, conversation: Uuid) -> Result<Vec<AssignmentRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT event_id, conversation_id, operator_id, reason, note, assigned_at
+                         FROM assignments WHERE conversation_id = $1 ORDER BY assigned_at, event_id",
+                        &[&conversation],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| AssignmentRow {
+                        event_id: r.get(0),
+                        conversation_id: r.get(1),
+                        operator_id: r.get(2),
+                        reason: r.get(3),
+                        note: r.get(4),
+                        assigned_at: from_system_time(r.get(5)),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_time_round_trips_at_microseconds() {
+        for micros in [0, 1, 1_700_000_000_123_456, -5_000_001] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(from_system_time(to_system_time(t)), t);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Versioned schema migrations, embedded in the binary and applied in order, each in its
+//! own transaction, under an advisory lock so that replicas starting together apply each
+//! exactly once. Running them again is a no-op.
+
+use tokio_postgres::NoTls;
+
+/// (version, name, SQL), in order. Never edit an applied migration: add the next one.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+/// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
+const LOCK_KEY: i64 = 0x7061_726c_6579;
+
+/// Applies pending migrations as the connecting (owner) user; returns the versions applied.
+pub async fn run(url: &str) -> anyhow::Result<Vec<i32>> {
+    let (mut client, connection) =
+        tokio_postgres::connect(url, NoTls).await.map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
+    let conn = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection closed");
+        }
+    });
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    let result = apply(&mut client).await;
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    drop(client);
+    let _ = conn.await;
+    result
+}
+
+async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<i32>> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS parley_schema_migrations (
+               version integer PRIMARY KEY,
+               name text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let applied: Vec<i32> =
+        client.query("SELECT version FROM parley_schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let mut done = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await.map_err(|e| anyhow::anyhow!("migration {version} ({name}) failed: {e}"))?;
+        tx.execute("INSERT INTO parley_schema_migrations (version, name) VALUES ($1, $2)", &[version, name]).await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "migration applied");
+        done.push(*version);
+    }
+    Ok(done)
+}

@@ -1,0 +1,334 @@
+//! Parley's Redis adapter: the hot, atomic coordination of routing.
+//!
+//! Keys (every key of a tenant carries the hash tag `{t:<tenant>}`, so all of a tenant's
+//! keys live in one Redis Cluster slot and a Lua script may touch any of them):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{t:T}:op:O` | hash | `status`, `reason`, `since` (ms), `last_assigned` (ms) |
+//! | `{t:T}:op:O:sessions` | sorted set | live desk sessions, scored by their expiry (ms) |
+//! | `{t:T}:op:O:load:C` | set | conversations operator O holds (offered or assigned) on channel C |
+//! | `{t:T}:queue:Q` | sorted set | conversations waiting in queue Q, by `parley_policy::queue_score` |
+//! | `parley:rebuilt` | string | present once Redis has been rebuilt from the durable side |
+//!
+//! Redis may lose everything on a crash; routing notices the missing `parley:rebuilt` and
+//! rebuilds statuses, loads and queues from JetStream key-value state.
+//!
+//! *Architecture invariant*: capacity is only ever taken by [`Coordinator::claim`], one
+//! Lua script that checks status, live session, capacity and (for queued conversations)
+//! that the conversation is still waiting, and takes it, atomically. So no operator is
+//! over capacity and no conversation is taken twice, however many routers race.
+
+use std::time::Duration;
+
+use parley_domain::{Channel, ConversationId, OperatorId, OperatorStatus, QueueId, TenantId, Timestamp};
+use redis::aio::ConnectionManager;
+
+/// A Redis failure; routing treats every one as transient.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct RedisError(String);
+
+impl From<redis::RedisError> for RedisError {
+    fn from(e: redis::RedisError) -> Self {
+        RedisError(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, RedisError>;
+
+/// Why a claim was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRefused {
+    /// Not online.
+    Status,
+    /// No live desk session.
+    Disconnected,
+    /// At capacity on that channel.
+    Full,
+    /// The conversation is no longer waiting (another router took it).
+    Gone,
+}
+
+/// An operator's presence as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub status: OperatorStatus,
+    pub reason: String,
+    pub since: Option<Timestamp>,
+    pub connected: bool,
+    pub last_assigned: Option<Timestamp>,
+    /// Conversations held per channel.
+    pub load: Vec<(Channel, u32)>,
+}
+
+fn tag(tenant: &TenantId) -> String {
+    format!("{{t:{tenant}}}")
+}
+
+fn op_key(tenant: &TenantId, op: &OperatorId) -> String {
+    format!("{}:op:{op}", tag(tenant))
+}
+
+fn sessions_key(tenant: &TenantId, op: &OperatorId) -> String {
+    format!("{}:op:{op}:sessions", tag(tenant))
+}
+
+fn load_key(tenant: &TenantId, op: &OperatorId, channel: Channel) -> String {
+    format!("{}:op:{op}:load:{channel}", tag(tenant))
+}
+
+fn queue_key(tenant: &TenantId, queue: &QueueId) -> String {
+    format!("{}:queue:{queue}", tag(tenant))
+}
+
+const REBUILT_KEY: &str = "parley:rebuilt";
+
+const CLAIM: &str = r#"
+-- KEYS: 1 operator hash, 2 operator sessions, 3 operator load (channel), 4 queue
+-- ARGV: 1 conversation, 2 capacity, 3 now (ms), 4 from queue (1|0)
+if redis.call('HGET', KEYS[1], 'status') ~= 'online' then return 'status' end
+if redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') == 0 then return 'disconnected' end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+  -- Already held (a retried claim): take it out of the queue if still there.
+  if ARGV[4] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end
+  return 'ok'
+end
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
+if ARGV[4] == '1' and redis.call('ZREM', KEYS[4], ARGV[1]) == 0 then return 'gone' end
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'last_assigned', ARGV[3])
+return 'ok'
+"#;
+
+/// Routing's view of Redis. Cheap to clone (a multiplexed, reconnecting connection).
+#[derive(Clone)]
+pub struct Coordinator {
+    conn: ConnectionManager,
+    claim: redis::Script,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Coordinator(..)")
+    }
+}
+
+impl Coordinator {
+    /// Connects, retrying for up to `wait`.
+    pub async fn connect(url: &str, wait: Duration) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let conn = loop {
+            match client.get_connection_manager().await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(RedisError(format!("cannot connect to {url}: {e}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Ok(Self { conn, claim: redis::Script::new(CLAIM) })
+    }
+
+    /// Sets an operator's status (and reason, for away).
+    pub async fn set_status(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        status: OperatorStatus,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(op_key(tenant, op))
+            .arg("status")
+            .arg(status.as_str())
+            .arg("reason")
+            .arg(reason)
+            .arg("since")
+            .arg(now.as_millis())
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that a desk session of the operator is alive until `expires`.
+    pub async fn heartbeat(&self, tenant: &TenantId, op: &OperatorId, session: &str, expires: Timestamp) -> Result<()> {
+        let mut c = self.conn.clone();
+        let key = sessions_key(tenant, op);
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(expires.as_millis())
+            .arg(session)
+            .ignore()
+            // Keep the set small: drop sessions expired an hour ago.
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(expires.as_millis() - 3_600_000)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a desk session at once (a clean disconnect).
+    pub async fn end_session(&self, tenant: &TenantId, op: &OperatorId, session: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZREM").arg(sessions_key(tenant, op)).arg(session).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Reads an operator's presence and load on every channel.
+    pub async fn presence(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp) -> Result<Presence> {
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("reason").arg("since").arg("last_assigned");
+        pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
+        for ch in Channel::ALL {
+            pipe.cmd("SCARD").arg(load_key(tenant, op, ch));
+        }
+        let (fields, live, loads): (Vec<Option<String>>, u32, Vec<u32>) = {
+            let v: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+            let mut it = v.into_iter();
+            let fields: Vec<Option<String>> =
+                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil)).unwrap_or_default();
+            let live: u32 = redis::from_redis_value(it.next().unwrap_or(redis::Value::Int(0))).unwrap_or(0);
+            let loads: Vec<u32> = it.map(|v| redis::from_redis_value(v).unwrap_or(0)).collect();
+            (fields, live, loads)
+        };
+        let field = |i: usize| fields.get(i).cloned().flatten();
+        let millis = |s: Option<String>| s.and_then(|s| s.parse::<i64>().ok()).map(Timestamp::from_millis);
+        Ok(Presence {
+            status: field(0).and_then(|s| OperatorStatus::parse(&s)).unwrap_or_default(),
+            reason: field(1).unwrap_or_default(),
+            since: millis(field(2)),
+            connected: live > 0,
+            last_assigned: millis(field(3)),
+            load: Channel::ALL.into_iter().zip(loads).filter(|(_, n)| *n > 0).collect(),
+        })
+    }
+
+    /// The conversations an operator holds on a channel.
+    pub async fn held(&self, tenant: &TenantId, op: &OperatorId, channel: Channel) -> Result<Vec<String>> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("SMEMBERS").arg(load_key(tenant, op, channel)).query_async(&mut c).await?)
+    }
+
+    /// Atomically reserves `capacity`-bounded room for `conversation` with the operator,
+    /// taking it out of `queue` when `from_queue`. Idempotent for the same conversation.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        capacity: u32,
+        conversation: ConversationId,
+        queue: &QueueId,
+        from_queue: bool,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), ClaimRefused>> {
+        let mut c = self.conn.clone();
+        let answer: String = self
+            .claim
+            .key(op_key(tenant, op))
+            .key(sessions_key(tenant, op))
+            .key(load_key(tenant, op, channel))
+            .key(queue_key(tenant, queue))
+            .arg(conversation.to_string())
+            .arg(capacity)
+            .arg(now.as_millis())
+            .arg(if from_queue { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match answer.as_str() {
+            "ok" => Ok(()),
+            "status" => Err(ClaimRefused::Status),
+            "disconnected" => Err(ClaimRefused::Disconnected),
+            "full" => Err(ClaimRefused::Full),
+            _ => Err(ClaimRefused::Gone),
+        })
+    }
+
+    /// Frees the operator's capacity held by a conversation (idempotent).
+    pub async fn release(&self, tenant: &TenantId, op: &OperatorId, channel: Channel, conversation: ConversationId) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("SREM").arg(load_key(tenant, op, channel)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Puts a conversation in its queue (or moves it to `score` if there already).
+    pub async fn enqueue(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId, score: f64) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg(score).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Takes a conversation out of a queue (idempotent).
+    pub async fn dequeue(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZREM").arg(queue_key(tenant, queue)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// The first `limit` waiting conversations of a queue, in serving order.
+    pub async fn waiting(&self, tenant: &TenantId, queue: &QueueId, limit: usize) -> Result<Vec<ConversationId>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(queue_key(tenant, queue))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut c)
+            .await?;
+        Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
+    }
+
+    /// A queue's length and the score of its head (for the oldest wait).
+    pub async fn queue_stats(&self, tenant: &TenantId, queue: &QueueId) -> Result<(u32, Option<f64>)> {
+        let mut c = self.conn.clone();
+        let key = queue_key(tenant, queue);
+        let (len, head): (u32, Vec<(String, f64)>) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await?;
+        Ok((len, head.first().map(|(_, s)| *s)))
+    }
+
+    /// A conversation's 1-based position in its queue, if waiting.
+    pub async fn position(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId) -> Result<Option<u32>> {
+        let mut c = self.conn.clone();
+        let rank: Option<u32> =
+            redis::cmd("ZRANK").arg(queue_key(tenant, queue)).arg(conversation.to_string()).query_async(&mut c).await?;
+        Ok(rank.map(|r| r + 1))
+    }
+
+    /// True once Redis has been rebuilt since it last lost its data.
+    pub async fn is_rebuilt(&self) -> Result<bool> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("EXISTS").arg(REBUILT_KEY).query_async::<u32>(&mut c).await? == 1)
+    }
+
+    /// Marks the rebuild done.
+    pub async fn mark_rebuilt(&self, now: Timestamp) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("SET").arg(REBUILT_KEY).arg(now.as_millis()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Restores what a held conversation means in Redis (rebuild): the load entry.
+    pub async fn restore_hold(&self, tenant: &TenantId, op: &OperatorId, channel: Channel, conversation: ConversationId) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("SADD").arg(load_key(tenant, op, channel)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+}
