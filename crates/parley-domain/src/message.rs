@@ -14,6 +14,21 @@ pub enum Sender {
     System,
 }
 
+impl Sender {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Sender::Customer => "customer",
+            Sender::Operator => "operator",
+            Sender::Bot => "bot",
+            Sender::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Sender> {
+        [Sender::Customer, Sender::Operator, Sender::Bot, Sender::System].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 /// How far a message got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeliveryState {
@@ -22,6 +37,24 @@ pub enum DeliveryState {
     Delivered,
     Read,
     Failed,
+}
+
+impl DeliveryState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Accepted => "accepted",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Read => "read",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [DeliveryState::Accepted, DeliveryState::Sent, DeliveryState::Delivered, DeliveryState::Read, DeliveryState::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
 }
 
 /// Why a text is refused.
@@ -79,6 +112,17 @@ pub struct Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in [Sender::Customer, Sender::Operator, Sender::Bot, Sender::System] {
+            assert_eq!(Sender::parse(s.as_str()), Some(s));
+        }
+        for d in [DeliveryState::Accepted, DeliveryState::Sent, DeliveryState::Delivered, DeliveryState::Read, DeliveryState::Failed] {
+            assert_eq!(DeliveryState::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(Sender::parse("robot"), None);
+    }
 
     #[test]
     fn text_rules() {

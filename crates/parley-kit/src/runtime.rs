@@ -236,3 +236,42 @@ pub async fn supervise(
         None => Ok(()),
     }
 }
+
+/// A running service: where it listens, and how to stop it (Options → Service → Handle).
+#[derive(Debug)]
+pub struct ServiceHandle {
+    pub name: &'static str,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServiceHandle {
+    /// Wraps a started service's supervision task.
+    pub fn new(
+        name: &'static str,
+        grpc_addr: SocketAddr,
+        http_addr: SocketAddr,
+        token: CancellationToken,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        Self { name, grpc_addr, http_addr, token, task }
+    }
+
+    /// The token that stops the service.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Waits until the service stops (its token fired and it drained, or it failed).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.map_err(|e| anyhow::anyhow!("{} panicked: {e}", self.name))?
+    }
+
+    /// Stops the service and waits for it to drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.wait().await
+    }
+}

@@ -21,6 +21,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::TelemetryConfig;
 
+/// Re-exported so services define their own metrics with the same crate.
+pub use prometheus_client;
+
 /// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes what is buffered.
 pub struct Telemetry {
     provider: SdkTracerProvider,

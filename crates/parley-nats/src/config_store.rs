@@ -320,7 +320,7 @@ impl Directory for ConfigCache {
                     Some(r) => Some(r),
                     None => self.read_through::<v1::Tenant>(&tenant_key(tenant)).await,
                 };
-                if !record.is_some_and(|r| !r.disabled) {
+                if record.is_none_or(|r| r.disabled) {
                     return Err(AuthError::UnknownTenant(tenant.to_string()));
                 }
                 if principal.role == Role::Operator {
@@ -330,7 +330,7 @@ impl Directory for ConfigCache {
                             self.read_through::<v1::Operator>(&key(tenant, Kind::Operator, &principal.subject)).await
                         }
                     };
-                    if !op.is_some_and(|o| !o.disabled) {
+                    if op.is_none_or(|o| o.disabled) {
                         return Err(AuthError::UnknownOperator(principal.subject.clone()));
                     }
                 }

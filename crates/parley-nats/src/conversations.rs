@@ -1,87 +1,102 @@
-//! Conversation routing state in the `parley_conversations` bucket, changed only with
-//! compare-and-set so that two routing replicas can never both apply a change to the same
-//! conversation: the loser re-reads and re-decides.
-//!
-//! Keys: `<tenant>.conv.<conversation>` (the state) and `<tenant>.open.<customer>` (the
-//! customer's open conversation, created with `create` so only one can exist).
+//! Conversation state: the log of transitions on `PARLEY_EVENTS` (the last record of a
+//! conversation's subject is its state; a transition is appended only if the subject is
+//! still at the sequence it was read at), and the customer's open-conversation pointer in
+//! the `parley_conversations` bucket (created with `create`, so only one can exist).
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use parley_domain::{Conversation, ConversationId, CustomerId, TenantId};
-use parley_proto::convert;
 use parley_proto::events;
 use parley_proto::prost::Message as _;
+use parley_proto::convert;
 
 use crate::config_store::StoreError;
+use crate::publish::{Payload, Publisher, SCHEMA_HEADER};
+use crate::topology;
 
-/// A conversation with the revision it was read at.
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// A conversation as last recorded, with the record's stream sequence.
 #[derive(Debug, Clone)]
-pub struct Versioned {
+pub struct Loaded {
     pub conversation: Conversation,
-    pub revision: u64,
+    pub sequence: u64,
 }
 
-/// Reads and writes conversation state. Cheap to clone.
+/// Reads and appends conversation records. Cheap to clone.
 #[derive(Clone)]
-pub struct ConversationStore {
-    kv: kv::Store,
+pub struct ConversationLog {
+    stream: stream::Stream,
+    publisher: Publisher,
+    pointers: kv::Store,
 }
 
-impl std::fmt::Debug for ConversationStore {
+impl std::fmt::Debug for ConversationLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConversationStore(..)")
+        f.write_str("ConversationLog(..)")
     }
-}
-
-fn conv_key(tenant: &TenantId, id: ConversationId) -> String {
-    format!("{tenant}.conv.{id}")
 }
 
 fn open_key(tenant: &TenantId, customer: CustomerId) -> String {
     format!("{tenant}.open.{customer}")
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// Decodes a record's state, checking it belongs to `tenant`.
+pub fn decode_state(record: &events::ConversationRecord, tenant: &TenantId) -> Result<Conversation, StoreError> {
+    let state = record.state.as_ref().ok_or_else(|| unavailable("record without state"))?;
+    let conversation = convert::from_conversation_state(state).map_err(unavailable)?;
+    if &conversation.tenant != tenant {
+        return Err(StoreError::Unavailable(format!("record of {} holds another tenant's state", record.conversation_id)));
+    }
+    Ok(conversation)
 }
 
-impl ConversationStore {
-    pub fn new(kv: kv::Store) -> Self {
-        Self { kv }
+impl ConversationLog {
+    pub async fn new(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let stream = js
+            .get_stream(topology::EVENTS.name)
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {}: {e}", topology::EVENTS.name))?;
+        let pointers = js
+            .get_key_value(topology::buckets::CONVERSATIONS)
+            .await
+            .map_err(|e| anyhow::anyhow!("bucket {}: {e}", topology::buckets::CONVERSATIONS))?;
+        Ok(Self { stream, publisher: Publisher::new(js.clone()), pointers })
     }
 
-    pub async fn get(&self, tenant: &TenantId, id: ConversationId) -> Result<Option<Versioned>, StoreError> {
-        let key = conv_key(tenant, id);
-        match self.kv.entry(key.as_str()).await.map_err(unavailable)? {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let state = events::ConversationState::decode(e.value).map_err(unavailable)?;
-                let conversation = convert::from_conversation_state(&state).map_err(unavailable)?;
-                if &conversation.tenant != tenant {
-                    return Err(StoreError::Unavailable(format!("{key} holds another tenant's conversation")));
-                }
-                Ok(Some(Versioned { conversation, revision: e.revision }))
-            }
-            _ => Ok(None),
+    /// The conversation's current state, if it exists.
+    pub async fn load(&self, tenant: &TenantId, id: ConversationId) -> Result<Option<Loaded>, StoreError> {
+        let subject = topology::events_subject(tenant, id);
+        let message = match self.stream.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        match message.headers.get(SCHEMA_HEADER).map(|v| v.as_str()) {
+            Some(s) if s == events::ConversationRecord::SCHEMA => {}
+            other => return Err(unavailable(format!("{subject}: unexpected schema {other:?}"))),
         }
+        let record = events::ConversationRecord::decode(message.payload).map_err(unavailable)?;
+        Ok(Some(Loaded { conversation: decode_state(&record, tenant)?, sequence: message.sequence }))
     }
 
-    /// Stores a new conversation; fails with `AlreadyExists` if the id is taken.
-    pub async fn create(&self, c: &Conversation) -> Result<u64, StoreError> {
-        let key = conv_key(&c.tenant, c.id);
-        let value = Bytes::from(convert::conversation_state(c).encode_to_vec());
-        self.kv.create(key.as_str(), value).await.map_err(|e| {
-            if e.kind() == kv::CreateErrorKind::AlreadyExists { StoreError::AlreadyExists(key) } else { unavailable(e) }
-        })
-    }
-
-    /// Replaces a conversation read at `revision`; fails with `Conflict` if it changed since.
-    pub async fn update(&self, c: &Conversation, revision: u64) -> Result<u64, StoreError> {
-        let key = conv_key(&c.tenant, c.id);
-        let value = Bytes::from(convert::conversation_state(c).encode_to_vec());
-        self.kv.update(key.as_str(), value, revision).await.map_err(|e| {
-            if e.kind() == kv::UpdateErrorKind::WrongLastRevision { StoreError::Conflict(key) } else { unavailable(e) }
-        })
+    /// Appends a transition if the conversation is still at `expected` (0: new); on a race
+    /// returns `Conflict` and the caller re-reads.
+    pub async fn append(&self, tenant: &TenantId, record: &events::ConversationRecord, expected: u64) -> Result<u64, StoreError> {
+        let id = ConversationId::parse(&record.conversation_id).map_err(unavailable)?;
+        let subject = topology::events_subject(tenant, id);
+        match self
+            .publisher
+            .publish_expecting(subject.clone(), &record.record_id, &record.conversation_id, record, Some(expected))
+            .await
+        {
+            Ok(p) if p.duplicate => Err(StoreError::Conflict(subject)),
+            Ok(p) => Ok(p.sequence),
+            Err(e) if e.conflict => Err(StoreError::Conflict(subject)),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// The customer's open conversation, if any, with the pointer's revision.
@@ -91,7 +106,7 @@ impl ConversationStore {
         customer: CustomerId,
     ) -> Result<Option<(ConversationId, u64)>, StoreError> {
         let key = open_key(tenant, customer);
-        match self.kv.entry(key.as_str()).await.map_err(unavailable)? {
+        match self.pointers.entry(key.as_str()).await.map_err(unavailable)? {
             Some(e) if e.operation == kv::Operation::Put => {
                 let text = std::str::from_utf8(&e.value).map_err(unavailable)?;
                 let id = ConversationId::parse(text).map_err(unavailable)?;
@@ -101,37 +116,19 @@ impl ConversationStore {
         }
     }
 
-    /// Makes `id` the customer's open conversation; fails with `AlreadyExists` if the
-    /// customer has one (another replica won the race).
+    /// Makes `id` the customer's open conversation; `AlreadyExists` if they have one.
     pub async fn set_open(&self, tenant: &TenantId, customer: CustomerId, id: ConversationId) -> Result<u64, StoreError> {
         let key = open_key(tenant, customer);
-        self.kv.create(key.as_str(), Bytes::from(id.to_string())).await.map_err(|e| {
+        self.pointers.create(key.as_str(), Bytes::from(id.to_string())).await.map_err(|e| {
             if e.kind() == kv::CreateErrorKind::AlreadyExists { StoreError::AlreadyExists(key) } else { unavailable(e) }
         })
     }
 
-    /// Clears the customer's open conversation if it is still `id` at `revision`.
+    /// Clears the customer's open conversation if the pointer is still at `revision`.
     pub async fn clear_open(&self, tenant: &TenantId, customer: CustomerId, revision: u64) -> Result<(), StoreError> {
         let key = open_key(tenant, customer);
-        self.kv.delete_expect_revision(key.as_str(), Some(revision)).await.map_err(|e| {
+        self.pointers.delete_expect_revision(key.as_str(), Some(revision)).await.map_err(|e| {
             if e.kind() == kv::DeleteErrorKind::WrongLastRevision { StoreError::Conflict(key) } else { unavailable(e) }
         })
-    }
-
-    /// Every conversation of every tenant still in the bucket (for rebuilding Redis after
-    /// it lost its data). Closed ones are included; callers filter.
-    pub async fn all(&self) -> Result<Vec<Versioned>, StoreError> {
-        let keys: Vec<String> = self.kv.keys().await.map_err(unavailable)?.try_collect().await.map_err(unavailable)?;
-        let mut out = Vec::new();
-        for key in keys.iter().filter(|k| k.split('.').nth(1) == Some("conv")) {
-            if let Some(e) = self.kv.entry(key.as_str()).await.map_err(unavailable)?
-                && e.operation == kv::Operation::Put
-            {
-                let state = events::ConversationState::decode(e.value).map_err(unavailable)?;
-                let conversation = convert::from_conversation_state(&state).map_err(unavailable)?;
-                out.push(Versioned { conversation, revision: e.revision });
-            }
-        }
-        Ok(out)
     }
 }

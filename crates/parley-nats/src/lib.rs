@@ -4,8 +4,10 @@
 //! - [`topology`]: every stream, subject, consumer and bucket name, and `ensure`.
 //! - [`publish`]: protobuf payloads with schema, dedupe id, ordering key and trace context.
 //! - [`consume`]: durable pull consumers, lanes ordered by key, ack / retry / term.
+//! - [`tail`]: resumable feeds of one subject (desk sessions, customer streams).
 //! - [`config_store`]: tenant configuration (writes) and the watched cache (reads, auth).
-//! - [`conversations`]: conversation state with compare-and-set.
+//! - [`conversations`]: the conversation log (state by compare-and-set appends) and
+//!   open-conversation pointers.
 //!
 //! *API boundary*: async-nats types do not leave this crate except the connection handle
 //! ([`Nats`]) that services pass back into it.
@@ -14,6 +16,7 @@ pub mod config_store;
 pub mod consume;
 pub mod conversations;
 pub mod publish;
+pub mod tail;
 pub mod topology;
 
 use std::time::Duration;
@@ -23,7 +26,7 @@ use parley_kit::config::NatsConfig;
 
 pub use config_store::{ConfigCache, ConfigStore, StoreError};
 pub use consume::{ConsumerSpec, Delivery, Handler, Outcome};
-pub use conversations::ConversationStore;
+pub use conversations::{ConversationLog, Loaded};
 pub use publish::{Payload, Published, Publisher};
 
 /// A connection to NATS with its JetStream context.
@@ -87,13 +90,8 @@ impl Nats {
             .map_err(|e| anyhow::anyhow!("config bucket: {e}"))
     }
 
-    pub async fn conversations(&self) -> anyhow::Result<ConversationStore> {
-        let kv = self
-            .js
-            .get_key_value(topology::buckets::CONVERSATIONS)
-            .await
-            .map_err(|e| anyhow::anyhow!("conversations bucket: {e}"))?;
-        Ok(ConversationStore::new(kv))
+    pub async fn conversations(&self) -> anyhow::Result<ConversationLog> {
+        ConversationLog::new(&self.js).await
     }
 }
 

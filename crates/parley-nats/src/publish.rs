@@ -23,8 +23,8 @@ pub trait Payload: prost::Message + Default {
 impl Payload for events::InboundEnvelope {
     const SCHEMA: &'static str = "parley.events.v1.InboundEnvelope";
 }
-impl Payload for events::ConversationEvent {
-    const SCHEMA: &'static str = "parley.events.v1.ConversationEvent";
+impl Payload for events::ConversationRecord {
+    const SCHEMA: &'static str = "parley.events.v1.ConversationRecord";
 }
 impl Payload for events::OutboundEnvelope {
     const SCHEMA: &'static str = "parley.events.v1.OutboundEnvelope";
@@ -39,6 +39,8 @@ impl Payload for v1::DeskEvent {
 pub struct PublishError {
     pub subject: String,
     pub reason: String,
+    /// The subject's last sequence was not the expected one (a concurrent writer won).
+    pub conflict: bool,
 }
 
 /// The stream's acknowledgement.
@@ -86,16 +88,39 @@ impl Publisher {
         key: &str,
         payload: &P,
     ) -> Result<Published, PublishError> {
+        self.publish_expecting(subject, dedupe_id, key, payload, None).await
+    }
+
+    /// Like [`Publisher::publish`], but when `expected_last` is given the stream takes the
+    /// message only if the subject's last message has that sequence (0: none yet);
+    /// otherwise the error has `conflict` set.
+    pub async fn publish_expecting<P: Payload>(
+        &self,
+        subject: String,
+        dedupe_id: &str,
+        key: &str,
+        payload: &P,
+        expected_last: Option<u64>,
+    ) -> Result<Published, PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", dedupe_id);
         headers.insert(SCHEMA_HEADER, P::SCHEMA);
         headers.insert(KEY_HEADER, key);
+        if let Some(seq) = expected_last {
+            headers.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
+        }
         parley_kit::telemetry::inject_current(&mut HeaderInjector(&mut headers));
         let body = Bytes::from(payload.encode_to_vec());
-        let err = |reason: String| PublishError { subject: subject.clone(), reason };
-        let ack_future =
-            self.js.publish_with_headers(subject.clone(), headers, body).await.map_err(|e| err(e.to_string()))?;
-        let ack = ack_future.await.map_err(|e| err(e.to_string()))?;
+        let err = |reason: String, conflict: bool| PublishError { subject: subject.clone(), reason, conflict };
+        let ack_future = self
+            .js
+            .publish_with_headers(subject.clone(), headers, body)
+            .await
+            .map_err(|e| err(e.to_string(), false))?;
+        let ack = ack_future.await.map_err(|e| {
+            let conflict = e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence;
+            err(e.to_string(), conflict)
+        })?;
         Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
     }
 }

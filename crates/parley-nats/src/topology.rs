@@ -4,8 +4,8 @@
 //! | stream | subjects | written by | read by |
 //! |---|---|---|---|
 //! | `PARLEY_INBOUND` | `parley.inbound.<tenant>.<channel>` | ingest | routing |
-//! | `PARLEY_EVENTS` | `parley.events.<tenant>.<conversation>` | routing | history |
-//! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>` | routing | notification (per session) |
+//! | `PARLEY_EVENTS` | `parley.events.<tenant>.<conversation>` | routing (one record per transition) | history, routing's fan-out |
+//! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>` | routing's fan-out | notification (per session) |
 //! | `PARLEY_OUTBOUND` | `parley.outbound.<tenant>.<channel>.<customer>` | notification | routing, channel senders, API streams |
 //!
 //! Tenant ids and operator ids are slugs and the others UUIDs or channel names, so every
@@ -40,6 +40,8 @@ pub mod consumers {
     pub const ROUTING_INBOUND: &str = "routing-inbound";
     /// Routing records operator replies in the conversation log.
     pub const ROUTING_OUTBOUND: &str = "routing-outbound";
+    /// Routing delivers each record's desk and customer parts.
+    pub const ROUTING_FANOUT: &str = "routing-fanout";
     /// History writes the conversation log to PostgreSQL.
     pub const HISTORY_EVENTS: &str = "history-events";
 }
@@ -48,9 +50,10 @@ pub mod consumers {
 pub mod buckets {
     /// Tenants, operators, skills, queues, channels and tokens (keys `<tenant>.<kind>.<id>`).
     pub const CONFIG: &str = "parley_config";
-    /// Conversation state (`<tenant>.conv.<id>`) and open-conversation pointers
-    /// (`<tenant>.open.<customer>`), updated with compare-and-set.
+    /// Open-conversation pointers (`<tenant>.open.<customer>`), changed with compare-and-set.
     pub const CONVERSATIONS: &str = "parley_conversations";
+    /// Operator statuses as last set (`<tenant>.<operator>`), from which Redis is rebuilt.
+    pub const PRESENCE: &str = "parley_presence";
 }
 
 pub fn inbound_subject(tenant: &TenantId, channel: Channel) -> String {
@@ -90,11 +93,12 @@ pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Res
         };
         create_or_update_stream(js, cfg).await?;
     }
-    // Configuration is kept forever; a conversation's state is refreshed on every change and
-    // dropped a month after its last one (history keeps the record).
+    // Configuration and statuses are kept forever; an open-conversation pointer is dropped a
+    // month after it was set (conversations time out long before).
     for (bucket, description, max_age) in [
         (buckets::CONFIG, "Parley tenant configuration", Duration::ZERO),
-        (buckets::CONVERSATIONS, "Parley conversation routing state", DAY.saturating_mul(30)),
+        (buckets::CONVERSATIONS, "Parley open-conversation pointers", DAY.saturating_mul(30)),
+        (buckets::PRESENCE, "Parley operator statuses", Duration::ZERO),
     ] {
         let cfg = kv::Config {
             bucket: bucket.to_owned(),

@@ -9,6 +9,7 @@
 //! | `{t:T}:op:O:sessions` | sorted set | live desk sessions, scored by their expiry (ms) |
 //! | `{t:T}:op:O:load:C` | set | conversations operator O holds (offered or assigned) on channel C |
 //! | `{t:T}:queue:Q` | sorted set | conversations waiting in queue Q, by `parley_policy::queue_score` |
+//! | `{t:T}:offers` | sorted set | conversations offered and waiting for an answer, by deadline (ms) |
 //! | `parley:rebuilt` | string | present once Redis has been rebuilt from the durable side |
 //!
 //! Redis may lose everything on a crash; routing notices the missing `parley:rebuilt` and
@@ -82,7 +83,20 @@ fn queue_key(tenant: &TenantId, queue: &QueueId) -> String {
     format!("{}:queue:{queue}", tag(tenant))
 }
 
+fn offers_key(tenant: &TenantId) -> String {
+    format!("{}:offers", tag(tenant))
+}
+
 const REBUILT_KEY: &str = "parley:rebuilt";
+
+/// One operator's routing-relevant presence for one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSnapshot {
+    pub status: OperatorStatus,
+    pub connected: bool,
+    pub load: u32,
+    pub last_assigned: Option<Timestamp>,
+}
 
 const CLAIM: &str = r#"
 -- KEYS: 1 operator hash, 2 operator sessions, 3 operator load (channel), 4 queue
@@ -310,6 +324,70 @@ impl Coordinator {
         let rank: Option<u32> =
             redis::cmd("ZRANK").arg(queue_key(tenant, queue)).arg(conversation.to_string()).query_async(&mut c).await?;
         Ok(rank.map(|r| r + 1))
+    }
+
+    /// Presence of many operators for one channel, in one round trip.
+    pub async fn snapshot(
+        &self,
+        tenant: &TenantId,
+        operators: &[OperatorId],
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Vec<OperatorSnapshot>> {
+        if operators.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for op in operators {
+            pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("last_assigned");
+            pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
+            pipe.cmd("SCARD").arg(load_key(tenant, op, channel));
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        let mut out = Vec::with_capacity(operators.len());
+        for chunk in values.chunks(3) {
+            let fields: Vec<Option<String>> = redis::from_redis_value(chunk[0].clone()).unwrap_or_default();
+            let live: u32 = redis::from_redis_value(chunk[1].clone()).unwrap_or(0);
+            let load: u32 = redis::from_redis_value(chunk[2].clone()).unwrap_or(0);
+            let field = |i: usize| fields.get(i).cloned().flatten();
+            out.push(OperatorSnapshot {
+                status: field(0).and_then(|s| OperatorStatus::parse(&s)).unwrap_or_default(),
+                connected: live > 0,
+                load,
+                last_assigned: field(1).and_then(|s| s.parse::<i64>().ok()).map(Timestamp::from_millis),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Remembers an offer's deadline, so an expired offer is found and moved on.
+    pub async fn track_offer(&self, tenant: &TenantId, conversation: ConversationId, expires: Timestamp) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZADD").arg(offers_key(tenant)).arg(expires.as_millis()).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Forgets an offer (answered, expired or withdrawn).
+    pub async fn untrack_offer(&self, tenant: &TenantId, conversation: ConversationId) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZREM").arg(offers_key(tenant)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Offers whose deadline has passed.
+    pub async fn due_offers(&self, tenant: &TenantId, now: Timestamp, limit: usize) -> Result<Vec<ConversationId>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(offers_key(tenant))
+            .arg("-inf")
+            .arg(now.as_millis())
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await?;
+        Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
     }
 
     /// True once Redis has been rebuilt since it last lost its data.

@@ -1,0 +1,295 @@
+//! The history gRPC API: conversations, their messages (keyset pages), customers, a
+//! customer's timeline across channels and conversations, routing decisions. Every query
+//! runs under the caller's tenant, so another tenant's id is simply not found.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use parley_domain::{Channel, DeliveryState, Role, Sender, TenantId, Timestamp};
+use parley_kit::auth::{principal, require};
+use parley_kit::error::{ApiError, ApiResult};
+use parley_pg::{ConversationRow, Cursor, Db, DbError, MessageRow};
+use parley_proto::v1::history_service_server::HistoryService;
+use parley_proto::{convert, v1};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::writer::StoredCandidate;
+
+/// The gRPC service.
+pub struct HistoryApi {
+    pub db: Db,
+}
+
+const READERS: [Role; 4] = [Role::Operator, Role::Supervisor, Role::Admin, Role::Integrator];
+
+fn db_error(e: DbError) -> ApiError {
+    match e {
+        DbError::Unavailable(m) => ApiError::Unavailable(m),
+        DbError::Query(m) => ApiError::Internal(anyhow::anyhow!(m)),
+    }
+}
+
+fn uuid(field: &str, value: &str) -> ApiResult<Uuid> {
+    if value.len() != 36 {
+        return Err(ApiError::invalid(format!("{field} must be a UUID in hyphenated form")));
+    }
+    Uuid::parse_str(value).map_err(|_| ApiError::invalid(format!("{field} must be a UUID in hyphenated form")))
+}
+
+fn page_size(requested: u32) -> ApiResult<i64> {
+    match requested {
+        0 => Ok(50),
+        1..=500 => Ok(i64::from(requested)),
+        _ => Err(ApiError::invalid(format!("page_size must be 0 (default 50) to 500, got {requested}"))),
+    }
+}
+
+/// Encodes where the next page starts; `scope` ties the token to its listing.
+fn encode_token(scope: &str, c: Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1|{scope}|{}|{}", c.at.as_micros(), c.id))
+}
+
+fn decode_token(scope: &str, token: &str) -> ApiResult<Option<Cursor>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ApiError::invalid("page_token is invalid or belongs to another listing");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let mut parts = text.split('|');
+    let (Some("v1"), Some(s), Some(micros), Some(id), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if s != scope {
+        return Err(bad());
+    }
+    let at = micros.parse::<i64>().map_err(|_| bad())?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok(Some(Cursor { at: Timestamp::from_micros(at), id }))
+}
+
+fn channel_of(name: &str) -> i32 {
+    name.parse::<Channel>().map_or(v1::Channel::Unspecified as i32, |c| convert::channel(c) as i32)
+}
+
+fn status_of(name: &str) -> i32 {
+    (match name {
+        "queued" => v1::ConversationStatus::Queued,
+        "offered" => v1::ConversationStatus::Offered,
+        "assigned" => v1::ConversationStatus::Assigned,
+        "closed" => v1::ConversationStatus::Closed,
+        _ => v1::ConversationStatus::Unspecified,
+    }) as i32
+}
+
+pub fn conversation(r: &ConversationRow) -> v1::Conversation {
+    v1::Conversation {
+        id: r.id.to_string(),
+        customer_id: r.customer_id.to_string(),
+        channel: channel_of(&r.channel),
+        status: status_of(&r.status),
+        queue_id: r.queue_id.clone(),
+        operator_id: r.operator_id.clone().unwrap_or_default(),
+        create_time: Some(convert::timestamp(r.created_at)),
+        update_time: Some(convert::timestamp(r.updated_at)),
+        close_time: r.closed_at.map(convert::timestamp),
+        priority: r.priority,
+    }
+}
+
+pub fn message(r: &MessageRow) -> v1::Message {
+    let quoted = (r.quoted_message_id.is_some() || r.quoted_channel_message_id.is_some() || r.quoted_text.is_some())
+        .then(|| v1::QuotedMessage {
+            message_id: r.quoted_message_id.map(|u| u.to_string()).unwrap_or_default(),
+            channel_message_id: r.quoted_channel_message_id.clone().unwrap_or_default(),
+            text: r.quoted_text.clone().unwrap_or_default(),
+        });
+    v1::Message {
+        id: r.id.to_string(),
+        conversation_id: r.conversation_id.to_string(),
+        customer_id: r.customer_id.to_string(),
+        channel: channel_of(&r.channel),
+        sender_kind: Sender::parse(&r.sender).map_or(v1::SenderKind::Unspecified as i32, |s| convert::sender(s) as i32),
+        operator_id: r.operator_id.clone().unwrap_or_default(),
+        text: r.body.clone(),
+        quoted,
+        delivery_state: DeliveryState::parse(&r.delivery_state)
+            .map_or(v1::DeliveryState::Unspecified as i32, |d| convert::delivery_state(d) as i32),
+        create_time: Some(convert::timestamp(r.created_at)),
+        channel_message_id: r.channel_message_id.clone(),
+    }
+}
+
+impl HistoryApi {
+    async fn existing_conversation(&self, tenant: &TenantId, id: Uuid) -> ApiResult<(ConversationRow, i64)> {
+        self.db
+            .conversation(tenant, id)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| ApiError::not_found(format!("conversation {id} not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl HistoryService for HistoryApi {
+    async fn get_conversation(
+        &self,
+        request: Request<v1::GetConversationRequest>,
+    ) -> Result<Response<v1::GetConversationResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let id = uuid("conversation_id", &request.get_ref().conversation_id)?;
+        let (row, count) = self.existing_conversation(&p.tenant, id).await?;
+        Ok(Response::new(v1::GetConversationResponse {
+            conversation: Some(conversation(&row)),
+            message_count: u32::try_from(count).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<v1::ListMessagesRequest>,
+    ) -> Result<Response<v1::ListMessagesResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let r = request.into_inner();
+        let id = uuid("conversation_id", &r.conversation_id)?;
+        let limit = page_size(r.page_size)?;
+        let newest_first = match v1::SortOrder::try_from(r.order) {
+            Ok(v1::SortOrder::Unspecified) | Ok(v1::SortOrder::OldestFirst) => false,
+            Ok(v1::SortOrder::NewestFirst) => true,
+            Err(_) => return Err(ApiError::invalid(format!("order {} is unknown", r.order)).into()),
+        };
+        let scope = format!("m:{id}:{}", if newest_first { "desc" } else { "asc" });
+        let after = decode_token(&scope, &r.page_token)?;
+        self.existing_conversation(&p.tenant, id).await?;
+        // One extra row tells whether another page follows.
+        let mut rows = self.db.messages(&p.tenant, id, after, limit + 1, newest_first).await.map_err(db_error)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => encode_token(&scope, Cursor { at: last.created_at, id: last.id }),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListMessagesResponse { messages: rows.iter().map(message).collect(), next_page_token }))
+    }
+
+    async fn get_customer(&self, request: Request<v1::GetCustomerRequest>) -> Result<Response<v1::GetCustomerResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let id = uuid("customer_id", &request.get_ref().customer_id)?;
+        let c = self
+            .db
+            .customer(&p.tenant, id)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))?;
+        Ok(Response::new(v1::GetCustomerResponse {
+            customer: Some(v1::Customer {
+                id: c.id.to_string(),
+                display_name: c.display_name,
+                identities: c
+                    .identities
+                    .into_iter()
+                    .map(|(channel, address, seen)| v1::ChannelIdentity {
+                        channel: channel_of(&channel),
+                        address,
+                        first_seen_time: Some(convert::timestamp(seen)),
+                    })
+                    .collect(),
+                create_time: Some(convert::timestamp(c.created_at)),
+            }),
+        }))
+    }
+
+    async fn get_customer_timeline(
+        &self,
+        request: Request<v1::GetCustomerTimelineRequest>,
+    ) -> Result<Response<v1::GetCustomerTimelineResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let r = request.into_inner();
+        let id = uuid("customer_id", &r.customer_id)?;
+        let limit = page_size(r.page_size)?;
+        let scope = format!("t:{id}");
+        let before = decode_token(&scope, &r.page_token)?;
+        if self.db.customer(&p.tenant, id).await.map_err(db_error)?.is_none() {
+            return Err(ApiError::not_found(format!("customer {id} not found")).into());
+        }
+        let mut rows = self.db.timeline(&p.tenant, id, before, limit + 1).await.map_err(db_error)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let mut ids: Vec<Uuid> = rows.iter().map(|m| m.conversation_id).collect();
+        ids.sort();
+        ids.dedup();
+        let conversations = self.db.conversations(&p.tenant, ids).await.map_err(db_error)?;
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => encode_token(&scope, Cursor { at: last.created_at, id: last.id }),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::GetCustomerTimelineResponse {
+            messages: rows.iter().map(message).collect(),
+            conversations: conversations.iter().map(conversation).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_routing_decisions(
+        &self,
+        request: Request<v1::ListRoutingDecisionsRequest>,
+    ) -> Result<Response<v1::ListRoutingDecisionsResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Supervisor, Role::Admin, Role::Integrator])?;
+        let id = uuid("conversation_id", &request.get_ref().conversation_id)?;
+        self.existing_conversation(&p.tenant, id).await?;
+        let rows = self.db.decisions(&p.tenant, id).await.map_err(db_error)?;
+        let decisions = rows
+            .into_iter()
+            .map(|d| {
+                let candidates: Vec<StoredCandidate> = serde_json::from_str(&d.candidates_json).unwrap_or_default();
+                v1::RoutingDecision {
+                    id: d.id.to_string(),
+                    conversation_id: d.conversation_id.to_string(),
+                    queue_id: d.queue_id,
+                    chosen_operator_id: d.chosen_operator_id.unwrap_or_default(),
+                    reason: d.reason,
+                    candidates: candidates
+                        .into_iter()
+                        .map(|c| v1::RoutingCandidate {
+                            operator_id: c.operator_id,
+                            excluded_because: c.excluded_because,
+                            load: c.load,
+                            capacity: c.capacity,
+                        })
+                        .collect(),
+                    decide_time: Some(convert::timestamp(d.decided_at)),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListRoutingDecisionsResponse { decisions }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_other_listings() {
+        let c = Cursor { at: Timestamp::from_micros(1_700_000_000_123_456), id: Uuid::from_u128(42) };
+        let t = encode_token("m:x:asc", c);
+        assert_eq!(decode_token("m:x:asc", &t).unwrap(), Some(c));
+        assert!(decode_token("m:x:desc", &t).is_err());
+        assert!(decode_token("m:x:asc", "not-base64!").is_err());
+        assert!(decode_token("m:x:asc", &URL_SAFE_NO_PAD.encode("v1|m:x:asc|abc|def")).is_err());
+        assert_eq!(decode_token("m:x:asc", "").unwrap(), None);
+    }
+
+    #[test]
+    fn page_size_bounds() {
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(500).unwrap(), 500);
+        assert!(page_size(501).is_err());
+    }
+}

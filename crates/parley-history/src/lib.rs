@@ -1,0 +1,160 @@
+//! Parley's history service: the record.
+//!
+//! It applies the schema migrations, consumes the conversation log (`PARLEY_EVENTS`) into
+//! PostgreSQL with the batching, idempotent [`writer`], and serves the history gRPC API
+//! ([`api`]). All reads and writes run under row-level security with the tenant set per
+//! transaction.
+
+pub mod api;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_kit::auth::{Authenticator, TokenKey};
+use parley_kit::config::{AuthConfig, NatsConfig, Secret, ServerConfig, TelemetryConfig, Validate};
+use parley_kit::runtime::{self, HasTelemetry, Readiness, ServiceHandle};
+use parley_kit::telemetry::Metrics;
+use parley_nats::consume::{self, ConsumerSpec};
+use parley_nats::{ConfigCache, Nats, topology};
+use parley_proto::v1::history_service_server::HistoryServiceServer;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Everything the history service reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub server: ServerConfig,
+    pub nats: NatsConfig,
+    pub database: DatabaseSection,
+    pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+    pub writer: WriterSection,
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// A libpq-style URL; its user owns the schema (runs migrations).
+    pub url: Secret,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// The non-owner role every pooled session switches to, so row-level security applies.
+    pub app_role: String,
+    /// Apply pending migrations at start (otherwise run `parley-history migrate`).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/parley"),
+            pool_size: 16,
+            app_role: "parley_app".into(),
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// The batching writer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterSection {
+    /// Records per transaction at most.
+    pub max_batch: usize,
+    /// How long the first record of a batch waits for company.
+    pub max_delay_ms: u64,
+    /// Concurrent lanes (records of one conversation share a lane and stay in order).
+    pub lanes: usize,
+}
+
+impl Default for WriterSection {
+    fn default() -> Self {
+        Self { max_batch: 500, max_delay_ms: 5, lanes: 256 }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::on_ports(7301, 7391),
+            nats: NatsConfig::default(),
+            database: DatabaseSection::default(),
+            auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            writer: WriterSection::default(),
+        }
+    }
+}
+
+impl Validate for HistoryConfig {
+    fn validate(&self) -> Result<(), String> {
+        parley_kit::config::validate_common(&self.server, &self.auth, &self.telemetry, &self.nats)?;
+        let db = &self.database;
+        if !db.url.expose().starts_with("postgres://") && !db.url.expose().starts_with("postgresql://") {
+            return Err("database.url must start with postgres:// or postgresql://".into());
+        }
+        if !(1..=256).contains(&db.pool_size) {
+            return Err("database.pool_size must be 1 to 256".into());
+        }
+        if db.app_role.is_empty() || !db.app_role.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err("database.app_role must be a plain role name (letters, digits, _)".into());
+        }
+        let w = &self.writer;
+        if !(1..=10_000).contains(&w.max_batch) || w.max_delay_ms > 1000 || !(1..=4096).contains(&w.lanes) {
+            return Err("writer: max_batch 1..=10000, max_delay_ms ≤ 1000, lanes 1..=4096".into());
+        }
+        Ok(())
+    }
+}
+
+impl HasTelemetry for HistoryConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
+/// Applies pending migrations; returns the versions applied.
+pub async fn migrate(config: &HistoryConfig) -> anyhow::Result<Vec<i32>> {
+    parley_pg::migrate::run(config.database.url.expose()).await
+}
+
+/// Starts the history service; it runs until `token` fires, then drains.
+pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationToken) -> anyhow::Result<ServiceHandle> {
+    if config.database.migrate_on_start {
+        migrate(&config).await?;
+    }
+    let db = parley_pg::Db::connect(config.database.url.expose(), config.database.pool_size, &config.database.app_role)?;
+    db.ping().await.map_err(|e| anyhow::anyhow!("database: {e}"))?;
+    let nats = Nats::connect(&config.nats, "parley-history", Duration::from_secs(30)).await?;
+    let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
+    let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache));
+    let routes = tonic::service::Routes::new(HistoryServiceServer::new(api::HistoryApi { db: db.clone() }));
+
+    let grpc = runtime::bind(config.server.grpc_addr).await?;
+    let http = runtime::bind(config.server.http_addr).await?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    let readiness = Readiness::default();
+    // The batcher outlives the consumer: it stops when the consumer, after draining, drops
+    // the handler that feeds it.
+    let (writer, batcher) =
+        writer::start(db, config.writer.max_batch, Duration::from_millis(config.writer.max_delay_ms), metrics.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
+    tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics.clone(), readiness.clone()), token.clone()));
+    let spec = ConsumerSpec { lanes: config.writer.lanes, ..ConsumerSpec::new(topology::EVENTS, topology::consumers::HISTORY_EVENTS) };
+    let consumer_token = token.clone();
+    tasks.spawn(async move {
+        let result = consume::run(nats.js.clone(), spec, writer, metrics, consumer_token).await;
+        // The consumer has drained; every handler dropped its sender, so the batcher ends.
+        batcher.await.map_err(|e| anyhow::anyhow!("batcher panicked: {e}"))??;
+        result
+    });
+    readiness.set(true);
+    tracing::info!(%grpc_addr, %http_addr, "history started");
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let task = tokio::spawn(runtime::supervise("history", tasks, token.clone(), grace));
+    Ok(ServiceHandle::new("history", grpc_addr, http_addr, token, task))
+}

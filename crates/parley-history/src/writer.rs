@@ -1,0 +1,216 @@
+//! The history writer: conversation records from `PARLEY_EVENTS` into PostgreSQL.
+//!
+//! Each record becomes rows (the conversation's newest state, its new customer, messages,
+//! assignments, routing decisions). Records from all lanes are gathered for a few
+//! milliseconds into one batch, written in one transaction (each tenant's rows under its
+//! own `parley.tenant` setting), and only then acknowledged. Every insert is idempotent, so
+//! a redelivered record changes nothing; the lanes keep each conversation's records in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_domain::{Sender, TenantId};
+use parley_kit::telemetry::Metrics;
+use parley_kit::telemetry::prometheus_client::metrics::counter::Counter;
+use parley_kit::telemetry::prometheus_client::metrics::family::Family;
+use parley_nats::conversations::decode_state;
+use parley_nats::consume::{Delivery, Handler, Outcome};
+use parley_pg::{AssignmentRow, ConversationRow, CustomerRow, Db, DecisionRow, MessageRow, TenantBatch};
+use parley_proto::{convert, events};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// A routing candidate as stored in `routing_decisions.candidates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCandidate {
+    pub operator_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub excluded_because: String,
+    pub load: u32,
+    pub capacity: u32,
+}
+
+/// Turns one record into the rows it adds.
+pub fn rows(record: &events::ConversationRecord) -> Result<TenantBatch, String> {
+    let tenant = TenantId::parse(&record.tenant_id).map_err(|e| e.to_string())?;
+    let c = decode_state(record, &tenant).map_err(|e| e.to_string())?;
+    let mut batch = TenantBatch::new(tenant);
+    batch.conversations.push(ConversationRow {
+        id: c.id.as_uuid(),
+        customer_id: c.customer.id.as_uuid(),
+        channel: c.channel.as_str().to_owned(),
+        channel_config_id: c.channel_config.to_string(),
+        queue_id: c.queue.to_string(),
+        status: c.status.name().to_owned(),
+        operator_id: c.status.holder().map(|o| o.to_string()),
+        priority: c.priority,
+        created_at: c.created,
+        updated_at: c.updated,
+        closed_at: c.closed_at,
+    });
+    for event in &record.events {
+        let at = convert::from_timestamp(event.event_time.as_ref());
+        let event_id = uuid::Uuid::parse_str(&event.event_id).map_err(|e| format!("event_id: {e}"))?;
+        use events::conversation_event::Kind;
+        match &event.kind {
+            Some(Kind::Opened(o)) => batch.customers.push(CustomerRow {
+                id: c.customer.id.as_uuid(),
+                display_name: o.customer_display_name.clone(),
+                channel: c.channel.as_str().to_owned(),
+                address: o.customer_address.clone(),
+                created_at: at,
+            }),
+            Some(Kind::MessageReceived(m)) | Some(Kind::MessageSent(m)) => {
+                let m = convert::from_message(m).map_err(|e| e.to_string())?;
+                batch.messages.push(MessageRow {
+                    id: m.id.as_uuid(),
+                    conversation_id: m.conversation.as_uuid(),
+                    customer_id: m.customer.as_uuid(),
+                    channel: m.channel.as_str().to_owned(),
+                    sender: m.sender.as_str().to_owned(),
+                    operator_id: m.operator.map(|o| o.to_string()),
+                    body: m.text,
+                    quoted_message_id: m.quoted.as_ref().and_then(|q| q.message_id).map(|id| id.as_uuid()),
+                    quoted_channel_message_id: m.quoted.as_ref().map(|q| q.channel_message_id.clone()),
+                    quoted_text: m.quoted.as_ref().map(|q| q.text.clone()),
+                    delivery_state: m.delivery.as_str().to_owned(),
+                    channel_message_id: m.channel_message_id,
+                    created_at: m.created,
+                });
+            }
+            Some(Kind::Assigned(a)) => batch.assignments.push(AssignmentRow {
+                event_id,
+                conversation_id: c.id.as_uuid(),
+                operator_id: a.operator_id.clone(),
+                reason: a.reason.clone(),
+                note: a.transfer_note.clone(),
+                assigned_at: at,
+            }),
+            Some(Kind::Decision(d)) => {
+                let candidates: Vec<StoredCandidate> = d
+                    .candidates
+                    .iter()
+                    .map(|c| StoredCandidate {
+                        operator_id: c.operator_id.clone(),
+                        excluded_because: c.excluded_because.clone(),
+                        load: c.load,
+                        capacity: c.capacity,
+                    })
+                    .collect();
+                batch.decisions.push(DecisionRow {
+                    id: uuid::Uuid::parse_str(&d.id).map_err(|e| format!("decision id: {e}"))?,
+                    conversation_id: c.id.as_uuid(),
+                    queue_id: d.queue_id.clone(),
+                    chosen_operator_id: (!d.chosen_operator_id.is_empty()).then(|| d.chosen_operator_id.clone()),
+                    reason: d.reason.clone(),
+                    // Serializing plain structs cannot fail.
+                    candidates_json: serde_json::to_string(&candidates).expect("candidates serialize"),
+                    decided_at: convert::from_timestamp(d.decide_time.as_ref()),
+                });
+            }
+            Some(Kind::Queued(_)) | Some(Kind::Offered(_)) | Some(Kind::Closed(_)) | Some(Kind::Delivery(_)) | None => {}
+        }
+    }
+    debug_assert!(batch.messages.iter().all(|m| Sender::parse(&m.sender).is_some()));
+    Ok(batch)
+}
+
+type Pending = (TenantBatch, oneshot::Sender<Result<(), String>>);
+
+/// Hands records to the batcher and waits for their commit.
+pub struct Writer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Handler for Writer {
+    async fn handle(&self, d: Delivery) -> Outcome {
+        let record: events::ConversationRecord = match d.decode() {
+            Ok(r) => r,
+            Err(why) => return Outcome::Term(why),
+        };
+        let batch = match rows(&record) {
+            Ok(b) => b,
+            Err(why) => return Outcome::Term(format!("record {}: {why}", record.record_id)),
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send((batch, done_tx)).await.is_err() {
+            return Outcome::Retry(Duration::from_secs(1));
+        }
+        match done_rx.await {
+            Ok(Ok(())) => Outcome::Ack,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, delivered = d.delivered, "history write failed; will retry");
+                Outcome::Retry(Duration::from_millis((250 * d.delivered.clamp(1, 40)) as u64))
+            }
+            Err(_) => Outcome::Retry(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Starts the batcher; returns the consumer handler feeding it. The batcher ends when the
+/// handler is dropped.
+pub fn start(
+    db: Db,
+    max_batch: usize,
+    max_delay: Duration,
+    metrics: Metrics,
+) -> (Arc<Writer>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let (tx, rx) = mpsc::channel::<Pending>(max_batch * 2);
+    let task = tokio::spawn(batcher(db, rx, max_batch, max_delay, metrics));
+    (Arc::new(Writer { tx }), task)
+}
+
+async fn batcher(
+    db: Db,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+    max_delay: Duration,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    let rows_written = prometheus_rows();
+    metrics.register("history_rows_written", "Rows written to PostgreSQL by kind", rows_written.clone());
+    loop {
+        // Wait for the first record. The channel closes only once the consumer has drained
+        // its lanes and dropped the handler, so shutdown never strands a record.
+        let Some(first) = rx.recv().await else { return Ok(()) };
+        let mut pending = vec![first];
+        let deadline = tokio::time::Instant::now() + max_delay;
+        while pending.len() < max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => pending.push(p),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut by_tenant: BTreeMap<String, TenantBatch> = BTreeMap::new();
+        let mut waiters = Vec::with_capacity(pending.len());
+        for (batch, done) in pending {
+            waiters.push(done);
+            let merged = by_tenant.entry(batch.tenant.to_string()).or_insert_with(|| TenantBatch::new(batch.tenant.clone()));
+            merged.customers.extend(batch.customers);
+            merged.conversations.extend(batch.conversations);
+            merged.messages.extend(batch.messages);
+            merged.assignments.extend(batch.assignments);
+            merged.decisions.extend(batch.decisions);
+        }
+        let batches: Vec<TenantBatch> = by_tenant.into_values().collect();
+        let result = db.write(&batches).await.map_err(|e| e.to_string());
+        if result.is_ok() {
+            for b in &batches {
+                rows_written.get_or_create(&vec![("kind".to_owned(), "message".to_owned())]).inc_by(b.messages.len() as u64);
+                rows_written
+                    .get_or_create(&vec![("kind".to_owned(), "conversation".to_owned())])
+                    .inc_by(b.conversations.len() as u64);
+            }
+        }
+        for done in waiters {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+type RowsFamily = Family<Vec<(String, String)>, Counter>;
+
+fn prometheus_rows() -> RowsFamily {
+    RowsFamily::default()
+}

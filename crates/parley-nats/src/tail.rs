@@ -1,0 +1,54 @@
+//! Following one subject of a stream from a sequence on: the resumable feeds behind an
+//! operator's desk session and an integrator's customer stream. An ordered consumer (no
+//! acks, recreated by the client on any gap) delivers every message after the resume
+//! point in stream order, so a client that passes the last sequence it saw gets no gaps and
+//! no repeats.
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::{Stream, StreamExt};
+
+use crate::consume::Delivery;
+use crate::publish::{KEY_HEADER, SCHEMA_HEADER};
+use crate::topology::StreamDef;
+
+/// A subject's feed, starting after `resume_after`.
+pub struct Tail {
+    /// Messages after this stream sequence follow.
+    pub resume_after: u64,
+    pub messages: std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<Delivery>> + Send>>,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail").field("resume_after", &self.resume_after).finish()
+    }
+}
+
+/// Follows `subject` of `stream` after `after` (0: after the stream's current end).
+pub async fn follow(js: &jetstream::Context, stream: StreamDef, subject: String, after: u64) -> anyhow::Result<Tail> {
+    let mut s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
+    let resume_after = if after == 0 { s.info().await?.state.last_sequence } else { after };
+    let consumer = s
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: resume_after + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot follow {}: {e}", stream.name))?;
+    let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("cannot follow {}: {e}", stream.name))?;
+    let messages = messages.map(|m| {
+        let m = m.map_err(|e| anyhow::anyhow!("feed interrupted: {e}"))?;
+        let info = m.info().map_err(|e| anyhow::anyhow!("message without info: {e}"))?;
+        let headers = m.headers.as_ref();
+        Ok(Delivery {
+            subject: m.subject.to_string(),
+            payload: m.payload.clone(),
+            schema: headers.and_then(|h| h.get(SCHEMA_HEADER)).map(|v| v.as_str().to_owned()),
+            key: headers.and_then(|h| h.get(KEY_HEADER)).map(|v| v.as_str().to_owned()),
+            stream_sequence: info.stream_sequence,
+            delivered: info.delivered,
+        })
+    });
+    Ok(Tail { resume_after, messages: Box::pin(messages) })
+}

@@ -1,0 +1,117 @@
+//! Parley's notification service: delivery to operators.
+//!
+//! Operator desks hold an `OpenSession` stream ([`session`]) on any replica; each session
+//! follows the operator's subject in `PARLEY_DESK` from the sequence the desk last saw, so a
+//! desk that reconnects to another replica after a drop or a replica's death catches up with
+//! no gaps and no repeats. The frames a desk sends keep its session alive in Redis, which is
+//! what makes the operator `connected` for routing. Replies go from here to
+//! `PARLEY_OUTBOUND`, from where channels deliver them and routing records them.
+
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_kit::auth::{Authenticator, TokenKey};
+use parley_kit::config::{AuthConfig, NatsConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
+use parley_kit::runtime::{self, HasTelemetry, Readiness, ServiceHandle};
+use parley_kit::telemetry::Metrics;
+use parley_nats::{ConfigCache, Nats};
+use parley_proto::v1::operator_session_service_server::OperatorSessionServiceServer;
+use parley_redis::Coordinator;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Everything the notification service reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationConfig {
+    pub server: ServerConfig,
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+    pub sessions: SessionsSection,
+}
+
+/// Desk session timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// How often desks are asked to send a heartbeat.
+    pub heartbeat_interval_secs: u64,
+    /// How long a session counts as alive after the desk's last frame.
+    pub ttl_secs: u64,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self { heartbeat_interval_secs: 5, ttl_secs: 15 }
+    }
+}
+
+impl Default for NotificationConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::on_ports(7401, 7491),
+            nats: NatsConfig::default(),
+            redis: RedisConfig::default(),
+            auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            sessions: SessionsSection::default(),
+        }
+    }
+}
+
+impl Validate for NotificationConfig {
+    fn validate(&self) -> Result<(), String> {
+        parley_kit::config::validate_common(&self.server, &self.auth, &self.telemetry, &self.nats)?;
+        parley_kit::config::validate_redis(&self.redis)?;
+        let s = &self.sessions;
+        if !(1..=60).contains(&s.heartbeat_interval_secs) {
+            return Err("sessions.heartbeat_interval_secs must be 1 to 60".into());
+        }
+        if s.ttl_secs < 2 * s.heartbeat_interval_secs || s.ttl_secs > 600 {
+            return Err("sessions.ttl_secs must be at least twice the heartbeat interval and at most 600".into());
+        }
+        Ok(())
+    }
+}
+
+impl HasTelemetry for NotificationConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
+/// Starts the notification service; it runs until `token` fires, then drains.
+pub async fn start(config: NotificationConfig, metrics: Metrics, token: CancellationToken) -> anyhow::Result<ServiceHandle> {
+    let wait = Duration::from_secs(30);
+    let nats = Nats::connect(&config.nats, "parley-notification", wait).await?;
+    let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
+    let redis = Coordinator::connect(&config.redis.url, wait).await?;
+    let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache));
+    let sessions = Arc::new(session::Sessions {
+        js: nats.js.clone(),
+        log: nats.conversations().await?,
+        publisher: nats.publisher(),
+        redis,
+        heartbeat: Duration::from_secs(config.sessions.heartbeat_interval_secs),
+        session_ttl: Duration::from_secs(config.sessions.ttl_secs),
+        token: token.clone(),
+    });
+    let routes = tonic::service::Routes::new(OperatorSessionServiceServer::new(session::SessionApi(sessions)));
+
+    let grpc = runtime::bind(config.server.grpc_addr).await?;
+    let http = runtime::bind(config.server.http_addr).await?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    let readiness = Readiness::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
+    tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics, readiness.clone()), token.clone()));
+    readiness.set(true);
+    tracing::info!(%grpc_addr, %http_addr, "notification started");
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let task = tokio::spawn(runtime::supervise("notification", tasks, token.clone(), grace));
+    Ok(ServiceHandle::new("notification", grpc_addr, http_addr, token, task))
+}

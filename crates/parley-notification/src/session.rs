@@ -1,0 +1,248 @@
+//! One operator desk session: the `OpenSession` bidirectional stream.
+//!
+//! Down: `welcome`, then every event of the operator's subject in `PARLEY_DESK` after the
+//! resume point, each with its stream sequence (a reconnecting desk passes the last one it
+//! saw and misses nothing, repeats nothing). Up: replies (checked against the conversation's
+//! current owner, then published to `PARLEY_OUTBOUND` with an id derived from the desk's
+//! own id, so a resend never reaches the customer twice), acknowledgements and heartbeats,
+//! each of which keeps the session — and so the operator's presence — alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parley_domain::Status as ConversationStatus;
+use parley_domain::{ConversationId, MessageId, OperatorId, Role, TenantId, check_text};
+use parley_kit::auth::{principal, require};
+use parley_kit::clock;
+use parley_kit::error::ApiError;
+use parley_kit::telemetry::code_name;
+use parley_nats::{ConversationLog, Publisher, tail, topology};
+use parley_proto::v1::operator_session_service_server::OperatorSessionService;
+use parley_proto::v1::{open_session_request, open_session_response};
+use parley_proto::{convert, events, v1};
+use parley_redis::Coordinator;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Shared by every session of a replica.
+pub struct Sessions {
+    pub js: async_nats::jetstream::Context,
+    pub log: ConversationLog,
+    pub publisher: Publisher,
+    pub redis: Coordinator,
+    pub heartbeat: Duration,
+    pub session_ttl: Duration,
+    pub token: CancellationToken,
+}
+
+type Frame = Result<v1::OpenSessionResponse, Status>;
+
+/// The gRPC service over the shared session state.
+pub struct SessionApi(pub Arc<Sessions>);
+
+fn frame(f: open_session_response::Frame) -> Frame {
+    Ok(v1::OpenSessionResponse { frame: Some(f) })
+}
+
+#[tonic::async_trait]
+impl OperatorSessionService for SessionApi {
+    type OpenSessionStream = tokio_stream::wrappers::ReceiverStream<Frame>;
+
+    async fn open_session(
+        &self,
+        request: Request<Streaming<v1::OpenSessionRequest>>,
+    ) -> Result<Response<Self::OpenSessionStream>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator])?;
+        let operator = OperatorId::parse(&p.subject).map_err(|e| ApiError::invalid(format!("token subject: {e}")))?;
+        let mut incoming = request.into_inner();
+        // The desk speaks first: `hello` says where to resume.
+        let hello = match tokio::time::timeout(Duration::from_secs(10), incoming.next()).await {
+            Ok(Some(Ok(v1::OpenSessionRequest { frame: Some(open_session_request::Frame::Hello(h)) }))) => h,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(_) => return Err(Status::invalid_argument("the first frame must be `hello`")),
+            Err(_) => return Err(Status::deadline_exceeded("no `hello` within 10 seconds")),
+        };
+        if hello.client_name.chars().count() > 100 {
+            return Err(Status::invalid_argument("hello.client_name must be at most 100 characters"));
+        }
+        let subject = topology::desk_subject(&p.tenant, &operator);
+        let feed = tail::follow(&self.0.js, topology::DESK, subject, hello.resume_after_sequence)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(256);
+        let session = clock::new_id().to_string();
+        let me = self.0.clone();
+        let tenant = p.tenant.clone();
+        tracing::info!(tenant = %tenant, operator = %operator, session, resume_after = feed.resume_after, client = %hello.client_name, "desk session opened");
+        tokio::spawn(async move {
+            me.run(tenant, operator, session, feed, incoming, tx).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+impl Sessions {
+    async fn run(
+        self: Arc<Self>,
+        tenant: TenantId,
+        operator: OperatorId,
+        session: String,
+        mut feed: tail::Tail,
+        mut incoming: Streaming<v1::OpenSessionRequest>,
+        tx: mpsc::Sender<Frame>,
+    ) {
+        let welcome = v1::Welcome {
+            operator_id: operator.to_string(),
+            resume_after_sequence: feed.resume_after,
+            heartbeat_interval_seconds: self.heartbeat.as_secs() as u32,
+        };
+        if tx.send(frame(open_session_response::Frame::Welcome(welcome))).await.is_err() {
+            return;
+        }
+        self.alive(&tenant, &operator, &session).await;
+        loop {
+            tokio::select! {
+                _ = self.token.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("server shutting down; reconnect and resume"))).await;
+                    break;
+                }
+                next = feed.messages.next() => {
+                    let Some(item) = next else { break };
+                    let out = match item {
+                        Ok(d) => match d.decode::<v1::DeskEvent>() {
+                            Ok(mut event) => {
+                                event.sequence = d.stream_sequence;
+                                frame(open_session_response::Frame::Event(event))
+                            }
+                            Err(why) => {
+                                tracing::warn!(seq = d.stream_sequence, why, "skipping undecodable desk event");
+                                continue;
+                            }
+                        },
+                        Err(e) => Err(Status::unavailable(format!("{e}; reconnect and resume"))),
+                    };
+                    let failed = out.is_err();
+                    if tx.send(out).await.is_err() || failed {
+                        break;
+                    }
+                }
+                up = incoming.next() => {
+                    let request = match up {
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "desk stream error");
+                            break;
+                        }
+                        None => break,
+                    };
+                    self.alive(&tenant, &operator, &session).await;
+                    let reply = match request.frame {
+                        Some(open_session_request::Frame::Reply(r)) => Some(self.reply(&tenant, &operator, r).await),
+                        Some(open_session_request::Frame::Heartbeat(_)) => {
+                            Some(open_session_response::Frame::Heartbeat(v1::Heartbeat {}))
+                        }
+                        Some(open_session_request::Frame::Ack(a)) => {
+                            tracing::trace!(operator = %operator, sequence = a.sequence, "desk acknowledged");
+                            None
+                        }
+                        Some(open_session_request::Frame::Hello(_)) | None => {
+                            let _ = tx.send(Err(Status::invalid_argument("`hello` is only the first frame"))).await;
+                            break;
+                        }
+                    };
+                    if let Some(f) = reply && tx.send(frame(f)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.redis.end_session(&tenant, &operator, &session).await {
+            tracing::warn!(error = %e, "ending session in redis");
+        }
+        tracing::info!(tenant = %tenant, operator = %operator, session, "desk session closed");
+    }
+
+    /// Keeps the session (and so the operator's presence) alive for another TTL.
+    async fn alive(&self, tenant: &TenantId, operator: &OperatorId, session: &str) {
+        let expires = clock::now().saturating_add(self.session_ttl);
+        if let Err(e) = self.redis.heartbeat(tenant, operator, session, expires).await {
+            tracing::warn!(error = %e, "session heartbeat not recorded");
+        }
+    }
+
+    /// Checks and sends one reply; the answer says whether it is on its way.
+    async fn reply(&self, tenant: &TenantId, operator: &OperatorId, r: v1::SendReply) -> open_session_response::Frame {
+        let client_message_id = r.client_message_id.clone();
+        match self.send_reply(tenant, operator, r).await {
+            Ok(message_id) => open_session_response::Frame::ReplyAccepted(v1::ReplyAccepted {
+                client_message_id,
+                message_id: message_id.to_string(),
+                accept_time: Some(convert::timestamp(clock::now())),
+            }),
+            Err(e) => {
+                let status: Status = e.into();
+                open_session_response::Frame::ReplyRejected(v1::ReplyRejected {
+                    client_message_id,
+                    code: code_name(status.code()).to_owned(),
+                    message: status.message().to_owned(),
+                })
+            }
+        }
+    }
+
+    async fn send_reply(&self, tenant: &TenantId, operator: &OperatorId, r: v1::SendReply) -> Result<MessageId, ApiError> {
+        let id = ConversationId::parse(&r.conversation_id).map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
+        if r.client_message_id.is_empty()
+            || r.client_message_id.len() > 128
+            || !r.client_message_id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        {
+            return Err(ApiError::invalid("client_message_id must be 1 to 128 printable ASCII characters"));
+        }
+        check_text(&r.text).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let loaded = self
+            .log
+            .load(tenant, id)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .ok_or_else(|| ApiError::not_found(format!("conversation {id} not found")))?;
+        let c = loaded.conversation;
+        match &c.status {
+            ConversationStatus::Assigned { operator: owner } if owner == operator => {}
+            ConversationStatus::Closed => return Err(ApiError::precondition("conversation is closed")),
+            _ => return Err(ApiError::precondition("conversation is not assigned to you")),
+        }
+        let message_id = MessageId::derive(tenant, &format!("reply:{operator}"), &r.client_message_id);
+        let now = clock::now();
+        let message = v1::Message {
+            id: message_id.to_string(),
+            conversation_id: id.to_string(),
+            customer_id: c.customer.id.to_string(),
+            channel: convert::channel(c.channel) as i32,
+            sender_kind: v1::SenderKind::Operator as i32,
+            operator_id: operator.to_string(),
+            text: r.text,
+            quoted: None,
+            delivery_state: v1::DeliveryState::Accepted as i32,
+            create_time: Some(convert::timestamp(now)),
+            channel_message_id: r.client_message_id,
+        };
+        let envelope = events::OutboundEnvelope {
+            tenant_id: tenant.to_string(),
+            channel: convert::channel(c.channel) as i32,
+            channel_config_id: c.channel_config.to_string(),
+            customer_id: c.customer.id.to_string(),
+            customer_address: c.customer.address.clone(),
+            conversation_id: id.to_string(),
+            update: Some(v1::CustomerUpdate { kind: Some(v1::customer_update::Kind::Message(message)) }),
+        };
+        let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
+        self.publisher
+            .publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("reply not sent ({e}); resend with the same client_message_id")))?;
+        Ok(message_id)
+    }
+}

@@ -1,0 +1,67 @@
+//! The routing service's configuration.
+
+use parley_kit::config::{AuthConfig, NatsConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
+use parley_kit::runtime::HasTelemetry;
+use serde::{Deserialize, Serialize};
+
+/// Everything the routing service reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub server: ServerConfig,
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+    pub routing: RoutingSection,
+}
+
+/// Routing's own knobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// How often waiting conversations and expired offers are looked at, besides the
+    /// immediate attempts when something changes.
+    pub dispatch_interval_ms: u64,
+    /// Concurrent lanes per consumer (messages of one customer always share a lane).
+    pub lanes: usize,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        Self { dispatch_interval_ms: 500, lanes: 64 }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::on_ports(7201, 7291),
+            nats: NatsConfig::default(),
+            redis: RedisConfig::default(),
+            auth: AuthConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            routing: RoutingSection::default(),
+        }
+    }
+}
+
+impl Validate for RoutingConfig {
+    fn validate(&self) -> Result<(), String> {
+        parley_kit::config::validate_common(&self.server, &self.auth, &self.telemetry, &self.nats)?;
+        parley_kit::config::validate_redis(&self.redis)?;
+        if !(50..=60_000).contains(&self.routing.dispatch_interval_ms) {
+            return Err("routing.dispatch_interval_ms must be 50 to 60000".into());
+        }
+        if !(1..=1024).contains(&self.routing.lanes) {
+            return Err("routing.lanes must be 1 to 1024".into());
+        }
+        Ok(())
+    }
+}
+
+impl HasTelemetry for RoutingConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}

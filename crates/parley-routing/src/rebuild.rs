@@ -1,0 +1,79 @@
+//! Rebuilding Redis from the durable side, after Redis lost its data: operator statuses
+//! from the presence bucket; queues, offers and capacity reservations from the last record
+//! of every conversation in `PARLEY_EVENTS`. Every step is idempotent, so replicas that
+//! rebuild at the same time do no harm.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::{StreamExt, TryStreamExt};
+use parley_domain::{OperatorId, Status, TenantId};
+use parley_kit::clock;
+use parley_nats::conversations::decode_state;
+use parley_nats::topology;
+use parley_policy::queue_score;
+use parley_proto::prost::Message as _;
+use parley_proto::{convert, events, v1};
+
+use crate::engine::Engine;
+
+pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()> {
+    // Statuses.
+    let keys: Vec<String> = engine.presence.keys().await?.try_collect().await?;
+    let mut statuses = 0;
+    for key in keys {
+        let Some((tenant, op)) = key.split_once('.') else { continue };
+        let (Ok(tenant), Ok(op)) = (TenantId::parse(tenant), OperatorId::parse(op)) else { continue };
+        let Some(value) = engine.presence.get(key.as_str()).await? else { continue };
+        let record = v1::OperatorPresence::decode(value)?;
+        let status = convert::from_operator_status("status", record.status).unwrap_or_default();
+        let since = convert::from_timestamp(record.status_change_time.as_ref());
+        engine.redis.set_status(&tenant, &op, status, &record.reason, since).await?;
+        statuses += 1;
+    }
+
+    // Conversations: the last record of every subject is the current state.
+    let stream = js.get_stream(topology::EVENTS.name).await?;
+    let total = stream.get_info().await?.state.messages;
+    let mut conversations = 0;
+    if total > 0 {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: topology::EVENTS.subjects.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            let Ok(Some(message)) = next else { break };
+            let message = message?;
+            let pending = message.info().map(|i| i.pending).unwrap_or(0);
+            if let Ok(record) = events::ConversationRecord::decode(message.payload.clone())
+                && let Ok(tenant) = TenantId::parse(&record.tenant_id)
+                && let Ok(c) = decode_state(&record, &tenant)
+            {
+                match &c.status {
+                    Status::Queued => {
+                        engine.redis.enqueue(&tenant, &c.queue, c.id, queue_score(c.priority, c.wait_start)).await?;
+                    }
+                    Status::Offered { operator, expires } => {
+                        engine.redis.restore_hold(&tenant, operator, c.channel, c.id).await?;
+                        engine.redis.track_offer(&tenant, c.id, *expires).await?;
+                    }
+                    Status::Assigned { operator } => {
+                        engine.redis.restore_hold(&tenant, operator, c.channel, c.id).await?;
+                    }
+                    Status::Closed => {}
+                }
+                conversations += 1;
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    tracing::info!(statuses, conversations, at = %clock::now(), "redis rebuilt");
+    Ok(())
+}

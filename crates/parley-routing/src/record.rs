@@ -1,0 +1,165 @@
+//! Turns a state-machine transition into the record appended to the conversation log: the
+//! new state, the events for history, the desk and customer deliveries for the fan-out.
+//! What is left over (Redis effects) is returned for the engine to carry out.
+
+use parley_domain::conversation::{CustomerNotice, DeskEvent, Effect, Event};
+use parley_domain::{Conversation, EventId, OperatorId, Timestamp};
+use parley_nats::ConfigCache;
+use parley_proto::{convert, events, v1};
+
+/// An effect on Redis, carried out inline after the record is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisEffect {
+    Release(OperatorId),
+    Enqueue,
+    Dequeue,
+}
+
+/// Builds the record for `next` (the state after the transition) from its effects.
+/// `extra` events (a routing decision) go after the transition's own.
+pub fn build(
+    record_id: uuid::Uuid,
+    next: &Conversation,
+    effects: Vec<Effect>,
+    extra: Vec<events::conversation_event::Kind>,
+    now: Timestamp,
+    cache: &ConfigCache,
+) -> (events::ConversationRecord, Vec<RedisEffect>) {
+    let record_id_text = record_id.to_string();
+    let summary = convert::conversation(next);
+    let mut kinds = Vec::new();
+    let mut desk = Vec::new();
+    let mut customer = Vec::new();
+    let mut redis = Vec::new();
+    let conversation_id = next.id.to_string();
+    for effect in effects {
+        match effect {
+            Effect::Log(event) => kinds.push(event_kind(event, next)),
+            Effect::Desk { operator, event } => {
+                let kind = match event {
+                    DeskEvent::Offered { expires } => v1::desk_event::Kind::Offered(v1::ConversationOffered {
+                        conversation: Some(summary.clone()),
+                        expire_time: Some(convert::timestamp(expires)),
+                    }),
+                    DeskEvent::Assigned => v1::desk_event::Kind::Assigned(v1::ConversationAssigned {
+                        conversation: Some(summary.clone()),
+                        customer_display_name: next.customer.display_name.clone(),
+                        transfer_note: next.transfer_note.clone(),
+                        recent_messages: next.recent_messages.iter().map(convert::message).collect(),
+                    }),
+                    DeskEvent::Message(m) => v1::desk_event::Kind::Message(convert::message(&m)),
+                    DeskEvent::Released(reason) => v1::desk_event::Kind::Released(v1::ConversationReleased {
+                        conversation_id: conversation_id.clone(),
+                        reason: reason.as_str().to_owned(),
+                    }),
+                };
+                desk.push(events::DeskDelivery {
+                    operator_id: operator.to_string(),
+                    event: Some(v1::DeskEvent { sequence: 0, event_time: Some(convert::timestamp(now)), kind: Some(kind) }),
+                });
+            }
+            Effect::Customer(notice) => {
+                let kind = match notice {
+                    CustomerNotice::Queued => v1::customer_update::Kind::Queued(v1::QueuePosition {
+                        conversation_id: conversation_id.clone(),
+                        position: 0,
+                        estimated_wait_seconds: 0,
+                    }),
+                    CustomerNotice::OperatorJoined(op) => {
+                        let name = cache.operator(&next.tenant, op.as_str()).map(|o| o.display_name).unwrap_or_default();
+                        v1::customer_update::Kind::OperatorJoined(v1::OperatorJoined {
+                            conversation_id: conversation_id.clone(),
+                            operator_id: op.to_string(),
+                            operator_display_name: name,
+                        })
+                    }
+                    CustomerNotice::Ended { reason } => {
+                        v1::customer_update::Kind::Ended(v1::ConversationEnded { conversation_id: conversation_id.clone(), reason })
+                    }
+                };
+                customer.push(v1::CustomerUpdate { kind: Some(kind) });
+            }
+            Effect::ReleaseCapacity(op) => redis.push(RedisEffect::Release(op)),
+            Effect::Enqueue => redis.push(RedisEffect::Enqueue),
+            Effect::Dequeue => redis.push(RedisEffect::Dequeue),
+        }
+    }
+    kinds.extend(extra);
+    let events = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| events::ConversationEvent {
+            event_id: EventId::derive(&[&record_id_text, &i.to_string()]).to_string(),
+            event_time: Some(convert::timestamp(now)),
+            kind: Some(kind),
+        })
+        .collect();
+    let record = events::ConversationRecord {
+        record_id: record_id_text,
+        tenant_id: next.tenant.to_string(),
+        conversation_id,
+        record_time: Some(convert::timestamp(now)),
+        state: Some(convert::conversation_state(next)),
+        events,
+        desk,
+        customer_updates: customer,
+    };
+    (record, redis)
+}
+
+fn event_kind(event: Event, c: &Conversation) -> events::conversation_event::Kind {
+    use events::conversation_event::Kind;
+    match event {
+        Event::Opened => Kind::Opened(events::ConversationOpened {
+            channel_config_id: c.channel_config.to_string(),
+            customer_address: c.customer.address.clone(),
+            customer_display_name: c.customer.display_name.clone(),
+            queue_id: c.queue.to_string(),
+            priority: c.priority,
+        }),
+        Event::MessageReceived(m) => Kind::MessageReceived(convert::message(&m)),
+        Event::MessageSent(m) => Kind::MessageSent(convert::message(&m)),
+        Event::Queued { queue, priority, reason } => Kind::Queued(events::ConversationQueued {
+            queue_id: queue.to_string(),
+            priority,
+            reason: reason.as_str().to_owned(),
+        }),
+        Event::Offered { operator, expires } => Kind::Offered(events::ConversationOffered {
+            operator_id: operator.to_string(),
+            expire_time: Some(convert::timestamp(expires)),
+        }),
+        Event::Assigned { operator, reason, note } => Kind::Assigned(events::ConversationAssigned {
+            operator_id: operator.to_string(),
+            reason: reason.as_str().to_owned(),
+            transfer_note: note,
+        }),
+        Event::Closed { by, reason } => Kind::Closed(events::ConversationClosed { closed_by: by, reason }),
+    }
+}
+
+/// The routing decision as an event.
+pub fn decision_event(
+    conversation: &Conversation,
+    decision: &parley_policy::Decision,
+    id: uuid::Uuid,
+    now: Timestamp,
+) -> events::conversation_event::Kind {
+    events::conversation_event::Kind::Decision(v1::RoutingDecision {
+        id: id.to_string(),
+        conversation_id: conversation.id.to_string(),
+        queue_id: conversation.queue.to_string(),
+        chosen_operator_id: decision.chosen.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+        reason: decision.reason.clone(),
+        candidates: decision
+            .assessments
+            .iter()
+            .map(|a| v1::RoutingCandidate {
+                operator_id: a.operator.to_string(),
+                excluded_because: a.excluded.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                load: a.load,
+                capacity: a.capacity,
+            })
+            .collect(),
+        decide_time: Some(convert::timestamp(now)),
+    })
+}
