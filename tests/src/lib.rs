@@ -1,1 +1,141 @@
-//! End-to-end test support for Parley (the tests live in `e2e/`).
+//! End-to-end test support for Parley: an operator desk client over `OpenSession`, and a
+//! customer-updates reader over `StreamCustomerUpdates`. The tests live in `e2e/`.
+
+use std::time::Duration;
+
+use parley_proto::v1;
+use parley_proto::v1::{open_session_request, open_session_response};
+use parley_testkit::App;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// An operator's desk: an open session, the events it got, and a way to reply.
+pub struct Desk {
+    tx: mpsc::Sender<v1::OpenSessionRequest>,
+    rx: tonic::Streaming<v1::OpenSessionResponse>,
+    /// The sequence to resume after (the last event seen).
+    pub last_sequence: u64,
+}
+
+impl Desk {
+    /// Opens a session for the operator whose token is given, resuming after `resume`.
+    pub async fn open(app: &App, token: &str, resume: u64) -> Result<Self, tonic::Status> {
+        let mut client = app.sessions_client(token).await;
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(hello(resume)).await.expect("queue hello");
+        let mut stream = client.open_session(ReceiverStream::new(rx)).await?.into_inner();
+        let first = stream.message().await?.ok_or_else(|| tonic::Status::unknown("session closed before welcome"))?;
+        let Some(open_session_response::Frame::Welcome(w)) = first.frame else {
+            panic!("expected welcome, got {first:?}");
+        };
+        Ok(Self { tx, rx: stream, last_sequence: w.resume_after_sequence })
+    }
+
+    /// The next frame, within `within`.
+    pub async fn frame(&mut self, within: Duration) -> open_session_response::Frame {
+        let next = tokio::time::timeout(within, self.rx.message()).await.expect("desk frame in time");
+        let frame = next.expect("desk stream healthy").expect("desk stream open").frame.expect("frame set");
+        if let open_session_response::Frame::Event(e) = &frame {
+            assert!(e.sequence > self.last_sequence, "sequence went back: {} after {}", e.sequence, self.last_sequence);
+            self.last_sequence = e.sequence;
+        }
+        frame
+    }
+
+    /// The next desk event (skipping heartbeats).
+    pub async fn event(&mut self, within: Duration) -> v1::DeskEvent {
+        loop {
+            match self.frame(within).await {
+                open_session_response::Frame::Event(e) => return e,
+                open_session_response::Frame::Heartbeat(_) => continue,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for no event for `quiet` (nothing more is coming).
+    pub async fn expect_quiet(&mut self, quiet: Duration) {
+        if let Ok(next) = tokio::time::timeout(quiet, self.rx.message()).await {
+            let frame = next.ok().flatten().and_then(|f| f.frame);
+            assert!(
+                !matches!(frame, Some(open_session_response::Frame::Event(_))),
+                "expected no more events, got {frame:?}"
+            );
+        }
+    }
+
+    /// Sends a reply and waits for its answer.
+    pub async fn reply(&mut self, conversation: &str, client_id: &str, text: &str) -> open_session_response::Frame {
+        self.send(open_session_request::Frame::Reply(v1::SendReply {
+            conversation_id: conversation.into(),
+            client_message_id: client_id.into(),
+            text: text.into(),
+        }))
+        .await;
+        loop {
+            match self.frame(Duration::from_secs(10)).await {
+                f @ (open_session_response::Frame::ReplyAccepted(_) | open_session_response::Frame::ReplyRejected(_)) => {
+                    return f;
+                }
+                open_session_response::Frame::Heartbeat(_) | open_session_response::Frame::Event(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    pub async fn send(&self, frame: open_session_request::Frame) {
+        self.tx.send(v1::OpenSessionRequest { frame: Some(frame) }).await.expect("desk stream open");
+    }
+
+    /// Keeps the session alive while a test waits.
+    pub async fn heartbeat(&self) {
+        self.send(open_session_request::Frame::Heartbeat(v1::Heartbeat {})).await;
+    }
+}
+
+pub fn hello(resume: u64) -> v1::OpenSessionRequest {
+    v1::OpenSessionRequest {
+        frame: Some(open_session_request::Frame::Hello(v1::Hello {
+            resume_after_sequence: resume,
+            client_name: "e2e".into(),
+        })),
+    }
+}
+
+/// Reads a customer's updates as the integrator sees them.
+pub struct CustomerFeed {
+    rx: tonic::Streaming<v1::StreamCustomerUpdatesResponse>,
+    pub last_sequence: u64,
+}
+
+impl CustomerFeed {
+    pub async fn open(app: &App, token: &str, customer_ref: &str, after: u64) -> Self {
+        let mut client = app.ingest_client(token).await;
+        let rx = client
+            .stream_customer_updates(v1::StreamCustomerUpdatesRequest { customer_ref: customer_ref.into(), after_sequence: after })
+            .await
+            .expect("open customer stream")
+            .into_inner();
+        Self { rx, last_sequence: after }
+    }
+
+    pub async fn next(&mut self, within: Duration) -> v1::customer_update::Kind {
+        let r = tokio::time::timeout(within, self.rx.next()).await.expect("customer update in time");
+        let r = r.expect("stream open").expect("stream healthy");
+        assert!(r.sequence > self.last_sequence);
+        self.last_sequence = r.sequence;
+        r.update.and_then(|u| u.kind).expect("update kind")
+    }
+}
+
+/// A customer message from the integrator.
+pub fn submit(customer: &str, text: &str, key: &str) -> v1::SubmitMessageRequest {
+    v1::SubmitMessageRequest {
+        customer_ref: customer.into(),
+        customer_display_name: "Иван Петров".into(),
+        text: text.into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}

@@ -278,6 +278,28 @@ where
     }
 }
 
+/// A client-side interceptor that sends a bearer token (and the current trace context)
+/// with every call: `XClient::with_interceptor(channel, Bearer::new(token)?)`.
+#[derive(Clone, Debug)]
+pub struct Bearer {
+    value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Self, AuthError> {
+        let value = format!("Bearer {token}").parse().map_err(|_| AuthError::Malformed("token is not printable ASCII"))?;
+        Ok(Self { value })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.value.clone());
+        crate::telemetry::inject_current(&mut crate::telemetry::MetadataInjector(request.metadata_mut()));
+        Ok(request)
+    }
+}
+
 /// The authenticated caller of a request (set by [`Authenticator`]).
 pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
     request

@@ -50,7 +50,6 @@ impl Nats {
             let attempt = async_nats::ConnectOptions::new()
                 .name(name)
                 .connection_timeout(Duration::from_secs(3))
-                .retry_on_initial_connect()
                 .connect(config.url.as_str());
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(c)) => break c,

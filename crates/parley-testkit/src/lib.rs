@@ -1,0 +1,390 @@
+//! Parley's test harness (`spawn_app`, in the zero-to-production style).
+//!
+//! Layout:
+//! - [`servers`]: real `nats-server`, `redis-server` and a per-test PostgreSQL database.
+//! - [`App`]: the four services started in-process on free ports against that
+//!   infrastructure, with a random signing key, and typed, authenticated clients.
+//! - [`ServiceProcess`]: a service binary as a child process, for `kill -9` tests.
+//! - [`eventually`]: polls a condition instead of sleeping.
+//!
+//! Logs are silent unless `PARLEY_TEST_LOG` is set (to a `tracing` filter, e.g. `info`).
+
+pub mod servers;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parley_domain::Role;
+use parley_kit::auth::{Bearer, Claims, PLATFORM_TENANT, TokenKey};
+use parley_kit::config::{Secret, ServerConfig, TelemetryConfig};
+use parley_kit::runtime::ServiceHandle;
+use parley_kit::telemetry::Metrics;
+use parley_proto::v1;
+use parley_proto::v1::admin_service_client::AdminServiceClient;
+use parley_proto::v1::api_channel_service_client::ApiChannelServiceClient;
+use parley_proto::v1::history_service_client::HistoryServiceClient;
+use parley_proto::v1::operator_session_service_client::OperatorSessionServiceClient;
+use parley_proto::v1::routing_service_client::RoutingServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub use servers::{NatsServer, RedisServer, TestDatabase};
+
+/// A client with a bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Shows service logs in tests when `PARLEY_TEST_LOG` is set.
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("PARLEY_TEST_LOG") {
+        let config = TelemetryConfig { log_filter: filter, ..TelemetryConfig::default() };
+        let _ = parley_kit::telemetry::init("test", &config);
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// NATS, Redis and a database, all fresh.
+pub struct Infra {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub db: TestDatabase,
+}
+
+impl Infra {
+    pub async fn start() -> anyhow::Result<Self> {
+        Ok(Self { nats: NatsServer::start()?, redis: RedisServer::start()?, db: TestDatabase::create().await? })
+    }
+}
+
+/// The random signing key of one test installation.
+fn random_key() -> Secret {
+    Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()))
+}
+
+fn any_port() -> ServerConfig {
+    let mut s = ServerConfig::on_ports(0, 0);
+    s.shutdown_grace_secs = 10;
+    s
+}
+
+/// The four services running in this process against [`Infra`].
+pub struct App {
+    pub infra: Infra,
+    pub signing_key: Secret,
+    pub key: TokenKey,
+    pub ingest: Option<ServiceHandle>,
+    pub routing: Option<ServiceHandle>,
+    pub history: Option<ServiceHandle>,
+    pub notification: Option<ServiceHandle>,
+    addrs: Addrs,
+}
+
+/// Where each service's gRPC API listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub ingest: std::net::SocketAddr,
+    pub routing: std::net::SocketAddr,
+    pub history: std::net::SocketAddr,
+    pub notification: std::net::SocketAddr,
+}
+
+impl App {
+    /// Fresh infrastructure and all four services.
+    pub async fn spawn() -> Self {
+        init_logging();
+        let infra = Infra::start().await.expect("test infrastructure");
+        Self::spawn_on(infra, true).await
+    }
+
+    /// The services on given infrastructure; without `with_routing`, routing is left for
+    /// the test to run (as a process, say).
+    pub async fn spawn_on(infra: Infra, with_routing: bool) -> Self {
+        let signing_key = random_key();
+        let key = TokenKey::new(signing_key.clone());
+        let nats = parley_kit::config::NatsConfig { url: infra.nats.url(), ..Default::default() };
+        let redis = parley_kit::config::RedisConfig { url: infra.redis.url() };
+        let auth = parley_kit::config::AuthConfig { signing_key: signing_key.clone() };
+        let telemetry = TelemetryConfig::default();
+
+        let routing = if with_routing {
+            let config = parley_routing::RoutingConfig {
+                server: any_port(),
+                nats: nats.clone(),
+                redis: redis.clone(),
+                auth: auth.clone(),
+                telemetry: telemetry.clone(),
+                routing: parley_routing::config::RoutingSection { dispatch_interval_ms: 100, lanes: 32 },
+            };
+            Some(parley_routing::start(config, Metrics::new("routing"), CancellationToken::new()).await.expect("routing starts"))
+        } else {
+            None
+        };
+        let ingest_config = parley_ingest::IngestConfig {
+            server: any_port(),
+            nats: nats.clone(),
+            auth: auth.clone(),
+            telemetry: telemetry.clone(),
+        };
+        let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new()).await.expect("ingest starts");
+        let history_config = parley_history::HistoryConfig {
+            server: any_port(),
+            nats: nats.clone(),
+            database: parley_history::DatabaseSection {
+                url: Secret::new(infra.db.url()),
+                pool_size: 8,
+                ..Default::default()
+            },
+            auth: auth.clone(),
+            telemetry: telemetry.clone(),
+            writer: parley_history::WriterSection::default(),
+        };
+        let history =
+            parley_history::start(history_config, Metrics::new("history"), CancellationToken::new()).await.expect("history starts");
+        let notification_config = parley_notification::NotificationConfig {
+            server: any_port(),
+            nats,
+            redis,
+            auth,
+            telemetry,
+            sessions: parley_notification::SessionsSection { heartbeat_interval_secs: 1, ttl_secs: 3 },
+        };
+        let notification = parley_notification::start(notification_config, Metrics::new("notification"), CancellationToken::new())
+            .await
+            .expect("notification starts");
+        let addrs = Addrs {
+            ingest: ingest.grpc_addr,
+            routing: routing.as_ref().map_or(ingest.grpc_addr, |r| r.grpc_addr),
+            history: history.grpc_addr,
+            notification: notification.grpc_addr,
+        };
+        Self {
+            infra,
+            signing_key,
+            key,
+            ingest: Some(ingest),
+            routing,
+            history: Some(history),
+            notification: Some(notification),
+            addrs,
+        }
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// Points the routing clients at a routing service started elsewhere.
+    pub fn set_routing_addr(&mut self, addr: std::net::SocketAddr) {
+        self.addrs.routing = addr;
+    }
+
+    /// A token minted directly with the signing key (as `parleyctl token` does).
+    pub fn mint(&self, tenant: &str, role: Role, subject: &str) -> String {
+        let now = parley_kit::clock::now().as_millis() / 1000;
+        self.key.sign(&Claims {
+            sub: subject.into(),
+            tid: tenant.into(),
+            role: role.as_str().into(),
+            jti: uuid::Uuid::now_v7().to_string(),
+            iat: now,
+            exp: now + 3600,
+        })
+    }
+
+    pub fn platform_token(&self) -> String {
+        self.mint(PLATFORM_TENANT, Role::Platform, "test-platform")
+    }
+
+    pub async fn admin(&self, token: &str) -> AdminServiceClient<Authed> {
+        AdminServiceClient::with_interceptor(connect(self.addrs.routing).await, Bearer::new(token).expect("token"))
+    }
+
+    pub async fn routing_client(&self, token: &str) -> RoutingServiceClient<Authed> {
+        RoutingServiceClient::with_interceptor(connect(self.addrs.routing).await, Bearer::new(token).expect("token"))
+    }
+
+    pub async fn ingest_client(&self, token: &str) -> ApiChannelServiceClient<Authed> {
+        ApiChannelServiceClient::with_interceptor(connect(self.addrs.ingest).await, Bearer::new(token).expect("token"))
+    }
+
+    pub async fn history_client(&self, token: &str) -> HistoryServiceClient<Authed> {
+        HistoryServiceClient::with_interceptor(connect(self.addrs.history).await, Bearer::new(token).expect("token"))
+    }
+
+    pub async fn sessions_client(&self, token: &str) -> OperatorSessionServiceClient<Authed> {
+        OperatorSessionServiceClient::with_interceptor(connect(self.addrs.notification).await, Bearer::new(token).expect("token"))
+    }
+
+    /// Creates a tenant with the given operators (all with skill `support` at 3 and
+    /// capacity 5 on the API channel); returns its admin token.
+    pub async fn tenant(&self, tenant: &str, operators: &[&str]) -> TenantFixture {
+        let mut platform = self.admin(&self.platform_token()).await;
+        platform
+            .create_tenant(v1::CreateTenantRequest {
+                tenant: Some(v1::Tenant { id: tenant.into(), display_name: format!("Tenant {tenant}"), ..Default::default() }),
+            })
+            .await
+            .expect("create tenant");
+        let admin_token = platform
+            .issue_token(v1::IssueTokenRequest {
+                tenant_id: tenant.into(),
+                subject: "test-admin".into(),
+                role: v1::Role::Admin as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("admin token")
+            .into_inner()
+            .token;
+        let mut admin = self.admin(&admin_token).await;
+        admin
+            .create_skill(v1::CreateSkillRequest {
+                skill: Some(v1::Skill { id: "support".into(), display_name: "Support".into() }),
+            })
+            .await
+            .expect("create skill");
+        for op in operators {
+            admin
+                .create_operator(v1::CreateOperatorRequest {
+                    operator: Some(v1::Operator {
+                        id: (*op).into(),
+                        display_name: format!("Operator {op}"),
+                        skills: vec![v1::SkillLevel { skill: "support".into(), proficiency: 3 }],
+                        languages: vec!["ru".into(), "en".into()],
+                        capacity: vec![v1::ChannelCapacity { channel: v1::Channel::Api as i32, max_conversations: 5 }],
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .expect("create operator");
+        }
+        let issue = |subject: &str, role: v1::Role| v1::IssueTokenRequest {
+            subject: subject.into(),
+            role: role as i32,
+            ..Default::default()
+        };
+        let integrator_token =
+            admin.issue_token(issue("test-crm", v1::Role::Integrator)).await.expect("integrator token").into_inner().token;
+        let supervisor_token =
+            admin.issue_token(issue("test-supervisor", v1::Role::Supervisor)).await.expect("supervisor token").into_inner().token;
+        let mut operator_tokens = Vec::new();
+        for op in operators {
+            let t = admin.issue_token(issue(op, v1::Role::Operator)).await.expect("operator token").into_inner().token;
+            operator_tokens.push(((*op).to_owned(), t));
+        }
+        TenantFixture { id: tenant.into(), admin_token, integrator_token, supervisor_token, operator_tokens }
+    }
+
+    /// Stops every service still running here, draining each.
+    pub async fn stop(mut self) {
+        for handle in [self.ingest.take(), self.routing.take(), self.notification.take(), self.history.take()].into_iter().flatten() {
+            let name = handle.name;
+            if let Err(e) = handle.stop().await {
+                panic!("{name} did not stop cleanly: {e:#}");
+            }
+        }
+    }
+}
+
+/// A tenant made by [`App::tenant`], with a token per role.
+#[derive(Debug, Clone)]
+pub struct TenantFixture {
+    pub id: String,
+    pub admin_token: String,
+    pub integrator_token: String,
+    pub supervisor_token: String,
+    pub operator_tokens: Vec<(String, String)>,
+}
+
+impl TenantFixture {
+    pub fn operator_token(&self, op: &str) -> &str {
+        &self.operator_tokens.iter().find(|(o, _)| o == op).expect("operator of the fixture").1
+    }
+}
+
+/// A gRPC channel to a local address.
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect to service")
+}
+
+/// A Parley service binary running as a child process (to `kill -9` it).
+pub struct ServiceProcess {
+    child: Child,
+    pub grpc_addr: std::net::SocketAddr,
+}
+
+/// Where cargo put the binaries of this build (next to the test executable's `deps/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --bins` first (make test does)", path.display());
+    path
+}
+
+impl ServiceProcess {
+    /// Starts `bin` with `PARLEY_SECTION__KEY` settings in `env`, on a free gRPC port, and
+    /// waits until it listens.
+    pub fn spawn(bin: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let port = servers::free_port();
+        let grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let http = servers::free_port();
+        let mut cmd = Command::new(binary(bin));
+        cmd.env("PARLEY_SERVER__GRPC_ADDR", grpc_addr.to_string())
+            .env("PARLEY_SERVER__HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("PARLEY_TELEMETRY__LOG_FILTER", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("PARLEY_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&grpc_addr, Duration::from_millis(100)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{bin} exited with {status} before listening");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{bin} did not listen within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, grpc_addr })
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let status = self.child.wait()?;
+        Ok(status.code())
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

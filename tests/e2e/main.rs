@@ -1,0 +1,4 @@
+//! Parley's end-to-end tests, one binary: the four services against real NATS, Redis and
+//! PostgreSQL, each test on infrastructure of its own.
+
+mod skeleton;
