@@ -1,4 +1,6 @@
 //! Parley's end-to-end tests, one binary: the four services against real NATS, Redis and
 //! PostgreSQL, each test on infrastructure of its own.
 
+mod bad_input;
+mod crash;
 mod skeleton;

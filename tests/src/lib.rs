@@ -139,3 +139,62 @@ pub fn submit(customer: &str, text: &str, key: &str) -> v1::SubmitMessageRequest
         ..Default::default()
     }
 }
+
+/// Sends raw protobuf bytes to a unary method (to send what no typed client can: invalid
+/// UTF-8 in a string field, say) and returns the status.
+pub async fn raw_unary(addr: std::net::SocketAddr, path: &'static str, token: &str, body: Vec<u8>) -> tonic::Status {
+    use bytes_codec::RawCodec;
+    let channel = parley_testkit::connect(addr).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(body);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    match grpc.unary(request, tonic::codegen::http::uri::PathAndQuery::from_static(path), RawCodec).await {
+        Ok(_) => tonic::Status::ok("accepted"),
+        Err(status) => status,
+    }
+}
+
+mod bytes_codec {
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    /// Bytes in, bytes out: no protobuf on the client side.
+    pub struct RawCodec;
+
+    pub struct Raw;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            use bytes::BufMut;
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            use bytes::Buf;
+            let mut out = vec![0; src.remaining()];
+            src.copy_to_slice(&mut out);
+            Ok(Some(out))
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `{t:T}:op:O` | hash | `status`, `reason`, `since` (ms), `last_assigned` (ms) |
 //! | `{t:T}:op:O:sessions` | sorted set | live desk sessions, scored by their expiry (ms) |
-//! | `{t:T}:op:O:load:C` | set | conversations operator O holds (offered or assigned) on channel C |
+//! | `{t:T}:op:O:load:C` | sorted set | conversations operator O holds (offered or assigned) on channel C, scored by when they were claimed (ms) |
 //! | `{t:T}:queue:Q` | sorted set | conversations waiting in queue Q, by `parley_policy::queue_score` |
 //! | `{t:T}:offers` | sorted set | conversations offered and waiting for an answer, by deadline (ms) |
 //! | `parley:rebuilt` | string | present once Redis has been rebuilt from the durable side |
@@ -18,7 +18,9 @@
 //! *Architecture invariant*: capacity is only ever taken by [`Coordinator::claim`], one
 //! Lua script that checks status, live session, capacity and (for queued conversations)
 //! that the conversation is still waiting, and takes it, atomically. So no operator is
-//! over capacity and no conversation is taken twice, however many routers race.
+//! over capacity, however many routers race. Which router's assignment counts is decided
+//! by the conversation log (compare-and-set); the loser gives its claim back. A claim left
+//! behind by a crash is found by [`Coordinator::stale_holds`] and given back.
 
 use std::time::Duration;
 
@@ -103,14 +105,12 @@ const CLAIM: &str = r#"
 -- ARGV: 1 conversation, 2 capacity, 3 now (ms), 4 from queue (1|0)
 if redis.call('HGET', KEYS[1], 'status') ~= 'online' then return 'status' end
 if redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') == 0 then return 'disconnected' end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
-  -- Already held (a retried claim): take it out of the queue if still there.
-  if ARGV[4] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end
-  return 'ok'
-end
-if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
-if ARGV[4] == '1' and redis.call('ZREM', KEYS[4], ARGV[1]) == 0 then return 'gone' end
-redis.call('SADD', KEYS[3], ARGV[1])
+-- Already held (a retried claim): nothing more to take.
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'ok' end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
+-- Still waiting? (It leaves the queue once its assignment is recorded.)
+if ARGV[4] == '1' and not redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 'gone' end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[1], 'last_assigned', ARGV[3])
 return 'ok'
 "#;
@@ -168,6 +168,27 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Sets a status only if Redis has none for the operator (rebuild: never overwrite a
+    /// status set since).
+    pub async fn restore_status(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        status: OperatorStatus,
+        reason: &str,
+        since: Timestamp,
+    ) -> Result<()> {
+        let mut c = self.conn.clone();
+        let key = op_key(tenant, op);
+        redis::pipe()
+            .cmd("HSETNX").arg(&key).arg("status").arg(status.as_str()).ignore()
+            .cmd("HSETNX").arg(&key).arg("reason").arg(reason).ignore()
+            .cmd("HSETNX").arg(&key).arg("since").arg(since.as_millis()).ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
     /// Records that a desk session of the operator is alive until `expires`.
     pub async fn heartbeat(&self, tenant: &TenantId, op: &OperatorId, session: &str, expires: Timestamp) -> Result<()> {
         let mut c = self.conn.clone();
@@ -203,7 +224,7 @@ impl Coordinator {
         pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("reason").arg("since").arg("last_assigned");
         pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
         for ch in Channel::ALL {
-            pipe.cmd("SCARD").arg(load_key(tenant, op, ch));
+            pipe.cmd("ZCARD").arg(load_key(tenant, op, ch));
         }
         let (fields, live, loads): (Vec<Option<String>>, u32, Vec<u32>) = {
             let v: Vec<redis::Value> = pipe.query_async(&mut c).await?;
@@ -229,11 +250,12 @@ impl Coordinator {
     /// The conversations an operator holds on a channel.
     pub async fn held(&self, tenant: &TenantId, op: &OperatorId, channel: Channel) -> Result<Vec<String>> {
         let mut c = self.conn.clone();
-        Ok(redis::cmd("SMEMBERS").arg(load_key(tenant, op, channel)).query_async(&mut c).await?)
+        Ok(redis::cmd("ZRANGE").arg(load_key(tenant, op, channel)).arg(0).arg(-1).query_async(&mut c).await?)
     }
 
-    /// Atomically reserves `capacity`-bounded room for `conversation` with the operator,
-    /// taking it out of `queue` when `from_queue`. Idempotent for the same conversation.
+    /// Atomically reserves `capacity`-bounded room for `conversation` with the operator;
+    /// with `from_queue`, only while it is still waiting in `queue`. Idempotent for the same
+    /// conversation.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
@@ -271,7 +293,7 @@ impl Coordinator {
     /// Frees the operator's capacity held by a conversation (idempotent).
     pub async fn release(&self, tenant: &TenantId, op: &OperatorId, channel: Channel, conversation: ConversationId) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("SREM").arg(load_key(tenant, op, channel)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZREM").arg(load_key(tenant, op, channel)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
         Ok(())
     }
 
@@ -342,7 +364,7 @@ impl Coordinator {
         for op in operators {
             pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("last_assigned");
             pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
-            pipe.cmd("SCARD").arg(load_key(tenant, op, channel));
+            pipe.cmd("ZCARD").arg(load_key(tenant, op, channel));
         }
         let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
         let mut out = Vec::with_capacity(operators.len());
@@ -403,10 +425,43 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Restores what a held conversation means in Redis (rebuild): the load entry.
+    /// Restores what a held conversation means in Redis (rebuild): the load entry. An
+    /// existing entry keeps its claim time.
     pub async fn restore_hold(&self, tenant: &TenantId, op: &OperatorId, channel: Channel, conversation: ConversationId) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("SADD").arg(load_key(tenant, op, channel)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZADD")
+            .arg(load_key(tenant, op, channel))
+            .arg("NX")
+            .arg(0)
+            .arg(conversation.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Conversations the operator holds on `channel` that were claimed before `before`:
+    /// candidates for reconciliation (a recent claim may still be waiting for its record).
+    pub async fn stale_holds(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        before: Timestamp,
+    ) -> Result<Vec<ConversationId>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(load_key(tenant, op, channel))
+            .arg("-inf")
+            .arg(format!("({}", before.as_millis()))
+            .query_async(&mut c)
+            .await?;
+        Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
+    }
+
+    /// Puts a conversation in its queue unless it is there already (keeps its place).
+    pub async fn ensure_queued(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId, score: f64) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg("NX").arg(score).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
         Ok(())
     }
 }

@@ -25,11 +25,17 @@ pub struct RoutingSection {
     pub dispatch_interval_ms: u64,
     /// Concurrent lanes per consumer (messages of one customer always share a lane).
     pub lanes: usize,
+    /// How often Redis is checked against the conversation log (lost queue entries and
+    /// capacity held by nobody after a crash).
+    pub reconcile_interval_secs: u64,
+    /// How long a message may be in processing before JetStream delivers it again
+    /// (to another replica, if this one died).
+    pub ack_wait_secs: u64,
 }
 
 impl Default for RoutingSection {
     fn default() -> Self {
-        Self { dispatch_interval_ms: 500, lanes: 64 }
+        Self { dispatch_interval_ms: 500, lanes: 64, reconcile_interval_secs: 60, ack_wait_secs: 30 }
     }
 }
 
@@ -55,6 +61,12 @@ impl Validate for RoutingConfig {
         }
         if !(1..=1024).contains(&self.routing.lanes) {
             return Err("routing.lanes must be 1 to 1024".into());
+        }
+        if !(1..=3600).contains(&self.routing.reconcile_interval_secs) {
+            return Err("routing.reconcile_interval_secs must be 1 to 3600".into());
+        }
+        if !(1..=600).contains(&self.routing.ack_wait_secs) {
+            return Err("routing.ack_wait_secs must be 1 to 600".into());
         }
         Ok(())
     }

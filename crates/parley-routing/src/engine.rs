@@ -392,6 +392,8 @@ impl Engine {
                 self.redis.dequeue(tenant, &c.queue, id).await?;
                 return Ok(Dispatched::NotWaiting);
             }
+            // The log says it waits: make sure Redis agrees (an enqueue lost in a crash).
+            self.redis.ensure_queued(tenant, &c.queue, id, queue_score(c.priority, c.wait_start)).await?;
             let queue = self.queue_config(tenant, &c.queue);
             let request = Request {
                 channel: c.channel,
@@ -442,10 +444,9 @@ impl Engine {
                     Ok(Dispatched::NotWaiting)
                 }
                 Err(e) => {
-                    // The assignment did not happen: give the capacity back and put the
-                    // conversation back in its queue.
+                    // The assignment did not happen: give the capacity back (the
+                    // conversation never left its queue).
                     self.redis.release(tenant, &chosen, c.channel, id).await?;
-                    self.redis.enqueue(tenant, &c.queue, id, queue_score(c.priority, c.wait_start)).await?;
                     Err(e)
                 }
             };
@@ -586,14 +587,49 @@ impl Engine {
         Ok(true)
     }
 
-    /// Periodic work: rebuild Redis if it was lost, expire offers, dispatch waiting
-    /// conversations; also woken early whenever something changes.
+    /// Brings Redis in line with the log after crashes: every waiting conversation in its
+    /// queue, every held one reserved, and reservations nobody holds any more (claimed over
+    /// `grace` ago, by a router that died before recording the assignment) given back.
+    pub async fn reconcile(&self, js: &async_nats::jetstream::Context, grace: Duration) -> anyhow::Result<()> {
+        crate::rebuild::run(self, js).await?;
+        let before = Timestamp::from_micros(clock::now().as_micros() - grace.as_micros() as i64);
+        let mut released = 0;
+        for tenant in self.cache.tenants() {
+            let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
+            let operators: Vec<String> =
+                self.cache.with_tenant(&tenant, |t| t.map(|t| t.operators.keys().cloned().collect()).unwrap_or_default());
+            for op in operators.iter().filter_map(|o| OperatorId::parse(o).ok()) {
+                for channel in Channel::ALL {
+                    for id in self.redis.stale_holds(&tenant, &op, channel, before).await? {
+                        let held = match self.log.load(&tenant, id).await? {
+                            Some(l) => l.conversation.status.holder() == Some(&op),
+                            None => false,
+                        };
+                        if !held {
+                            self.redis.release(&tenant, &op, channel, id).await?;
+                            released += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if released > 0 {
+            tracing::warn!(released, "gave back capacity held by no conversation");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Periodic work: rebuild Redis if it was lost, reconcile it with the log, expire
+    /// offers, dispatch waiting conversations; also woken early whenever something changes.
     pub async fn run_dispatcher(
         self: Arc<Self>,
         js: async_nats::jetstream::Context,
         interval: Duration,
+        reconcile_every: Duration,
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
+        let mut last_reconcile = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
@@ -603,6 +639,12 @@ impl Engine {
             if let Err(e) = self.rebuild_if_needed(&js).await {
                 tracing::warn!(error = format!("{e:#}"), "rebuild failed; will retry");
                 continue;
+            }
+            if last_reconcile.elapsed() >= reconcile_every {
+                last_reconcile = tokio::time::Instant::now();
+                if let Err(e) = self.reconcile(&js, Duration::from_secs(10).min(reconcile_every)).await {
+                    tracing::warn!(error = format!("{e:#}"), "reconcile failed; will retry");
+                }
             }
             self.dispatch_all().await;
         }

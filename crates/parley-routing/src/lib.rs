@@ -68,7 +68,8 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
     let readiness = Readiness::default();
 
     let lanes = config.routing.lanes;
-    let spec = |stream, durable| ConsumerSpec { lanes, ..ConsumerSpec::new(stream, durable) };
+    let ack_wait = Duration::from_secs(config.routing.ack_wait_secs);
+    let spec = |stream, durable| ConsumerSpec { lanes, ack_wait, ..ConsumerSpec::new(stream, durable) };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
     tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics.clone(), readiness.clone()), token.clone()));
@@ -96,6 +97,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
     tasks.spawn(engine.clone().run_dispatcher(
         nats.js.clone(),
         Duration::from_millis(config.routing.dispatch_interval_ms),
+        Duration::from_secs(config.routing.reconcile_interval_secs),
         token.clone(),
     ));
     readiness.set(true);

@@ -1,7 +1,8 @@
-//! Rebuilding Redis from the durable side, after Redis lost its data: operator statuses
-//! from the presence bucket; queues, offers and capacity reservations from the last record
-//! of every conversation in `PARLEY_EVENTS`. Every step is idempotent, so replicas that
-//! rebuild at the same time do no harm.
+//! Rebuilding Redis from the durable side: operator statuses from the presence bucket;
+//! queues, offers and capacity reservations from the last record of every conversation in
+//! `PARLEY_EVENTS`. Run in full after Redis lost its data, and as the first half of the
+//! periodic reconciliation. Every step only adds what is missing, so replicas doing it at
+//! the same time, or while routing goes on, do no harm.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use parley_proto::{convert, events, v1};
 use crate::engine::Engine;
 
 pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()> {
-    // Statuses.
+    // Statuses (only where Redis has none: a status set since is newer).
     let keys: Vec<String> = engine.presence.keys().await?.try_collect().await?;
     let mut statuses = 0;
     for key in keys {
@@ -28,7 +29,7 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
         let record = v1::OperatorPresence::decode(value)?;
         let status = convert::from_operator_status("status", record.status).unwrap_or_default();
         let since = convert::from_timestamp(record.status_change_time.as_ref());
-        engine.redis.set_status(&tenant, &op, status, &record.reason, since).await?;
+        engine.redis.restore_status(&tenant, &op, status, &record.reason, since).await?;
         statuses += 1;
     }
 
@@ -56,7 +57,7 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
             {
                 match &c.status {
                     Status::Queued => {
-                        engine.redis.enqueue(&tenant, &c.queue, c.id, queue_score(c.priority, c.wait_start)).await?;
+                        engine.redis.ensure_queued(&tenant, &c.queue, c.id, queue_score(c.priority, c.wait_start)).await?;
                     }
                     Status::Offered { operator, expires } => {
                         engine.redis.restore_hold(&tenant, operator, c.channel, c.id).await?;
@@ -74,6 +75,6 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
             }
         }
     }
-    tracing::info!(statuses, conversations, at = %clock::now(), "redis rebuilt");
+    tracing::debug!(statuses, conversations, at = %clock::now(), "redis brought in line with the log");
     Ok(())
 }

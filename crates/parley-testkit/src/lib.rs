@@ -130,7 +130,12 @@ impl App {
                 redis: redis.clone(),
                 auth: auth.clone(),
                 telemetry: telemetry.clone(),
-                routing: parley_routing::config::RoutingSection { dispatch_interval_ms: 100, lanes: 32 },
+                routing: parley_routing::config::RoutingSection {
+                    dispatch_interval_ms: 100,
+                    lanes: 32,
+                    reconcile_interval_secs: 2,
+                    ack_wait_secs: 3,
+                },
             };
             Some(parley_routing::start(config, Metrics::new("routing"), CancellationToken::new()).await.expect("routing starts"))
         } else {
@@ -386,5 +391,22 @@ impl ServiceProcess {
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl App {
+    /// How many messages a Parley stream holds now (to prove bad input published nothing).
+    pub async fn stream_len(&self, stream: &str) -> u64 {
+        let client = async_nats::connect(self.infra.nats.url()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream(stream).await.expect("stream exists");
+        s.info().await.expect("stream info").state.messages
+    }
+
+    /// Rows in a history table, counted as the owner (bypassing row-level security).
+    pub async fn table_rows(&self, table: &str) -> i64 {
+        let (client, conn) = tokio_postgres::connect(&self.infra.db.url(), tokio_postgres::NoTls).await.expect("db");
+        tokio::spawn(conn);
+        client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0)
     }
 }

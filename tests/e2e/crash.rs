@@ -1,0 +1,152 @@
+//! `kill -9` of the routing service while messages flow: after a restart, every message
+//! ingest acknowledged reaches an operator's desk exactly once and is stored exactly once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use parley_e2e::{Desk, submit};
+use parley_proto::v1;
+use parley_proto::v1::desk_event;
+use parley_testkit::{App, Infra, ServiceProcess, eventually};
+use tokio_util_free::Stop;
+
+/// A desk that records every customer message it is shown and keeps its session alive.
+fn run_desk(mut desk: Desk, seen: Arc<Mutex<Vec<String>>>, stop: Stop) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_beat = tokio::time::Instant::now();
+        while !stop.is_set() {
+            if last_beat.elapsed() > Duration::from_millis(500) {
+                desk.heartbeat().await;
+                last_beat = tokio::time::Instant::now();
+            }
+            let frame = match tokio::time::timeout(Duration::from_millis(200), desk.event(Duration::from_secs(60))).await {
+                Ok(e) => e,
+                Err(_) => continue,
+            };
+            let mut seen = seen.lock().unwrap();
+            match frame.kind {
+                Some(desk_event::Kind::Assigned(a)) => {
+                    seen.extend(a.recent_messages.into_iter().filter(|m| m.sender_kind == v1::SenderKind::Customer as i32).map(|m| m.id));
+                }
+                Some(desk_event::Kind::Message(m)) if m.sender_kind == v1::SenderKind::Customer as i32 => seen.push(m.id),
+                _ => {}
+            }
+        }
+    })
+}
+
+mod tokio_util_free {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A stop flag shared with background tasks.
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+
+    impl Stop {
+        pub fn set(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_routing_loses_nothing_and_duplicates_nothing() {
+    parley_testkit::init_logging();
+    let infra = Infra::start().await.expect("infra");
+    let mut app = App::spawn_on(infra, false).await;
+    let env = vec![
+        ("PARLEY_NATS__URL", app.infra.nats.url()),
+        ("PARLEY_REDIS__URL", app.infra.redis.url()),
+        ("PARLEY_AUTH__SIGNING_KEY", app.signing_key.expose().to_owned()),
+        ("PARLEY_ROUTING__ACK_WAIT_SECS", "2".to_owned()),
+        ("PARLEY_ROUTING__RECONCILE_INTERVAL_SECS", "2".to_owned()),
+        ("PARLEY_ROUTING__DISPATCH_INTERVAL_MS", "100".to_owned()),
+    ];
+    let mut routing = ServiceProcess::spawn("parley-routing", &env).expect("routing process");
+    app.set_routing_addr(routing.grpc_addr);
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+
+    let stop = Stop::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut desks = Vec::new();
+    for op in ["anna", "boris"] {
+        let desk = Desk::open(&app, fx.operator_token(op), 0).await.expect("desk");
+        let mut r = app.routing_client(fx.operator_token(op)).await;
+        r.set_operator_status(v1::SetOperatorStatusRequest { status: v1::OperatorStatus::Online as i32, ..Default::default() })
+            .await
+            .expect("online");
+        desks.push(run_desk(desk, seen.clone(), stop.clone()));
+    }
+
+    // Six customers (fewer than the ten seats, so every conversation is assigned at once),
+    // fifty messages each, interleaved.
+    const TOTAL: usize = 300;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let producer = {
+        let acked = acked.clone();
+        let mut ingest = app.ingest_client(&fx.integrator_token).await;
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                let req = submit(&format!("customer-{}", i % 6), &format!("сообщение {i}"), &format!("m-{i}"));
+                loop {
+                    match ingest.submit_message(req.clone()).await {
+                        Ok(r) => {
+                            acked.lock().unwrap().push(r.into_inner().message_id);
+                            break;
+                        }
+                        Err(s) if s.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(s) => panic!("submit failed: {s}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // Kill routing in the middle of the stream, then start a new one.
+    eventually(Duration::from_secs(30), "a third of the messages acknowledged", || async {
+        (acked.lock().unwrap().len() >= TOTAL / 3).then_some(())
+    })
+    .await;
+    routing.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let routing2 = ServiceProcess::spawn("parley-routing", &env).expect("routing restarts");
+    app.set_routing_addr(routing2.grpc_addr);
+    producer.await.expect("producer");
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), TOTAL);
+
+    // Every acknowledged message reaches a desk exactly once.
+    eventually(Duration::from_secs(60), "every message shown on a desk", || async {
+        (seen.lock().unwrap().len() >= TOTAL).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // let any duplicate arrive
+    stop.set();
+    for d in desks {
+        d.await.expect("desk task");
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in seen.lock().unwrap().iter() {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "shown twice: {duplicated:?}");
+    let missing: Vec<_> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "never shown: {missing:?}");
+    assert_eq!(counts.len(), TOTAL);
+
+    // And stored exactly once.
+    eventually(Duration::from_secs(30), "every message in history", || async {
+        (app.table_rows("messages").await == TOTAL as i64).then_some(())
+    })
+    .await;
+    assert_eq!(app.table_rows("conversations").await, 6);
+    drop(routing2);
+    app.stop().await;
+}
