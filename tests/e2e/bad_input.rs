@@ -45,7 +45,11 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     expect(ingest.submit_message(submit("c", "hi", "k")).await, Code::Unauthenticated, "signature is invalid");
 
     let mut ghost = app.ingest_client(&app.mint("ghost", Role::Integrator, "crm")).await;
-    expect(ghost.submit_message(submit("c", "hi", "k")).await, Code::Unauthenticated, "tenant \"ghost\" does not exist");
+    expect(
+        ghost.submit_message(submit("c", "hi", "k")).await,
+        Code::Unauthenticated,
+        "tenant \"ghost\" does not exist",
+    );
 
     let mut garbage = app.ingest_client("not.a.jwt").await;
     expect(garbage.submit_message(submit("c", "hi", "k")).await, Code::Unauthenticated, "token is malformed");
@@ -57,7 +61,11 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         Code::Unauthenticated,
         "operator \"nobody\" does not exist",
     );
-    expect(Desk::open(&app, &app.mint("acme", Role::Operator, "nobody"), 0).await.map(|_| ()), Code::Unauthenticated, "nobody");
+    expect(
+        Desk::open(&app, &app.mint("acme", Role::Operator, "nobody"), 0).await.map(|_| ()),
+        Code::Unauthenticated,
+        "nobody",
+    );
 
     // --- roles ------------------------------------------------------------------------
     let mut as_operator = app.ingest_client(fx.operator_token("anna")).await;
@@ -74,7 +82,11 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     );
     let mut tenant_admin = app.admin(&fx.admin_token).await;
     expect(
-        tenant_admin.create_tenant(v1::CreateTenantRequest { tenant: Some(v1::Tenant { id: "evil".into(), display_name: "E".into(), ..Default::default() }) }).await,
+        tenant_admin
+            .create_tenant(v1::CreateTenantRequest {
+                tenant: Some(v1::Tenant { id: "evil".into(), display_name: "E".into(), ..Default::default() }),
+            })
+            .await,
         Code::PermissionDenied,
         "role admin",
     );
@@ -106,10 +118,12 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     expect(ingest.submit_message(bad_quote).await, Code::InvalidArgument, "quoted.message_id");
 
     // Invalid UTF-8 in the text field, which no typed client can send.
-    let mut body = v1::SubmitMessageRequest { customer_ref: "c".into(), idempotency_key: "k1".into(), ..Default::default() }
-        .encode_to_vec();
+    let mut body =
+        v1::SubmitMessageRequest { customer_ref: "c".into(), idempotency_key: "k1".into(), ..Default::default() }
+            .encode_to_vec();
     body.extend_from_slice(&[0x1a, 0x02, 0xff, 0xfe]); // field 3 (text), 2 bytes, not UTF-8
-    let status = raw_unary(app.addrs().ingest, "/parley.v1.ApiChannelService/SubmitMessage", &fx.integrator_token, body).await;
+    let status =
+        raw_unary(app.addrs().ingest, "/parley.v1.ApiChannelService/SubmitMessage", &fx.integrator_token, body).await;
     assert_ne!(status.code(), Code::Ok);
     assert!(status.message().contains("UTF-8"), "{}", status.message());
 
@@ -128,13 +142,23 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     );
     expect(
         history
-            .list_messages(v1::ListMessagesRequest { conversation_id: unknown.into(), page_token: "garbage".into(), ..Default::default() })
+            .list_messages(v1::ListMessagesRequest {
+                conversation_id: unknown.into(),
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
             .await,
         Code::InvalidArgument,
         "page_token",
     );
     expect(
-        history.list_messages(v1::ListMessagesRequest { conversation_id: unknown.into(), page_size: 10_000, ..Default::default() }).await,
+        history
+            .list_messages(v1::ListMessagesRequest {
+                conversation_id: unknown.into(),
+                page_size: 10_000,
+                ..Default::default()
+            })
+            .await,
         Code::InvalidArgument,
         "page_size",
     );
@@ -161,7 +185,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         "operator ghost not found",
     );
     expect(
-        supervisor.set_operator_status(v1::SetOperatorStatusRequest { operator_id: "anna".into(), status: 0, ..Default::default() }).await,
+        supervisor
+            .set_operator_status(v1::SetOperatorStatusRequest {
+                operator_id: "anna".into(),
+                status: 0,
+                ..Default::default()
+            })
+            .await,
         Code::InvalidArgument,
         "status must be specified",
     );
@@ -220,7 +250,11 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     expect(
         tenant_admin
             .create_operator(v1::CreateOperatorRequest {
-                operator: Some(v1::Operator { id: "anna".into(), display_name: "Anna again".into(), ..Default::default() }),
+                operator: Some(v1::Operator {
+                    id: "anna".into(),
+                    display_name: "Anna again".into(),
+                    ..Default::default()
+                }),
             })
             .await,
         Code::AlreadyExists,

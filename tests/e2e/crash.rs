@@ -20,16 +20,24 @@ fn run_desk(mut desk: Desk, seen: Arc<Mutex<Vec<String>>>, stop: Stop) -> tokio:
                 desk.heartbeat().await;
                 last_beat = tokio::time::Instant::now();
             }
-            let frame = match tokio::time::timeout(Duration::from_millis(200), desk.event(Duration::from_secs(60))).await {
-                Ok(e) => e,
-                Err(_) => continue,
-            };
+            let frame =
+                match tokio::time::timeout(Duration::from_millis(200), desk.event(Duration::from_secs(60))).await {
+                    Ok(e) => e,
+                    Err(_) => continue,
+                };
             let mut seen = seen.lock().unwrap();
             match frame.kind {
                 Some(desk_event::Kind::Assigned(a)) => {
-                    seen.extend(a.recent_messages.into_iter().filter(|m| m.sender_kind == v1::SenderKind::Customer as i32).map(|m| m.id));
+                    seen.extend(
+                        a.recent_messages
+                            .into_iter()
+                            .filter(|m| m.sender_kind == v1::SenderKind::Customer as i32)
+                            .map(|m| m.id),
+                    );
                 }
-                Some(desk_event::Kind::Message(m)) if m.sender_kind == v1::SenderKind::Customer as i32 => seen.push(m.id),
+                Some(desk_event::Kind::Message(m)) if m.sender_kind == v1::SenderKind::Customer as i32 => {
+                    seen.push(m.id)
+                }
                 _ => {}
             }
         }
@@ -77,9 +85,12 @@ async fn kill_9_of_routing_loses_nothing_and_duplicates_nothing() {
     for op in ["anna", "boris"] {
         let desk = Desk::open(&app, fx.operator_token(op), 0).await.expect("desk");
         let mut r = app.routing_client(fx.operator_token(op)).await;
-        r.set_operator_status(v1::SetOperatorStatusRequest { status: v1::OperatorStatus::Online as i32, ..Default::default() })
-            .await
-            .expect("online");
+        r.set_operator_status(v1::SetOperatorStatusRequest {
+            status: v1::OperatorStatus::Online as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("online");
         desks.push(run_desk(desk, seen.clone(), stop.clone()));
     }
 
@@ -99,7 +110,9 @@ async fn kill_9_of_routing_loses_nothing_and_duplicates_nothing() {
                             acked.lock().unwrap().push(r.into_inner().message_id);
                             break;
                         }
-                        Err(s) if s.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(s) if s.code() == tonic::Code::Unavailable => {
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
                         Err(s) => panic!("submit failed: {s}"),
                     }
                 }

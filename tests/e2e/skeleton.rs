@@ -20,7 +20,10 @@ async fn a_customer_message_reaches_an_operator_and_the_reply_comes_back() {
     let mut desk = Desk::open(&app, anna, 0).await.expect("desk opens");
     let mut routing = app.routing_client(anna).await;
     let presence = routing
-        .set_operator_status(v1::SetOperatorStatusRequest { status: v1::OperatorStatus::Online as i32, ..Default::default() })
+        .set_operator_status(v1::SetOperatorStatusRequest {
+            status: v1::OperatorStatus::Online as i32,
+            ..Default::default()
+        })
         .await
         .expect("go online")
         .into_inner()
@@ -63,7 +66,8 @@ async fn a_customer_message_reaches_an_operator_and_the_reply_comes_back() {
     assert_eq!((joined.operator_id.as_str(), joined.operator_display_name.as_str()), ("anna", "Operator anna"));
 
     // Anna replies; the integrator's stream gets it.
-    let accepted = match desk.reply(&conversation.id, "r-1", "Добрый день! Сейчас проверю.").await {
+    let accepted = match desk.reply(&conversation.id, "r-1", "Добрый день! Сейчас проверю.").await
+    {
         open_session_response::Frame::ReplyAccepted(a) => a,
         other => panic!("reply refused: {other:?}"),
     };

@@ -75,7 +75,8 @@ impl Desk {
         .await;
         loop {
             match self.frame(Duration::from_secs(10)).await {
-                f @ (open_session_response::Frame::ReplyAccepted(_) | open_session_response::Frame::ReplyRejected(_)) => {
+                f @ (open_session_response::Frame::ReplyAccepted(_)
+                | open_session_response::Frame::ReplyRejected(_)) => {
                     return f;
                 }
                 open_session_response::Frame::Heartbeat(_) | open_session_response::Frame::Event(_) => continue,
@@ -113,7 +114,10 @@ impl CustomerFeed {
     pub async fn open(app: &App, token: &str, customer_ref: &str, after: u64) -> Self {
         let mut client = app.ingest_client(token).await;
         let rx = client
-            .stream_customer_updates(v1::StreamCustomerUpdatesRequest { customer_ref: customer_ref.into(), after_sequence: after })
+            .stream_customer_updates(v1::StreamCustomerUpdatesRequest {
+                customer_ref: customer_ref.into(),
+                after_sequence: after,
+            })
             .await
             .expect("open customer stream")
             .into_inner();

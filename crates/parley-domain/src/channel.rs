@@ -53,10 +53,7 @@ pub struct UnknownChannel(pub String);
 impl FromStr for Channel {
     type Err = UnknownChannel;
     fn from_str(s: &str) -> Result<Self, UnknownChannel> {
-        Channel::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownChannel(s.chars().take(40).collect()))
+        Channel::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownChannel(s.chars().take(40).collect()))
     }
 }
 

@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use crate::{
-    Channel, ChannelConfigId, ConversationId, CustomerId, Message, MessageId, OperatorId, QueueId,
-    Sender, TenantId, Timestamp,
+    Channel, ChannelConfigId, ConversationId, CustomerId, Message, MessageId, OperatorId, QueueId, Sender, TenantId,
+    Timestamp,
 };
 
 /// How many message ids a conversation remembers to recognise redeliveries.
@@ -184,16 +184,32 @@ pub enum Command {
     /// the state now is (the check was made when it was sent).
     RecordOperatorMessage(Message),
     /// Offer to an operator whose capacity the caller has reserved.
-    Offer { operator: OperatorId, timeout: Duration },
+    Offer {
+        operator: OperatorId,
+        timeout: Duration,
+    },
     /// Give to an operator whose capacity the caller has reserved, without an offer.
-    Assign { operator: OperatorId },
-    Accept { operator: OperatorId },
-    Decline { operator: OperatorId },
+    Assign {
+        operator: OperatorId,
+    },
+    Accept {
+        operator: OperatorId,
+    },
+    Decline {
+        operator: OperatorId,
+    },
     /// The pending offer's deadline has passed.
     ExpireOffer,
     /// For a target operator, the caller has reserved their capacity.
-    Transfer { by: Actor, target: TransferTarget, note: String },
-    Close { by: Actor, reason: String },
+    Transfer {
+        by: Actor,
+        target: TransferTarget,
+        note: String,
+    },
+    Close {
+        by: Actor,
+        reason: String,
+    },
     /// The holder went away (offline, heartbeat lost): back to the queue, priority kept.
     Requeue,
 }
@@ -213,7 +229,9 @@ pub enum Event {
 /// Something an operator's desk must show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeskEvent {
-    Offered { expires: Timestamp },
+    Offered {
+        expires: Timestamp,
+    },
     /// Carries the conversation's latest messages and any transfer note.
     Assigned,
     Message(Message),
@@ -232,7 +250,10 @@ pub enum CustomerNotice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     Log(Event),
-    Desk { operator: OperatorId, event: DeskEvent },
+    Desk {
+        operator: OperatorId,
+        event: DeskEvent,
+    },
     Customer(CustomerNotice),
     /// The operator's reserved capacity for this conversation is free again.
     ReleaseCapacity(OperatorId),
@@ -502,7 +523,13 @@ impl Conversation {
         }
     }
 
-    fn transfer(&self, by: Actor, target: TransferTarget, note: String, now: Timestamp) -> Result<Transition, Rejected> {
+    fn transfer(
+        &self,
+        by: Actor,
+        target: TransferTarget,
+        note: String,
+        now: Timestamp,
+    ) -> Result<Transition, Rejected> {
         let owner = match &self.status {
             Status::Assigned { operator } => operator.clone(),
             Status::Closed => return Err(Rejected::Closed),
@@ -563,12 +590,9 @@ impl Conversation {
 
     fn requeue(&self, now: Timestamp) -> Result<Transition, Rejected> {
         match &self.status {
-            Status::Offered { operator, .. } | Status::Assigned { operator } => Ok(self.back_to_queue(
-                operator,
-                QueueReason::OperatorUnavailable,
-                ReleaseReason::Rerouted,
-                now,
-            )),
+            Status::Offered { operator, .. } | Status::Assigned { operator } => {
+                Ok(self.back_to_queue(operator, QueueReason::OperatorUnavailable, ReleaseReason::Rerouted, now))
+            }
             Status::Closed => Err(Rejected::Closed),
             Status::Queued => Err(Rejected::WrongStatus("queued", "offered or assigned")),
         }
@@ -628,7 +652,11 @@ mod tests {
         let opening = Opening {
             id: ConversationId::from_uuid(Uuid::from_u128(1)),
             tenant: TenantId::parse("acme").unwrap(),
-            customer: CustomerRef { id: CustomerId::from_uuid(Uuid::from_u128(2)), address: "c".into(), display_name: String::new() },
+            customer: CustomerRef {
+                id: CustomerId::from_uuid(Uuid::from_u128(2)),
+                address: "c".into(),
+                display_name: String::new(),
+            },
             channel: Channel::Api,
             channel_config: ChannelConfigId::parse("api").unwrap(),
             queue: QueueId::parse("default").unwrap(),
@@ -661,14 +689,17 @@ mod tests {
         assert!(assigned.effects.contains(&Effect::Desk { operator: op("anna"), event: DeskEvent::Assigned }));
         assert!(assigned.effects.contains(&Effect::Dequeue));
         let third = assigned.next.apply(Command::CustomerMessage(msg(102, Sender::Customer)), at(4_000)).unwrap();
-        assert!(matches!(&third.effects[1], Effect::Desk { operator, event: DeskEvent::Message(m) } if operator == &op("anna") && m.id == msg(102, Sender::Customer).id));
+        assert!(
+            matches!(&third.effects[1], Effect::Desk { operator, event: DeskEvent::Message(m) } if operator == &op("anna") && m.id == msg(102, Sender::Customer).id)
+        );
         assert_eq!(third.next.message_count, 3);
     }
 
     #[test]
     fn offer_accept_and_expiry() {
         let c = opened();
-        let offered = c.apply(Command::Offer { operator: op("anna"), timeout: Duration::from_secs(30) }, at(2_000)).unwrap().next;
+        let offered =
+            c.apply(Command::Offer { operator: op("anna"), timeout: Duration::from_secs(30) }, at(2_000)).unwrap().next;
         assert_eq!(offered.status, Status::Offered { operator: op("anna"), expires: at(32_000) });
         assert_eq!(offered.apply(Command::Accept { operator: op("boris") }, at(3_000)), Err(Rejected::NotHolder));
         assert_eq!(offered.apply(Command::Accept { operator: op("anna") }, at(32_001)), Err(Rejected::OfferExpired));
@@ -686,24 +717,38 @@ mod tests {
 
     #[test]
     fn decline_remembers_the_operator() {
-        let offered = opened().apply(Command::Offer { operator: op("anna"), timeout: Duration::from_secs(30) }, at(2_000)).unwrap().next;
+        let offered = opened()
+            .apply(Command::Offer { operator: op("anna"), timeout: Duration::from_secs(30) }, at(2_000))
+            .unwrap()
+            .next;
         assert_eq!(offered.apply(Command::Decline { operator: op("boris") }, at(3_000)), Err(Rejected::NotHolder));
         let t = offered.apply(Command::Decline { operator: op("anna") }, at(3_000)).unwrap();
         assert_eq!(t.next.declined_by, vec![op("anna")]);
-        assert!(t.effects.contains(&Effect::Desk { operator: op("anna"), event: DeskEvent::Released(ReleaseReason::OfferDeclined) }));
+        assert!(t.effects.contains(&Effect::Desk {
+            operator: op("anna"),
+            event: DeskEvent::Released(ReleaseReason::OfferDeclined)
+        }));
     }
 
     #[test]
     fn transfer_moves_ownership_and_capacity() {
         let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
         let by_other = assigned.apply(
-            Command::Transfer { by: Actor::Operator(op("boris")), target: TransferTarget::Operator(op("vera")), note: String::new() },
+            Command::Transfer {
+                by: Actor::Operator(op("boris")),
+                target: TransferTarget::Operator(op("vera")),
+                note: String::new(),
+            },
             at(3_000),
         );
         assert_eq!(by_other, Err(Rejected::NotHolder));
         let t = assigned
             .apply(
-                Command::Transfer { by: Actor::Operator(op("anna")), target: TransferTarget::Operator(op("vera")), note: "VIP".into() },
+                Command::Transfer {
+                    by: Actor::Operator(op("anna")),
+                    target: TransferTarget::Operator(op("vera")),
+                    note: "VIP".into(),
+                },
                 at(3_000),
             )
             .unwrap();
@@ -734,10 +779,15 @@ mod tests {
             assigned.apply(Command::Close { by: Actor::Operator(op("boris")), reason: String::new() }, at(3_000)),
             Err(Rejected::NotHolder)
         );
-        let closed = assigned.apply(Command::Close { by: Actor::Operator(op("anna")), reason: "solved".into() }, at(3_000)).unwrap();
+        let closed = assigned
+            .apply(Command::Close { by: Actor::Operator(op("anna")), reason: "solved".into() }, at(3_000))
+            .unwrap();
         assert_eq!(closed.next.status, Status::Closed);
         assert!(closed.effects.contains(&Effect::ReleaseCapacity(op("anna"))));
-        assert_eq!(closed.next.apply(Command::CustomerMessage(msg(103, Sender::Customer)), at(4_000)), Err(Rejected::Closed));
+        assert_eq!(
+            closed.next.apply(Command::CustomerMessage(msg(103, Sender::Customer)), at(4_000)),
+            Err(Rejected::Closed)
+        );
         // An operator reply already sent is still recorded after close.
         let late = closed.next.apply(Command::RecordOperatorMessage(msg(104, Sender::Operator)), at(4_000)).unwrap();
         assert!(late.effects.iter().any(|e| matches!(e, Effect::Log(Event::MessageSent(_)))));

@@ -23,8 +23,7 @@ pub mod time;
 pub use channel::{Channel, UnknownChannel};
 pub use conversation::{Conversation, CustomerRef, Status};
 pub use ids::{
-    ChannelConfigId, ConversationId, CustomerId, EventId, InvalidId, MessageId, OperatorId, QueueId, SkillId,
-    TenantId,
+    ChannelConfigId, ConversationId, CustomerId, EventId, InvalidId, MessageId, OperatorId, QueueId, SkillId, TenantId,
 };
 pub use message::{DeliveryState, InvalidText, MAX_TEXT_CHARS, Message, Quoted, Sender, check_text};
 pub use operator::{InvalidConfig, Operator, OperatorStatus, Queue, Role, SkillLevel, check_display_name};

@@ -51,9 +51,15 @@ impl DeliveryState {
     }
 
     pub fn parse(s: &str) -> Option<DeliveryState> {
-        [DeliveryState::Accepted, DeliveryState::Sent, DeliveryState::Delivered, DeliveryState::Read, DeliveryState::Failed]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            DeliveryState::Accepted,
+            DeliveryState::Sent,
+            DeliveryState::Delivered,
+            DeliveryState::Read,
+            DeliveryState::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 
@@ -118,7 +124,13 @@ mod tests {
         for s in [Sender::Customer, Sender::Operator, Sender::Bot, Sender::System] {
             assert_eq!(Sender::parse(s.as_str()), Some(s));
         }
-        for d in [DeliveryState::Accepted, DeliveryState::Sent, DeliveryState::Delivered, DeliveryState::Read, DeliveryState::Failed] {
+        for d in [
+            DeliveryState::Accepted,
+            DeliveryState::Sent,
+            DeliveryState::Delivered,
+            DeliveryState::Read,
+            DeliveryState::Failed,
+        ] {
             assert_eq!(DeliveryState::parse(d.as_str()), Some(d));
         }
         assert_eq!(Sender::parse("robot"), None);

@@ -57,7 +57,8 @@ fn decode_token(scope: &str, token: &str) -> ApiResult<Option<Cursor>> {
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let mut parts = text.split('|');
-    let (Some("v1"), Some(s), Some(micros), Some(id), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some("v1"), Some(s), Some(micros), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };
@@ -175,7 +176,10 @@ impl HistoryService for HistoryApi {
         Ok(Response::new(v1::ListMessagesResponse { messages: rows.iter().map(message).collect(), next_page_token }))
     }
 
-    async fn get_customer(&self, request: Request<v1::GetCustomerRequest>) -> Result<Response<v1::GetCustomerResponse>, Status> {
+    async fn get_customer(
+        &self,
+        request: Request<v1::GetCustomerRequest>,
+    ) -> Result<Response<v1::GetCustomerResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let id = uuid("customer_id", &request.get_ref().customer_id)?;

@@ -126,7 +126,8 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     if config.database.migrate_on_start {
         migrate(&config).await?;
     }
-    let db = parley_pg::Db::connect(config.database.url.expose(), config.database.pool_size, &config.database.app_role)?;
+    let db =
+        parley_pg::Db::connect(config.database.url.expose(), config.database.pool_size, &config.database.app_role)?;
     db.ping().await.map_err(|e| anyhow::anyhow!("database: {e}"))?;
     let nats = Nats::connect(&config.nats, "parley-history", Duration::from_secs(30)).await?;
     let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
@@ -144,7 +145,10 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
     tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics.clone(), readiness.clone()), token.clone()));
-    let spec = ConsumerSpec { lanes: config.writer.lanes, ..ConsumerSpec::new(topology::EVENTS, topology::consumers::HISTORY_EVENTS) };
+    let spec = ConsumerSpec {
+        lanes: config.writer.lanes,
+        ..ConsumerSpec::new(topology::EVENTS, topology::consumers::HISTORY_EVENTS)
+    };
     let consumer_token = token.clone();
     tasks.spawn(async move {
         let result = consume::run(nats.js.clone(), spec, writer, metrics, consumer_token).await;

@@ -14,8 +14,8 @@ use parley_domain::{Sender, TenantId};
 use parley_kit::telemetry::Metrics;
 use parley_kit::telemetry::prometheus_client::metrics::counter::Counter;
 use parley_kit::telemetry::prometheus_client::metrics::family::Family;
-use parley_nats::conversations::decode_state;
 use parley_nats::consume::{Delivery, Handler, Outcome};
+use parley_nats::conversations::decode_state;
 use parley_pg::{AssignmentRow, ConversationRow, CustomerRow, Db, DecisionRow, MessageRow, TenantBatch};
 use parley_proto::{convert, events};
 use serde::{Deserialize, Serialize};
@@ -109,7 +109,8 @@ pub fn rows(record: &events::ConversationRecord) -> Result<TenantBatch, String> 
                     decided_at: convert::from_timestamp(d.decide_time.as_ref()),
                 });
             }
-            Some(Kind::Queued(_)) | Some(Kind::Offered(_)) | Some(Kind::Closed(_)) | Some(Kind::Delivery(_)) | None => {}
+            Some(Kind::Queued(_)) | Some(Kind::Offered(_)) | Some(Kind::Closed(_)) | Some(Kind::Delivery(_)) | None => {
+            }
         }
     }
     debug_assert!(batch.messages.iter().all(|m| Sender::parse(&m.sender).is_some()));
@@ -186,7 +187,8 @@ async fn batcher(
         let mut waiters = Vec::with_capacity(pending.len());
         for (batch, done) in pending {
             waiters.push(done);
-            let merged = by_tenant.entry(batch.tenant.to_string()).or_insert_with(|| TenantBatch::new(batch.tenant.clone()));
+            let merged =
+                by_tenant.entry(batch.tenant.to_string()).or_insert_with(|| TenantBatch::new(batch.tenant.clone()));
             merged.customers.extend(batch.customers);
             merged.conversations.extend(batch.conversations);
             merged.messages.extend(batch.messages);
@@ -197,7 +199,9 @@ async fn batcher(
         let result = db.write(&batches).await.map_err(|e| e.to_string());
         if result.is_ok() {
             for b in &batches {
-                rows_written.get_or_create(&vec![("kind".to_owned(), "message".to_owned())]).inc_by(b.messages.len() as u64);
+                rows_written
+                    .get_or_create(&vec![("kind".to_owned(), "message".to_owned())])
+                    .inc_by(b.messages.len() as u64);
                 rows_written
                     .get_or_create(&vec![("kind".to_owned(), "conversation".to_owned())])
                     .inc_by(b.conversations.len() as u64);

@@ -43,7 +43,9 @@ fn check_idempotency_key(value: &str) -> ApiResult<()> {
 
 fn check_display_name(value: &str) -> ApiResult<()> {
     if value.chars().count() > 200 || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid("customer_display_name must be at most 200 characters without control characters"));
+        return Err(ApiError::invalid(
+            "customer_display_name must be at most 200 characters without control characters",
+        ));
     }
     Ok(())
 }
@@ -135,24 +137,21 @@ impl ApiChannelService for ApiChannel {
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let token = self.token.clone();
-        let stream = feed
-            .messages
-            .take_until(token.cancelled_owned())
-            .filter_map(|item| async move {
-                match item {
-                    Err(e) => Some(Err(Status::unavailable(format!("{e}; resume with the last sequence")))),
-                    Ok(d) => match d.decode::<events::OutboundEnvelope>() {
-                        Ok(envelope) => Some(Ok(v1::StreamCustomerUpdatesResponse {
-                            sequence: d.stream_sequence,
-                            update: envelope.update,
-                        })),
-                        Err(why) => {
-                            tracing::warn!(seq = d.stream_sequence, why, "skipping undecodable outbound message");
-                            None
-                        }
-                    },
-                }
-            });
+        let stream = feed.messages.take_until(token.cancelled_owned()).filter_map(|item| async move {
+            match item {
+                Err(e) => Some(Err(Status::unavailable(format!("{e}; resume with the last sequence")))),
+                Ok(d) => match d.decode::<events::OutboundEnvelope>() {
+                    Ok(envelope) => Some(Ok(v1::StreamCustomerUpdatesResponse {
+                        sequence: d.stream_sequence,
+                        update: envelope.update,
+                    })),
+                    Err(why) => {
+                        tracing::warn!(seq = d.stream_sequence, why, "skipping undecodable outbound message");
+                        None
+                    }
+                },
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

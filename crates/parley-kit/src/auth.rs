@@ -162,8 +162,7 @@ impl TokenKey {
         if claims.sub.is_empty() || claims.sub.len() > 128 {
             return Err(AuthError::Malformed("sub must be 1 to 128 bytes"));
         }
-        let principal =
-            Principal { tenant, subject: claims.sub.clone(), role, token_id: claims.jti.clone() };
+        let principal = Principal { tenant, subject: claims.sub.clone(), role, token_id: claims.jti.clone() };
         Ok((principal, claims))
     }
 }
@@ -203,11 +202,8 @@ impl Authenticator {
     /// Authenticates the value of an `authorization` header.
     pub async fn authenticate(&self, authorization: Option<&str>, now: Timestamp) -> Result<Principal, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(AuthError::NotBearer)?
-            .trim();
+        let token =
+            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(AuthError::NotBearer)?.trim();
         let (principal, _) = self.key.verify(token, now)?;
         self.directory.check(&principal).await?;
         Ok(principal)
@@ -287,7 +283,8 @@ pub struct Bearer {
 
 impl Bearer {
     pub fn new(token: &str) -> Result<Self, AuthError> {
-        let value = format!("Bearer {token}").parse().map_err(|_| AuthError::Malformed("token is not printable ASCII"))?;
+        let value =
+            format!("Bearer {token}").parse().map_err(|_| AuthError::Malformed("token is not printable ASCII"))?;
         Ok(Self { value })
     }
 }
@@ -402,7 +399,10 @@ mod tests {
                 AuthError::BadTenant("acme".into()),
             ),
             (
-                Some(format!("Bearer {}", a.key().sign(&Claims { jti: "revoked".into(), ..claims("acme", "admin", "x") }))),
+                Some(format!(
+                    "Bearer {}",
+                    a.key().sign(&Claims { jti: "revoked".into(), ..claims("acme", "admin", "x") })
+                )),
                 AuthError::Revoked,
             ),
         ];

@@ -78,9 +78,8 @@ where
     // (for scripts and tests) are not.
     figment = figment.merge(Env::prefixed("PARLEY_").filter(|k| k.as_str().contains("__")).split("__"));
     for item in &args.set {
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Parse(format!("--set {item:?}: expected KEY=VALUE")))?;
+        let (key, value) =
+            item.split_once('=').ok_or_else(|| ConfigError::Parse(format!("--set {item:?}: expected KEY=VALUE")))?;
         figment = figment.merge((key.trim(), parse_flag_value(value)));
     }
     let config: T = figment.extract().map_err(|e| ConfigError::Parse(flatten(e)))?;

@@ -71,7 +71,10 @@ pub fn ops_router(metrics: Metrics, readiness: Readiness) -> axum::Router {
             get(move || {
                 let m = metrics.clone();
                 async move {
-                    ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+                    (
+                        [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        m.encode(),
+                    )
                 }
             }),
         )
@@ -192,7 +195,8 @@ pub async fn supervise(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let mut first_error: Option<anyhow::Error> = None;
-    let note = |result: Option<Result<anyhow::Result<()>, tokio::task::JoinError>>, first: &mut Option<anyhow::Error>| {
+    let note = |result: Option<Result<anyhow::Result<()>, tokio::task::JoinError>>,
+                first: &mut Option<anyhow::Error>| {
         match result {
             None | Some(Ok(Ok(()))) => {}
             Some(Ok(Err(e))) => {

@@ -39,9 +39,8 @@ impl std::fmt::Debug for Telemetry {
 /// Sets up logging and tracing for a service. Installing the global subscriber happens
 /// once per process; later calls (several services in one test process) reuse it.
 pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder().with_service_name(service).build(),
-    );
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
     if !config.otlp_endpoint.is_empty() {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -180,7 +179,11 @@ impl Metrics {
             Family::<StreamLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register("grpc_requests", "gRPC requests by method and status code", rpc_requests.clone());
         registry.register("grpc_request_seconds", "gRPC time to response headers", rpc_seconds.clone());
-        registry.register("stream_messages", "JetStream messages handled by stream and outcome", stream_messages.clone());
+        registry.register(
+            "stream_messages",
+            "JetStream messages handled by stream and outcome",
+            stream_messages.clone(),
+        );
         registry.register("stream_handle_seconds", "Time to handle one JetStream message", stream_seconds.clone());
         Self { registry: Arc::new(Mutex::new(registry)), rpc_requests, rpc_seconds, stream_messages, stream_seconds }
     }

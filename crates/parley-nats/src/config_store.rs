@@ -194,7 +194,9 @@ impl ConfigCache {
                         let delta = entry.delta;
                         apply(&task_inner, entry);
                         tx.send_modify(|r| *r = (*r).max(revision));
-                        if delta == 0 && let Some(l) = loaded.take() {
+                        if delta == 0
+                            && let Some(l) = loaded.take()
+                        {
                             let _ = l.send(());
                         }
                     }
@@ -339,10 +341,7 @@ impl Directory for ConfigCache {
             // tenant record.
             let revoked = {
                 let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-                guard
-                    .get(tenant.as_str())
-                    .and_then(|t| t.tokens.get(&principal.token_id))
-                    .is_some_and(|r| r.revoked)
+                guard.get(tenant.as_str()).and_then(|t| t.tokens.get(&principal.token_id)).is_some_and(|r| r.revoked)
             };
             if revoked {
                 return Err(AuthError::Revoked);

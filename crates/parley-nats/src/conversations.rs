@@ -6,9 +6,9 @@
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use parley_domain::{Conversation, ConversationId, CustomerId, TenantId};
+use parley_proto::convert;
 use parley_proto::events;
 use parley_proto::prost::Message as _;
-use parley_proto::convert;
 
 use crate::config_store::StoreError;
 use crate::publish::{Payload, Publisher, SCHEMA_HEADER};
@@ -48,7 +48,10 @@ pub fn decode_state(record: &events::ConversationRecord, tenant: &TenantId) -> R
     let state = record.state.as_ref().ok_or_else(|| unavailable("record without state"))?;
     let conversation = convert::from_conversation_state(state).map_err(unavailable)?;
     if &conversation.tenant != tenant {
-        return Err(StoreError::Unavailable(format!("record of {} holds another tenant's state", record.conversation_id)));
+        return Err(StoreError::Unavailable(format!(
+            "record of {} holds another tenant's state",
+            record.conversation_id
+        )));
     }
     Ok(conversation)
 }
@@ -84,7 +87,12 @@ impl ConversationLog {
 
     /// Appends a transition if the conversation is still at `expected` (0: new); on a race
     /// returns `Conflict` and the caller re-reads.
-    pub async fn append(&self, tenant: &TenantId, record: &events::ConversationRecord, expected: u64) -> Result<u64, StoreError> {
+    pub async fn append(
+        &self,
+        tenant: &TenantId,
+        record: &events::ConversationRecord,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
         let id = ConversationId::parse(&record.conversation_id).map_err(unavailable)?;
         let subject = topology::events_subject(tenant, id);
         match self
@@ -117,7 +125,12 @@ impl ConversationLog {
     }
 
     /// Makes `id` the customer's open conversation; `AlreadyExists` if they have one.
-    pub async fn set_open(&self, tenant: &TenantId, customer: CustomerId, id: ConversationId) -> Result<u64, StoreError> {
+    pub async fn set_open(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        id: ConversationId,
+    ) -> Result<u64, StoreError> {
         let key = open_key(tenant, customer);
         self.pointers.create(key.as_str(), Bytes::from(id.to_string())).await.map_err(|e| {
             if e.kind() == kv::CreateErrorKind::AlreadyExists { StoreError::AlreadyExists(key) } else { unavailable(e) }

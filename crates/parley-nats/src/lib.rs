@@ -83,10 +83,7 @@ impl Nats {
     }
 
     pub async fn config_kv(&self) -> anyhow::Result<jetstream::kv::Store> {
-        self.js
-            .get_key_value(topology::buckets::CONFIG)
-            .await
-            .map_err(|e| anyhow::anyhow!("config bucket: {e}"))
+        self.js.get_key_value(topology::buckets::CONFIG).await.map_err(|e| anyhow::anyhow!("config bucket: {e}"))
     }
 
     pub async fn conversations(&self) -> anyhow::Result<ConversationLog> {

@@ -27,10 +27,14 @@ pub struct StreamDef {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-pub const INBOUND: StreamDef = StreamDef { name: "PARLEY_INBOUND", subjects: "parley.inbound.>", max_age: DAY.saturating_mul(7) };
-pub const EVENTS: StreamDef = StreamDef { name: "PARLEY_EVENTS", subjects: "parley.events.>", max_age: DAY.saturating_mul(14) };
-pub const DESK: StreamDef = StreamDef { name: "PARLEY_DESK", subjects: "parley.desk.>", max_age: DAY.saturating_mul(7) };
-pub const OUTBOUND: StreamDef = StreamDef { name: "PARLEY_OUTBOUND", subjects: "parley.outbound.>", max_age: DAY.saturating_mul(7) };
+pub const INBOUND: StreamDef =
+    StreamDef { name: "PARLEY_INBOUND", subjects: "parley.inbound.>", max_age: DAY.saturating_mul(7) };
+pub const EVENTS: StreamDef =
+    StreamDef { name: "PARLEY_EVENTS", subjects: "parley.events.>", max_age: DAY.saturating_mul(14) };
+pub const DESK: StreamDef =
+    StreamDef { name: "PARLEY_DESK", subjects: "parley.desk.>", max_age: DAY.saturating_mul(7) };
+pub const OUTBOUND: StreamDef =
+    StreamDef { name: "PARLEY_OUTBOUND", subjects: "parley.outbound.>", max_age: DAY.saturating_mul(7) };
 
 pub const STREAMS: [StreamDef; 4] = [INBOUND, EVENTS, DESK, OUTBOUND];
 

@@ -85,7 +85,11 @@ impl HasTelemetry for NotificationConfig {
 }
 
 /// Starts the notification service; it runs until `token` fires, then drains.
-pub async fn start(config: NotificationConfig, metrics: Metrics, token: CancellationToken) -> anyhow::Result<ServiceHandle> {
+pub async fn start(
+    config: NotificationConfig,
+    metrics: Metrics,
+    token: CancellationToken,
+) -> anyhow::Result<ServiceHandle> {
     let wait = Duration::from_secs(30);
     let nats = Nats::connect(&config.nats, "parley-notification", wait).await?;
     let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;

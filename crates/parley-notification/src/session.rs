@@ -193,8 +193,14 @@ impl Sessions {
         }
     }
 
-    async fn send_reply(&self, tenant: &TenantId, operator: &OperatorId, r: v1::SendReply) -> Result<MessageId, ApiError> {
-        let id = ConversationId::parse(&r.conversation_id).map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
+    async fn send_reply(
+        &self,
+        tenant: &TenantId,
+        operator: &OperatorId,
+        r: v1::SendReply,
+    ) -> Result<MessageId, ApiError> {
+        let id = ConversationId::parse(&r.conversation_id)
+            .map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
         if r.client_message_id.is_empty()
             || r.client_message_id.len() > 128
             || !r.client_message_id.bytes().all(|b| (0x21..=0x7e).contains(&b))
@@ -239,10 +245,9 @@ impl Sessions {
             update: Some(v1::CustomerUpdate { kind: Some(v1::customer_update::Kind::Message(message)) }),
         };
         let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
-        self.publisher
-            .publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("reply not sent ({e}); resend with the same client_message_id")))?;
+        self.publisher.publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope).await.map_err(
+            |e| ApiError::Unavailable(format!("reply not sent ({e}); resend with the same client_message_id")),
+        )?;
         Ok(message_id)
     }
 }

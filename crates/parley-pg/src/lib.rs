@@ -80,8 +80,7 @@ impl Db {
     pub fn connect(url: &str, size: usize, role: &str) -> anyhow::Result<Self> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| anyhow::anyhow!("database url is invalid: {e}"))?;
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let role = role.to_owned();
         let pool = Pool::builder(manager)
             .max_size(size)
@@ -138,7 +137,8 @@ impl Db {
     /// isolation test uses this).
     pub async fn count_without_tenant(&self, table: &str) -> Result<i64> {
         let c = self.pool.get().await?;
-        let allowed = ["customers", "customer_identities", "conversations", "messages", "assignments", "routing_decisions"];
+        let allowed =
+            ["customers", "customer_identities", "conversations", "messages", "assignments", "routing_decisions"];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
         }
@@ -314,8 +314,18 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
                priority = EXCLUDED.priority, updated_at = EXCLUDED.updated_at, closed_at = EXCLUDED.closed_at
              WHERE conversations.updated_at <= EXCLUDED.updated_at",
             &[
-                &tenant, &ids, &customers, &channels, &configs, &queues, &statuses, &operators, &priorities, &created,
-                &updated, &closed,
+                &tenant,
+                &ids,
+                &customers,
+                &channels,
+                &configs,
+                &queues,
+                &statuses,
+                &operators,
+                &priorities,
+                &created,
+                &updated,
+                &closed,
             ],
         )
         .await?;
@@ -347,8 +357,20 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
                                       $14::timestamptz[])
              ON CONFLICT (tenant_id, id) DO NOTHING",
             &[
-                &tenant, &ids, &convs, &customers, &channels, &senders, &operators, &bodies, &q_ids, &q_channel_ids,
-                &q_texts, &states, &channel_ids, &created,
+                &tenant,
+                &ids,
+                &convs,
+                &customers,
+                &channels,
+                &senders,
+                &operators,
+                &bodies,
+                &q_ids,
+                &q_channel_ids,
+                &q_texts,
+                &states,
+                &channel_ids,
+                &created,
             ],
         )
         .await?;
@@ -433,8 +455,7 @@ fn message_row(r: &Row) -> MessageRow {
     }
 }
 
-const CONVERSATION_COLUMNS: &str =
-    "id, customer_id, channel, channel_config_id, queue_id, status, operator_id, priority, created_at, updated_at, closed_at";
+const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id, queue_id, status, operator_id, priority, created_at, updated_at, closed_at";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
      quoted_channel_message_id, quoted_text, delivery_state, channel_message_id, created_at";
 
@@ -469,7 +490,9 @@ impl Db {
     pub async fn conversations(&self, tenant: &TenantId, ids: Vec<Uuid>) -> Result<Vec<ConversationRow>> {
         self.tenant_tx(tenant, move |tx| {
             Box::pin(async move {
-                let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ANY($1) ORDER BY created_at DESC");
+                let sql = format!(
+                    "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ANY($1) ORDER BY created_at DESC"
+                );
                 Ok(tx.query(&sql, &[&ids]).await?.iter().map(conversation_row).collect())
             })
         })

@@ -138,7 +138,12 @@ pub fn decide(request: &Request, operators: &[OperatorView]) -> Decision {
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let assessments: Vec<Assessment> = sorted
         .iter()
-        .map(|v| Assessment { operator: v.id.clone(), excluded: exclusion(request, v), load: v.load, capacity: v.capacity })
+        .map(|v| Assessment {
+            operator: v.id.clone(),
+            excluded: exclusion(request, v),
+            load: v.load,
+            capacity: v.capacity,
+        })
         .collect();
     let eligible: Vec<&OperatorView> =
         sorted.iter().zip(&assessments).filter(|(_, a)| a.excluded.is_none()).map(|(v, _)| *v).collect();
@@ -150,7 +155,9 @@ pub fn decide(request: &Request, operators: &[OperatorView]) -> Decision {
             let tied = eligible.iter().filter(|v| preference(v, best).then(Ordering::Equal) == Ordering::Equal).count();
             let same_occupancy = eligible
                 .iter()
-                .filter(|v| u64::from(v.load) * u64::from(best.capacity) == u64::from(best.load) * u64::from(v.capacity))
+                .filter(|v| {
+                    u64::from(v.load) * u64::from(best.capacity) == u64::from(best.load) * u64::from(v.capacity)
+                })
                 .count();
             if eligible.len() == 1 {
                 "only eligible operator".to_owned()

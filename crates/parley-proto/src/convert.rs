@@ -255,7 +255,11 @@ pub fn from_message(m: &v1::Message) -> Result<Message> {
         customer: customer_id("message.customer_id", &m.customer_id)?,
         channel: from_channel("message.channel", m.channel)?,
         sender: from_sender("message.sender_kind", m.sender_kind)?,
-        operator: if m.operator_id.is_empty() { None } else { Some(operator_id("message.operator_id", &m.operator_id)?) },
+        operator: if m.operator_id.is_empty() {
+            None
+        } else {
+            Some(operator_id("message.operator_id", &m.operator_id)?)
+        },
         text: m.text.clone(),
         quoted: from_quoted(m.quoted.as_ref())?,
         delivery: from_delivery_state(m.delivery_state),
@@ -321,7 +325,9 @@ pub fn from_conversation_state(s: &events::ConversationState) -> Result<Conversa
             operator: operator_id("operator_id", &s.operator_id)?,
             expires: from_timestamp(s.offer_expire_time.as_ref()),
         },
-        Ok(v1::ConversationStatus::Assigned) => Status::Assigned { operator: operator_id("operator_id", &s.operator_id)? },
+        Ok(v1::ConversationStatus::Assigned) => {
+            Status::Assigned { operator: operator_id("operator_id", &s.operator_id)? }
+        }
         Ok(v1::ConversationStatus::Closed) => Status::Closed,
         _ => return Err(ConvertError::new("status", format!("unknown conversation status {}", s.status))),
     };
@@ -377,9 +383,7 @@ pub fn from_operator(tenant: &TenantId, o: &v1::Operator) -> Result<Operator> {
         capacity: o
             .capacity
             .iter()
-            .map(|c| {
-                Ok((from_channel("operator.capacity.channel", c.channel)?, c.max_conversations))
-            })
+            .map(|c| Ok((from_channel("operator.capacity.channel", c.channel)?, c.max_conversations)))
             .collect::<Result<_>>()?,
         disabled: o.disabled,
     };
@@ -453,7 +457,9 @@ mod tests {
             sender: Sender::Customer,
             operator: None,
             text: "Здравствуйте 👋".into(),
-            quoted: Some(Quoted { message_id: None, channel_message_id: "n-1".into(), text: "Списание 500 ₽".into() }),
+            quoted: Some(Quoted {
+                message_id: None, channel_message_id: "n-1".into(), text: "Списание 500 ₽".into()
+            }),
             delivery: DeliveryState::Accepted,
             created: Timestamp::from_micros(1_700_000_000_123_456),
             channel_message_id: "k-1".into(),

@@ -181,9 +181,21 @@ impl Coordinator {
         let mut c = self.conn.clone();
         let key = op_key(tenant, op);
         redis::pipe()
-            .cmd("HSETNX").arg(&key).arg("status").arg(status.as_str()).ignore()
-            .cmd("HSETNX").arg(&key).arg("reason").arg(reason).ignore()
-            .cmd("HSETNX").arg(&key).arg("since").arg(since.as_millis()).ignore()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("status")
+            .arg(status.as_str())
+            .ignore()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("reason")
+            .arg(reason)
+            .ignore()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("since")
+            .arg(since.as_millis())
+            .ignore()
             .query_async::<()>(&mut c)
             .await?;
         Ok(())
@@ -291,23 +303,48 @@ impl Coordinator {
     }
 
     /// Frees the operator's capacity held by a conversation (idempotent).
-    pub async fn release(&self, tenant: &TenantId, op: &OperatorId, channel: Channel, conversation: ConversationId) -> Result<()> {
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        conversation: ConversationId,
+    ) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("ZREM").arg(load_key(tenant, op, channel)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZREM")
+            .arg(load_key(tenant, op, channel))
+            .arg(conversation.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 
     /// Puts a conversation in its queue (or moves it to `score` if there already).
-    pub async fn enqueue(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId, score: f64) -> Result<()> {
+    pub async fn enqueue(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+        conversation: ConversationId,
+        score: f64,
+    ) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg(score).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZADD")
+            .arg(queue_key(tenant, queue))
+            .arg(score)
+            .arg(conversation.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 
     /// Takes a conversation out of a queue (idempotent).
     pub async fn dequeue(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("ZREM").arg(queue_key(tenant, queue)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZREM")
+            .arg(queue_key(tenant, queue))
+            .arg(conversation.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 
@@ -341,7 +378,12 @@ impl Coordinator {
     }
 
     /// A conversation's 1-based position in its queue, if waiting.
-    pub async fn position(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId) -> Result<Option<u32>> {
+    pub async fn position(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+        conversation: ConversationId,
+    ) -> Result<Option<u32>> {
         let mut c = self.conn.clone();
         let rank: Option<u32> =
             redis::cmd("ZRANK").arg(queue_key(tenant, queue)).arg(conversation.to_string()).query_async(&mut c).await?;
@@ -386,7 +428,12 @@ impl Coordinator {
     /// Remembers an offer's deadline, so an expired offer is found and moved on.
     pub async fn track_offer(&self, tenant: &TenantId, conversation: ConversationId, expires: Timestamp) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("ZADD").arg(offers_key(tenant)).arg(expires.as_millis()).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZADD")
+            .arg(offers_key(tenant))
+            .arg(expires.as_millis())
+            .arg(conversation.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 
@@ -427,7 +474,13 @@ impl Coordinator {
 
     /// Restores what a held conversation means in Redis (rebuild): the load entry. An
     /// existing entry keeps its claim time.
-    pub async fn restore_hold(&self, tenant: &TenantId, op: &OperatorId, channel: Channel, conversation: ConversationId) -> Result<()> {
+    pub async fn restore_hold(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        conversation: ConversationId,
+    ) -> Result<()> {
         let mut c = self.conn.clone();
         redis::cmd("ZADD")
             .arg(load_key(tenant, op, channel))
@@ -459,9 +512,21 @@ impl Coordinator {
     }
 
     /// Puts a conversation in its queue unless it is there already (keeps its place).
-    pub async fn ensure_queued(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId, score: f64) -> Result<()> {
+    pub async fn ensure_queued(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+        conversation: ConversationId,
+        score: f64,
+    ) -> Result<()> {
         let mut c = self.conn.clone();
-        redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg("NX").arg(score).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
+        redis::cmd("ZADD")
+            .arg(queue_key(tenant, queue))
+            .arg("NX")
+            .arg(score)
+            .arg(conversation.to_string())
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 }

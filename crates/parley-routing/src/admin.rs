@@ -30,9 +30,10 @@ fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::AlreadyExists(k) => ApiError::AlreadyExists(format!("{} already exists", describe(&k))),
         StoreError::NotFound(k) => ApiError::NotFound(format!("{} not found", describe(&k))),
-        StoreError::Conflict(k) => {
-            ApiError::Aborted(format!("{} was changed concurrently; re-read it and retry with its revision", describe(&k)))
-        }
+        StoreError::Conflict(k) => ApiError::Aborted(format!(
+            "{} was changed concurrently; re-read it and retry with its revision",
+            describe(&k)
+        )),
         StoreError::Unavailable(m) => ApiError::Unavailable(m),
     }
 }
@@ -150,7 +151,8 @@ impl AdminApi {
 
     fn validate_channel(&self, tenant: &TenantId, c: &v1::ChannelConfig) -> ApiResult<Channel> {
         slug("channel_config.id", parley_domain::ChannelConfigId::parse, &c.id)?;
-        let channel = convert::from_channel("channel_config.channel", c.channel).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let channel =
+            convert::from_channel("channel_config.channel", c.channel).map_err(|e| ApiError::invalid(e.to_string()))?;
         name("channel_config.display_name", &c.display_name)?;
         let settings = required("channel_config.settings", c.settings.as_ref())?;
         if settings_channel(settings) != channel {
@@ -191,9 +193,12 @@ impl AdminApi {
             stored.create_time = Some(convert::timestamp(clock::now()));
             self.store.create(&k, &stored).await.map_err(store_error)?
         } else {
-            let (old, _) = self.store.get::<v1::Tenant>(&k).await.map_err(store_error)?.ok_or_else(|| {
-                ApiError::not_found(format!("tenant {id} not found"))
-            })?;
+            let (old, _) = self
+                .store
+                .get::<v1::Tenant>(&k)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| ApiError::not_found(format!("tenant {id} not found")))?;
             stored.create_time = old.create_time;
             self.store.update(&k, &stored, tenant.revision).await.map_err(store_error)?
         };
@@ -205,7 +210,10 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn create_tenant(&self, request: Request<v1::CreateTenantRequest>) -> Result<Response<v1::CreateTenantResponse>, Status> {
+    async fn create_tenant(
+        &self,
+        request: Request<v1::CreateTenantRequest>,
+    ) -> Result<Response<v1::CreateTenantResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &[Role::Platform])?;
         let tenant = required("tenant", request.into_inner().tenant)?;
@@ -237,7 +245,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::CreateTenantResponse { tenant: Some(created) }))
     }
 
-    async fn get_tenant(&self, request: Request<v1::GetTenantRequest>) -> Result<Response<v1::GetTenantResponse>, Status> {
+    async fn get_tenant(
+        &self,
+        request: Request<v1::GetTenantRequest>,
+    ) -> Result<Response<v1::GetTenantResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &[Role::Platform, Role::Admin, Role::Supervisor])?;
         let wanted = request.into_inner().tenant_id;
@@ -254,13 +265,19 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::GetTenantResponse { tenant: Some(tenant) }))
     }
 
-    async fn list_tenants(&self, request: Request<v1::ListTenantsRequest>) -> Result<Response<v1::ListTenantsResponse>, Status> {
+    async fn list_tenants(
+        &self,
+        request: Request<v1::ListTenantsRequest>,
+    ) -> Result<Response<v1::ListTenantsResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &[Role::Platform])?;
         Ok(Response::new(v1::ListTenantsResponse { tenants: self.cache.tenants() }))
     }
 
-    async fn update_tenant(&self, request: Request<v1::UpdateTenantRequest>) -> Result<Response<v1::UpdateTenantResponse>, Status> {
+    async fn update_tenant(
+        &self,
+        request: Request<v1::UpdateTenantRequest>,
+    ) -> Result<Response<v1::UpdateTenantResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &[Role::Platform])?;
         let tenant = required("tenant", request.into_inner().tenant)?;
@@ -268,7 +285,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::UpdateTenantResponse { tenant: Some(updated) }))
     }
 
-    async fn create_skill(&self, request: Request<v1::CreateSkillRequest>) -> Result<Response<v1::CreateSkillResponse>, Status> {
+    async fn create_skill(
+        &self,
+        request: Request<v1::CreateSkillRequest>,
+    ) -> Result<Response<v1::CreateSkillResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -280,15 +300,22 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::CreateSkillResponse { skill: Some(skill) }))
     }
 
-    async fn list_skills(&self, request: Request<v1::ListSkillsRequest>) -> Result<Response<v1::ListSkillsResponse>, Status> {
+    async fn list_skills(
+        &self,
+        request: Request<v1::ListSkillsRequest>,
+    ) -> Result<Response<v1::ListSkillsResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let tenant = Self::tenant_of(&p)?;
-        let skills = self.cache.with_tenant(&tenant, |t| t.map(|t| t.skills.values().cloned().collect()).unwrap_or_default());
+        let skills =
+            self.cache.with_tenant(&tenant, |t| t.map(|t| t.skills.values().cloned().collect()).unwrap_or_default());
         Ok(Response::new(v1::ListSkillsResponse { skills }))
     }
 
-    async fn delete_skill(&self, request: Request<v1::DeleteSkillRequest>) -> Result<Response<v1::DeleteSkillResponse>, Status> {
+    async fn delete_skill(
+        &self,
+        request: Request<v1::DeleteSkillRequest>,
+    ) -> Result<Response<v1::DeleteSkillResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -296,8 +323,16 @@ impl AdminService for AdminApi {
         slug("skill_id", SkillId::parse, &id)?;
         let users: Vec<String> = self.cache.with_tenant(&tenant, |t| {
             let Some(t) = t else { return vec![] };
-            let ops = t.operators.values().filter(|o| o.skills.iter().any(|s| s.skill == id)).map(|o| format!("operator {}", o.id));
-            let qs = t.queues.values().filter(|q| q.required_skills.iter().any(|s| s.skill == id)).map(|q| format!("queue {}", q.id));
+            let ops = t
+                .operators
+                .values()
+                .filter(|o| o.skills.iter().any(|s| s.skill == id))
+                .map(|o| format!("operator {}", o.id));
+            let qs = t
+                .queues
+                .values()
+                .filter(|q| q.required_skills.iter().any(|s| s.skill == id))
+                .map(|q| format!("queue {}", q.id));
             ops.chain(qs).collect()
         });
         if !users.is_empty() {
@@ -307,7 +342,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::DeleteSkillResponse {}))
     }
 
-    async fn create_operator(&self, request: Request<v1::CreateOperatorRequest>) -> Result<Response<v1::CreateOperatorResponse>, Status> {
+    async fn create_operator(
+        &self,
+        request: Request<v1::CreateOperatorRequest>,
+    ) -> Result<Response<v1::CreateOperatorResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -320,25 +358,36 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::CreateOperatorResponse { operator: Some(op) }))
     }
 
-    async fn get_operator(&self, request: Request<v1::GetOperatorRequest>) -> Result<Response<v1::GetOperatorResponse>, Status> {
+    async fn get_operator(
+        &self,
+        request: Request<v1::GetOperatorRequest>,
+    ) -> Result<Response<v1::GetOperatorResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let tenant = Self::tenant_of(&p)?;
         let id = request.into_inner().operator_id;
         slug("operator_id", parley_domain::OperatorId::parse, &id)?;
-        let op = self.cache.operator(&tenant, &id).ok_or_else(|| ApiError::not_found(format!("operator {id} not found")))?;
+        let op =
+            self.cache.operator(&tenant, &id).ok_or_else(|| ApiError::not_found(format!("operator {id} not found")))?;
         Ok(Response::new(v1::GetOperatorResponse { operator: Some(op) }))
     }
 
-    async fn list_operators(&self, request: Request<v1::ListOperatorsRequest>) -> Result<Response<v1::ListOperatorsResponse>, Status> {
+    async fn list_operators(
+        &self,
+        request: Request<v1::ListOperatorsRequest>,
+    ) -> Result<Response<v1::ListOperatorsResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let tenant = Self::tenant_of(&p)?;
-        let operators = self.cache.with_tenant(&tenant, |t| t.map(|t| t.operators.values().cloned().collect()).unwrap_or_default());
+        let operators =
+            self.cache.with_tenant(&tenant, |t| t.map(|t| t.operators.values().cloned().collect()).unwrap_or_default());
         Ok(Response::new(v1::ListOperatorsResponse { operators }))
     }
 
-    async fn update_operator(&self, request: Request<v1::UpdateOperatorRequest>) -> Result<Response<v1::UpdateOperatorResponse>, Status> {
+    async fn update_operator(
+        &self,
+        request: Request<v1::UpdateOperatorRequest>,
+    ) -> Result<Response<v1::UpdateOperatorResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -352,7 +401,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::UpdateOperatorResponse { operator: Some(op) }))
     }
 
-    async fn delete_operator(&self, request: Request<v1::DeleteOperatorRequest>) -> Result<Response<v1::DeleteOperatorResponse>, Status> {
+    async fn delete_operator(
+        &self,
+        request: Request<v1::DeleteOperatorRequest>,
+    ) -> Result<Response<v1::DeleteOperatorResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -362,7 +414,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::DeleteOperatorResponse {}))
     }
 
-    async fn create_queue(&self, request: Request<v1::CreateQueueRequest>) -> Result<Response<v1::CreateQueueResponse>, Status> {
+    async fn create_queue(
+        &self,
+        request: Request<v1::CreateQueueRequest>,
+    ) -> Result<Response<v1::CreateQueueResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -385,15 +440,22 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::GetQueueResponse { queue: Some(q) }))
     }
 
-    async fn list_queues(&self, request: Request<v1::ListQueuesRequest>) -> Result<Response<v1::ListQueuesResponse>, Status> {
+    async fn list_queues(
+        &self,
+        request: Request<v1::ListQueuesRequest>,
+    ) -> Result<Response<v1::ListQueuesResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let tenant = Self::tenant_of(&p)?;
-        let queues = self.cache.with_tenant(&tenant, |t| t.map(|t| t.queues.values().cloned().collect()).unwrap_or_default());
+        let queues =
+            self.cache.with_tenant(&tenant, |t| t.map(|t| t.queues.values().cloned().collect()).unwrap_or_default());
         Ok(Response::new(v1::ListQueuesResponse { queues }))
     }
 
-    async fn update_queue(&self, request: Request<v1::UpdateQueueRequest>) -> Result<Response<v1::UpdateQueueResponse>, Status> {
+    async fn update_queue(
+        &self,
+        request: Request<v1::UpdateQueueRequest>,
+    ) -> Result<Response<v1::UpdateQueueResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -407,17 +469,25 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::UpdateQueueResponse { queue: Some(q) }))
     }
 
-    async fn delete_queue(&self, request: Request<v1::DeleteQueueRequest>) -> Result<Response<v1::DeleteQueueResponse>, Status> {
+    async fn delete_queue(
+        &self,
+        request: Request<v1::DeleteQueueRequest>,
+    ) -> Result<Response<v1::DeleteQueueResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
         let id = request.into_inner().queue_id;
         slug("queue_id", parley_domain::QueueId::parse, &id)?;
         let users: Vec<String> = self.cache.with_tenant(&tenant, |t| {
-            t.map(|t| t.channels.values().filter(|c| c.default_queue_id == id).map(|c| c.id.clone()).collect()).unwrap_or_default()
+            t.map(|t| t.channels.values().filter(|c| c.default_queue_id == id).map(|c| c.id.clone()).collect())
+                .unwrap_or_default()
         });
         if !users.is_empty() {
-            return Err(ApiError::precondition(format!("queue {id} is the default of channel(s) {}", users.join(", "))).into());
+            return Err(ApiError::precondition(format!(
+                "queue {id} is the default of channel(s) {}",
+                users.join(", ")
+            ))
+            .into());
         }
         self.store.delete(&key(&tenant, Kind::Queue, &id)).await.map_err(store_error)?;
         Ok(Response::new(v1::DeleteQueueResponse {}))
@@ -448,7 +518,8 @@ impl AdminService for AdminApi {
         let tenant = Self::tenant_of(&p)?;
         let id = request.into_inner().channel_config_id;
         slug("channel_config_id", parley_domain::ChannelConfigId::parse, &id)?;
-        let c = self.cache.channel(&tenant, &id).ok_or_else(|| ApiError::not_found(format!("channel {id} not found")))?;
+        let c =
+            self.cache.channel(&tenant, &id).ok_or_else(|| ApiError::not_found(format!("channel {id} not found")))?;
         Ok(Response::new(v1::GetChannelConfigResponse { channel_config: Some(redact(c)) }))
     }
 
@@ -505,7 +576,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::DeleteChannelConfigResponse {}))
     }
 
-    async fn issue_token(&self, request: Request<v1::IssueTokenRequest>) -> Result<Response<v1::IssueTokenResponse>, Status> {
+    async fn issue_token(
+        &self,
+        request: Request<v1::IssueTokenRequest>,
+    ) -> Result<Response<v1::IssueTokenResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &[Role::Platform, Role::Admin])?;
         let r = request.into_inner();
@@ -520,7 +594,10 @@ impl AdminService for AdminApi {
         };
         let role = convert::from_role("role", r.role).map_err(|e| ApiError::invalid(e.to_string()))?;
         if role == Role::Platform {
-            return Err(ApiError::PermissionDenied("platform tokens are minted with the signing key (parleyctl), not issued".into()).into());
+            return Err(ApiError::PermissionDenied(
+                "platform tokens are minted with the signing key (parleyctl), not issued".into(),
+            )
+            .into());
         }
         if tenant.as_str() != PLATFORM_TENANT && self.cache.with_tenant(&tenant, |t| t.is_none()) {
             return Err(ApiError::not_found(format!("tenant {tenant} not found")).into());
@@ -566,7 +643,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::IssueTokenResponse { token, info: Some(token_info(&record)) }))
     }
 
-    async fn list_tokens(&self, request: Request<v1::ListTokensRequest>) -> Result<Response<v1::ListTokensResponse>, Status> {
+    async fn list_tokens(
+        &self,
+        request: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::ListTokensResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;
@@ -584,7 +664,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::ListTokensResponse { tokens }))
     }
 
-    async fn revoke_token(&self, request: Request<v1::RevokeTokenRequest>) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+    async fn revoke_token(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &WRITERS)?;
         let tenant = Self::tenant_of(&p)?;

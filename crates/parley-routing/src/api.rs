@@ -61,7 +61,12 @@ impl RoutingApi {
     }
 
     async fn presence(&self, tenant: &TenantId, op: &OperatorId) -> ApiResult<v1::OperatorPresence> {
-        let p = self.engine.redis.presence(tenant, op, clock::now()).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let p = self
+            .engine
+            .redis
+            .presence(tenant, op, clock::now())
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let config = self.engine.cache.operator(tenant, op.as_str());
         let capacity = |channel: Channel| {
             config.as_ref().and_then(|o| convert::from_operator(tenant, o).ok()).map_or(0, |o| o.capacity_for(channel))
@@ -142,8 +147,10 @@ impl RoutingService for RoutingApi {
     ) -> Result<Response<v1::ListOperatorPresencesResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &MANAGERS)?;
-        let ids: Vec<String> =
-            self.engine.cache.with_tenant(&p.tenant, |t| t.map(|t| t.operators.keys().cloned().collect()).unwrap_or_default());
+        let ids: Vec<String> = self
+            .engine
+            .cache
+            .with_tenant(&p.tenant, |t| t.map(|t| t.operators.keys().cloned().collect()).unwrap_or_default());
         let mut presences = Vec::with_capacity(ids.len());
         for id in ids {
             let Ok(op) = OperatorId::parse(&id) else { continue };
@@ -165,7 +172,10 @@ impl RoutingService for RoutingApi {
         }))
     }
 
-    async fn accept_offer(&self, request: Request<v1::AcceptOfferRequest>) -> Result<Response<v1::AcceptOfferResponse>, Status> {
+    async fn accept_offer(
+        &self,
+        request: Request<v1::AcceptOfferRequest>,
+    ) -> Result<Response<v1::AcceptOfferResponse>, Status> {
         let p = principal(&request)?;
         require(&p, &[Role::Operator])?;
         let id = conversation_id(&request.get_ref().conversation_id)?;
@@ -252,8 +262,12 @@ impl RoutingService for RoutingApi {
             None
         };
         let note = r.note.clone();
-        let result =
-            self.engine.apply(tenant, id, None, |_| Ok(Some(Command::Transfer { by: actor.clone(), target: target.clone(), note: note.clone() }))).await;
+        let result = self
+            .engine
+            .apply(tenant, id, None, |_| {
+                Ok(Some(Command::Transfer { by: actor.clone(), target: target.clone(), note: note.clone() }))
+            })
+            .await;
         match result {
             Ok(applied) => {
                 let c = done(applied);

@@ -48,7 +48,11 @@ impl Handler for Inbound {
                 let Ok(tenant) = TenantId::parse(&m.tenant_id) else {
                     return Outcome::Term(format!("invalid tenant {:?}", m.tenant_id));
                 };
-                if !self.engine.cache.with_tenant(&tenant, |t| t.and_then(|t| t.tenant.as_ref()).is_some_and(|t| !t.disabled)) {
+                if !self
+                    .engine
+                    .cache
+                    .with_tenant(&tenant, |t| t.and_then(|t| t.tenant.as_ref()).is_some_and(|t| !t.disabled))
+                {
                     return Outcome::Term(format!("tenant {tenant} unknown or disabled"));
                 }
                 outcome(self.engine.customer_message(&m).await, d.delivered)
@@ -142,7 +146,8 @@ impl Fanout {
                 && let Ok(queue) = parley_domain::QueueId::parse(&state.queue_id)
             {
                 // Tell the customer where they stand now.
-                q.position = self.engine.redis.position(&tenant, &queue, conversation).await.ok().flatten().unwrap_or(0);
+                q.position =
+                    self.engine.redis.position(&tenant, &queue, conversation).await.ok().flatten().unwrap_or(0);
             }
             let envelope = events::OutboundEnvelope {
                 tenant_id: record.tenant_id.clone(),

@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use parley_domain::conversation::{Command, CustomerRef, Opening, Rejected, Transition};
 use parley_domain::{
-    Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, Message, MessageId, OperatorId,
-    OperatorStatus, Queue, QueueId, Sender, Status, TenantId, Timestamp,
+    Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, Message, MessageId, OperatorId, OperatorStatus,
+    Queue, QueueId, Sender, Status, TenantId, Timestamp,
 };
 use parley_kit::clock;
 use parley_kit::error::ApiError;
@@ -155,7 +155,13 @@ impl Engine {
 
     /// Carries out Redis effects. A failure here leaves Redis behind the durable state;
     /// the rebuild and the dispatcher's checks bring it back in line.
-    async fn run_redis(&self, tenant: &TenantId, previous: Option<&Conversation>, next: &Conversation, effects: Vec<RedisEffect>) {
+    async fn run_redis(
+        &self,
+        tenant: &TenantId,
+        previous: Option<&Conversation>,
+        next: &Conversation,
+        effects: Vec<RedisEffect>,
+    ) {
         for effect in effects {
             let result = match &effect {
                 RedisEffect::Release(op) => self.redis.release(tenant, op, next.channel, next.id).await,
@@ -322,7 +328,9 @@ impl Engine {
         by: parley_domain::conversation::Actor,
         reason: String,
     ) -> Result<Conversation, EngineError> {
-        let applied = self.apply(tenant, id, None, |_| Ok(Some(Command::Close { by: by.clone(), reason: reason.clone() }))).await?;
+        let applied = self
+            .apply(tenant, id, None, |_| Ok(Some(Command::Close { by: by.clone(), reason: reason.clone() })))
+            .await?;
         let c = match applied {
             Applied::Done(c) | Applied::Duplicate(c) | Applied::Skipped(c) => c,
         };
@@ -464,8 +472,9 @@ impl Engine {
             if let Err(e) = self.expire_offers(&tenant_id).await {
                 tracing::warn!(tenant = %tenant_id, error = %e, "expiring offers failed");
             }
-            let queues: Vec<String> =
-                self.cache.with_tenant(&tenant_id, |t| t.map(|t| t.queues.keys().cloned().collect()).unwrap_or_default());
+            let queues: Vec<String> = self
+                .cache
+                .with_tenant(&tenant_id, |t| t.map(|t| t.queues.keys().cloned().collect()).unwrap_or_default());
             for queue in queues {
                 let Ok(queue) = QueueId::parse(&queue) else { continue };
                 let waiting = match self.redis.waiting(&tenant_id, &queue, 32).await {
@@ -558,7 +567,11 @@ impl Engine {
     }
 
     /// The conversations an operator holds, read from their capacity reservations.
-    pub async fn held_conversations(&self, tenant: &TenantId, op: &OperatorId) -> Result<Vec<Conversation>, EngineError> {
+    pub async fn held_conversations(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+    ) -> Result<Vec<Conversation>, EngineError> {
         let mut out = Vec::new();
         for channel in Channel::ALL {
             for held in self.redis.held(tenant, op, channel).await? {
@@ -596,8 +609,9 @@ impl Engine {
         let mut released = 0;
         for tenant in self.cache.tenants() {
             let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
-            let operators: Vec<String> =
-                self.cache.with_tenant(&tenant, |t| t.map(|t| t.operators.keys().cloned().collect()).unwrap_or_default());
+            let operators: Vec<String> = self
+                .cache
+                .with_tenant(&tenant, |t| t.map(|t| t.operators.keys().cloned().collect()).unwrap_or_default());
             for op in operators.iter().filter_map(|o| OperatorId::parse(o).ok()) {
                 for channel in Channel::ALL {
                     for id in self.redis.stale_holds(&tenant, &op, channel, before).await? {

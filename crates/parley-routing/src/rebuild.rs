@@ -57,7 +57,10 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
             {
                 match &c.status {
                     Status::Queued => {
-                        engine.redis.ensure_queued(&tenant, &c.queue, c.id, queue_score(c.priority, c.wait_start)).await?;
+                        engine
+                            .redis
+                            .ensure_queued(&tenant, &c.queue, c.id, queue_score(c.priority, c.wait_start))
+                            .await?;
                     }
                     Status::Offered { operator, expires } => {
                         engine.redis.restore_hold(&tenant, operator, c.channel, c.id).await?;

@@ -55,7 +55,11 @@ pub fn build(
                 };
                 desk.push(events::DeskDelivery {
                     operator_id: operator.to_string(),
-                    event: Some(v1::DeskEvent { sequence: 0, event_time: Some(convert::timestamp(now)), kind: Some(kind) }),
+                    event: Some(v1::DeskEvent {
+                        sequence: 0,
+                        event_time: Some(convert::timestamp(now)),
+                        kind: Some(kind),
+                    }),
                 });
             }
             Effect::Customer(notice) => {
@@ -66,16 +70,18 @@ pub fn build(
                         estimated_wait_seconds: 0,
                     }),
                     CustomerNotice::OperatorJoined(op) => {
-                        let name = cache.operator(&next.tenant, op.as_str()).map(|o| o.display_name).unwrap_or_default();
+                        let name =
+                            cache.operator(&next.tenant, op.as_str()).map(|o| o.display_name).unwrap_or_default();
                         v1::customer_update::Kind::OperatorJoined(v1::OperatorJoined {
                             conversation_id: conversation_id.clone(),
                             operator_id: op.to_string(),
                             operator_display_name: name,
                         })
                     }
-                    CustomerNotice::Ended { reason } => {
-                        v1::customer_update::Kind::Ended(v1::ConversationEnded { conversation_id: conversation_id.clone(), reason })
-                    }
+                    CustomerNotice::Ended { reason } => v1::customer_update::Kind::Ended(v1::ConversationEnded {
+                        conversation_id: conversation_id.clone(),
+                        reason,
+                    }),
                 };
                 customer.push(v1::CustomerUpdate { kind: Some(kind) });
             }

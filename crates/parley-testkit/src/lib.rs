@@ -137,7 +137,11 @@ impl App {
                     ack_wait_secs: 3,
                 },
             };
-            Some(parley_routing::start(config, Metrics::new("routing"), CancellationToken::new()).await.expect("routing starts"))
+            Some(
+                parley_routing::start(config, Metrics::new("routing"), CancellationToken::new())
+                    .await
+                    .expect("routing starts"),
+            )
         } else {
             None
         };
@@ -147,7 +151,9 @@ impl App {
             auth: auth.clone(),
             telemetry: telemetry.clone(),
         };
-        let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new()).await.expect("ingest starts");
+        let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new())
+            .await
+            .expect("ingest starts");
         let history_config = parley_history::HistoryConfig {
             server: any_port(),
             nats: nats.clone(),
@@ -160,8 +166,9 @@ impl App {
             telemetry: telemetry.clone(),
             writer: parley_history::WriterSection::default(),
         };
-        let history =
-            parley_history::start(history_config, Metrics::new("history"), CancellationToken::new()).await.expect("history starts");
+        let history = parley_history::start(history_config, Metrics::new("history"), CancellationToken::new())
+            .await
+            .expect("history starts");
         let notification_config = parley_notification::NotificationConfig {
             server: any_port(),
             nats,
@@ -170,9 +177,10 @@ impl App {
             telemetry,
             sessions: parley_notification::SessionsSection { heartbeat_interval_secs: 1, ttl_secs: 3 },
         };
-        let notification = parley_notification::start(notification_config, Metrics::new("notification"), CancellationToken::new())
-            .await
-            .expect("notification starts");
+        let notification =
+            parley_notification::start(notification_config, Metrics::new("notification"), CancellationToken::new())
+                .await
+                .expect("notification starts");
         let addrs = Addrs {
             ingest: ingest.grpc_addr,
             routing: routing.as_ref().map_or(ingest.grpc_addr, |r| r.grpc_addr),
@@ -234,7 +242,10 @@ impl App {
     }
 
     pub async fn sessions_client(&self, token: &str) -> OperatorSessionServiceClient<Authed> {
-        OperatorSessionServiceClient::with_interceptor(connect(self.addrs.notification).await, Bearer::new(token).expect("token"))
+        OperatorSessionServiceClient::with_interceptor(
+            connect(self.addrs.notification).await,
+            Bearer::new(token).expect("token"),
+        )
     }
 
     /// Creates a tenant with the given operators (all with skill `support` at 3 and
@@ -243,7 +254,11 @@ impl App {
         let mut platform = self.admin(&self.platform_token()).await;
         platform
             .create_tenant(v1::CreateTenantRequest {
-                tenant: Some(v1::Tenant { id: tenant.into(), display_name: format!("Tenant {tenant}"), ..Default::default() }),
+                tenant: Some(v1::Tenant {
+                    id: tenant.into(),
+                    display_name: format!("Tenant {tenant}"),
+                    ..Default::default()
+                }),
             })
             .await
             .expect("create tenant");
@@ -285,10 +300,18 @@ impl App {
             role: role as i32,
             ..Default::default()
         };
-        let integrator_token =
-            admin.issue_token(issue("test-crm", v1::Role::Integrator)).await.expect("integrator token").into_inner().token;
-        let supervisor_token =
-            admin.issue_token(issue("test-supervisor", v1::Role::Supervisor)).await.expect("supervisor token").into_inner().token;
+        let integrator_token = admin
+            .issue_token(issue("test-crm", v1::Role::Integrator))
+            .await
+            .expect("integrator token")
+            .into_inner()
+            .token;
+        let supervisor_token = admin
+            .issue_token(issue("test-supervisor", v1::Role::Supervisor))
+            .await
+            .expect("supervisor token")
+            .into_inner()
+            .token;
         let mut operator_tokens = Vec::new();
         for op in operators {
             let t = admin.issue_token(issue(op, v1::Role::Operator)).await.expect("operator token").into_inner().token;
@@ -299,7 +322,10 @@ impl App {
 
     /// Stops every service still running here, draining each.
     pub async fn stop(mut self) {
-        for handle in [self.ingest.take(), self.routing.take(), self.notification.take(), self.history.take()].into_iter().flatten() {
+        for handle in [self.ingest.take(), self.routing.take(), self.notification.take(), self.history.take()]
+            .into_iter()
+            .flatten()
+        {
             let name = handle.name;
             if let Err(e) = handle.stop().await {
                 panic!("{name} did not stop cleanly: {e:#}");

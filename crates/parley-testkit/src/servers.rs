@@ -70,7 +70,10 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                anyhow::anyhow!("cannot run {} ({e}); run `deploy/local/infra.sh tools` or set PARLEY_NATS_SERVER", bin.display())
+                anyhow::anyhow!(
+                    "cannot run {} ({e}); run `deploy/local/infra.sh tools` or set PARLEY_NATS_SERVER",
+                    bin.display()
+                )
             })?;
         wait_for_port(port, &mut child, "nats-server", &log)?;
         Ok(Self { child, port, _dir: dir })
@@ -146,9 +149,9 @@ impl TestDatabase {
     pub async fn create() -> anyhow::Result<Self> {
         let admin_url = admin_database_url();
         let name = format!("parley_t_{}", uuid::Uuid::now_v7().simple());
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach PostgreSQL at {admin_url} ({e}); set PARLEY_TEST_DATABASE_URL"))?;
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.map_err(|e| {
+            anyhow::anyhow!("cannot reach PostgreSQL at {admin_url} ({e}); set PARLEY_TEST_DATABASE_URL")
+        })?;
         let task = tokio::spawn(conn);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
         drop(client);
