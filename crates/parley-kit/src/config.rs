@@ -74,9 +74,22 @@ where
         }
         figment = figment.merge(Toml::file(path));
     }
-    // Only `PARLEY_SECTION__KEY` names are configuration; other `PARLEY_*` variables
-    // (for scripts and tests) are not.
-    figment = figment.merge(Env::prefixed("PARLEY_").filter(|k| k.as_str().contains("__")).split("__"));
+    // Only `PARLEY_SECTION__KEY` names of this service's sections are its configuration:
+    // one environment can serve every service (each takes its own sections), and other
+    // `PARLEY_*` variables (for scripts and tests) are not configuration at all.
+    let sections: Vec<String> = match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    figment = figment.merge(
+        Env::prefixed("PARLEY_")
+            .filter(move |k| {
+                k.as_str()
+                    .split_once("__")
+                    .is_some_and(|(section, _)| sections.iter().any(|s| s.eq_ignore_ascii_case(section)))
+            })
+            .split("__"),
+    );
     for item in &args.set {
         let (key, value) =
             item.split_once('=').ok_or_else(|| ConfigError::Parse(format!("--set {item:?}: expected KEY=VALUE")))?;

@@ -57,10 +57,16 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<T
         let filter = EnvFilter::try_from_default_env()
             .or_else(|_| EnvFilter::try_new(&config.log_filter))
             .unwrap_or_else(|_| EnvFilter::new("info"));
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let fmt = if config.log_format == "json" {
-            tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).json().with_current_span(true).boxed()
         } else {
-            tracing_subscriber::fmt::layer().with_target(true).compact().boxed()
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_target(true)
+                .compact()
+                .boxed()
         };
         let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
         // A test process may have installed a subscriber already; keeping it is fine.
