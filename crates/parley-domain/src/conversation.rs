@@ -18,10 +18,13 @@ use crate::{
     Timestamp,
 };
 
-/// How many message ids a conversation remembers to recognise redeliveries.
-pub const RECENT_IDS: usize = 128;
-/// How many messages a conversation carries for a newly assigned operator.
-pub const RECENT_MESSAGES: usize = 10;
+/// How many message ids a conversation remembers to recognise redeliveries. Redeliveries
+/// come within seconds (a crashed router's unacknowledged messages), and a customer's
+/// messages are handled one at a time, so a few dozen is ample.
+pub const RECENT_IDS: usize = 32;
+/// How many messages a conversation carries for a newly assigned operator (the rest of
+/// the transcript is in history).
+pub const RECENT_MESSAGES: usize = 5;
 
 /// The customer a conversation is with, as the channel named them.
 #[derive(Debug, Clone, PartialEq, Eq)]

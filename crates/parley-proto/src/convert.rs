@@ -310,7 +310,7 @@ pub fn conversation_state(c: &Conversation) -> events::ConversationState {
         wait_start_time: Some(timestamp(c.wait_start)),
         offer_expire_time,
         declined_by: c.declined_by.iter().map(|o| o.to_string()).collect(),
-        recent_message_ids: c.recent_message_ids.iter().map(|m| m.to_string()).collect(),
+        recent_message_ids: c.recent_message_ids.iter().flat_map(|m| m.as_uuid().into_bytes()).collect(),
         message_count: c.message_count,
         transfer_note: c.transfer_note.clone(),
         close_time: opt_timestamp(c.closed_at),
@@ -348,11 +348,19 @@ pub fn from_conversation_state(s: &events::ConversationState) -> Result<Conversa
         updated: from_timestamp(s.update_time.as_ref()),
         wait_start: from_timestamp(s.wait_start_time.as_ref()),
         declined_by: s.declined_by.iter().map(|o| operator_id("declined_by", o)).collect::<Result<_>>()?,
-        recent_message_ids: s
-            .recent_message_ids
-            .iter()
-            .map(|m| message_id("recent_message_ids", m))
-            .collect::<Result<_>>()?,
+        recent_message_ids: {
+            if s.recent_message_ids.len() % 16 != 0 {
+                return Err(ConvertError::new("recent_message_ids", "is not a whole number of 16-byte ids"));
+            }
+            s.recent_message_ids
+                .chunks_exact(16)
+                .map(|b| {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(b);
+                    MessageId::from_uuid(uuid::Uuid::from_bytes(id))
+                })
+                .collect()
+        },
         recent_messages: s.recent_messages.iter().map(from_message).collect::<Result<_>>()?,
         message_count: s.message_count,
         transfer_note: s.transfer_note.clone(),

@@ -7,6 +7,7 @@
 //! Redis (atomically, see `parley-redis`) *before* an assignment is appended, and given back
 //! if the append does not happen.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,57 @@ pub enum Dispatched {
     NotWaiting,
 }
 
+/// How many conversations' last known state a replica keeps in memory.
+const STATE_CACHE: usize = 100_000;
+
+/// This replica's memory of recent conversations: the last state it read or wrote (with its
+/// log sequence) and customers' open conversations. Only a shortcut: every change is still
+/// an append at the remembered sequence, so a stale entry makes the append fail, and the
+/// engine then reads the log.
+#[derive(Default)]
+pub struct Memory {
+    states: std::sync::Mutex<HashMap<(TenantId, ConversationId), (Conversation, u64)>>,
+    open: std::sync::Mutex<HashMap<(TenantId, CustomerId), ConversationId>>,
+}
+
+impl Memory {
+    fn state(&self, tenant: &TenantId, id: ConversationId) -> Option<(Conversation, u64)> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant.clone(), id)).cloned()
+    }
+
+    fn remember(&self, c: &Conversation, sequence: u64) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if states.len() >= STATE_CACHE {
+            // Crude but bounded: start over rather than track recency.
+            states.clear();
+        }
+        if c.status == Status::Closed {
+            states.remove(&(c.tenant.clone(), c.id));
+        } else {
+            states.insert((c.tenant.clone(), c.id), (c.clone(), sequence));
+        }
+    }
+
+    fn forget(&self, tenant: &TenantId, id: ConversationId) {
+        self.states.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant.clone(), id));
+    }
+
+    fn open(&self, tenant: &TenantId, customer: CustomerId) -> Option<ConversationId> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant.clone(), customer)).copied()
+    }
+
+    fn set_open(&self, tenant: &TenantId, customer: CustomerId, id: Option<ConversationId>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= STATE_CACHE {
+            open.clear();
+        }
+        match id {
+            Some(id) => open.insert((tenant.clone(), customer), id),
+            None => open.remove(&(tenant.clone(), customer)),
+        };
+    }
+}
+
 /// The engine and everything it reads and writes. Shared by the consumers, the API and the
 /// background loops.
 pub struct Engine {
@@ -96,6 +148,7 @@ pub struct Engine {
     pub presence: kv::Store,
     /// Woken when something may let a waiting conversation be assigned.
     pub wake: Arc<Notify>,
+    pub memory: Memory,
 }
 
 impl std::fmt::Debug for Engine {
@@ -114,9 +167,18 @@ impl Engine {
         decision: Option<&Decision>,
         mut command: impl FnMut(&Conversation) -> Result<Option<Command>, EngineError>,
     ) -> Result<Applied, EngineError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(loaded) = self.log.load(tenant, id).await? else {
-                return Err(EngineError::NotFound(id));
+        for attempt in 0..MAX_ATTEMPTS {
+            // First try what this replica last saw; after a conflict, read the log.
+            let remembered = if attempt == 0 { self.memory.state(tenant, id) } else { None };
+            let loaded = match remembered {
+                Some((conversation, sequence)) => parley_nats::Loaded { conversation, sequence },
+                None => match self.log.load(tenant, id).await? {
+                    Some(l) => {
+                        self.memory.remember(&l.conversation, l.sequence);
+                        l
+                    }
+                    None => return Err(EngineError::NotFound(id)),
+                },
             };
             let Some(cmd) = command(&loaded.conversation)? else {
                 return Ok(Applied::Skipped(loaded.conversation));
@@ -128,8 +190,14 @@ impl Engine {
             }
             match self.commit(tenant, Some(&loaded.conversation), t, loaded.sequence, decision, now).await {
                 Ok(next) => return Ok(Applied::Done(next)),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+                Err(StoreError::Conflict(_)) => {
+                    self.memory.forget(tenant, id);
+                    continue;
+                }
+                Err(e) => {
+                    self.memory.forget(tenant, id);
+                    return Err(e.into());
+                }
             }
         }
         Err(EngineError::Unavailable(format!("conversation {id} is changing too fast; retry")))
@@ -148,7 +216,8 @@ impl Engine {
         let extra: Vec<_> =
             decision.map(|d| record::decision_event(&t.next, d, clock::new_id(), now)).into_iter().collect();
         let (rec, redis) = record::build(clock::new_id(), &t.next, t.effects, extra, now, &self.cache);
-        self.log.append(tenant, &rec, expected).await?;
+        let sequence = self.log.append(tenant, &rec, expected).await?;
+        self.memory.remember(&t.next, sequence);
         self.run_redis(tenant, previous, &t.next, redis).await;
         Ok(t.next)
     }
@@ -218,10 +287,26 @@ impl Engine {
             channel_message_id: m.channel_message_id.clone(),
         };
         for _ in 0..MAX_ATTEMPTS {
-            if let Some((open, pointer)) = self.log.open_conversation(&tenant, customer).await? {
+            // The customer's open conversation as this replica remembers it: if it was closed
+            // meanwhile (here or elsewhere), the append fails or is rejected and the pointer
+            // is read from the store below.
+            if let Some(open) = self.memory.open(&tenant, customer) {
                 let msg = message(open);
                 match self.apply(&tenant, open, None, |_| Ok(Some(Command::CustomerMessage(msg.clone())))).await {
                     Ok(_) => return Ok(()),
+                    Err(EngineError::Rejected(Rejected::Closed)) | Err(EngineError::NotFound(_)) => {
+                        self.memory.set_open(&tenant, customer, None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some((open, pointer)) = self.log.open_conversation(&tenant, customer).await? {
+                let msg = message(open);
+                match self.apply(&tenant, open, None, |_| Ok(Some(Command::CustomerMessage(msg.clone())))).await {
+                    Ok(_) => {
+                        self.memory.set_open(&tenant, customer, Some(open));
+                        return Ok(());
+                    }
                     Err(EngineError::Rejected(Rejected::Closed)) | Err(EngineError::NotFound(_)) => {
                         // The pointer outlived its conversation; clear it and open a new one.
                         match self.log.clear_open(&tenant, customer, pointer).await {
@@ -274,7 +359,7 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
             match self.log.set_open(&tenant, customer, id).await {
-                Ok(_) => {}
+                Ok(_) => self.memory.set_open(&tenant, customer, Some(id)),
                 Err(StoreError::AlreadyExists(_)) => {
                     // Another replica opened a conversation for this customer at the same
                     // moment with a different message. Both stay in history; this one is
@@ -334,6 +419,7 @@ impl Engine {
         let c = match applied {
             Applied::Done(c) | Applied::Duplicate(c) | Applied::Skipped(c) => c,
         };
+        self.memory.set_open(tenant, c.customer.id, None);
         if let Some((open, revision)) = self.log.open_conversation(tenant, c.customer.id).await?
             && open == id
         {

@@ -54,6 +54,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
         redis,
         presence,
         wake: Arc::new(Notify::new()),
+        memory: engine::Memory::default(),
     });
     engine.rebuild_if_needed(&nats.js).await?;
 

@@ -84,6 +84,44 @@ fn any_port() -> ServerConfig {
     s
 }
 
+/// Timing knobs of the services an [`App`] starts.
+#[derive(Debug, Clone, Copy)]
+pub struct AppOptions {
+    pub dispatch_interval_ms: u64,
+    pub reconcile_interval_secs: u64,
+    pub ack_wait_secs: u64,
+    pub heartbeat_interval_secs: u64,
+    pub session_ttl_secs: u64,
+}
+
+impl Default for AppOptions {
+    /// Quick timeouts, so tests of crashes and expiries finish fast.
+    fn default() -> Self {
+        Self {
+            dispatch_interval_ms: 100,
+            reconcile_interval_secs: 2,
+            ack_wait_secs: 3,
+            heartbeat_interval_secs: 1,
+            session_ttl_secs: 3,
+        }
+    }
+}
+
+impl AppOptions {
+    /// The services' own defaults (what an installation runs with), for benchmarks.
+    pub fn production() -> Self {
+        let routing = parley_routing::config::RoutingSection::default();
+        let sessions = parley_notification::SessionsSection::default();
+        Self {
+            dispatch_interval_ms: routing.dispatch_interval_ms,
+            reconcile_interval_secs: routing.reconcile_interval_secs,
+            ack_wait_secs: routing.ack_wait_secs,
+            heartbeat_interval_secs: sessions.heartbeat_interval_secs,
+            session_ttl_secs: sessions.ttl_secs,
+        }
+    }
+}
+
 /// The four services running in this process against [`Infra`].
 pub struct App {
     pub infra: Infra,
@@ -116,6 +154,11 @@ impl App {
     /// The services on given infrastructure; without `with_routing`, routing is left for
     /// the test to run (as a process, say).
     pub async fn spawn_on(infra: Infra, with_routing: bool) -> Self {
+        Self::spawn_with(infra, with_routing, AppOptions::default()).await
+    }
+
+    /// The services on given infrastructure with given timings.
+    pub async fn spawn_with(infra: Infra, with_routing: bool, options: AppOptions) -> Self {
         let signing_key = random_key();
         let key = TokenKey::new(signing_key.clone());
         let nats = parley_kit::config::NatsConfig { url: infra.nats.url(), ..Default::default() };
@@ -131,10 +174,10 @@ impl App {
                 auth: auth.clone(),
                 telemetry: telemetry.clone(),
                 routing: parley_routing::config::RoutingSection {
-                    dispatch_interval_ms: 100,
-                    lanes: 32,
-                    reconcile_interval_secs: 2,
-                    ack_wait_secs: 3,
+                    dispatch_interval_ms: options.dispatch_interval_ms,
+                    lanes: 64,
+                    reconcile_interval_secs: options.reconcile_interval_secs,
+                    ack_wait_secs: options.ack_wait_secs,
                 },
             };
             Some(
@@ -175,7 +218,10 @@ impl App {
             redis,
             auth,
             telemetry,
-            sessions: parley_notification::SessionsSection { heartbeat_interval_secs: 1, ttl_secs: 3 },
+            sessions: parley_notification::SessionsSection {
+                heartbeat_interval_secs: options.heartbeat_interval_secs,
+                ttl_secs: options.session_ttl_secs,
+            },
         };
         let notification =
             parley_notification::start(notification_config, Metrics::new("notification"), CancellationToken::new())
