@@ -349,7 +349,7 @@ pub fn from_conversation_state(s: &events::ConversationState) -> Result<Conversa
         wait_start: from_timestamp(s.wait_start_time.as_ref()),
         declined_by: s.declined_by.iter().map(|o| operator_id("declined_by", o)).collect::<Result<_>>()?,
         recent_message_ids: {
-            if s.recent_message_ids.len() % 16 != 0 {
+            if !s.recent_message_ids.len().is_multiple_of(16) {
                 return Err(ConvertError::new("recent_message_ids", "is not a whole number of 16-byte ids"));
             }
             s.recent_message_ids
