@@ -167,18 +167,19 @@ async fn desk(app: &App, token: &str, clock: Shared) -> anyhow::Result<tokio::ta
     }))
 }
 
-/// Submits `n` messages over `customers`, `concurrency` at a time, optionally paced to
-/// `per_second`; returns when all are delivered to desks (or after a timeout).
-async fn load(
-    app: &App,
-    token: &str,
-    clock: &Shared,
-    run: &str,
+/// One load run: `n` messages over `customers`, `concurrency` at a time, optionally paced
+/// to `per_second`.
+struct Load<'a> {
+    run: &'a str,
     n: usize,
     customers: usize,
     concurrency: usize,
     per_second: Option<f64>,
-) -> anyhow::Result<Duration> {
+}
+
+/// Runs a load; returns when all its messages are delivered to desks (or after a timeout).
+async fn load(app: &App, token: &str, clock: &Shared, spec: Load<'_>) -> anyhow::Result<Duration> {
+    let Load { run, n, customers, concurrency, per_second } = spec;
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -314,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let half = args.paced_rate.unwrap_or(throughput / 2.0);
     let paced_n = (half * args.paced_seconds as f64) as usize;
     clock.lock().unwrap_or_else(|p| p.into_inner()).latency = Some(fresh_histogram());
-    load(&app, &fx.integrator_token, &clock, "paced", paced_n, args.customers, args.concurrency, Some(half)).await?;
+    load(&app, &fx.integrator_token, &clock, spec("paced", paced_n, Some(half))).await?;
     let paced = clock.lock().unwrap_or_else(|p| p.into_inner()).latency.take().unwrap_or_else(fresh_histogram);
     let (p50, p99) = (paced.value_at_quantile(0.5) as f64 / 1000.0, paced.value_at_quantile(0.99) as f64 / 1000.0);
     println!(
