@@ -289,9 +289,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Warm-up: every customer's first message opens their conversation.
-    let opened =
-        load(&app, &fx.integrator_token, &clock, "open", args.customers, args.customers, args.concurrency, None)
-            .await?;
+    let c = args.customers;
+    let spec = |run, n, per_second| Load { run, n, customers: c, concurrency: args.concurrency, per_second };
+    let opened = load(&app, &fx.integrator_token, &clock, spec("open", c, None)).await?;
     println!(
         "   opening {} conversations (first messages): {:>7.0} msg/s",
         args.customers,
@@ -300,8 +300,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Throughput at full speed.
     clock.lock().unwrap_or_else(|p| p.into_inner()).latency = Some(fresh_histogram());
-    let took =
-        load(&app, &fx.integrator_token, &clock, "full", args.messages, args.customers, args.concurrency, None).await?;
+    let took = load(&app, &fx.integrator_token, &clock, spec("full", args.messages, None)).await?;
     let throughput = rate(args.messages, took);
     let full = clock.lock().unwrap_or_else(|p| p.into_inner()).latency.take().unwrap_or_else(fresh_histogram);
     println!(
