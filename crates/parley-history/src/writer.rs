@@ -15,9 +15,8 @@ use parley_kit::telemetry::Metrics;
 use parley_kit::telemetry::prometheus_client::metrics::counter::Counter;
 use parley_kit::telemetry::prometheus_client::metrics::family::Family;
 use parley_nats::consume::{Delivery, Handler, Outcome};
-use parley_nats::conversations::decode_state;
 use parley_pg::{AssignmentRow, ConversationRow, CustomerRow, Db, DecisionRow, MessageRow, TenantBatch};
-use parley_proto::{convert, events};
+use parley_proto::{convert, events, v1};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,33 +30,52 @@ pub struct StoredCandidate {
     pub capacity: u32,
 }
 
-/// Turns one record into the rows it adds.
-pub fn rows(record: &events::ConversationRecord) -> Result<TenantBatch, String> {
+/// The conversation's row from the state summary a record carries.
+fn conversation_row(tenant: &TenantId, s: &events::ConversationStateSummary) -> Result<ConversationRow, String> {
+    if s.tenant_id != tenant.as_str() {
+        return Err(format!("state of tenant {:?} in a record of {tenant}", s.tenant_id));
+    }
+    let uuid = |field: &str, v: &str| uuid::Uuid::parse_str(v).map_err(|e| format!("state.{field}: {e}"));
+    let channel = convert::from_channel("state.channel", s.channel).map_err(|e| e.to_string())?;
+    let status = match v1::ConversationStatus::try_from(s.status) {
+        Ok(v1::ConversationStatus::Queued) => "queued",
+        Ok(v1::ConversationStatus::Offered) => "offered",
+        Ok(v1::ConversationStatus::Assigned) => "assigned",
+        Ok(v1::ConversationStatus::Closed) => "closed",
+        _ => return Err(format!("state.status {} is unknown", s.status)),
+    };
+    Ok(ConversationRow {
+        id: uuid("id", &s.id)?,
+        customer_id: uuid("customer_id", &s.customer_id)?,
+        channel: channel.as_str().to_owned(),
+        channel_config_id: s.channel_config_id.clone(),
+        queue_id: s.queue_id.clone(),
+        status: status.to_owned(),
+        operator_id: (!s.operator_id.is_empty()).then(|| s.operator_id.clone()),
+        priority: s.priority,
+        created_at: convert::from_timestamp(s.create_time.as_ref()),
+        updated_at: convert::from_timestamp(s.update_time.as_ref()),
+        closed_at: s.close_time.as_ref().map(|t| convert::from_timestamp(Some(t))),
+    })
+}
+
+/// Turns one record (read without what only routing needs) into the rows it adds.
+pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, String> {
     let tenant = TenantId::parse(&record.tenant_id).map_err(|e| e.to_string())?;
-    let c = decode_state(record, &tenant).map_err(|e| e.to_string())?;
+    let state = record.state.as_ref().ok_or("record without state")?;
+    let row = conversation_row(&tenant, state)?;
+    let (conversation_id, customer_id, channel) = (row.id, row.customer_id, row.channel.clone());
     let mut batch = TenantBatch::new(tenant);
-    batch.conversations.push(ConversationRow {
-        id: c.id.as_uuid(),
-        customer_id: c.customer.id.as_uuid(),
-        channel: c.channel.as_str().to_owned(),
-        channel_config_id: c.channel_config.to_string(),
-        queue_id: c.queue.to_string(),
-        status: c.status.name().to_owned(),
-        operator_id: c.status.holder().map(|o| o.to_string()),
-        priority: c.priority,
-        created_at: c.created,
-        updated_at: c.updated,
-        closed_at: c.closed_at,
-    });
+    batch.conversations.push(row);
     for event in &record.events {
         let at = convert::from_timestamp(event.event_time.as_ref());
         let event_id = uuid::Uuid::parse_str(&event.event_id).map_err(|e| format!("event_id: {e}"))?;
         use events::conversation_event::Kind;
         match &event.kind {
             Some(Kind::Opened(o)) => batch.customers.push(CustomerRow {
-                id: c.customer.id.as_uuid(),
+                id: customer_id,
                 display_name: o.customer_display_name.clone(),
-                channel: c.channel.as_str().to_owned(),
+                channel: channel.clone(),
                 address: o.customer_address.clone(),
                 created_at: at,
             }),
@@ -81,7 +99,7 @@ pub fn rows(record: &events::ConversationRecord) -> Result<TenantBatch, String> 
             }
             Some(Kind::Assigned(a)) => batch.assignments.push(AssignmentRow {
                 event_id,
-                conversation_id: c.id.as_uuid(),
+                conversation_id,
                 operator_id: a.operator_id.clone(),
                 reason: a.reason.clone(),
                 note: a.transfer_note.clone(),
@@ -100,7 +118,7 @@ pub fn rows(record: &events::ConversationRecord) -> Result<TenantBatch, String> 
                     .collect();
                 batch.decisions.push(DecisionRow {
                     id: uuid::Uuid::parse_str(&d.id).map_err(|e| format!("decision id: {e}"))?,
-                    conversation_id: c.id.as_uuid(),
+                    conversation_id,
                     queue_id: d.queue_id.clone(),
                     chosen_operator_id: (!d.chosen_operator_id.is_empty()).then(|| d.chosen_operator_id.clone()),
                     reason: d.reason.clone(),
@@ -126,7 +144,8 @@ pub struct Writer {
 
 impl Handler for Writer {
     async fn handle(&self, d: Delivery) -> Outcome {
-        let record: events::ConversationRecord = match d.decode() {
+        // The state without routing's recent messages: those are skipped unread.
+        let record = match d.decode_as::<events::ConversationRecord, events::ConversationRecordHistory>() {
             Ok(r) => r,
             Err(why) => return Outcome::Term(why),
         };

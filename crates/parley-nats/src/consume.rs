@@ -51,12 +51,20 @@ pub struct Delivery {
 impl Delivery {
     /// Decodes the payload as `P`, checking the schema header names `P`.
     pub fn decode<P: crate::publish::Payload>(&self) -> Result<P, String> {
+        self.decode_as::<P, P>()
+    }
+
+    /// Decodes a payload of type `P` into `V`, a lighter reading of `P` that shares its
+    /// field numbers and skips the fields it lacks (checking the schema header names `P`).
+    pub fn decode_as<P: crate::publish::Payload, V: parley_proto::prost::Message + Default>(
+        &self,
+    ) -> Result<V, String> {
         match self.schema.as_deref() {
             Some(s) if s == P::SCHEMA => {}
             Some(s) => return Err(format!("schema {s} is not {}", P::SCHEMA)),
             None => return Err(format!("no {SCHEMA_HEADER} header (expected {})", P::SCHEMA)),
         }
-        P::decode(self.payload.clone()).map_err(|e| format!("cannot decode {}: {e}", P::SCHEMA))
+        V::decode(self.payload.clone()).map_err(|e| format!("cannot decode {}: {e}", P::SCHEMA))
     }
 }
 

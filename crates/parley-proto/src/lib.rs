@@ -28,3 +28,44 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub use prost;
 pub use prost_types;
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use prost_types::{DescriptorProto, FileDescriptorSet};
+
+    fn message(fds: &FileDescriptorSet, name: &str) -> DescriptorProto {
+        fds.file
+            .iter()
+            .filter(|f| f.package() == "parley.events.v1")
+            .flat_map(|f| f.message_type.iter())
+            .find(|m| m.name() == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("message {name} in the descriptor set"))
+    }
+
+    /// A view reads another message's bytes: each of its fields must be that message's
+    /// field of the same number, name, type and label.
+    fn assert_view(view: &str, of: &str) {
+        let fds = FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("descriptor set");
+        let (view, of) = (message(&fds, view), message(&fds, of));
+        for f in &view.field {
+            let twin = of.field.iter().find(|g| g.number() == f.number()).unwrap_or_else(|| {
+                panic!("{}.{} (#{}) has no twin in {}", view.name(), f.name(), f.number(), of.name())
+            });
+            assert_eq!((twin.name(), twin.r#type(), twin.label()), (f.name(), f.r#type(), f.label()), "{}", f.name());
+            if twin.type_name() != f.type_name() {
+                // A message field may itself be read through a view of its type.
+                let short = |t: &str| t.rsplit('.').next().unwrap_or(t).to_owned();
+                assert_view(&short(f.type_name()), &short(twin.type_name()));
+            }
+        }
+    }
+
+    #[test]
+    fn record_views_match_the_record() {
+        assert_view("ConversationRecordDeliveries", "ConversationRecord");
+        assert_view("ConversationRecordHistory", "ConversationRecord");
+        assert_view("ConversationStateSummary", "ConversationState");
+    }
+}

@@ -105,7 +105,8 @@ pub struct Fanout {
 
 impl Handler for Fanout {
     async fn handle(&self, d: Delivery) -> Outcome {
-        let record: events::ConversationRecord = match d.decode() {
+        // Only the deliveries and the route: the state and events are skipped unread.
+        let record = match d.decode_as::<events::ConversationRecord, events::ConversationRecordDeliveries>() {
             Ok(r) => r,
             Err(why) => return Outcome::Term(why),
         };
@@ -120,14 +121,14 @@ impl Handler for Fanout {
 }
 
 impl Fanout {
-    async fn deliver(&self, record: &events::ConversationRecord) -> Result<(), String> {
+    async fn deliver(&self, record: &events::ConversationRecordDeliveries) -> Result<(), String> {
         if record.desk.is_empty() && record.customer_updates.is_empty() {
             return Ok(());
         }
         let tenant = TenantId::parse(&record.tenant_id).map_err(|e| e.to_string())?;
-        let state = record.state.as_ref().ok_or("record without state")?;
-        let channel = convert::from_channel("state.channel", state.channel).map_err(|e| e.to_string())?;
-        let customer = CustomerId::parse(&state.customer_id).map_err(|e| e.to_string())?;
+        let route = record.route.as_ref().ok_or("record without route")?;
+        let channel = convert::from_channel("route.channel", route.channel).map_err(|e| e.to_string())?;
+        let customer = CustomerId::parse(&route.customer_id).map_err(|e| e.to_string())?;
         let conversation = ConversationId::parse(&record.conversation_id).map_err(|e| e.to_string())?;
         let mut sends = Vec::new();
         for (i, delivery) in record.desk.iter().enumerate() {
@@ -143,7 +144,7 @@ impl Fanout {
         for (i, update) in record.customer_updates.iter().enumerate() {
             let mut update = update.clone();
             if let Some(v1::customer_update::Kind::Queued(q)) = &mut update.kind
-                && let Ok(queue) = parley_domain::QueueId::parse(&state.queue_id)
+                && let Ok(queue) = parley_domain::QueueId::parse(&route.queue_id)
             {
                 // Tell the customer where they stand now.
                 q.position =
@@ -151,17 +152,17 @@ impl Fanout {
             }
             let envelope = events::OutboundEnvelope {
                 tenant_id: record.tenant_id.clone(),
-                channel: state.channel,
-                channel_config_id: state.channel_config_id.clone(),
-                customer_id: state.customer_id.clone(),
-                customer_address: state.customer_address.clone(),
+                channel: route.channel,
+                channel_config_id: route.channel_config_id.clone(),
+                customer_id: route.customer_id.clone(),
+                customer_address: route.customer_address.clone(),
                 conversation_id: record.conversation_id.clone(),
                 update: Some(update),
             };
             let subject = topology::outbound_subject(&tenant, channel, customer);
             let dedupe = format!("{}:c{i}", record.record_id);
             let publisher = self.publisher.clone();
-            let key = state.customer_id.clone();
+            let key = route.customer_id.clone();
             sends.push(Box::pin(async move { publisher.publish(subject, &dedupe, &key, &envelope).await.map(|_| ()) }));
         }
         for result in join_all(sends).await {

@@ -109,6 +109,13 @@ pub fn build(
         events,
         desk,
         customer_updates: customer,
+        route: Some(events::ConversationRoute {
+            channel: convert::channel(next.channel) as i32,
+            channel_config_id: next.channel_config.to_string(),
+            customer_id: next.customer.id.to_string(),
+            customer_address: next.customer.address.clone(),
+            queue_id: next.queue.to_string(),
+        }),
     };
     (record, redis)
 }
