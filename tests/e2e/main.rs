@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod crash;
+mod routing;
 mod skeleton;
 mod tidy;

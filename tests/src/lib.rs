@@ -202,3 +202,30 @@ mod bytes_codec {
         }
     }
 }
+
+/// Sets the calling operator's status.
+pub async fn set_status(app: &App, token: &str, status: v1::OperatorStatus) -> v1::OperatorPresence {
+    app.routing_client(token)
+        .await
+        .set_operator_status(v1::SetOperatorStatusRequest {
+            status: status as i32,
+            reason: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set status")
+        .into_inner()
+        .presence
+        .expect("presence")
+}
+
+/// The conversation a desk event is about, with what happened.
+pub fn describe(event: &v1::DeskEvent) -> (String, &'static str) {
+    use v1::desk_event::Kind;
+    match event.kind.as_ref().expect("event kind") {
+        Kind::Offered(o) => (o.conversation.as_ref().expect("conversation").id.clone(), "offered"),
+        Kind::Assigned(a) => (a.conversation.as_ref().expect("conversation").id.clone(), "assigned"),
+        Kind::Message(m) => (m.conversation_id.clone(), "message"),
+        Kind::Released(r) => (r.conversation_id.clone(), "released"),
+    }
+}

@@ -377,17 +377,12 @@ impl Coordinator {
         Ok((len, head.first().map(|(_, s)| *s)))
     }
 
-    /// A conversation's 1-based position in its queue, if waiting.
-    pub async fn position(
-        &self,
-        tenant: &TenantId,
-        queue: &QueueId,
-        conversation: ConversationId,
-    ) -> Result<Option<u32>> {
+    /// How many conversations wait ahead of one with queue score `score`.
+    pub async fn ahead_of(&self, tenant: &TenantId, queue: &QueueId, score: f64) -> Result<u32> {
         let mut c = self.conn.clone();
-        let rank: Option<u32> =
-            redis::cmd("ZRANK").arg(queue_key(tenant, queue)).arg(conversation.to_string()).query_async(&mut c).await?;
-        Ok(rank.map(|r| r + 1))
+        let mut ahead = redis::cmd("ZCOUNT");
+        ahead.arg(queue_key(tenant, queue)).arg("-inf").arg(format!("({score}"));
+        Ok(ahead.query_async(&mut c).await?)
     }
 
     /// Presence of many operators for one channel, in one round trip.

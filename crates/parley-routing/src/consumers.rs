@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use parley_domain::{ConversationId, CustomerId, OperatorId, Sender, TenantId};
+use parley_domain::{CustomerId, OperatorId, Sender, TenantId};
 use parley_nats::consume::{Delivery, Handler, Outcome};
 use parley_nats::{Publisher, topology};
 use parley_proto::{convert, events, v1};
@@ -129,7 +129,6 @@ impl Fanout {
         let route = record.route.as_ref().ok_or("record without route")?;
         let channel = convert::from_channel("route.channel", route.channel).map_err(|e| e.to_string())?;
         let customer = CustomerId::parse(&route.customer_id).map_err(|e| e.to_string())?;
-        let conversation = ConversationId::parse(&record.conversation_id).map_err(|e| e.to_string())?;
         let mut sends = Vec::new();
         for (i, delivery) in record.desk.iter().enumerate() {
             let Ok(op) = OperatorId::parse(&delivery.operator_id) else { continue };
@@ -146,9 +145,11 @@ impl Fanout {
             if let Some(v1::customer_update::Kind::Queued(q)) = &mut update.kind
                 && let Ok(queue) = parley_domain::QueueId::parse(&route.queue_id)
             {
-                // Tell the customer where they stand now.
-                q.position =
-                    self.engine.redis.position(&tenant, &queue, conversation).await.ok().flatten().unwrap_or(0);
+                // Tell the customer where they stand: one behind everyone ahead in line (by
+                // the same order the queue uses, whether or not this entry is in Redis yet).
+                let wait_start = convert::from_timestamp(route.wait_start_time.as_ref());
+                let score = parley_policy::queue_score(route.priority, wait_start);
+                q.position = self.engine.redis.ahead_of(&tenant, &queue, score).await.map_or(0, |n| n + 1);
             }
             let envelope = events::OutboundEnvelope {
                 tenant_id: record.tenant_id.clone(),

@@ -115,6 +115,8 @@ pub fn build(
             customer_id: next.customer.id.to_string(),
             customer_address: next.customer.address.clone(),
             queue_id: next.queue.to_string(),
+            priority: next.priority,
+            wait_start_time: Some(convert::timestamp(next.wait_start)),
         }),
     };
     (record, redis)

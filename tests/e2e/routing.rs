@@ -1,0 +1,326 @@
+//! Routing behaviour through the real services: offers, declines and expiries, transfers,
+//! close freeing capacity for the next waiting customer, and capacity that holds with two
+//! routing replicas racing.
+
+use std::time::Duration;
+
+use parley_e2e::{CustomerFeed, Desk, describe, set_status, submit};
+use parley_proto::v1;
+use parley_proto::v1::{customer_update, desk_event};
+use parley_testkit::{App, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn create_queue(app: &App, admin_token: &str, id: &str, offer_timeout_secs: u64) {
+    app.admin(admin_token)
+        .await
+        .create_queue(v1::CreateQueueRequest {
+            queue: Some(v1::Queue {
+                id: id.into(),
+                display_name: id.into(),
+                required_skills: vec![v1::SkillLevel { skill: "support".into(), proficiency: 2 }],
+                offer_timeout: (offer_timeout_secs > 0)
+                    .then(|| parley_proto::convert::duration(Duration::from_secs(offer_timeout_secs))),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create queue");
+}
+
+fn on_queue(customer: &str, text: &str, key: &str, queue: &str) -> v1::SubmitMessageRequest {
+    let mut r = submit(customer, text, key);
+    r.queue_id = queue.into();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declined_offer_goes_to_the_next_operator_and_an_unanswered_one_expires() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    create_queue(&app, &fx.admin_token, "sales", 5).await;
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    let mut boris = Desk::open(&app, fx.operator_token("boris"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    set_status(&app, fx.operator_token("boris"), v1::OperatorStatus::Online).await;
+
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(on_queue("c-1", "Хочу купить тариф", "k1", "sales")).await.unwrap();
+    // Equally idle operators: the offer goes to the first by id.
+    let offer = anna.event(WAIT).await;
+    let (conversation, what) = describe(&offer);
+    assert_eq!(what, "offered");
+    let mut anna_routing = app.routing_client(fx.operator_token("anna")).await;
+    anna_routing
+        .decline_offer(v1::DeclineOfferRequest { conversation_id: conversation.clone(), reason: "busy".into() })
+        .await
+        .unwrap();
+    assert_eq!(describe(&anna.event(WAIT).await), (conversation.clone(), "released"));
+    // Boris is offered it next, and accepts.
+    assert_eq!(describe(&boris.event(WAIT).await), (conversation.clone(), "offered"));
+    let mut boris_routing = app.routing_client(fx.operator_token("boris")).await;
+    // Anna cannot take it back.
+    let refused =
+        anna_routing.accept_offer(v1::AcceptOfferRequest { conversation_id: conversation.clone() }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{}", refused.message());
+    let accepted =
+        boris_routing.accept_offer(v1::AcceptOfferRequest { conversation_id: conversation.clone() }).await.unwrap();
+    assert_eq!(accepted.into_inner().conversation.unwrap().operator_id, "boris");
+    match boris.event(WAIT).await.kind.unwrap() {
+        desk_event::Kind::Assigned(a) => assert_eq!(a.recent_messages[0].text, "Хочу купить тариф"),
+        other => panic!("expected assignment, got {other:?}"),
+    }
+
+    // A second customer: Anna is offered it and does not answer; after 5 s it leaves her
+    // desk and Boris (with room) is offered it.
+    ingest.submit_message(on_queue("c-2", "Вопрос по счёту", "k2", "sales")).await.unwrap();
+    let (second, what) = describe(&anna.event(WAIT).await);
+    assert_eq!(what, "offered");
+    // Both desks stay alive while the offer runs out.
+    for _ in 0..6 {
+        anna.heartbeat().await;
+        boris.heartbeat().await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    // Heartbeat answers are interleaved with the events; `event` skips them.
+    assert_eq!(describe(&anna.event(WAIT).await), (second.clone(), "released"));
+    assert_eq!(describe(&boris.event(WAIT).await), (second, "offered"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_hands_the_whole_conversation_to_the_next_operator() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    let mut boris = Desk::open(&app, fx.operator_token("boris"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("c-1", "Карта заблокирована", "k1")).await.unwrap();
+    let (conversation, _) = describe(&anna.event(WAIT).await);
+    anna.reply(&conversation, "r1", "Сейчас посмотрю").await;
+    set_status(&app, fx.operator_token("boris"), v1::OperatorStatus::Online).await;
+
+    let moved = app
+        .routing_client(fx.operator_token("anna"))
+        .await
+        .transfer_conversation(v1::TransferConversationRequest {
+            conversation_id: conversation.clone(),
+            target: Some(v1::transfer_conversation_request::Target::OperatorId("boris".into())),
+            note: "VIP, карта заблокирована по ошибке".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(moved.operator_id, "boris");
+    loop {
+        let ev = anna.event(WAIT).await;
+        if describe(&ev) == (conversation.clone(), "released") {
+            break;
+        }
+    }
+    let assigned = match boris.event(WAIT).await.kind.unwrap() {
+        desk_event::Kind::Assigned(a) => a,
+        other => panic!("expected assignment, got {other:?}"),
+    };
+    assert_eq!(assigned.transfer_note, "VIP, карта заблокирована по ошибке");
+    let texts: Vec<&str> = assigned.recent_messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["Карта заблокирована", "Сейчас посмотрю"], "the whole conversation moves");
+    // Anna no longer owns it; Boris does.
+    let refused = anna.reply(&conversation, "r2", "ещё я").await;
+    assert!(
+        matches!(refused, v1::open_session_response::Frame::ReplyRejected(ref r) if r.code == "FAILED_PRECONDITION"),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        boris.reply(&conversation, "b1", "Здравствуйте, я Борис").await,
+        v1::open_session_response::Frame::ReplyAccepted(_)
+    ));
+    // The customer's next message goes to Boris.
+    ingest.submit_message(submit("c-1", "Спасибо", "k2")).await.unwrap();
+    loop {
+        let ev = boris.event(WAIT).await;
+        if let Some(desk_event::Kind::Message(m)) = ev.kind
+            && m.text == "Спасибо"
+        {
+            break;
+        }
+    }
+    // History has both assignments.
+    let history = app.history_client(&fx.supervisor_token).await;
+    eventually(WAIT, "boris in history", || {
+        let mut history = history.clone();
+        let id = conversation.clone();
+        async move {
+            let c =
+                history.get_conversation(v1::GetConversationRequest { conversation_id: id }).await.ok()?.into_inner();
+            (c.conversation?.operator_id == "boris").then_some(())
+        }
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_a_conversation_frees_the_seat_for_the_next_customer_in_line() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    // One seat.
+    let mut admin = app.admin(&fx.admin_token).await;
+    let mut op = admin
+        .get_operator(v1::GetOperatorRequest { operator_id: "anna".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .operator
+        .unwrap();
+    op.capacity[0].max_conversations = 1;
+    admin.update_operator(v1::UpdateOperatorRequest { operator: Some(op) }).await.unwrap();
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("first", "Первый", "k1")).await.unwrap();
+    let (first, what) = describe(&anna.event(WAIT).await);
+    assert_eq!(what, "assigned");
+    let mut feed = CustomerFeed::open(&app, &fx.integrator_token, "second", 0).await;
+    ingest.submit_message(submit("second", "Второй", "k2")).await.unwrap();
+    match feed.next(WAIT).await {
+        customer_update::Kind::Queued(q) => assert_eq!(q.position, 1, "first in line"),
+        other => panic!("expected to wait, got {other:?}"),
+    }
+    let status = app
+        .routing_client(&fx.supervisor_token)
+        .await
+        .get_queue_status(v1::GetQueueStatusRequest { queue_id: "default".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.waiting_conversations, 1);
+    anna.expect_quiet(Duration::from_millis(500)).await;
+
+    app.routing_client(fx.operator_token("anna"))
+        .await
+        .close_conversation(v1::CloseConversationRequest { conversation_id: first.clone(), reason: "done".into() })
+        .await
+        .unwrap();
+    assert_eq!(describe(&anna.event(WAIT).await), (first, "released"));
+    let (second, what) = describe(&anna.event(WAIT).await);
+    assert_eq!(what, "assigned", "the waiting customer gets the freed seat");
+    match feed.next(WAIT).await {
+        customer_update::Kind::OperatorJoined(j) => assert_eq!(j.conversation_id, second),
+        other => panic!("expected anna to join, got {other:?}"),
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_routing_replicas_never_exceed_capacity() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris", "vera", "gleb"]).await;
+    let mut admin = app.admin(&fx.admin_token).await;
+    for op in ["anna", "boris", "vera", "gleb"] {
+        let mut o = admin
+            .get_operator(v1::GetOperatorRequest { operator_id: op.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .operator
+            .unwrap();
+        o.capacity[0].max_conversations = 2;
+        admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
+    }
+    // A second routing replica on the same NATS and Redis: the two split the inbound work.
+    let second = parley_routing::start(
+        parley_routing::RoutingConfig {
+            server: parley_kit::config::ServerConfig::on_ports(0, 0),
+            nats: parley_kit::config::NatsConfig { url: app.infra.nats.url(), ..Default::default() },
+            redis: parley_kit::config::RedisConfig { url: app.infra.redis.url() },
+            auth: parley_kit::config::AuthConfig { signing_key: app.signing_key.clone() },
+            telemetry: Default::default(),
+            routing: parley_routing::config::RoutingSection { dispatch_interval_ms: 100, ..Default::default() },
+        },
+        parley_kit::telemetry::Metrics::new("routing-2"),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("second routing replica");
+    let mut desks = Vec::new();
+    for op in ["anna", "boris", "vera", "gleb"] {
+        desks.push(Desk::open(&app, fx.operator_token(op), 0).await.unwrap());
+        set_status(&app, fx.operator_token(op), v1::OperatorStatus::Online).await;
+    }
+    // Thirty customers at once for eight seats.
+    let mut sends = Vec::new();
+    for i in 0..30 {
+        let mut ingest = app.ingest_client(&fx.integrator_token).await;
+        sends.push(tokio::spawn(async move {
+            ingest.submit_message(submit(&format!("c-{i}"), "Срочно!", &format!("k{i}"))).await
+        }));
+    }
+    for s in sends {
+        s.await.unwrap().unwrap();
+    }
+    let mut supervisor = app.routing_client(&fx.supervisor_token).await;
+    eventually(WAIT, "eight assigned and 22 waiting", || {
+        let mut supervisor = supervisor.clone();
+        async move {
+            let q = supervisor
+                .get_queue_status(v1::GetQueueStatusRequest { queue_id: "default".into() })
+                .await
+                .ok()?
+                .into_inner();
+            (q.waiting_conversations == 22).then_some(())
+        }
+    })
+    .await;
+    let presences =
+        supervisor.list_operator_presences(v1::ListOperatorPresencesRequest {}).await.unwrap().into_inner().presences;
+    for p in &presences {
+        let load = p.load.iter().find(|l| l.channel == v1::Channel::Api as i32).unwrap();
+        assert_eq!((load.active_conversations, load.max_conversations), (2, 2), "{}", p.operator_id);
+    }
+    // Each desk was given exactly two conversations.
+    for mut desk in desks {
+        let mut assigned = 0;
+        while assigned < 2 {
+            if describe(&desk.event(WAIT).await).1 == "assigned" {
+                assigned += 1;
+            }
+        }
+        desk.expect_quiet(Duration::from_millis(300)).await;
+    }
+    second.stop().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_desk_resumes_where_it_left_off_with_no_gaps_or_repeats() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let token = fx.operator_token("anna");
+    let mut desk = Desk::open(&app, token, 0).await.unwrap();
+    set_status(&app, token, v1::OperatorStatus::Online).await;
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("c-1", "m0", "k0")).await.unwrap();
+    desk.event(WAIT).await;
+    let resume = desk.last_sequence;
+    drop(desk); // the network drops
+
+    for i in 1..=5 {
+        ingest.submit_message(submit("c-1", &format!("m{i}"), &format!("k{i}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut desk = Desk::open(&app, token, resume).await.unwrap();
+    let mut texts = Vec::new();
+    while texts.len() < 5 {
+        if let Some(desk_event::Kind::Message(m)) = desk.event(WAIT).await.kind {
+            texts.push(m.text);
+        }
+    }
+    assert_eq!(texts, ["m1", "m2", "m3", "m4", "m5"]);
+    desk.expect_quiet(Duration::from_millis(300)).await;
+    app.stop().await;
+}
