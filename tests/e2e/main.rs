@@ -3,6 +3,9 @@
 
 mod bad_input;
 mod crash;
+mod isolation;
 mod routing;
+mod service;
 mod skeleton;
 mod tidy;
+mod tracing;

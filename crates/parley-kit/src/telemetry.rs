@@ -96,6 +96,22 @@ pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
     let _ = span.set_parent(cx);
 }
 
+/// Makes `span` a child of a W3C `traceparent` value, if there is one.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+    struct One<'a>(&'a str);
+    impl Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    if let Some(tp) = traceparent {
+        set_parent_from(span, &One(tp));
+    }
+}
+
 /// The current trace id in hex, for error messages a user can quote ("" when none).
 pub fn current_trace_id() -> String {
     use opentelemetry::trace::TraceContextExt;

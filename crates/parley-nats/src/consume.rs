@@ -46,6 +46,8 @@ pub struct Delivery {
     pub stream_sequence: u64,
     /// How many times it has been delivered (1 the first time).
     pub delivered: i64,
+    /// The W3C trace context it was published in, if any.
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -212,6 +214,7 @@ async fn handle_one<H: Handler>(handler: &H, message: jetstream::Message, stream
         key: headers.and_then(|h| h.get(KEY_HEADER)).map(|v| v.as_str().to_owned()),
         stream_sequence: info.as_ref().map_or(0, |i| i.stream_sequence),
         delivered: info.as_ref().map_or(1, |i| i.delivered),
+        traceparent: headers.and_then(|h| h.get("traceparent")).map(|v| v.as_str().to_owned()),
     };
     let span = tracing::info_span!("consume", otel.name = %format!("{stream} process"), stream, subject = %delivery.subject, seq = delivery.stream_sequence);
     if let Some(h) = headers {

@@ -48,6 +48,7 @@ pub async fn follow(js: &jetstream::Context, stream: StreamDef, subject: String,
             key: headers.and_then(|h| h.get(KEY_HEADER)).map(|v| v.as_str().to_owned()),
             stream_sequence: info.stream_sequence,
             delivered: info.delivered,
+            traceparent: headers.and_then(|h| h.get("traceparent")).map(|v| v.as_str().to_owned()),
         })
     });
     Ok(Tail { resume_after, messages: Box::pin(messages) })

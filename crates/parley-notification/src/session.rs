@@ -114,6 +114,10 @@ impl Sessions {
                     let out = match item {
                         Ok(d) => match d.decode::<v1::DeskEvent>() {
                             Ok(mut event) => {
+                                // The last hop of the message's trace: onto the desk's stream.
+                                let span = tracing::info_span!("desk deliver", otel.name = "desk deliver", operator = %operator, seq = d.stream_sequence);
+                                parley_kit::telemetry::set_parent_from_traceparent(&span, d.traceparent.as_deref());
+                                let _entered = span.enter();
                                 event.sequence = d.stream_sequence;
                                 frame(open_session_response::Frame::Event(event))
                             }
