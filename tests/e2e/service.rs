@@ -28,7 +28,9 @@ fn invalid_configuration_exits_64_and_names_the_key() {
         assert_eq!(code, Some(64), "{bin}: {err}");
         assert!(err.contains("auth.signing_key"), "{bin}: {err}");
     }
-    let cases: [(&[(&str, &str)], &[&str], &str); 6] = [
+    /// (environment, flags, what the error must name)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 6] = [
         (&[KEY], &["--set", "routing.lanes=0"], "routing.lanes"),
         (&[KEY, ("PARLEY_SERVER__GRPC_ADDR", "not-an-address")], &[], "grpc_addr"),
         (&[KEY, ("PARLEY_NATS__URL", "http://wrong")], &[], "nats.url"),
