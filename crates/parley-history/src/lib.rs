@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parley_kit::auth::{Authenticator, TokenKey};
 use parley_kit::config::{AuthConfig, NatsConfig, Secret, ServerConfig, TelemetryConfig, Validate};
-use parley_kit::runtime::{self, HasTelemetry, Readiness, ServiceHandle};
+use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
 use parley_nats::consume::{self, ConsumerSpec};
 use parley_nats::{ConfigCache, Nats, topology};
@@ -134,31 +134,22 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache));
     let routes = tonic::service::Routes::new(HistoryServiceServer::new(api::HistoryApi { db: db.clone() }));
 
-    let grpc = runtime::bind(config.server.grpc_addr).await?;
-    let http = runtime::bind(config.server.http_addr).await?;
-    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    let readiness = Readiness::default();
     // The batcher outlives the consumer: it stops when the consumer, after draining, drops
     // the handler that feeds it.
     let (writer, batcher) =
         writer::start(db, config.writer.max_batch, Duration::from_millis(config.writer.max_delay_ms), metrics.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
-    tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics.clone(), readiness.clone()), token.clone()));
     let spec = ConsumerSpec {
         lanes: config.writer.lanes,
         ..ConsumerSpec::new(topology::EVENTS, topology::consumers::HISTORY_EVENTS)
     };
-    let consumer_token = token.clone();
+    let (consumer_token, consumer_metrics) = (token.clone(), metrics.clone());
     tasks.spawn(async move {
-        let result = consume::run(nats.js.clone(), spec, writer, metrics, consumer_token).await;
+        let result = consume::run(nats.js.clone(), spec, writer, consumer_metrics, consumer_token).await;
         // The consumer has drained; every handler dropped its sender, so the batcher ends.
         batcher.await.map_err(|e| anyhow::anyhow!("batcher panicked: {e}"))??;
         result
     });
-    readiness.set(true);
-    tracing::info!(%grpc_addr, %http_addr, "history started");
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let task = tokio::spawn(runtime::supervise("history", tasks, token.clone(), grace));
-    Ok(ServiceHandle::new("history", grpc_addr, http_addr, token, task))
+    runtime::launch("history", &config.server, routes, parley_kit::axum::Router::new(), auth, metrics, token, tasks)
+        .await
 }

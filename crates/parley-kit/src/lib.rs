@@ -17,6 +17,9 @@ pub mod telemetry;
 
 pub use error::{ApiError, ApiResult};
 
+/// The HTTP framework of the services' HTTP ports, re-exported so they share one version.
+pub use axum;
+
 /// Every Parley binary links this crate, so this sets their allocator: mimalloc, because
 /// the message path allocates many small, short-lived buffers (protobuf, headers) across
 /// threads, where glibc's malloc spent a sixth of the CPU in `make bench`.

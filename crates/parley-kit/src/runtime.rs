@@ -255,6 +255,33 @@ pub async fn supervise(
     }
 }
 
+/// Binds a service's gRPC and HTTP listeners, serves them (the HTTP port with `extra_http`
+/// routes beside `/metrics`, `/healthz` and `/readyz`), and supervises them together with
+/// the service's own `tasks` until the token fires.
+#[allow(clippy::too_many_arguments)]
+pub async fn launch(
+    name: &'static str,
+    server: &crate::config::ServerConfig,
+    routes: tonic::service::Routes,
+    extra_http: axum::Router,
+    auth: crate::auth::Authenticator,
+    metrics: Metrics,
+    token: CancellationToken,
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<ServiceHandle> {
+    let grpc = bind(server.grpc_addr).await?;
+    let http = bind(server.http_addr).await?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    let readiness = Readiness::default();
+    tasks.spawn(serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
+    tasks.spawn(serve_http(http, ops_router(metrics, readiness.clone()).merge(extra_http), token.clone()));
+    readiness.set(true);
+    tracing::info!(service = name, %grpc_addr, %http_addr, "started");
+    let grace = Duration::from_secs(server.shutdown_grace_secs);
+    let task = tokio::spawn(supervise(name, tasks, token.clone(), grace));
+    Ok(ServiceHandle::new(name, grpc_addr, http_addr, token, task))
+}
+
 /// A running service: where it listens, and how to stop it (Options → Service → Handle).
 #[derive(Debug)]
 pub struct ServiceHandle {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parley_kit::auth::{Authenticator, TokenKey};
 use parley_kit::config::{AuthConfig, NatsConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
-use parley_kit::runtime::{self, HasTelemetry, Readiness, ServiceHandle};
+use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
 use parley_nats::{ConfigCache, Nats};
 use parley_proto::v1::operator_session_service_server::OperatorSessionServiceServer;
@@ -106,16 +106,16 @@ pub async fn start(
     });
     let routes = tonic::service::Routes::new(OperatorSessionServiceServer::new(session::SessionApi(sessions)));
 
-    let grpc = runtime::bind(config.server.grpc_addr).await?;
-    let http = runtime::bind(config.server.http_addr).await?;
-    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    let readiness = Readiness::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
-    tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics, readiness.clone()), token.clone()));
-    readiness.set(true);
-    tracing::info!(%grpc_addr, %http_addr, "notification started");
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let task = tokio::spawn(runtime::supervise("notification", tasks, token.clone(), grace));
-    Ok(ServiceHandle::new("notification", grpc_addr, http_addr, token, task))
+    let tasks = tokio::task::JoinSet::new();
+    runtime::launch(
+        "notification",
+        &config.server,
+        routes,
+        parley_kit::axum::Router::new(),
+        auth,
+        metrics,
+        token,
+        tasks,
+    )
+    .await
 }

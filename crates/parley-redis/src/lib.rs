@@ -91,6 +91,35 @@ fn offers_key(tenant: &TenantId) -> String {
 
 const REBUILT_KEY: &str = "parley:rebuilt";
 
+/// What the operator hash holds.
+struct OperatorHash {
+    status: OperatorStatus,
+    reason: String,
+    since: Option<Timestamp>,
+    last_assigned: Option<Timestamp>,
+}
+
+/// Queues the two reads behind an operator's presence: the hash, and the live sessions.
+fn read_operator(pipe: &mut redis::Pipeline, tenant: &TenantId, op: &OperatorId, now: Timestamp) {
+    pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("reason").arg("since").arg("last_assigned");
+    pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
+}
+
+/// Parses the answers to [`read_operator`]: the hash, and whether a session is alive.
+fn parse_operator(hash: &redis::Value, live: &redis::Value) -> (OperatorHash, bool) {
+    let fields: Vec<Option<String>> = redis::from_redis_value(hash.clone()).unwrap_or_default();
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    let millis = |s: Option<String>| s.and_then(|s| s.parse::<i64>().ok()).map(Timestamp::from_millis);
+    let live: u32 = redis::from_redis_value(live.clone()).unwrap_or(0);
+    let hash = OperatorHash {
+        status: field(0).and_then(|s| OperatorStatus::parse(&s)).unwrap_or_default(),
+        reason: field(1).unwrap_or_default(),
+        since: millis(field(2)),
+        last_assigned: millis(field(3)),
+    };
+    (hash, live > 0)
+}
+
 /// One operator's routing-relevant presence for one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorSnapshot {
@@ -233,28 +262,19 @@ impl Coordinator {
     pub async fn presence(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp) -> Result<Presence> {
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("reason").arg("since").arg("last_assigned");
-        pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
+        read_operator(&mut pipe, tenant, op, now);
         for ch in Channel::ALL {
             pipe.cmd("ZCARD").arg(load_key(tenant, op, ch));
         }
-        let (fields, live, loads): (Vec<Option<String>>, u32, Vec<u32>) = {
-            let v: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-            let mut it = v.into_iter();
-            let fields: Vec<Option<String>> =
-                redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil)).unwrap_or_default();
-            let live: u32 = redis::from_redis_value(it.next().unwrap_or(redis::Value::Int(0))).unwrap_or(0);
-            let loads: Vec<u32> = it.map(|v| redis::from_redis_value(v).unwrap_or(0)).collect();
-            (fields, live, loads)
-        };
-        let field = |i: usize| fields.get(i).cloned().flatten();
-        let millis = |s: Option<String>| s.and_then(|s| s.parse::<i64>().ok()).map(Timestamp::from_millis);
+        let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        let (hash, connected) = parse_operator(&values[0], &values[1]);
+        let loads = values[2..].iter().map(|v| redis::from_redis_value(v.clone()).unwrap_or(0u32));
         Ok(Presence {
-            status: field(0).and_then(|s| OperatorStatus::parse(&s)).unwrap_or_default(),
-            reason: field(1).unwrap_or_default(),
-            since: millis(field(2)),
-            connected: live > 0,
-            last_assigned: millis(field(3)),
+            status: hash.status,
+            reason: hash.reason,
+            since: hash.since,
+            connected,
+            last_assigned: hash.last_assigned,
             load: Channel::ALL.into_iter().zip(loads).filter(|(_, n)| *n > 0).collect(),
         })
     }
@@ -399,22 +419,18 @@ impl Coordinator {
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
         for op in operators {
-            pipe.cmd("HMGET").arg(op_key(tenant, op)).arg("status").arg("last_assigned");
-            pipe.cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
+            read_operator(&mut pipe, tenant, op, now);
             pipe.cmd("ZCARD").arg(load_key(tenant, op, channel));
         }
         let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
         let mut out = Vec::with_capacity(operators.len());
         for chunk in values.chunks(3) {
-            let fields: Vec<Option<String>> = redis::from_redis_value(chunk[0].clone()).unwrap_or_default();
-            let live: u32 = redis::from_redis_value(chunk[1].clone()).unwrap_or(0);
-            let load: u32 = redis::from_redis_value(chunk[2].clone()).unwrap_or(0);
-            let field = |i: usize| fields.get(i).cloned().flatten();
+            let (hash, connected) = parse_operator(&chunk[0], &chunk[1]);
             out.push(OperatorSnapshot {
-                status: field(0).and_then(|s| OperatorStatus::parse(&s)).unwrap_or_default(),
-                connected: live > 0,
-                load,
-                last_assigned: field(1).and_then(|s| s.parse::<i64>().ok()).map(Timestamp::from_millis),
+                status: hash.status,
+                connected,
+                load: redis::from_redis_value(chunk[2].clone()).unwrap_or(0),
+                last_assigned: hash.last_assigned,
             });
         }
         Ok(out)

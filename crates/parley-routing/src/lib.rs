@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parley_kit::auth::{Authenticator, TokenKey};
-use parley_kit::runtime::{self, Readiness, ServiceHandle};
+use parley_kit::runtime::{self, ServiceHandle};
 use parley_kit::telemetry::Metrics;
 use parley_nats::consume::{self, ConsumerSpec};
 use parley_nats::{ConfigCache, Nats, topology};
@@ -63,17 +63,10 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
     let routes = tonic::service::Routes::new(RoutingServiceServer::new(api::RoutingApi { engine: engine.clone() }))
         .add_service(AdminServiceServer::from_arc(admin::AdminApi::new(cache, key)));
 
-    let grpc = runtime::bind(config.server.grpc_addr).await?;
-    let http = runtime::bind(config.server.http_addr).await?;
-    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    let readiness = Readiness::default();
-
     let lanes = config.routing.lanes;
     let ack_wait = Duration::from_secs(config.routing.ack_wait_secs);
     let spec = |stream, durable| ConsumerSpec { lanes, ack_wait, ..ConsumerSpec::new(stream, durable) };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(runtime::serve_grpc(grpc, routes, auth, metrics.clone(), token.clone()));
-    tasks.spawn(runtime::serve_http(http, runtime::ops_router(metrics.clone(), readiness.clone()), token.clone()));
     tasks.spawn(consume::run(
         nats.js.clone(),
         spec(topology::INBOUND, topology::consumers::ROUTING_INBOUND),
@@ -101,9 +94,6 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
         Duration::from_secs(config.routing.reconcile_interval_secs),
         token.clone(),
     ));
-    readiness.set(true);
-    tracing::info!(%grpc_addr, %http_addr, "routing started");
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let task = tokio::spawn(runtime::supervise("routing", tasks, token.clone(), grace));
-    Ok(ServiceHandle::new("routing", grpc_addr, http_addr, token, task))
+    runtime::launch("routing", &config.server, routes, parley_kit::axum::Router::new(), auth, metrics, token, tasks)
+        .await
 }
