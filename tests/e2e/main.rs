@@ -2,6 +2,7 @@
 //! PostgreSQL, each test on infrastructure of its own.
 
 mod bad_input;
+mod cli;
 mod crash;
 mod isolation;
 mod routing;

@@ -132,8 +132,26 @@ fn preference(a: &OperatorView, b: &OperatorView) -> Ordering {
     occupancy.then_with(|| a.last_assigned.cmp(&b.last_assigned)).then_with(|| a.id.cmp(&b.id))
 }
 
-/// Decides who should get the conversation described by `request`.
+/// Decides who should get the conversation described by `request`. Operators who declined
+/// it are passed over only while someone else can take it: if they are all that is left,
+/// it is offered to them again rather than wait forever.
 pub fn decide(request: &Request, operators: &[OperatorView]) -> Decision {
+    let first = decide_strictly(request, operators);
+    let only_decliners_left = first.chosen.is_none()
+        && !request.excluded.is_empty()
+        && first.assessments.iter().any(|a| a.excluded == Some(Exclusion::Declined));
+    if !only_decliners_left {
+        return first;
+    }
+    let relaxed = Request { excluded: Vec::new(), ..request.clone() };
+    let mut second = decide_strictly(&relaxed, operators);
+    if second.chosen.is_some() {
+        second.reason = format!("everyone eligible had declined; offering again: {}", second.reason);
+    }
+    second
+}
+
+fn decide_strictly(request: &Request, operators: &[OperatorView]) -> Decision {
     let mut sorted: Vec<&OperatorView> = operators.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let assessments: Vec<Assessment> = sorted
@@ -248,7 +266,8 @@ mod tests {
         let full = view("kira", 2, 2);
         let mut off = view("lena", 0, 2);
         off.disabled = true;
-        let d = decide(&r, &[away, gone, view("dima", 0, 2), weak, english, full, off]);
+        let ops = [away, gone, view("dima", 0, 2), weak, english, full, off];
+        let d = decide_strictly(&r, &ops);
         assert_eq!(d.chosen, None);
         let reasons: Vec<String> = d.assessments.iter().map(|a| a.excluded.as_ref().unwrap().to_string()).collect();
         assert_eq!(
@@ -264,6 +283,20 @@ mod tests {
             ]
         );
         assert!(d.reason.contains("none of 7"));
+        // Dima declined, but nobody else can take it: offered to him again.
+        assert_eq!(decide(&r, &ops).chosen.unwrap().as_str(), "dima");
+    }
+
+    #[test]
+    fn decliners_are_offered_again_when_nobody_else_can_take_it() {
+        let mut r = request();
+        r.excluded = vec![OperatorId::parse("anna").unwrap()];
+        let d = decide(&r, &[view("anna", 0, 2), view("boris", 2, 2)]);
+        assert_eq!(d.chosen.unwrap().as_str(), "anna");
+        assert!(d.reason.starts_with("everyone eligible had declined"), "{}", d.reason);
+        // While someone else has room, the decliner is passed over.
+        let d = decide(&r, &[view("anna", 0, 2), view("boris", 1, 2)]);
+        assert_eq!(d.chosen.unwrap().as_str(), "boris");
     }
 
     #[test]
@@ -329,12 +362,19 @@ mod tests {
         }
 
         #[test]
-        fn someone_is_chosen_whenever_anyone_is_eligible(ops in arb_snapshot()) {
-            let r = request();
+        fn someone_is_chosen_whenever_anyone_is_eligible(ops in arb_snapshot(), declined in prop::collection::vec(0u8..12, 0..4)) {
+            let mut r = request();
+            r.excluded = declined.iter().map(|n| OperatorId::parse(&format!("op-{n}")).unwrap()).collect();
             let d = decide(&r, &ops);
-            let any_eligible = ops.iter().any(|v| exclusion(&r, v).is_none());
+            // Declining only defers: anyone who could take it without the declines counts.
+            let relaxed = Request { excluded: vec![], ..r.clone() };
+            let any_eligible = ops.iter().any(|v| exclusion(&relaxed, v).is_none());
             prop_assert_eq!(d.chosen.is_some(), any_eligible);
             prop_assert_eq!(d.assessments.len(), ops.len());
+            if let Some(chosen) = &d.chosen && r.excluded.contains(chosen) {
+                // A decliner is chosen only when nobody else could be.
+                prop_assert!(!ops.iter().any(|v| exclusion(&r, v).is_none()));
+            }
         }
 
         #[test]
