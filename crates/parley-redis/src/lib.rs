@@ -158,6 +158,13 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
+    /// Runs one command whose answer is not needed.
+    async fn run(&self, cmd: &redis::Cmd) -> Result<()> {
+        let mut c = self.conn.clone();
+        cmd.query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
     /// Connects, retrying for up to `wait`.
     pub async fn connect(url: &str, wait: Duration) -> Result<Self> {
         let client = redis::Client::open(url)?;
@@ -183,18 +190,17 @@ impl Coordinator {
         reason: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(op_key(tenant, op))
-            .arg("status")
-            .arg(status.as_str())
-            .arg("reason")
-            .arg(reason)
-            .arg("since")
-            .arg(now.as_millis())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(
+            redis::cmd("HSET")
+                .arg(op_key(tenant, op))
+                .arg("status")
+                .arg(status.as_str())
+                .arg("reason")
+                .arg(reason)
+                .arg("since")
+                .arg(now.as_millis()),
+        )
+        .await
     }
 
     /// Sets a status only if Redis has none for the operator (rebuild: never overwrite a
@@ -253,9 +259,7 @@ impl Coordinator {
 
     /// Ends a desk session at once (a clean disconnect).
     pub async fn end_session(&self, tenant: &TenantId, op: &OperatorId, session: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZREM").arg(sessions_key(tenant, op)).arg(session).query_async::<()>(&mut c).await?;
-        Ok(())
+        self.run(redis::cmd("ZREM").arg(sessions_key(tenant, op)).arg(session)).await
     }
 
     /// Reads an operator's presence and load on every channel.
@@ -330,13 +334,7 @@ impl Coordinator {
         channel: Channel,
         conversation: ConversationId,
     ) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZREM")
-            .arg(load_key(tenant, op, channel))
-            .arg(conversation.to_string())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(redis::cmd("ZREM").arg(load_key(tenant, op, channel)).arg(conversation.to_string())).await
     }
 
     /// Puts a conversation in its queue (or moves it to `score` if there already).
@@ -347,25 +345,12 @@ impl Coordinator {
         conversation: ConversationId,
         score: f64,
     ) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZADD")
-            .arg(queue_key(tenant, queue))
-            .arg(score)
-            .arg(conversation.to_string())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg(score).arg(conversation.to_string())).await
     }
 
     /// Takes a conversation out of a queue (idempotent).
     pub async fn dequeue(&self, tenant: &TenantId, queue: &QueueId, conversation: ConversationId) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZREM")
-            .arg(queue_key(tenant, queue))
-            .arg(conversation.to_string())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(redis::cmd("ZREM").arg(queue_key(tenant, queue)).arg(conversation.to_string())).await
     }
 
     /// The first `limit` waiting conversations of a queue, in serving order.
@@ -438,21 +423,13 @@ impl Coordinator {
 
     /// Remembers an offer's deadline, so an expired offer is found and moved on.
     pub async fn track_offer(&self, tenant: &TenantId, conversation: ConversationId, expires: Timestamp) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZADD")
-            .arg(offers_key(tenant))
-            .arg(expires.as_millis())
-            .arg(conversation.to_string())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(redis::cmd("ZADD").arg(offers_key(tenant)).arg(expires.as_millis()).arg(conversation.to_string()))
+            .await
     }
 
     /// Forgets an offer (answered, expired or withdrawn).
     pub async fn untrack_offer(&self, tenant: &TenantId, conversation: ConversationId) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZREM").arg(offers_key(tenant)).arg(conversation.to_string()).query_async::<()>(&mut c).await?;
-        Ok(())
+        self.run(redis::cmd("ZREM").arg(offers_key(tenant)).arg(conversation.to_string())).await
     }
 
     /// Offers whose deadline has passed.
@@ -478,9 +455,7 @@ impl Coordinator {
 
     /// Marks the rebuild done.
     pub async fn mark_rebuilt(&self, now: Timestamp) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("SET").arg(REBUILT_KEY).arg(now.as_millis()).query_async::<()>(&mut c).await?;
-        Ok(())
+        self.run(redis::cmd("SET").arg(REBUILT_KEY).arg(now.as_millis())).await
     }
 
     /// Restores what a held conversation means in Redis (rebuild): the load entry. An
@@ -492,15 +467,8 @@ impl Coordinator {
         channel: Channel,
         conversation: ConversationId,
     ) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZADD")
-            .arg(load_key(tenant, op, channel))
-            .arg("NX")
-            .arg(0)
-            .arg(conversation.to_string())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(redis::cmd("ZADD").arg(load_key(tenant, op, channel)).arg("NX").arg(0).arg(conversation.to_string()))
+            .await
     }
 
     /// Conversations the operator holds on `channel` that were claimed before `before`:
@@ -530,14 +498,7 @@ impl Coordinator {
         conversation: ConversationId,
         score: f64,
     ) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("ZADD")
-            .arg(queue_key(tenant, queue))
-            .arg("NX")
-            .arg(score)
-            .arg(conversation.to_string())
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+        self.run(redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg("NX").arg(score).arg(conversation.to_string()))
+            .await
     }
 }
