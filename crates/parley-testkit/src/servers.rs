@@ -55,8 +55,25 @@ pub struct NatsServer {
     _dir: tempfile::TempDir,
 }
 
+/// Starts a server on a free port, trying again on another port if the first is taken by
+/// the time the server binds it (another test process may pick the same free port).
+fn with_port_retries<T>(what: &str, start: impl Fn() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut last = None;
+    for _ in 0..3 {
+        match start() {
+            Ok(server) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{what} did not start")))
+}
+
 impl NatsServer {
     pub fn start() -> anyhow::Result<Self> {
+        with_port_retries("nats-server", Self::start_once)
+    }
+
+    fn start_once() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("parley-nats-").tempdir()?;
         let port = free_port();
         let log = dir.path().join("nats.log");
@@ -105,6 +122,10 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> anyhow::Result<Self> {
+        with_port_retries("redis-server", Self::start_once)
+    }
+
+    fn start_once() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("parley-redis-").tempdir()?;
         let port = free_port();
         let log = dir.path().join("redis.log");
