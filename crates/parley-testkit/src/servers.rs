@@ -19,6 +19,12 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> anyhow
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            // Someone listens; make sure it is our server and not another test's that took
+            // the port first (ours would then exit, failing to bind).
+            std::thread::sleep(Duration::from_millis(50));
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{what} exited with {status}: port {port} was taken");
+            }
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
