@@ -320,3 +320,26 @@ impl ServiceHandle {
         self.wait().await
     }
 }
+
+/// The whole `main.rs` of a service binary: parse the shared flags, then [`run_main`] with
+/// the service's `start`, waiting for it to stop.
+#[macro_export]
+macro_rules! service_main {
+    ($name:literal, $about:literal, $start:path) => {
+        #[derive(::clap::Parser)]
+        #[command(name = $name, version, about = $about)]
+        struct Cli {
+            #[command(flatten)]
+            config: $crate::config::ConfigArgs,
+        }
+
+        #[tokio::main]
+        async fn main() -> ::std::process::ExitCode {
+            let cli = <Cli as ::clap::Parser>::parse();
+            $crate::runtime::run_main($name, cli.config, |config, metrics, token| async move {
+                $start(config, metrics, token).await?.wait().await
+            })
+            .await
+        }
+    };
+}
