@@ -13,9 +13,10 @@
 
 use std::time::Duration;
 
+use crate::routing::Requirements;
 use crate::{
-    Channel, ChannelConfigId, ConversationId, CustomerId, Message, MessageId, OperatorId, QueueId, Sender, TenantId,
-    Timestamp,
+    Channel, ChannelConfigId, ConversationId, CustomerId, Message, MessageId, OperatorId, QueueId, Sender, SkillLevel,
+    TenantId, Timestamp,
 };
 
 /// How many message ids a conversation remembers to recognise redeliveries. Redeliveries
@@ -86,6 +87,47 @@ pub struct Conversation {
     pub message_count: u32,
     pub transfer_note: String,
     pub closed_at: Option<Timestamp>,
+    /// What this conversation needs beyond its queue's requirements.
+    pub requirements: Requirements,
+    /// `requirements` replace the queue's (after a transfer to a skill).
+    pub replace_queue_requirements: bool,
+    /// An operator it waits for before anyone else may take it.
+    pub preference: Option<Preference>,
+    /// When it entered its current queue.
+    pub queue_enter: Timestamp,
+    /// Who wrote last, and when.
+    pub last_sender: Sender,
+    pub last_activity: Timestamp,
+}
+
+/// Why a conversation waits for one operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreferenceReason {
+    /// The customer's operator from before.
+    KnownOperator,
+    /// The customer gave the operator's fast-track code.
+    FastTrack,
+}
+
+impl PreferenceReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PreferenceReason::KnownOperator => "known_operator",
+            PreferenceReason::FastTrack => "fast_track",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [PreferenceReason::KnownOperator, PreferenceReason::FastTrack].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// An operator a conversation waits for, until a deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preference {
+    pub operator: OperatorId,
+    pub until: Timestamp,
+    pub reason: PreferenceReason,
 }
 
 /// Who acts on a conversation.
@@ -114,6 +156,8 @@ impl Actor {
 pub enum TransferTarget {
     Operator(OperatorId),
     Queue(QueueId),
+    /// Back into its queue, needing this skill instead of the queue's requirements.
+    Skill(SkillLevel),
 }
 
 /// Why a conversation went (back) to a queue.
@@ -124,6 +168,12 @@ pub enum QueueReason {
     Declined,
     OfferExpired,
     OperatorUnavailable,
+    /// Waited its queue's maximum; moved to the overflow queue.
+    Overflow,
+    /// Its queue is closed; moved to the after-hours queue.
+    AfterHours,
+    /// Stopped waiting for a particular operator.
+    PreferenceEnded,
 }
 
 impl QueueReason {
@@ -134,6 +184,9 @@ impl QueueReason {
             QueueReason::Declined => "declined",
             QueueReason::OfferExpired => "offer_expired",
             QueueReason::OperatorUnavailable => "operator_unavailable",
+            QueueReason::Overflow => "overflow",
+            QueueReason::AfterHours => "after_hours",
+            QueueReason::PreferenceEnded => "preference_ended",
         }
     }
 }
@@ -215,6 +268,17 @@ pub enum Command {
     },
     /// The holder went away (offline, heartbeat lost): back to the queue, priority kept.
     Requeue,
+    /// While queued: wait for this operator until the deadline.
+    Prefer(Preference),
+    /// While queued: stop waiting for a particular operator (deadline passed, or they
+    /// cannot take it).
+    EndPreference,
+    /// While queued: move to another queue (maximum wait, after hours), keeping the
+    /// original wait and priority.
+    MoveQueue {
+        to: QueueId,
+        reason: QueueReason,
+    },
 }
 
 /// An event for the conversation's log (stream EVENTS, then history).
@@ -246,7 +310,11 @@ pub enum DeskEvent {
 pub enum CustomerNotice {
     Queued,
     OperatorJoined(OperatorId),
-    Ended { reason: String },
+    Ended {
+        reason: String,
+    },
+    /// Waiting for this operator until the deadline.
+    WaitingFor(Preference),
 }
 
 /// An effect for the caller to carry out, in order.
@@ -302,6 +370,9 @@ pub struct Opening {
     pub channel_config: ChannelConfigId,
     pub queue: QueueId,
     pub priority: i32,
+    pub requirements: Requirements,
+    /// Waiting for one operator first (known operator, fast track).
+    pub preference: Option<Preference>,
 }
 
 impl Conversation {
@@ -326,6 +397,12 @@ impl Conversation {
             message_count: 0,
             transfer_note: String::new(),
             closed_at: None,
+            requirements: opening.requirements,
+            replace_queue_requirements: false,
+            preference: opening.preference.clone(),
+            queue_enter: now,
+            last_sender: Sender::Customer,
+            last_activity: now,
         };
         let mut t = conversation.with_message(first.clone(), now);
         t.effects = vec![
@@ -333,7 +410,10 @@ impl Conversation {
             Effect::Log(Event::MessageReceived(first)),
             Effect::Log(Event::Queued { queue: opening.queue, priority: opening.priority, reason: QueueReason::New }),
             Effect::Enqueue,
-            Effect::Customer(CustomerNotice::Queued),
+            Effect::Customer(match opening.preference {
+                Some(p) => CustomerNotice::WaitingFor(p),
+                None => CustomerNotice::Queued,
+            }),
         ];
         t
     }
@@ -346,6 +426,8 @@ impl Conversation {
     fn with_message(&self, message: Message, now: Timestamp) -> Transition {
         let mut next = self.clone();
         next.updated = now;
+        next.last_sender = message.sender;
+        next.last_activity = now;
         next.message_count = next.message_count.saturating_add(1);
         next.recent_message_ids.push(message.id);
         if next.recent_message_ids.len() > RECENT_IDS {
@@ -378,6 +460,52 @@ impl Conversation {
             Command::Transfer { by, target, note } => self.transfer(by, target, note, now),
             Command::Close { by, reason } => self.close(by, reason, now),
             Command::Requeue => self.requeue(now),
+            Command::Prefer(p) => {
+                self.expect_queued("queued")?;
+                let mut next = self.clone();
+                next.updated = now;
+                next.preference = Some(p.clone());
+                Ok(Transition {
+                    next,
+                    effects: vec![Effect::Customer(CustomerNotice::WaitingFor(p))],
+                    duplicate: false,
+                })
+            }
+            Command::EndPreference => {
+                self.expect_queued("queued")?;
+                if self.preference.is_none() {
+                    return Ok(self.unchanged());
+                }
+                let mut next = self.clone();
+                next.updated = now;
+                next.preference = None;
+                let effects = vec![
+                    Effect::Log(Event::Queued {
+                        queue: next.queue.clone(),
+                        priority: next.priority,
+                        reason: QueueReason::PreferenceEnded,
+                    }),
+                    Effect::Customer(CustomerNotice::Queued),
+                ];
+                Ok(Transition { next, effects, duplicate: false })
+            }
+            Command::MoveQueue { to, reason } => {
+                self.expect_queued("queued")?;
+                if to == self.queue {
+                    return Ok(self.unchanged());
+                }
+                let mut next = self.clone();
+                next.updated = now;
+                next.queue = to.clone();
+                next.queue_enter = now;
+                let effects = vec![
+                    Effect::Dequeue,
+                    Effect::Log(Event::Queued { queue: to, priority: next.priority, reason }),
+                    Effect::Enqueue,
+                    Effect::Customer(CustomerNotice::Queued),
+                ];
+                Ok(Transition { next, effects, duplicate: false })
+            }
         }
     }
 
@@ -438,6 +566,7 @@ impl Conversation {
         next.updated = now;
         next.status = Status::Assigned { operator: operator.clone() };
         next.declined_by.clear();
+        next.preference = None;
         next.transfer_note = note.unwrap_or_default();
         let mut effects = Vec::new();
         if self.status == Status::Queued {
@@ -556,7 +685,18 @@ impl Conversation {
             }
             TransferTarget::Queue(queue) => {
                 let mut moved = self.clone();
+                if moved.queue != queue {
+                    moved.queue_enter = now;
+                }
                 moved.queue = queue;
+                moved.transfer_note = note;
+                Ok(moved.back_to_queue(&owner, QueueReason::Transferred, ReleaseReason::Transferred, now))
+            }
+            TransferTarget::Skill(skill) => {
+                let mut moved = self.clone();
+                moved.requirements =
+                    Requirements { skills: vec![skill], language: moved.requirements.language.clone() };
+                moved.replace_queue_requirements = true;
                 moved.transfer_note = note;
                 Ok(moved.back_to_queue(&owner, QueueReason::Transferred, ReleaseReason::Transferred, now))
             }
@@ -642,6 +782,8 @@ mod tests {
             channel_config: ChannelConfigId::parse("api").unwrap(),
             queue: QueueId::parse("default").unwrap(),
             priority: 0,
+            requirements: Requirements::default(),
+            preference: None,
         };
         Conversation::open(opening, msg(100, Sender::Customer), Timestamp::from_millis(1_000)).next
     }
@@ -664,6 +806,8 @@ mod tests {
             channel_config: ChannelConfigId::parse("api").unwrap(),
             queue: QueueId::parse("default").unwrap(),
             priority: 5,
+            requirements: Requirements::default(),
+            preference: None,
         };
         let t = Conversation::open(opening, msg(100, Sender::Customer), at(1_000));
         assert_eq!(t.next.status, Status::Queued);
@@ -794,6 +938,62 @@ mod tests {
         // An operator reply already sent is still recorded after close.
         let late = closed.next.apply(Command::RecordOperatorMessage(msg(104, Sender::Operator)), at(4_000)).unwrap();
         assert!(late.effects.iter().any(|e| matches!(e, Effect::Log(Event::MessageSent(_)))));
+    }
+
+    #[test]
+    fn preferences_and_queue_moves_keep_the_original_wait() {
+        let c = opened();
+        let p = Preference { operator: op("anna"), until: at(61_000), reason: PreferenceReason::KnownOperator };
+        let waiting = c.apply(Command::Prefer(p.clone()), at(2_000)).unwrap();
+        assert_eq!(waiting.next.preference, Some(p.clone()));
+        assert_eq!(waiting.effects, vec![Effect::Customer(CustomerNotice::WaitingFor(p))]);
+        let ended = waiting.next.apply(Command::EndPreference, at(61_000)).unwrap();
+        assert_eq!(ended.next.preference, None);
+        assert!(ended.effects.contains(&Effect::Customer(CustomerNotice::Queued)));
+        let moved = ended
+            .next
+            .apply(
+                Command::MoveQueue { to: QueueId::parse("overflow").unwrap(), reason: QueueReason::Overflow },
+                at(90_000),
+            )
+            .unwrap();
+        assert_eq!(moved.next.queue.as_str(), "overflow");
+        assert_eq!(moved.next.wait_start, at(1_000), "overflow keeps the original wait");
+        assert_eq!(moved.next.queue_enter, at(90_000));
+        assert_eq!(moved.effects[0], Effect::Dequeue);
+        // Assigned conversations do not move.
+        let assigned = moved.next.apply(Command::Assign { operator: op("anna") }, at(91_000)).unwrap().next;
+        assert!(
+            assigned
+                .apply(
+                    Command::MoveQueue { to: QueueId::parse("x2").unwrap(), reason: QueueReason::Overflow },
+                    at(92_000)
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_transfer_to_a_skill_replaces_the_requirements_and_tracks_who_spoke_last() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        let replied =
+            assigned.apply(Command::RecordOperatorMessage(msg(200, Sender::Operator)), at(3_000)).unwrap().next;
+        assert_eq!((replied.last_sender, replied.last_activity), (Sender::Operator, at(3_000)));
+        let skill = SkillLevel { skill: crate::SkillId::parse("billing").unwrap(), proficiency: 3 };
+        let t = replied
+            .apply(
+                Command::Transfer {
+                    by: Actor::Operator(op("anna")),
+                    target: TransferTarget::Skill(skill.clone()),
+                    note: String::new(),
+                },
+                at(4_000),
+            )
+            .unwrap();
+        assert_eq!(t.next.status, Status::Queued);
+        assert!(t.next.replace_queue_requirements);
+        assert_eq!(t.next.requirements.skills, vec![skill]);
+        assert!(t.effects.contains(&Effect::ReleaseCapacity(op("anna"))));
     }
 
     #[test]

@@ -99,6 +99,11 @@ slug_id!(
     "skill id"
 );
 slug_id!(
+    /// A team of operators, unique within a tenant.
+    TeamId,
+    "team id"
+);
+slug_id!(
     /// One configured channel account (a bot, a number, a mailbox), unique within a tenant.
     ChannelConfigId,
     "channel config id"

@@ -7,6 +7,7 @@
 //! - [`channel`]: the text channels.
 //! - [`time`]: [`Timestamp`], a value handed in as `now`.
 //! - [`operator`]: roles, operator status, skills, operators and queues as configured.
+//! - [`routing`]: selection, expansion, business hours, weights, tenant routing settings.
 //! - [`message`]: messages, their text rules and delivery states.
 //! - [`conversation`]: the state machine `apply(command, now) -> next + effects`.
 //!
@@ -18,12 +19,14 @@ pub mod conversation;
 pub mod ids;
 pub mod message;
 pub mod operator;
+pub mod routing;
 pub mod time;
 
 pub use channel::{Channel, UnknownChannel};
 pub use conversation::{Conversation, CustomerRef, Status};
 pub use ids::{
-    ChannelConfigId, ConversationId, CustomerId, EventId, InvalidId, MessageId, OperatorId, QueueId, SkillId, TenantId,
+    ChannelConfigId, ConversationId, CustomerId, EventId, InvalidId, MessageId, OperatorId, QueueId, SkillId, TeamId,
+    TenantId,
 };
 pub use message::{DeliveryState, InvalidText, MAX_TEXT_CHARS, Message, Quoted, Sender, check_text};
 pub use operator::{InvalidConfig, Operator, OperatorStatus, Queue, Role, SkillLevel, check_display_name};

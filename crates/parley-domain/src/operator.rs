@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::{Channel, OperatorId, QueueId, SkillId, TenantId};
+use crate::routing::{BusinessHours, ExpansionStep, Requirements, Selection, check_expansion};
+use crate::{Channel, OperatorId, QueueId, SkillId, TeamId, TenantId};
 
 /// What a token lets its holder do. Exactly one per token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +111,8 @@ pub struct Operator {
     /// Conversations at once per channel; a channel not listed takes none.
     pub capacity: Vec<(Channel, u32)>,
     pub disabled: bool,
+    /// Fast-track conversations the operator cannot take go to their team first.
+    pub team: Option<TeamId>,
 }
 
 impl Operator {
@@ -153,7 +156,7 @@ impl Operator {
 }
 
 /// A queue's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Queue {
     pub tenant: TenantId,
     pub id: QueueId,
@@ -163,6 +166,18 @@ pub struct Queue {
     pub priority: i32,
     /// `None`: assign at once without an offer.
     pub offer_timeout: Option<Duration>,
+    pub selection: Selection,
+    /// Once waited this long, served before newer conversations of higher-priority queues.
+    pub aging_delay: Option<Duration>,
+    /// Once waited this long in this queue, moved to `overflow` (or, without it, anyone
+    /// may take it).
+    pub max_wait: Option<Duration>,
+    pub overflow: Option<QueueId>,
+    pub expansion: Vec<ExpansionStep>,
+    /// `None`: always open.
+    pub business_hours: Option<BusinessHours>,
+    /// Where conversations go while closed; `None`: they wait for opening time.
+    pub after_hours: Option<QueueId>,
 }
 
 impl Queue {
@@ -179,7 +194,42 @@ impl Queue {
         {
             return Err(InvalidConfig::new("offer_timeout", "must be 0 (no offer) or 5 s to 10 min"));
         }
+        if let Some(d) = self.aging_delay
+            && d > Duration::from_secs(24 * 3600)
+        {
+            return Err(InvalidConfig::new("aging_delay", "must be at most 24 h"));
+        }
+        if let Some(d) = self.max_wait
+            && (d < Duration::from_secs(10) || d > Duration::from_secs(7 * 24 * 3600))
+        {
+            return Err(InvalidConfig::new("max_wait", "must be 10 s to 7 days"));
+        }
+        if self.overflow.is_some() && self.max_wait.is_none() {
+            return Err(InvalidConfig::new("overflow_queue_id", "needs a max_wait"));
+        }
+        for (field, target) in [("overflow_queue_id", &self.overflow), ("after_hours_queue_id", &self.after_hours)] {
+            if target.as_ref() == Some(&self.id) {
+                return Err(InvalidConfig::new(field, "must be another queue"));
+            }
+        }
+        if self.after_hours.is_some() && self.business_hours.is_none() {
+            return Err(InvalidConfig::new("after_hours_queue_id", "needs business_hours"));
+        }
+        check_expansion(&self.expansion)?;
+        if let Some(h) = &self.business_hours {
+            h.validate()?;
+        }
         Ok(())
+    }
+
+    /// The queue's own requirements.
+    pub fn requirements(&self) -> Requirements {
+        Requirements { skills: self.required_skills.clone(), language: self.language.clone() }
+    }
+
+    /// Whether the queue is open at `now` (always, without business hours).
+    pub fn is_open(&self, now: crate::Timestamp) -> bool {
+        self.business_hours.as_ref().is_none_or(|h| h.is_open(now))
     }
 }
 
@@ -216,6 +266,7 @@ mod tests {
             languages: vec!["ru".into()],
             capacity: vec![(Channel::Api, 3)],
             disabled: false,
+            team: None,
         }
     }
 

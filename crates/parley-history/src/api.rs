@@ -13,7 +13,7 @@ use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::writer::StoredCandidate;
+use crate::writer::{StoredCandidate, StoredRequirements};
 
 /// The gRPC service.
 pub struct HistoryApi {
@@ -252,6 +252,7 @@ impl HistoryService for HistoryApi {
             .into_iter()
             .map(|d| {
                 let candidates: Vec<StoredCandidate> = serde_json::from_str(&d.candidates_json).unwrap_or_default();
+                let requirements: StoredRequirements = serde_json::from_str(&d.requirements_json).unwrap_or_default();
                 v1::RoutingDecision {
                     id: d.id.to_string(),
                     conversation_id: d.conversation_id.to_string(),
@@ -265,9 +266,19 @@ impl HistoryService for HistoryApi {
                             excluded_because: c.excluded_because,
                             load: c.load,
                             capacity: c.capacity,
+                            weighted_load: c.weighted_load,
+                            score: c.score.unwrap_or(f64::INFINITY),
                         })
                         .collect(),
                     decide_time: Some(convert::timestamp(d.decided_at)),
+                    strategy: d.strategy,
+                    tie_breaker: d.tie_breaker,
+                    required_skills: requirements
+                        .skills
+                        .into_iter()
+                        .map(|(skill, proficiency)| v1::SkillLevel { skill, proficiency })
+                        .collect(),
+                    language: requirements.language,
                 }
             })
             .collect();

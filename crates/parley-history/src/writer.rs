@@ -21,13 +21,27 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 /// A routing candidate as stored in `routing_decisions.candidates`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredCandidate {
     pub operator_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub excluded_because: String,
     pub load: u32,
     pub capacity: u32,
+    #[serde(default)]
+    pub weighted_load: f64,
+    /// `None` when not ranked (excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+/// The requirements a decision applied, as stored in `routing_decisions.requirements`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StoredRequirements {
+    #[serde(default)]
+    pub skills: Vec<(String, u32)>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub language: String,
 }
 
 /// The conversation's row from the state summary a record carries.
@@ -114,8 +128,14 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
                         excluded_because: c.excluded_because.clone(),
                         load: c.load,
                         capacity: c.capacity,
+                        weighted_load: c.weighted_load,
+                        score: c.score.is_finite().then_some(c.score),
                     })
                     .collect();
+                let requirements = StoredRequirements {
+                    skills: d.required_skills.iter().map(|s| (s.skill.clone(), s.proficiency)).collect(),
+                    language: d.language.clone(),
+                };
                 batch.decisions.push(DecisionRow {
                     id: uuid::Uuid::parse_str(&d.id).map_err(|e| format!("decision id: {e}"))?,
                     conversation_id,
@@ -125,6 +145,9 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
                     // Serializing plain structs cannot fail.
                     candidates_json: serde_json::to_string(&candidates).expect("candidates serialize"),
                     decided_at: convert::from_timestamp(d.decide_time.as_ref()),
+                    strategy: d.strategy.clone(),
+                    tie_breaker: d.tie_breaker.clone(),
+                    requirements_json: serde_json::to_string(&requirements).expect("requirements serialize"),
                 });
             }
             Some(Kind::Queued(_)) | Some(Kind::Offered(_)) | Some(Kind::Closed(_)) | Some(Kind::Delivery(_)) | None => {

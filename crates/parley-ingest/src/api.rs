@@ -83,6 +83,24 @@ impl ApiChannelService for ApiChannel {
                 return Err(ApiError::not_found(format!("queue {q} not found")).into());
             }
         }
+        let mut required_skills = Vec::with_capacity(r.required_skills.len());
+        for s in &r.required_skills {
+            let level =
+                convert::from_skill_level("required_skills", s).map_err(|e| ApiError::invalid(e.to_string()))?;
+            let known =
+                self.cache.with_tenant(&p.tenant, |t| t.is_some_and(|t| t.skills.contains_key(level.skill.as_str())));
+            if !known {
+                return Err(ApiError::not_found(format!("skill {} not found", level.skill)).into());
+            }
+            required_skills.push(convert::skill_level(&level));
+        }
+        let iso_639_1 = r.language.len() == 2 && r.language.bytes().all(|b| b.is_ascii_lowercase());
+        if !r.language.is_empty() && !iso_639_1 {
+            return Err(ApiError::invalid("language must be a lowercase ISO 639-1 code, e.g. \"ru\"").into());
+        }
+        if r.fast_track_code.len() > 16 || r.fast_track_code.chars().any(|c| !c.is_ascii_alphanumeric()) {
+            return Err(ApiError::invalid("fast_track_code must be up to 16 letters and digits").into());
+        }
         let channel = self.api_channel(&p.tenant)?;
         let tenant = &p.tenant;
         let customer_id = CustomerId::derive(tenant, Channel::Api, &r.customer_ref);
@@ -101,6 +119,9 @@ impl ApiChannelService for ApiChannel {
             queue_id: r.queue_id,
             channel_message_id: r.idempotency_key,
             receive_time: Some(convert::timestamp(now)),
+            required_skills,
+            language: r.language,
+            fast_track_code: r.fast_track_code,
         };
         let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
         let subject = topology::inbound_subject(tenant, Channel::Api);

@@ -12,8 +12,10 @@ use std::sync::{Arc, RwLock};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parley_domain::{Role, TenantId};
+use parley_domain::routing::RoutingSettings;
+use parley_domain::{Operator, Queue, Role, TenantId};
 use parley_kit::auth::{AuthError, Directory, Principal};
+use parley_proto::convert;
 use parley_proto::prost::Message as _;
 use parley_proto::{events, prost, v1};
 use tokio::sync::watch;
@@ -22,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 /// The kinds of entry under a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// The tenant's routing settings (one entry, id `settings`).
+    Routing,
+    FastTrack,
     Operator,
     Queue,
     Skill,
@@ -32,6 +37,8 @@ pub enum Kind {
 impl Kind {
     const fn as_str(self) -> &'static str {
         match self {
+            Kind::Routing => "routing",
+            Kind::FastTrack => "ftcode",
             Kind::Operator => "operator",
             Kind::Queue => "queue",
             Kind::Skill => "skill",
@@ -60,6 +67,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0} was changed concurrently (revision mismatch); re-read and retry")]
     Conflict(String),
+    /// The same change (by its dedupe id) was stored before: nothing to do.
+    #[error("{0} already has this change")]
+    AlreadyApplied(String),
     #[error("configuration store unavailable: {0}")]
     Unavailable(String),
 }
@@ -149,6 +159,13 @@ pub struct TenantConfig {
     pub skills: BTreeMap<String, v1::Skill>,
     pub channels: BTreeMap<String, v1::ChannelConfig>,
     pub tokens: BTreeMap<String, events::TokenRecord>,
+    pub routing: Option<v1::RoutingSettings>,
+    pub fast_track: BTreeMap<String, events::FastTrackRecord>,
+    /// The operators and queues decoded once, as routing decides with them (entries that
+    /// fail to decode are left out, and logged).
+    pub operator_models: BTreeMap<String, Arc<Operator>>,
+    pub queue_models: BTreeMap<String, Arc<Queue>>,
+    pub settings_model: RoutingSettings,
 }
 
 type Snapshot = HashMap<String, TenantConfig>;
@@ -252,10 +269,76 @@ impl ConfigCache {
         self.with_tenant(tenant, |t| t.and_then(|t| t.channels.get(id).cloned()))
     }
 
+    /// An operator as routing decides with it.
+    pub fn operator_model(&self, tenant: &TenantId, id: &str) -> Option<Arc<Operator>> {
+        self.with_tenant(tenant, |t| t.and_then(|t| t.operator_models.get(id).cloned()))
+    }
+
+    /// Every operator of the tenant as routing decides with them.
+    pub fn operator_models(&self, tenant: &TenantId) -> Vec<Arc<Operator>> {
+        self.with_tenant(tenant, |t| t.map(|t| t.operator_models.values().cloned().collect()).unwrap_or_default())
+    }
+
+    /// A queue as routing decides with it.
+    pub fn queue_model(&self, tenant: &TenantId, id: &str) -> Option<Arc<Queue>> {
+        self.with_tenant(tenant, |t| t.and_then(|t| t.queue_models.get(id).cloned()))
+    }
+
+    /// Every queue of the tenant as routing decides with them.
+    pub fn queue_models(&self, tenant: &TenantId) -> Vec<Arc<Queue>> {
+        self.with_tenant(tenant, |t| t.map(|t| t.queue_models.values().cloned().collect()).unwrap_or_default())
+    }
+
+    /// The tenant's routing settings (the defaults until an admin changes them).
+    pub fn routing_settings(&self, tenant: &TenantId) -> RoutingSettings {
+        self.with_tenant(tenant, |t| t.map(|t| t.settings_model.clone()).unwrap_or_default())
+    }
+
+    /// A fast-track code of the tenant.
+    pub fn fast_track(&self, tenant: &TenantId, code: &str) -> Option<events::FastTrackRecord> {
+        self.with_tenant(tenant, |t| t.and_then(|t| t.fast_track.get(code).cloned()))
+    }
+
     /// Reads an entry from the store when the cache does not have it yet (created a moment
     /// ago through another replica).
     async fn read_through<P: prost::Message + Default>(&self, key: &str) -> Option<P> {
         self.store.get::<P>(key).await.ok().flatten().map(|(v, _)| v)
+    }
+}
+
+/// Re-decodes the domain model of the one entry that changed (operator, queue or
+/// settings), so routing decides with decoded values without decoding per decision.
+fn remodel(t: &mut TenantConfig, tenant: &str, kind: &str, id: &str) {
+    let Ok(tenant_id) = TenantId::parse(tenant) else { return };
+    match kind {
+        "operator" => match t.operators.get(id).map(|o| convert::from_operator(&tenant_id, o)) {
+            Some(Ok(m)) => {
+                t.operator_models.insert(id.to_owned(), Arc::new(m));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(tenant, operator = id, error = %e, "operator left out of routing");
+                t.operator_models.remove(id);
+            }
+            None => {
+                t.operator_models.remove(id);
+            }
+        },
+        "queue" => match t.queues.get(id).map(|q| convert::from_queue(&tenant_id, q)) {
+            Some(Ok(m)) => {
+                t.queue_models.insert(id.to_owned(), Arc::new(m));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(tenant, queue = id, error = %e, "queue left out of routing");
+                t.queue_models.remove(id);
+            }
+            None => {
+                t.queue_models.remove(id);
+            }
+        },
+        _ => {
+            t.settings_model =
+                t.routing.as_ref().and_then(|r| convert::from_routing_settings(r).ok()).unwrap_or_default();
+        }
     }
 }
 
@@ -266,6 +349,7 @@ fn apply(inner: &RwLock<Snapshot>, entry: kv::Entry) {
         return;
     };
     let id = parts.next().unwrap_or("").to_owned();
+    let id_copy = id.clone();
     let put = entry.operation == kv::Operation::Put;
     let mut guard = inner.write().unwrap_or_else(|p| p.into_inner());
     let t = guard.entry(tenant.to_owned()).or_default();
@@ -300,8 +384,29 @@ fn apply(inner: &RwLock<Snapshot>, entry: kv::Entry) {
                 t.tenant = None;
             }
         }
-        "operator" => upsert!(t.operators, v1::Operator, |v: &mut v1::Operator, r| v.revision = r),
-        "queue" => upsert!(t.queues, v1::Queue, |v: &mut v1::Queue, r| v.revision = r),
+        "operator" => {
+            upsert!(t.operators, v1::Operator, |v: &mut v1::Operator, r| v.revision = r);
+            remodel(t, tenant, kind, &id_copy);
+        }
+        "queue" => {
+            upsert!(t.queues, v1::Queue, |v: &mut v1::Queue, r| v.revision = r);
+            remodel(t, tenant, kind, &id_copy);
+        }
+        "routing" => {
+            if put {
+                match v1::RoutingSettings::decode(value) {
+                    Ok(mut v) => {
+                        v.revision = revision;
+                        t.routing = Some(v);
+                    }
+                    Err(e) => tracing::warn!(key = %entry.key, error = %e, "undecodable routing settings"),
+                }
+            } else {
+                t.routing = None;
+            }
+            remodel(t, tenant, kind, &id_copy);
+        }
+        "ftcode" => upsert!(t.fast_track, events::FastTrackRecord, |_: &mut events::FastTrackRecord, _| ()),
         "skill" => upsert!(t.skills, v1::Skill, |_: &mut v1::Skill, _| ()),
         "channel" => upsert!(t.channels, v1::ChannelConfig, |v: &mut v1::ChannelConfig, r| v.revision = r),
         "token" => upsert!(t.tokens, events::TokenRecord, |_: &mut events::TokenRecord, _| ()),

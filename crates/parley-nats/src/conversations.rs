@@ -5,7 +5,7 @@
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use parley_domain::{Conversation, ConversationId, CustomerId, TenantId};
+use parley_domain::{Conversation, ConversationId, CustomerId, OperatorId, TenantId, Timestamp};
 use parley_proto::convert;
 use parley_proto::events;
 use parley_proto::prost::Message as _;
@@ -41,6 +41,10 @@ impl std::fmt::Debug for ConversationLog {
 
 fn open_key(tenant: &TenantId, customer: CustomerId) -> String {
     format!("{tenant}.open.{customer}")
+}
+
+fn last_key(tenant: &TenantId, customer: CustomerId) -> String {
+    format!("{tenant}.last.{customer}")
 }
 
 /// Decodes a record's state, checking it belongs to `tenant`.
@@ -86,7 +90,10 @@ impl ConversationLog {
     }
 
     /// Appends a transition if the conversation is still at `expected` (0: new); on a race
-    /// returns `Conflict` and the caller re-reads.
+    /// returns `Conflict` and the caller re-reads. A record whose id (its dedupe id) was
+    /// appended before — the same message applied again after a redelivery — returns
+    /// `AlreadyApplied`: JetStream's deduplication makes applying a message exactly once
+    /// per conversation a property of the log, not of how many ids the state remembers.
     pub async fn append(
         &self,
         tenant: &TenantId,
@@ -100,7 +107,7 @@ impl ConversationLog {
             .publish_expecting(subject.clone(), &record.record_id, &record.conversation_id, record, Some(expected))
             .await
         {
-            Ok(p) if p.duplicate => Err(StoreError::Conflict(subject)),
+            Ok(p) if p.duplicate => Err(StoreError::AlreadyApplied(subject)),
             Ok(p) => Ok(p.sequence),
             Err(e) if e.conflict => Err(StoreError::Conflict(subject)),
             Err(e) => Err(unavailable(e)),
@@ -135,6 +142,72 @@ impl ConversationLog {
         self.pointers.create(key.as_str(), Bytes::from(id.to_string())).await.map_err(|e| {
             if e.kind() == kv::CreateErrorKind::AlreadyExists { StoreError::AlreadyExists(key) } else { unavailable(e) }
         })
+    }
+
+    /// Who served the customer last, and when their conversation ended.
+    pub async fn last_operator(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+    ) -> Result<Option<(OperatorId, Timestamp)>, StoreError> {
+        match self.pointers.entry(last_key(tenant, customer)).await.map_err(unavailable)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let last = events::LastOperator::decode(e.value).map_err(unavailable)?;
+                let op = OperatorId::parse(&last.operator_id).map_err(unavailable)?;
+                Ok(Some((op, convert::from_timestamp(last.time.as_ref()))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Remembers who served the customer, for their next conversation.
+    pub async fn set_last_operator(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        op: &OperatorId,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let value = events::LastOperator { operator_id: op.to_string(), time: Some(convert::timestamp(at)) };
+        self.pointers.put(last_key(tenant, customer), Bytes::from(value.encode_to_vec())).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Reads every record of a conversation, oldest first (for explaining its routing).
+    pub async fn history(
+        &self,
+        tenant: &TenantId,
+        id: ConversationId,
+    ) -> Result<Vec<events::ConversationRecord>, StoreError> {
+        use futures_util::StreamExt;
+        let subject = topology::events_subject(tenant, id);
+        let last = match self.stream.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let consumer = self
+            .stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        while let Some(m) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), messages.next()).await.map_err(unavailable)?
+        {
+            let m = m.map_err(unavailable)?;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            out.push(events::ConversationRecord::decode(m.payload.clone()).map_err(unavailable)?);
+            if seq >= last {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Clears the customer's open conversation if the pointer is still at `revision`.

@@ -163,7 +163,7 @@ impl Sessions {
                 }
             }
         }
-        if let Err(e) = self.redis.end_session(&tenant, &operator, &session).await {
+        if let Err(e) = self.redis.end_session(&tenant, &operator, &session, clock::now()).await {
             tracing::warn!(error = %e, "ending session in redis");
         }
         tracing::info!(tenant = %tenant, operator = %operator, session, "desk session closed");

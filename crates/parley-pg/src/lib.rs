@@ -217,6 +217,9 @@ pub struct DecisionRow {
     pub reason: String,
     pub candidates_json: String,
     pub decided_at: Timestamp,
+    pub strategy: String,
+    pub tie_breaker: String,
+    pub requirements_json: String,
 }
 
 /// Rows of one tenant to write together.
@@ -400,14 +403,31 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let reasons: Vec<&str> = d.iter().map(|d| d.reason.as_str()).collect();
         let candidates: Vec<&str> = d.iter().map(|d| d.candidates_json.as_str()).collect();
         let at = times(d.iter().map(|d| d.decided_at));
+        let strategies: Vec<&str> = d.iter().map(|d| d.strategy.as_str()).collect();
+        let tie_breakers: Vec<&str> = d.iter().map(|d| d.tie_breaker.as_str()).collect();
+        let requirements: Vec<&str> = d.iter().map(|d| d.requirements_json.as_str()).collect();
         tx.execute(
             "INSERT INTO routing_decisions (tenant_id, id, conversation_id, queue_id, chosen_operator_id, reason,
-                                            candidates, decided_at)
-             SELECT $1, u.id, u.conv, u.queue, u.chosen, u.reason, u.candidates::jsonb, u.at
-             FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
-                  AS u(id, conv, queue, chosen, reason, candidates, at)
+                                            candidates, decided_at, strategy, tie_breaker, requirements)
+             SELECT $1, u.id, u.conv, u.queue, u.chosen, u.reason, u.candidates::jsonb, u.at, u.strategy, u.tie,
+                    u.requirements::jsonb
+             FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+                         $9::text[], $10::text[], $11::text[])
+                  AS u(id, conv, queue, chosen, reason, candidates, at, strategy, tie, requirements)
              ON CONFLICT (tenant_id, id) DO NOTHING",
-            &[&tenant, &ids, &convs, &queues, &chosen, &reasons, &candidates, &at],
+            &[
+                &tenant,
+                &ids,
+                &convs,
+                &queues,
+                &chosen,
+                &reasons,
+                &candidates,
+                &at,
+                &strategies,
+                &tie_breakers,
+                &requirements,
+            ],
         )
         .await?;
     }
@@ -603,7 +623,8 @@ impl Db {
             Box::pin(async move {
                 let rows = tx
                     .query(
-                        "SELECT id, conversation_id, queue_id, chosen_operator_id, reason, candidates::text, decided_at
+                        "SELECT id, conversation_id, queue_id, chosen_operator_id, reason, candidates::text, decided_at,
+                                strategy, tie_breaker, requirements::text
                          FROM routing_decisions WHERE conversation_id = $1 ORDER BY decided_at, id",
                         &[&conversation],
                     )
@@ -618,6 +639,9 @@ impl Db {
                         reason: r.get(4),
                         candidates_json: r.get(5),
                         decided_at: from_system_time(r.get(6)),
+                        strategy: r.get(7),
+                        tie_breaker: r.get(8),
+                        requirements_json: r.get(9),
                     })
                     .collect())
             })

@@ -5,7 +5,10 @@
 use tokio_postgres::NoTls;
 
 /// (version, name, SQL), in order. Never edit an applied migration: add the next one.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "decision_details", include_str!("../migrations/0002_decision_details.sql")),
+];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
 const LOCK_KEY: i64 = 0x7061_726c_6579;

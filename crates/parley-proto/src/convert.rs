@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use parley_domain::conversation::{CustomerRef, Status};
+use parley_domain::conversation::{CustomerRef, Preference, PreferenceReason, Status};
+use parley_domain::routing::{BusinessHours, ExpansionStep, Requirements, RoutingSettings, Selection, Window};
 use parley_domain::{
     Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, DeliveryState, Message, MessageId, Operator,
-    OperatorId, OperatorStatus, Queue, QueueId, Quoted, Role, Sender, SkillId, SkillLevel, TenantId, Timestamp,
+    OperatorId, OperatorStatus, Queue, QueueId, Quoted, Role, Sender, SkillId, SkillLevel, TeamId, TenantId, Timestamp,
 };
 
 use crate::{events, v1};
@@ -315,6 +316,15 @@ pub fn conversation_state(c: &Conversation) -> events::ConversationState {
         transfer_note: c.transfer_note.clone(),
         close_time: opt_timestamp(c.closed_at),
         recent_messages: c.recent_messages.iter().map(message).collect(),
+        required_skills: c.requirements.skills.iter().map(skill_level).collect(),
+        language: c.requirements.language.clone().unwrap_or_default(),
+        replace_queue_requirements: c.replace_queue_requirements,
+        preferred_operator_id: c.preference.as_ref().map(|p| p.operator.to_string()).unwrap_or_default(),
+        preferred_until: c.preference.as_ref().map(|p| timestamp(p.until)),
+        preference_reason: c.preference.as_ref().map(|p| p.reason.as_str().to_owned()).unwrap_or_default(),
+        queue_enter_time: Some(timestamp(c.queue_enter)),
+        last_sender: sender(c.last_sender) as i32,
+        last_activity_time: Some(timestamp(c.last_activity)),
     }
 }
 
@@ -365,6 +375,25 @@ pub fn from_conversation_state(s: &events::ConversationState) -> Result<Conversa
         message_count: s.message_count,
         transfer_note: s.transfer_note.clone(),
         closed_at: s.close_time.as_ref().map(|t| from_timestamp(Some(t))),
+        requirements: Requirements {
+            skills: s.required_skills.iter().map(|k| from_skill_level("required_skills", k)).collect::<Result<_>>()?,
+            language: (!s.language.is_empty()).then(|| s.language.clone()),
+        },
+        replace_queue_requirements: s.replace_queue_requirements,
+        preference: if s.preferred_operator_id.is_empty() {
+            None
+        } else {
+            Some(Preference {
+                operator: operator_id("preferred_operator_id", &s.preferred_operator_id)?,
+                until: from_timestamp(s.preferred_until.as_ref()),
+                reason: PreferenceReason::parse(&s.preference_reason).ok_or_else(|| {
+                    ConvertError::new("preference_reason", format!("unknown {:?}", s.preference_reason))
+                })?,
+            })
+        },
+        queue_enter: from_timestamp(s.queue_enter_time.as_ref().or(s.wait_start_time.as_ref())),
+        last_sender: from_sender("last_sender", s.last_sender).unwrap_or(Sender::Customer),
+        last_activity: from_timestamp(s.last_activity_time.as_ref().or(s.update_time.as_ref())),
     })
 }
 
@@ -394,6 +423,7 @@ pub fn from_operator(tenant: &TenantId, o: &v1::Operator) -> Result<Operator> {
             .map(|c| Ok((from_channel("operator.capacity.channel", c.channel)?, c.max_conversations)))
             .collect::<Result<_>>()?,
         disabled: o.disabled,
+        team: if o.team.is_empty() { None } else { Some(field("operator.team", TeamId::parse(&o.team))?) },
     };
     op.validate().map_err(|e| ConvertError::new(format!("operator.{}", e.field), e.why))?;
     Ok(op)
@@ -412,6 +442,7 @@ pub fn operator(o: &Operator, revision: u64) -> v1::Operator {
             .collect(),
         disabled: o.disabled,
         revision,
+        team: o.team.as_ref().map(|t| t.to_string()).unwrap_or_default(),
     }
 }
 
@@ -428,6 +459,37 @@ pub fn from_queue(tenant: &TenantId, q: &v1::Queue) -> Result<Queue> {
         language: if q.language.is_empty() { None } else { Some(q.language.clone()) },
         priority: q.priority,
         offer_timeout: from_duration("queue.offer_timeout", q.offer_timeout.as_ref())?,
+        selection: match v1::SelectionStrategy::try_from(q.selection) {
+            Ok(v1::SelectionStrategy::Unspecified) | Ok(v1::SelectionStrategy::LeastOccupied) => {
+                Selection::LeastOccupied
+            }
+            Ok(v1::SelectionStrategy::LongestIdle) => Selection::LongestIdle,
+            Ok(v1::SelectionStrategy::RoundRobin) => Selection::RoundRobin,
+            Err(_) => return Err(ConvertError::new("queue.selection", format!("unknown strategy {}", q.selection))),
+        },
+        aging_delay: from_duration("queue.aging_delay", q.aging_delay.as_ref())?,
+        max_wait: from_duration("queue.max_wait", q.max_wait.as_ref())?,
+        overflow: optional_queue("queue.overflow_queue_id", &q.overflow_queue_id)?,
+        expansion: q
+            .expansion
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let name = format!("queue.expansion[{i}]");
+                Ok(ExpansionStep {
+                    after: from_duration(&format!("{name}.after"), e.after.as_ref())?.unwrap_or_default(),
+                    proficiency_drop: u8::try_from(e.proficiency_drop).unwrap_or(u8::MAX),
+                    remove_skills: e
+                        .remove_skills
+                        .iter()
+                        .map(|s| skill_id(&format!("{name}.remove_skills"), s))
+                        .collect::<Result<_>>()?,
+                    drop_language: e.drop_language,
+                })
+            })
+            .collect::<Result<_>>()?,
+        business_hours: q.business_hours.as_ref().map(from_business_hours).transpose()?,
+        after_hours: optional_queue("queue.after_hours_queue_id", &q.after_hours_queue_id)?,
     };
     queue.validate().map_err(|e| ConvertError::new(format!("queue.{}", e.field), e.why))?;
     Ok(queue)
@@ -441,6 +503,119 @@ pub fn queue(q: &Queue, revision: u64) -> v1::Queue {
         language: q.language.clone().unwrap_or_default(),
         priority: q.priority,
         offer_timeout: q.offer_timeout.map(duration),
+        revision,
+        selection: match q.selection {
+            Selection::LeastOccupied => v1::SelectionStrategy::LeastOccupied,
+            Selection::LongestIdle => v1::SelectionStrategy::LongestIdle,
+            Selection::RoundRobin => v1::SelectionStrategy::RoundRobin,
+        } as i32,
+        aging_delay: q.aging_delay.map(duration),
+        max_wait: q.max_wait.map(duration),
+        overflow_queue_id: q.overflow.as_ref().map(|q| q.to_string()).unwrap_or_default(),
+        expansion: q
+            .expansion
+            .iter()
+            .map(|e| v1::ExpansionStep {
+                after: Some(duration(e.after)),
+                proficiency_drop: u32::from(e.proficiency_drop),
+                remove_skills: e.remove_skills.iter().map(|s| s.to_string()).collect(),
+                drop_language: e.drop_language,
+            })
+            .collect(),
+        business_hours: q.business_hours.as_ref().map(|h| v1::BusinessHours {
+            time_zone: h.time_zone_name.clone(),
+            windows: h
+                .windows
+                .iter()
+                .map(|w| v1::OpeningWindow {
+                    day: i32::from(w.day),
+                    open: format!("{:02}:{:02}", w.open_minute / 60, w.open_minute % 60),
+                    close: format!("{:02}:{:02}", w.close_minute / 60, w.close_minute % 60),
+                })
+                .collect(),
+        }),
+        after_hours_queue_id: q.after_hours.as_ref().map(|q| q.to_string()).unwrap_or_default(),
+    }
+}
+
+fn optional_queue(name: &str, value: &str) -> Result<Option<QueueId>> {
+    if value.is_empty() { Ok(None) } else { Ok(Some(queue_id(name, value)?)) }
+}
+
+/// Decodes business hours, resolving the IANA time zone with the tz database compiled in.
+pub fn from_business_hours(h: &v1::BusinessHours) -> Result<BusinessHours> {
+    let time_zone = jiff::tz::TimeZone::get(&h.time_zone).map_err(|_| {
+        ConvertError::new("queue.business_hours.time_zone", format!("{:?} is not an IANA time zone", h.time_zone))
+    })?;
+    let windows = h
+        .windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let name = format!("queue.business_hours.windows[{i}]");
+            let day = match v1::DayOfWeek::try_from(w.day) {
+                Ok(v1::DayOfWeek::Unspecified) | Err(_) => {
+                    return Err(ConvertError::new(format!("{name}.day"), "must be a day of the week"));
+                }
+                Ok(d) => d as u8,
+            };
+            let time = |f: &str, v: &str| {
+                BusinessHours::parse_time(&format!("{name}.{f}"), v).map_err(|e| ConvertError::new(e.field, e.why))
+            };
+            Ok(Window { day, open_minute: time("open", &w.open)?, close_minute: time("close", &w.close)? })
+        })
+        .collect::<Result<_>>()?;
+    Ok(BusinessHours { time_zone_name: h.time_zone.clone(), time_zone, windows })
+}
+
+/// Decodes routing settings (unset fields take their defaults) and validates them.
+pub fn from_routing_settings(s: &v1::RoutingSettings) -> Result<RoutingSettings> {
+    let d = RoutingSettings::default();
+    let weight = |name: &str, w: f64, default: u32| -> Result<u32> {
+        if w == 0.0 {
+            return Ok(default);
+        }
+        if !(0.1..=1.0).contains(&w) {
+            return Err(ConvertError::new(name, format!("must be 0.1 to 1, got {w}")));
+        }
+        Ok((w * 1000.0).round() as u32)
+    };
+    let settings = RoutingSettings {
+        known_operator_window: match &s.known_operator_window {
+            None => d.known_operator_window,
+            Some(w) => from_duration("known_operator_window", Some(w))?,
+        },
+        known_operator_wait: from_duration("known_operator_wait", s.known_operator_wait.as_ref())?
+            .unwrap_or(d.known_operator_wait),
+        waiting_weight_milli: weight("waiting_weight", s.waiting_weight, d.waiting_weight_milli)?,
+        idle_weight_milli: weight("idle_weight", s.idle_weight, d.idle_weight_milli)?,
+        idle_after: from_duration("idle_after", s.idle_after.as_ref())?.unwrap_or(d.idle_after),
+        reroute_after: match &s.reroute_after {
+            None => d.reroute_after,
+            Some(w) => from_duration("reroute_after", Some(w))?,
+        },
+        fast_track_ttl: from_duration("fast_track_ttl", s.fast_track_ttl.as_ref())?.unwrap_or(d.fast_track_ttl),
+        fast_track_max_attempts: if s.fast_track_max_attempts == 0 {
+            d.fast_track_max_attempts
+        } else {
+            s.fast_track_max_attempts
+        },
+    };
+    settings.validate().map_err(|e| ConvertError::new(e.field, e.why))?;
+    Ok(settings)
+}
+
+pub fn routing_settings(s: &RoutingSettings, revision: u64) -> v1::RoutingSettings {
+    v1::RoutingSettings {
+        // An explicit zero says "off".
+        known_operator_window: Some(duration(s.known_operator_window.unwrap_or_default())),
+        known_operator_wait: Some(duration(s.known_operator_wait)),
+        waiting_weight: f64::from(s.waiting_weight_milli) / 1000.0,
+        idle_weight: f64::from(s.idle_weight_milli) / 1000.0,
+        idle_after: Some(duration(s.idle_after)),
+        reroute_after: Some(duration(s.reroute_after.unwrap_or_default())),
+        fast_track_ttl: Some(duration(s.fast_track_ttl)),
+        fast_track_max_attempts: s.fast_track_max_attempts,
         revision,
     }
 }
@@ -480,6 +655,15 @@ mod tests {
             channel_config: ChannelConfigId::parse("api").unwrap(),
             queue: QueueId::parse("default").unwrap(),
             priority: 3,
+            requirements: Requirements {
+                skills: vec![SkillLevel::new(SkillId::parse("vip").unwrap(), 2).unwrap()],
+                language: Some("ru".into()),
+            },
+            preference: Some(Preference {
+                operator: OperatorId::parse("boris").unwrap(),
+                until: Timestamp::from_millis(61_000),
+                reason: PreferenceReason::KnownOperator,
+            }),
         };
         let opened = Conversation::open(opening, first, Timestamp::from_millis(1_000)).next;
         let offered = opened
@@ -493,6 +677,65 @@ mod tests {
             let back = from_conversation_state(&conversation_state(&c)).unwrap();
             assert_eq!(back, c);
         }
+    }
+
+    #[test]
+    fn a_full_queue_round_trips_and_bad_fields_are_named() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let q = v1::Queue {
+            id: "billing".into(),
+            display_name: "Billing".into(),
+            required_skills: vec![v1::SkillLevel { skill: "billing".into(), proficiency: 4 }],
+            language: "ru".into(),
+            priority: 5,
+            offer_timeout: Some(duration(Duration::from_secs(20))),
+            selection: v1::SelectionStrategy::RoundRobin as i32,
+            aging_delay: Some(duration(Duration::from_secs(120))),
+            max_wait: Some(duration(Duration::from_secs(600))),
+            overflow_queue_id: "general".into(),
+            expansion: vec![v1::ExpansionStep {
+                after: Some(duration(Duration::from_secs(60))),
+                proficiency_drop: 2,
+                remove_skills: vec![],
+                drop_language: true,
+            }],
+            business_hours: Some(v1::BusinessHours {
+                time_zone: "Europe/Moscow".into(),
+                windows: vec![v1::OpeningWindow {
+                    day: v1::DayOfWeek::Monday as i32,
+                    open: "09:00".into(),
+                    close: "18:30".into(),
+                }],
+            }),
+            after_hours_queue_id: "night".into(),
+            revision: 0,
+        };
+        let domain = from_queue(&tenant, &q).unwrap();
+        assert_eq!(domain.selection, Selection::RoundRobin);
+        assert_eq!(queue(&domain, 0), q);
+        let mut bad = q.clone();
+        bad.business_hours.as_mut().unwrap().time_zone = "Mars/Olympus".into();
+        assert_eq!(from_queue(&tenant, &bad).unwrap_err().field, "queue.business_hours.time_zone");
+        let mut bad = q.clone();
+        bad.business_hours.as_mut().unwrap().windows[0].close = "08:00".into();
+        assert!(from_queue(&tenant, &bad).unwrap_err().field.starts_with("queue.business_hours.windows"));
+        let mut bad = q.clone();
+        bad.overflow_queue_id = "billing".into();
+        assert_eq!(from_queue(&tenant, &bad).unwrap_err().field, "queue.overflow_queue_id");
+        let mut bad = q;
+        bad.max_wait = None;
+        assert_eq!(from_queue(&tenant, &bad).unwrap_err().field, "queue.overflow_queue_id");
+    }
+
+    #[test]
+    fn routing_settings_default_when_unset_and_refuse_bad_weights() {
+        let defaults = from_routing_settings(&v1::RoutingSettings::default()).unwrap();
+        assert_eq!(defaults, RoutingSettings::default());
+        let off = v1::RoutingSettings { known_operator_window: Some(duration(Duration::ZERO)), ..Default::default() };
+        assert_eq!(from_routing_settings(&off).unwrap().known_operator_window, None);
+        let bad = v1::RoutingSettings { waiting_weight: 1.5, ..Default::default() };
+        assert_eq!(from_routing_settings(&bad).unwrap_err().field, "waiting_weight");
+        assert_eq!(from_routing_settings(&routing_settings(&defaults, 0)).unwrap(), defaults);
     }
 
     #[test]

@@ -7,24 +7,37 @@
 //! |---|---|---|
 //! | `{t:T}:op:O` | hash | `status`, `reason`, `since` (ms), `last_assigned` (ms) |
 //! | `{t:T}:op:O:sessions` | sorted set | live desk sessions, scored by their expiry (ms) |
-//! | `{t:T}:op:O:load:C` | sorted set | conversations operator O holds (offered or assigned) on channel C, scored by when they were claimed (ms) |
+//! | `{t:T}:op:O:load:C` | sorted set | conversations O holds (offered or assigned) on channel C, by claim time (ms) |
+//! | `{t:T}:op:O:act:C` | hash | per held conversation, `"<ms>:c"` or `"<ms>:o"`: last activity and who spoke last (for weights) |
+//! | `{t:T}:holders:C` | set | operators holding anything on channel C (for rerouting when a desk is gone) |
+//! | `{t:T}:avail:C` | sorted set | online operators with capacity on C, by occupancy then idle time (the shortlist) |
+//! | `{t:T}:avail:C:<skill>` | sorted set | the same, per skill they have |
 //! | `{t:T}:queue:Q` | sorted set | conversations waiting in queue Q, by `parley_policy::queue_score` |
 //! | `{t:T}:offers` | sorted set | conversations offered and waiting for an answer, by deadline (ms) |
+//! | `{t:T}:timers` | sorted set | `"<kind>:<conversation>"` by due time (ms): preference ends, maximum waits |
+//! | `{t:T}:rr:Q` | string | the queue's last choice, for round robin |
+//! | `{t:T}:served:Q` | sorted set | the queue's latest assignments by time, for estimated waits |
+//! | `{t:T}:ftfail:<customer>` | string | wrong fast-track codes from a customer this hour |
 //! | `parley:rebuilt` | string | present once Redis has been rebuilt from the durable side |
 //!
 //! Redis may lose everything on a crash; routing notices the missing `parley:rebuilt` and
-//! rebuilds statuses, loads and queues from JetStream key-value state.
+//! rebuilds statuses, holds, queues and timers from JetStream.
 //!
 //! *Architecture invariant*: capacity is only ever taken by [`Coordinator::claim`], one
-//! Lua script that checks status, live session, capacity and (for queued conversations)
-//! that the conversation is still waiting, and takes it, atomically. So no operator is
-//! over capacity, however many routers race. Which router's assignment counts is decided
-//! by the conversation log (compare-and-set); the loser gives its claim back. A claim left
-//! behind by a crash is found by [`Coordinator::stale_holds`] and given back.
+//! Lua script that checks status, live session, weighted capacity and (for queued
+//! conversations) that the conversation is still waiting, and takes it, atomically. So no
+//! operator is over capacity, however many routers race. Which router's assignment counts
+//! is decided by the conversation log (compare-and-set); the loser gives its claim back. A
+//! claim left behind by a crash is found by [`Coordinator::stale_holds`] and given back.
+//!
+//! The weight rule lives twice, here in Lua and in `RoutingSettings::weight_milli`; the
+//! tests of this crate check they agree.
 
 use std::time::Duration;
 
-use parley_domain::{Channel, ConversationId, OperatorId, OperatorStatus, QueueId, TenantId, Timestamp};
+use parley_domain::{
+    Channel, ConversationId, CustomerId, OperatorId, OperatorStatus, QueueId, SkillId, TenantId, Timestamp,
+};
 use redis::aio::ConnectionManager;
 
 /// A Redis failure; routing treats every one as transient.
@@ -47,10 +60,31 @@ pub enum ClaimRefused {
     Status,
     /// No live desk session.
     Disconnected,
-    /// At capacity on that channel.
+    /// No room for a whole seat on that channel.
     Full,
     /// The conversation is no longer waiting (another router took it).
     Gone,
+}
+
+/// How held conversations weigh (the tenant's routing settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    pub waiting_milli: u32,
+    pub idle_milli: u32,
+    pub idle_after: Duration,
+}
+
+/// An operator on one channel, as the scripts that change their holds need them.
+#[derive(Debug, Clone, Copy)]
+pub struct OpCtx<'a> {
+    pub tenant: &'a TenantId,
+    pub op: &'a OperatorId,
+    pub channel: Channel,
+    /// Seats on the channel.
+    pub capacity: u32,
+    /// Their skills, for the per-skill availability indexes.
+    pub skills: &'a [SkillId],
+    pub weights: Weights,
 }
 
 /// An operator's presence as Redis holds it.
@@ -65,33 +99,159 @@ pub struct Presence {
     pub load: Vec<(Channel, u32)>,
 }
 
+/// One operator's routing-relevant presence for one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSnapshot {
+    pub status: OperatorStatus,
+    pub connected: bool,
+    pub load: u32,
+    pub weighted_load_milli: u32,
+    pub last_assigned: Option<Timestamp>,
+}
+
+/// A timer's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// A conversation's wait for one operator ends.
+    Preference,
+    /// A conversation reaches its queue's maximum wait.
+    MaxWait,
+}
+
+impl TimerKind {
+    const fn prefix(self) -> &'static str {
+        match self {
+            TimerKind::Preference => "pref",
+            TimerKind::MaxWait => "maxwait",
+        }
+    }
+}
+
 fn tag(tenant: &TenantId) -> String {
     format!("{{t:{tenant}}}")
 }
-
 fn op_key(tenant: &TenantId, op: &OperatorId) -> String {
     format!("{}:op:{op}", tag(tenant))
 }
-
 fn sessions_key(tenant: &TenantId, op: &OperatorId) -> String {
     format!("{}:op:{op}:sessions", tag(tenant))
 }
-
 fn load_key(tenant: &TenantId, op: &OperatorId, channel: Channel) -> String {
     format!("{}:op:{op}:load:{channel}", tag(tenant))
 }
-
+fn act_key(tenant: &TenantId, op: &OperatorId, channel: Channel) -> String {
+    format!("{}:op:{op}:act:{channel}", tag(tenant))
+}
+fn holders_key(tenant: &TenantId, channel: Channel) -> String {
+    format!("{}:holders:{channel}", tag(tenant))
+}
+fn avail_key(tenant: &TenantId, channel: Channel, skill: Option<&SkillId>) -> String {
+    match skill {
+        None => format!("{}:avail:{channel}", tag(tenant)),
+        Some(s) => format!("{}:avail:{channel}:{s}", tag(tenant)),
+    }
+}
 fn queue_key(tenant: &TenantId, queue: &QueueId) -> String {
     format!("{}:queue:{queue}", tag(tenant))
 }
-
 fn offers_key(tenant: &TenantId) -> String {
     format!("{}:offers", tag(tenant))
+}
+fn timers_key(tenant: &TenantId) -> String {
+    format!("{}:timers", tag(tenant))
+}
+fn rr_key(tenant: &TenantId, queue: &QueueId) -> String {
+    format!("{}:rr:{queue}", tag(tenant))
+}
+fn served_key(tenant: &TenantId, queue: &QueueId) -> String {
+    format!("{}:served:{queue}", tag(tenant))
+}
+fn ftfail_key(tenant: &TenantId, customer: CustomerId) -> String {
+    format!("{}:ftfail:{customer}", tag(tenant))
 }
 
 const REBUILT_KEY: &str = "parley:rebuilt";
 
-/// What the operator hash holds.
+/// Shared by the scripts that change an operator's holds. KEYS: 1 operator hash,
+/// 2 sessions, 3 load, 4 activity, 5 holders, 6 a queue (or any key of the tenant),
+/// 7.. availability indexes. ARGV: 1 operator, 2 capacity, 3 now (ms), 4 waiting weight,
+/// 5 idle weight, 6 idle after (ms), then the script's own.
+const PRELUDE: &str = r#"
+local now = tonumber(ARGV[3])
+local function weighted()
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[4])) do
+    local sep = string.find(v, ':', 1, true)
+    local at = tonumber(string.sub(v, 1, sep - 1))
+    if now - at >= tonumber(ARGV[6]) then total = total + tonumber(ARGV[5])
+    elseif string.sub(v, sep + 1) == 'o' then total = total + tonumber(ARGV[4])
+    else total = total + 1000 end
+  end
+  return total
+end
+-- Puts the operator in (or takes them out of) the availability indexes: in while online
+-- with capacity, scored by occupancy (thousandths of capacity) then last assignment (s).
+local function refresh()
+  local cap = tonumber(ARGV[2])
+  if redis.call('HGET', KEYS[1], 'status') == 'online' and cap > 0 then
+    local last = tonumber(redis.call('HGET', KEYS[1], 'last_assigned') or '0')
+    local occupancy = math.floor(weighted() / cap)
+    local score = occupancy * 10000000000 + math.floor(last / 1000)
+    for i = 7, #KEYS do redis.call('ZADD', KEYS[i], score, ARGV[1]) end
+  else
+    for i = 7, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+  end
+end
+"#;
+
+/// ARGV 7 conversation, 8 from queue (1|0).
+const CLAIM: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'online' then return 'status' end
+if redis.call('ZCOUNT', KEYS[2], now, '+inf') == 0 then return 'disconnected' end
+-- Already held (a retried claim): nothing more to take.
+if redis.call('ZSCORE', KEYS[3], ARGV[7]) then return 'ok' end
+if weighted() + 1000 > tonumber(ARGV[2]) * 1000 then return 'full' end
+-- Still waiting? (It leaves the queue once its assignment is recorded.)
+if ARGV[8] == '1' and not redis.call('ZSCORE', KEYS[6], ARGV[7]) then return 'gone' end
+redis.call('ZADD', KEYS[3], now, ARGV[7])
+redis.call('HSET', KEYS[4], ARGV[7], now .. ':c')
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[1], 'last_assigned', now)
+refresh()
+return 'ok'
+"#;
+
+/// ARGV 7 conversation.
+const RELEASE: &str = r#"
+redis.call('ZREM', KEYS[3], ARGV[7])
+redis.call('HDEL', KEYS[4], ARGV[7])
+if redis.call('ZCARD', KEYS[3]) == 0 then redis.call('SREM', KEYS[5], ARGV[1]) end
+refresh()
+return 'ok'
+"#;
+
+/// ARGV 7 conversation, 8 `"<ms>:c|o"`.
+const TOUCH: &str = r#"
+if redis.call('HEXISTS', KEYS[4], ARGV[7]) == 1 then redis.call('HSET', KEYS[4], ARGV[7], ARGV[8]) end
+refresh()
+return 'ok'
+"#;
+
+/// ARGV 7 conversation, 8 `"<ms>:c|o"`: a hold restored from the log (rebuild).
+const RESTORE: &str = r#"
+redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[7])
+redis.call('HSETNX', KEYS[4], ARGV[7], ARGV[8])
+redis.call('SADD', KEYS[5], ARGV[1])
+refresh()
+return 'ok'
+"#;
+
+const REFRESH: &str = r#"
+refresh()
+return 'ok'
+"#;
+
+/// What the hash of an operator holds.
 struct OperatorHash {
     status: OperatorStatus,
     reason: String,
@@ -120,35 +280,34 @@ fn parse_operator(hash: &redis::Value, live: &redis::Value) -> (OperatorHash, bo
     (hash, live > 0)
 }
 
-/// One operator's routing-relevant presence for one channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorSnapshot {
-    pub status: OperatorStatus,
-    pub connected: bool,
-    pub load: u32,
-    pub last_assigned: Option<Timestamp>,
+/// The weight of one held conversation's activity entry (`"<ms>:c|o"`), in thousandths —
+/// the same rule as the Lua `weighted`.
+pub fn entry_weight(entry: &str, now: Timestamp, w: Weights) -> u32 {
+    let (at, flag) = entry.split_once(':').unwrap_or((entry, "c"));
+    let at = at.parse::<i64>().unwrap_or(0);
+    if now.as_millis() - at >= w.idle_after.as_millis() as i64 {
+        w.idle_milli
+    } else if flag == "o" {
+        w.waiting_milli
+    } else {
+        1000
+    }
 }
 
-const CLAIM: &str = r#"
--- KEYS: 1 operator hash, 2 operator sessions, 3 operator load (channel), 4 queue
--- ARGV: 1 conversation, 2 capacity, 3 now (ms), 4 from queue (1|0)
-if redis.call('HGET', KEYS[1], 'status') ~= 'online' then return 'status' end
-if redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') == 0 then return 'disconnected' end
--- Already held (a retried claim): nothing more to take.
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'ok' end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return 'full' end
--- Still waiting? (It leaves the queue once its assignment is recorded.)
-if ARGV[4] == '1' and not redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 'gone' end
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'last_assigned', ARGV[3])
-return 'ok'
-"#;
+/// The activity entry of a conversation: when, and whether the operator spoke last.
+pub fn activity_entry(at: Timestamp, operator_spoke_last: bool) -> String {
+    format!("{}:{}", at.as_millis(), if operator_spoke_last { "o" } else { "c" })
+}
 
 /// Routing's view of Redis. Cheap to clone (a multiplexed, reconnecting connection).
 #[derive(Clone)]
 pub struct Coordinator {
     conn: ConnectionManager,
     claim: redis::Script,
+    release: redis::Script,
+    touch: redis::Script,
+    restore: redis::Script,
+    refresh: redis::Script,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -165,6 +324,41 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Runs an operator script (see [`PRELUDE`] for the key and argument layout).
+    async fn op_script(
+        &self,
+        script: &redis::Script,
+        ctx: &OpCtx<'_>,
+        queue: Option<&QueueId>,
+        now: Timestamp,
+        extra: &[String],
+    ) -> Result<String> {
+        let mut c = self.conn.clone();
+        let mut inv = script.key(op_key(ctx.tenant, ctx.op));
+        inv.key(sessions_key(ctx.tenant, ctx.op))
+            .key(load_key(ctx.tenant, ctx.op, ctx.channel))
+            .key(act_key(ctx.tenant, ctx.op, ctx.channel))
+            .key(holders_key(ctx.tenant, ctx.channel))
+            .key(match queue {
+                Some(q) => queue_key(ctx.tenant, q),
+                None => timers_key(ctx.tenant),
+            })
+            .key(avail_key(ctx.tenant, ctx.channel, None));
+        for skill in ctx.skills {
+            inv.key(avail_key(ctx.tenant, ctx.channel, Some(skill)));
+        }
+        inv.arg(ctx.op.as_str())
+            .arg(ctx.capacity)
+            .arg(now.as_millis())
+            .arg(ctx.weights.waiting_milli)
+            .arg(ctx.weights.idle_milli)
+            .arg(ctx.weights.idle_after.as_millis() as i64);
+        for e in extra {
+            inv.arg(e);
+        }
+        Ok(inv.invoke_async(&mut c).await?)
+    }
+
     /// Connects, retrying for up to `wait`.
     pub async fn connect(url: &str, wait: Duration) -> Result<Self> {
         let client = redis::Client::open(url)?;
@@ -178,10 +372,19 @@ impl Coordinator {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        Ok(Self { conn, claim: redis::Script::new(CLAIM) })
+        let script = |body: &str| redis::Script::new(&format!("{PRELUDE}\n{body}"));
+        Ok(Self {
+            conn,
+            claim: script(CLAIM),
+            release: script(RELEASE),
+            touch: script(TOUCH),
+            restore: script(RESTORE),
+            refresh: script(REFRESH),
+        })
     }
 
-    /// Sets an operator's status (and reason, for away).
+    /// Sets an operator's status (and reason, for away), then brings their availability
+    /// on each of their channels in line (`channels` has one context per channel).
     pub async fn set_status(
         &self,
         tenant: &TenantId,
@@ -189,18 +392,21 @@ impl Coordinator {
         status: OperatorStatus,
         reason: &str,
         now: Timestamp,
+        channels: &[OpCtx<'_>],
     ) -> Result<()> {
-        self.run(
-            redis::cmd("HSET")
-                .arg(op_key(tenant, op))
-                .arg("status")
-                .arg(status.as_str())
-                .arg("reason")
-                .arg(reason)
-                .arg("since")
-                .arg(now.as_millis()),
-        )
-        .await
+        let mut hset = redis::cmd("HSET");
+        hset.arg(op_key(tenant, op))
+            .arg("status")
+            .arg(status.as_str())
+            .arg("reason")
+            .arg(reason)
+            .arg("since")
+            .arg(now.as_millis());
+        self.run(&hset).await?;
+        for ctx in channels {
+            self.refresh(ctx, now).await?;
+        }
+        Ok(())
     }
 
     /// Sets a status only if Redis has none for the operator (rebuild: never overwrite a
@@ -212,6 +418,7 @@ impl Coordinator {
         status: OperatorStatus,
         reason: &str,
         since: Timestamp,
+        channels: &[OpCtx<'_>],
     ) -> Result<()> {
         let mut c = self.conn.clone();
         let key = op_key(tenant, op);
@@ -233,6 +440,34 @@ impl Coordinator {
             .ignore()
             .query_async::<()>(&mut c)
             .await?;
+        for ctx in channels {
+            self.refresh(ctx, since).await?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes an operator's place in the availability indexes of one channel (after a
+    /// configuration change, or as idle conversations weigh less over time).
+    pub async fn refresh(&self, ctx: &OpCtx<'_>, now: Timestamp) -> Result<()> {
+        self.op_script(&self.refresh, ctx, None, now, &[]).await.map(|_| ())
+    }
+
+    /// Takes an operator out of a channel's availability indexes (capacity or skills
+    /// removed by configuration): the skills given are the ones to remove them from.
+    pub async fn forget_availability(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        skills: &[SkillId],
+    ) -> Result<()> {
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM").arg(avail_key(tenant, channel, None)).arg(op.as_str()).ignore();
+        for s in skills {
+            pipe.cmd("ZREM").arg(avail_key(tenant, channel, Some(s))).arg(op.as_str()).ignore();
+        }
+        pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
 
@@ -257,9 +492,31 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Ends a desk session at once (a clean disconnect).
-    pub async fn end_session(&self, tenant: &TenantId, op: &OperatorId, session: &str) -> Result<()> {
-        self.run(redis::cmd("ZREM").arg(sessions_key(tenant, op)).arg(session)).await
+    /// Ends a desk session at once (a clean disconnect): it expires now, which also
+    /// remembers when the desk went away (for rerouting its work after a while).
+    pub async fn end_session(&self, tenant: &TenantId, op: &OperatorId, session: &str, now: Timestamp) -> Result<()> {
+        self.run(redis::cmd("ZADD").arg(sessions_key(tenant, op)).arg("XX").arg(now.as_millis()).arg(session)).await
+    }
+
+    /// For an operator with no session on record (Redis lost it): notes them gone from
+    /// `now`, so their work is rerouted after the tenant's delay, not at once.
+    pub async fn mark_gone(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp) -> Result<()> {
+        self.run(redis::cmd("ZADD").arg(sessions_key(tenant, op)).arg("NX").arg(now.as_millis()).arg("parley:gone"))
+            .await
+    }
+
+    /// When each operator's last desk session expires(d); `None` if they never had one.
+    pub async fn session_expiries(&self, tenant: &TenantId, ops: &[OperatorId]) -> Result<Vec<Option<Timestamp>>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for op in ops {
+            pipe.cmd("ZRANGE").arg(sessions_key(tenant, op)).arg(-1).arg(-1).arg("WITHSCORES");
+        }
+        let answers: Vec<Vec<(String, f64)>> = pipe.query_async(&mut c).await?;
+        Ok(answers.into_iter().map(|a| a.first().map(|(_, s)| Timestamp::from_millis(*s as i64))).collect())
     }
 
     /// Reads an operator's presence and load on every channel.
@@ -289,34 +546,26 @@ impl Coordinator {
         Ok(redis::cmd("ZRANGE").arg(load_key(tenant, op, channel)).arg(0).arg(-1).query_async(&mut c).await?)
     }
 
-    /// Atomically reserves `capacity`-bounded room for `conversation` with the operator;
-    /// with `from_queue`, only while it is still waiting in `queue`. Idempotent for the same
-    /// conversation.
-    #[allow(clippy::too_many_arguments)]
+    /// Operators holding anything on a channel.
+    pub async fn holders(&self, tenant: &TenantId, channel: Channel) -> Result<Vec<OperatorId>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS").arg(holders_key(tenant, channel)).query_async(&mut c).await?;
+        Ok(ids.iter().filter_map(|s| OperatorId::parse(s).ok()).collect())
+    }
+
+    /// Atomically reserves a seat for `conversation` with the operator (room for a whole
+    /// seat, weighing what they hold); with `from_queue`, only while it still waits in
+    /// `queue`. Idempotent for the same conversation.
     pub async fn claim(
         &self,
-        tenant: &TenantId,
-        op: &OperatorId,
-        channel: Channel,
-        capacity: u32,
+        ctx: &OpCtx<'_>,
         conversation: ConversationId,
         queue: &QueueId,
         from_queue: bool,
         now: Timestamp,
     ) -> Result<std::result::Result<(), ClaimRefused>> {
-        let mut c = self.conn.clone();
-        let answer: String = self
-            .claim
-            .key(op_key(tenant, op))
-            .key(sessions_key(tenant, op))
-            .key(load_key(tenant, op, channel))
-            .key(queue_key(tenant, queue))
-            .arg(conversation.to_string())
-            .arg(capacity)
-            .arg(now.as_millis())
-            .arg(if from_queue { "1" } else { "0" })
-            .invoke_async(&mut c)
-            .await?;
+        let extra = [conversation.to_string(), if from_queue { "1" } else { "0" }.to_owned()];
+        let answer = self.op_script(&self.claim, ctx, Some(queue), now, &extra).await?;
         Ok(match answer.as_str() {
             "ok" => Ok(()),
             "status" => Err(ClaimRefused::Status),
@@ -326,15 +575,98 @@ impl Coordinator {
         })
     }
 
-    /// Frees the operator's capacity held by a conversation (idempotent).
-    pub async fn release(
+    /// Frees the operator's seat held by a conversation (idempotent).
+    pub async fn release(&self, ctx: &OpCtx<'_>, conversation: ConversationId, now: Timestamp) -> Result<()> {
+        self.op_script(&self.release, ctx, None, now, &[conversation.to_string()]).await.map(|_| ())
+    }
+
+    /// Notes new activity in a held conversation (changes its weight).
+    pub async fn touch(
+        &self,
+        ctx: &OpCtx<'_>,
+        conversation: ConversationId,
+        activity: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.op_script(&self.touch, ctx, None, now, &[conversation.to_string(), activity.to_owned()]).await.map(|_| ())
+    }
+
+    /// Restores what a held conversation means in Redis (rebuild): the hold and its
+    /// activity. An existing entry keeps its claim time.
+    pub async fn restore_hold(
+        &self,
+        ctx: &OpCtx<'_>,
+        conversation: ConversationId,
+        activity: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.op_script(&self.restore, ctx, None, now, &[conversation.to_string(), activity.to_owned()])
+            .await
+            .map(|_| ())
+    }
+
+    /// Operators of the availability index (online, with capacity on `channel`, with
+    /// `skill` if given), least occupied first then idle longest: positions `from..from+count`.
+    pub async fn shortlist(
         &self,
         tenant: &TenantId,
-        op: &OperatorId,
         channel: Channel,
-        conversation: ConversationId,
-    ) -> Result<()> {
-        self.run(redis::cmd("ZREM").arg(load_key(tenant, op, channel)).arg(conversation.to_string())).await
+        skill: Option<&SkillId>,
+        from: usize,
+        count: usize,
+    ) -> Result<Vec<OperatorId>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(avail_key(tenant, channel, skill))
+            .arg(from)
+            .arg(from + count.max(1) - 1)
+            .query_async(&mut c)
+            .await?;
+        Ok(ids.iter().filter_map(|s| OperatorId::parse(s).ok()).collect())
+    }
+
+    /// How many operators each availability index holds (to start from the smallest).
+    pub async fn index_sizes(&self, tenant: &TenantId, channel: Channel, skills: &[&SkillId]) -> Result<Vec<u64>> {
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for s in skills {
+            pipe.cmd("ZCARD").arg(avail_key(tenant, channel, Some(s)));
+        }
+        Ok(pipe.query_async(&mut c).await?)
+    }
+
+    /// Presence and weighted load of many operators for one channel, in one round trip.
+    pub async fn snapshot(
+        &self,
+        tenant: &TenantId,
+        operators: &[OperatorId],
+        channel: Channel,
+        now: Timestamp,
+        weights: Weights,
+    ) -> Result<Vec<OperatorSnapshot>> {
+        if operators.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for op in operators {
+            read_operator(&mut pipe, tenant, op, now);
+            pipe.cmd("HVALS").arg(act_key(tenant, op, channel));
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        let mut out = Vec::with_capacity(operators.len());
+        for chunk in values.chunks(3) {
+            let (hash, connected) = parse_operator(&chunk[0], &chunk[1]);
+            let entries: Vec<String> = redis::from_redis_value(chunk[2].clone()).unwrap_or_default();
+            out.push(OperatorSnapshot {
+                status: hash.status,
+                connected,
+                load: entries.len() as u32,
+                weighted_load_milli: entries.iter().map(|e| entry_weight(e, now, weights)).sum(),
+                last_assigned: hash.last_assigned,
+            });
+        }
+        Ok(out)
     }
 
     /// Puts a conversation in its queue (or moves it to `score` if there already).
@@ -346,6 +678,18 @@ impl Coordinator {
         score: f64,
     ) -> Result<()> {
         self.run(redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg(score).arg(conversation.to_string())).await
+    }
+
+    /// Puts a conversation in its queue unless it is there already (keeps its place).
+    pub async fn ensure_queued(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+        conversation: ConversationId,
+        score: f64,
+    ) -> Result<()> {
+        self.run(redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg("NX").arg(score).arg(conversation.to_string()))
+            .await
     }
 
     /// Takes a conversation out of a queue (idempotent).
@@ -363,6 +707,24 @@ impl Coordinator {
             .query_async(&mut c)
             .await?;
         Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
+    }
+
+    /// The first `limit` waiting conversations of a queue with their scores.
+    pub async fn waiting_scored(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, f64)>> {
+        let mut c = self.conn.clone();
+        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(queue_key(tenant, queue))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await?;
+        Ok(entries.into_iter().filter_map(|(id, s)| ConversationId::parse(&id).ok().map(|id| (id, s))).collect())
     }
 
     /// A queue's length and the score of its head (for the oldest wait).
@@ -390,37 +752,6 @@ impl Coordinator {
         Ok(ahead.query_async(&mut c).await?)
     }
 
-    /// Presence of many operators for one channel, in one round trip.
-    pub async fn snapshot(
-        &self,
-        tenant: &TenantId,
-        operators: &[OperatorId],
-        channel: Channel,
-        now: Timestamp,
-    ) -> Result<Vec<OperatorSnapshot>> {
-        if operators.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut c = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for op in operators {
-            read_operator(&mut pipe, tenant, op, now);
-            pipe.cmd("ZCARD").arg(load_key(tenant, op, channel));
-        }
-        let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-        let mut out = Vec::with_capacity(operators.len());
-        for chunk in values.chunks(3) {
-            let (hash, connected) = parse_operator(&chunk[0], &chunk[1]);
-            out.push(OperatorSnapshot {
-                status: hash.status,
-                connected,
-                load: redis::from_redis_value(chunk[2].clone()).unwrap_or(0),
-                last_assigned: hash.last_assigned,
-            });
-        }
-        Ok(out)
-    }
-
     /// Remembers an offer's deadline, so an expired offer is found and moved on.
     pub async fn track_offer(&self, tenant: &TenantId, conversation: ConversationId, expires: Timestamp) -> Result<()> {
         self.run(redis::cmd("ZADD").arg(offers_key(tenant)).arg(expires.as_millis()).arg(conversation.to_string()))
@@ -432,19 +763,142 @@ impl Coordinator {
         self.run(redis::cmd("ZREM").arg(offers_key(tenant)).arg(conversation.to_string())).await
     }
 
-    /// Offers whose deadline has passed.
-    pub async fn due_offers(&self, tenant: &TenantId, now: Timestamp, limit: usize) -> Result<Vec<ConversationId>> {
+    /// Members of a deadline set due by `now`, earliest first.
+    async fn due_members(&self, key: String, now: Timestamp, limit: usize) -> Result<Vec<String>> {
         let mut c = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(offers_key(tenant))
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(key)
             .arg("-inf")
             .arg(now.as_millis())
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
             .query_async(&mut c)
-            .await?;
+            .await?)
+    }
+
+    /// Offers whose deadline has passed.
+    pub async fn due_offers(&self, tenant: &TenantId, now: Timestamp, limit: usize) -> Result<Vec<ConversationId>> {
+        let ids = self.due_members(offers_key(tenant), now, limit).await?;
         Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
+    }
+
+    /// Sets (or moves) a timer.
+    pub async fn set_timer(
+        &self,
+        tenant: &TenantId,
+        kind: TimerKind,
+        conversation: ConversationId,
+        due: Timestamp,
+    ) -> Result<()> {
+        let member = format!("{}:{conversation}", kind.prefix());
+        self.run(redis::cmd("ZADD").arg(timers_key(tenant)).arg(due.as_millis()).arg(member)).await
+    }
+
+    /// Cancels a timer (idempotent).
+    pub async fn clear_timer(&self, tenant: &TenantId, kind: TimerKind, conversation: ConversationId) -> Result<()> {
+        let member = format!("{}:{conversation}", kind.prefix());
+        self.run(redis::cmd("ZREM").arg(timers_key(tenant)).arg(member)).await
+    }
+
+    /// Timers due by `now`.
+    pub async fn due_timers(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(TimerKind, ConversationId)>> {
+        let members = self.due_members(timers_key(tenant), now, limit).await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                let (kind, id) = m.split_once(':')?;
+                let kind = [TimerKind::Preference, TimerKind::MaxWait].into_iter().find(|k| k.prefix() == kind)?;
+                Some((kind, ConversationId::parse(id).ok()?))
+            })
+            .collect())
+    }
+
+    /// The queue's last round-robin choice.
+    pub async fn last_chosen(&self, tenant: &TenantId, queue: &QueueId) -> Result<Option<OperatorId>> {
+        let mut c = self.conn.clone();
+        let id: Option<String> = redis::cmd("GET").arg(rr_key(tenant, queue)).query_async(&mut c).await?;
+        Ok(id.and_then(|s| OperatorId::parse(&s).ok()))
+    }
+
+    /// Records an assignment from a queue: its round-robin choice and, for estimated waits,
+    /// when it happened (the latest 50 are kept).
+    pub async fn note_served(
+        &self,
+        tenant: &TenantId,
+        queue: &QueueId,
+        op: &OperatorId,
+        conversation: ConversationId,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut c = self.conn.clone();
+        let served = served_key(tenant, queue);
+        redis::pipe()
+            .cmd("SET")
+            .arg(rr_key(tenant, queue))
+            .arg(op.as_str())
+            .ignore()
+            .cmd("ZADD")
+            .arg(&served)
+            .arg(now.as_millis())
+            .arg(conversation.to_string())
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&served)
+            .arg(0)
+            .arg(-51)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// How many conversations the queue has been serving per second lately (`None`
+    /// until it has served a few).
+    pub async fn service_rate(&self, tenant: &TenantId, queue: &QueueId, now: Timestamp) -> Result<Option<f64>> {
+        let mut c = self.conn.clone();
+        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(served_key(tenant, queue))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await?;
+        if entries.len() < 3 {
+            return Ok(None);
+        }
+        let oldest = entries[0].1 as i64;
+        let span_ms = (now.as_millis() - oldest).max(1000);
+        Ok(Some(entries.len() as f64 * 1000.0 / span_ms as f64))
+    }
+
+    /// Counts a wrong fast-track code from a customer; returns the count this hour.
+    pub async fn note_fast_track_failure(&self, tenant: &TenantId, customer: CustomerId) -> Result<u32> {
+        let mut c = self.conn.clone();
+        let key = ftfail_key(tenant, customer);
+        let (count,): (u32,) = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(3600)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(count)
+    }
+
+    /// Wrong fast-track codes from a customer this hour.
+    pub async fn fast_track_failures(&self, tenant: &TenantId, customer: CustomerId) -> Result<u32> {
+        let mut c = self.conn.clone();
+        let n: Option<u32> = redis::cmd("GET").arg(ftfail_key(tenant, customer)).query_async(&mut c).await?;
+        Ok(n.unwrap_or(0))
     }
 
     /// True once Redis has been rebuilt since it last lost its data.
@@ -456,19 +910,6 @@ impl Coordinator {
     /// Marks the rebuild done.
     pub async fn mark_rebuilt(&self, now: Timestamp) -> Result<()> {
         self.run(redis::cmd("SET").arg(REBUILT_KEY).arg(now.as_millis())).await
-    }
-
-    /// Restores what a held conversation means in Redis (rebuild): the load entry. An
-    /// existing entry keeps its claim time.
-    pub async fn restore_hold(
-        &self,
-        tenant: &TenantId,
-        op: &OperatorId,
-        channel: Channel,
-        conversation: ConversationId,
-    ) -> Result<()> {
-        self.run(redis::cmd("ZADD").arg(load_key(tenant, op, channel)).arg("NX").arg(0).arg(conversation.to_string()))
-            .await
     }
 
     /// Conversations the operator holds on `channel` that were claimed before `before`:
@@ -489,16 +930,19 @@ impl Coordinator {
             .await?;
         Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
     }
+}
 
-    /// Puts a conversation in its queue unless it is there already (keeps its place).
-    pub async fn ensure_queued(
-        &self,
-        tenant: &TenantId,
-        queue: &QueueId,
-        conversation: ConversationId,
-        score: f64,
-    ) -> Result<()> {
-        self.run(redis::cmd("ZADD").arg(queue_key(tenant, queue)).arg("NX").arg(score).arg(conversation.to_string()))
-            .await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_weights_follow_the_rule() {
+        let w = Weights { waiting_milli: 500, idle_milli: 250, idle_after: Duration::from_secs(300) };
+        let now = Timestamp::from_millis(1_000_000);
+        assert_eq!(entry_weight(&activity_entry(now, false), now, w), 1000);
+        assert_eq!(entry_weight(&activity_entry(now, true), now, w), 500);
+        let long_ago = Timestamp::from_millis(1_000_000 - 300_000);
+        assert_eq!(entry_weight(&activity_entry(long_ago, false), now, w), 250);
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parley_domain::{Channel, Role, SkillId, TenantId, check_display_name};
+
+use crate::engine::Engine;
 use parley_kit::auth::{Claims, PLATFORM_TENANT, Principal, TokenKey, principal, require};
 use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
@@ -21,6 +23,8 @@ pub struct AdminApi {
     pub cache: ConfigCache,
     pub store: ConfigStore,
     pub key: TokenKey,
+    /// To bring an operator's availability in line with a change of their skills or seats.
+    pub engine: Arc<Engine>,
 }
 
 const READERS: [Role; 3] = [Role::Operator, Role::Supervisor, Role::Admin];
@@ -34,6 +38,7 @@ fn store_error(e: StoreError) -> ApiError {
             "{} was changed concurrently; re-read it and retry with its revision",
             describe(&k)
         )),
+        StoreError::AlreadyApplied(k) => ApiError::AlreadyExists(format!("{} already exists", describe(&k))),
         StoreError::Unavailable(m) => ApiError::Unavailable(m),
     }
 }
@@ -119,9 +124,44 @@ fn settings_channel(s: &Settings) -> Channel {
 }
 
 impl AdminApi {
-    pub fn new(cache: ConfigCache, key: TokenKey) -> Arc<Self> {
+    pub fn new(cache: ConfigCache, key: TokenKey, engine: Arc<Engine>) -> Arc<Self> {
         let store = cache.store().clone();
-        Arc::new(Self { cache, store, key })
+        Arc::new(Self { cache, store, key, engine })
+    }
+
+    /// After an operator's configuration changed (or went): their availability on every
+    /// channel, out of the indexes of skills they no longer have.
+    async fn resync_operator(&self, tenant: &TenantId, before: Option<&v1::Operator>, id: &str, deleted: bool) {
+        let Ok(op) = parley_domain::OperatorId::parse(id) else { return };
+        let old_skills: Vec<SkillId> =
+            before.map(|o| o.skills.iter().filter_map(|s| SkillId::parse(&s.skill).ok()).collect()).unwrap_or_default();
+        let now = clock::now();
+        for channel in Channel::ALL {
+            if let Err(e) = self.engine.redis.forget_availability(tenant, &op, channel, &old_skills).await {
+                tracing::warn!(operator = %op, error = %e, "availability not updated; reconciliation will");
+                return;
+            }
+            let seat = self.engine.seat(tenant, &op, channel);
+            if !deleted
+                && seat.ctx().capacity > 0
+                && let Err(e) = self.engine.redis.refresh(&seat.ctx(), now).await
+            {
+                tracing::warn!(operator = %op, error = %e, "availability not updated; reconciliation will");
+            }
+        }
+        self.engine.wake.notify_one();
+    }
+
+    /// Checks that the queues a queue sends conversations on to exist.
+    fn queue_targets_exist(&self, tenant: &TenantId, q: &v1::Queue) -> ApiResult<()> {
+        for (field, target) in
+            [("queue.overflow_queue_id", &q.overflow_queue_id), ("queue.after_hours_queue_id", &q.after_hours_queue_id)]
+        {
+            if !target.is_empty() && self.cache.queue(tenant, target).is_none() {
+                return Err(ApiError::invalid(format!("{field}: queue {target:?} does not exist")));
+            }
+        }
+        Ok(())
     }
 
     /// Waits for this replica's cache to see a write.
@@ -146,6 +186,7 @@ impl AdminApi {
 
     fn validate_queue(&self, tenant: &TenantId, q: &v1::Queue) -> ApiResult<()> {
         convert::from_queue(tenant, q).map_err(|e| ApiError::invalid(e.to_string()))?;
+        self.queue_targets_exist(tenant, q)?;
         self.skills_exist(tenant, &q.required_skills, "queue.required_skills")
     }
 
@@ -220,15 +261,7 @@ impl AdminService for AdminApi {
         let created = self.write_tenant(&tenant, true).await?;
         let id = TenantId::parse(&created.id).map_err(|e| ApiError::invalid(e.to_string()))?;
         // Every tenant starts with a queue and an API channel, so it can take messages at once.
-        let queue = v1::Queue {
-            id: "default".into(),
-            display_name: "Default".into(),
-            required_skills: vec![],
-            language: String::new(),
-            priority: 0,
-            offer_timeout: None,
-            revision: 0,
-        };
+        let queue = v1::Queue { id: "default".into(), display_name: "Default".into(), ..Default::default() };
         let q = self.store.create(&key(&id, Kind::Queue, "default"), &queue).await.map_err(store_error)?;
         let api = v1::ChannelConfig {
             id: "api".into(),
@@ -354,6 +387,7 @@ impl AdminService for AdminApi {
         op.revision = 0;
         let rev = self.store.create(&key(&tenant, Kind::Operator, &op.id), &op).await.map_err(store_error)?;
         self.seen(rev).await;
+        self.resync_operator(&tenant, None, &op.id, false).await;
         op.revision = rev;
         Ok(Response::new(v1::CreateOperatorResponse { operator: Some(op) }))
     }
@@ -395,8 +429,10 @@ impl AdminService for AdminApi {
         self.validate_operator(&tenant, &op)?;
         let expected = op.revision;
         op.revision = 0;
+        let before = self.cache.operator(&tenant, &op.id);
         let rev = self.store.update(&key(&tenant, Kind::Operator, &op.id), &op, expected).await.map_err(store_error)?;
         self.seen(rev).await;
+        self.resync_operator(&tenant, before.as_ref(), &op.id, false).await;
         op.revision = rev;
         Ok(Response::new(v1::UpdateOperatorResponse { operator: Some(op) }))
     }
@@ -410,7 +446,9 @@ impl AdminService for AdminApi {
         let tenant = Self::tenant_of(&p)?;
         let id = request.into_inner().operator_id;
         slug("operator_id", parley_domain::OperatorId::parse, &id)?;
+        let before = self.cache.operator(&tenant, &id);
         self.store.delete(&key(&tenant, Kind::Operator, &id)).await.map_err(store_error)?;
+        self.resync_operator(&tenant, before.as_ref(), &id, true).await;
         Ok(Response::new(v1::DeleteOperatorResponse {}))
     }
 

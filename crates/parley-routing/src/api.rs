@@ -13,7 +13,9 @@ use parley_proto::v1::routing_service_server::RoutingService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Applied, Engine};
+use crate::engine::{self, Applied, Engine};
+use crate::{fast_track, preview};
+use parley_nats::config_store::{Kind, key};
 
 /// The gRPC service.
 pub struct RoutingApi {
@@ -67,10 +69,8 @@ impl RoutingApi {
             .presence(tenant, op, clock::now())
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let config = self.engine.cache.operator(tenant, op.as_str());
-        let capacity = |channel: Channel| {
-            config.as_ref().and_then(|o| convert::from_operator(tenant, o).ok()).map_or(0, |o| o.capacity_for(channel))
-        };
+        let model = self.engine.cache.operator_model(tenant, op.as_str());
+        let capacity = |channel: Channel| model.as_ref().map_or(0, |o| o.capacity_for(channel));
         let load = Channel::ALL
             .into_iter()
             .filter_map(|ch| {
@@ -237,21 +237,27 @@ impl RoutingService for RoutingApi {
                 }
                 TransferTarget::Queue(q)
             }
-            None => return Err(ApiError::invalid("a target (operator_id or queue_id) is required").into()),
+            Some(v1::transfer_conversation_request::Target::Skill(skill)) => {
+                let level = convert::from_skill_level("skill", &skill).map_err(|e| ApiError::invalid(e.to_string()))?;
+                let known = self
+                    .engine
+                    .cache
+                    .with_tenant(tenant, |t| t.is_some_and(|t| t.skills.contains_key(level.skill.as_str())));
+                if !known {
+                    return Err(ApiError::not_found(format!("skill {} not found", level.skill)).into());
+                }
+                TransferTarget::Skill(level)
+            }
+            None => return Err(ApiError::invalid("a target (operator_id, queue_id or skill) is required").into()),
         };
         let current = self.load(tenant, id).await?;
         // A target operator's capacity is reserved first; without room there is no transfer.
         let reserved = if let TransferTarget::Operator(to) = &target {
-            let capacity = self
-                .engine
-                .cache
-                .operator(tenant, to.as_str())
-                .and_then(|o| convert::from_operator(tenant, &o).ok())
-                .map_or(0, |o| o.capacity_for(current.channel));
+            let seat = self.engine.seat(tenant, to, current.channel);
             let claim = self
                 .engine
                 .redis
-                .claim(tenant, to, current.channel, capacity, id, &current.queue, false, clock::now())
+                .claim(&seat.ctx(), id, &current.queue, false, clock::now())
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             if let Err(why) = claim {
@@ -271,7 +277,7 @@ impl RoutingService for RoutingApi {
         match result {
             Ok(applied) => {
                 let c = done(applied);
-                if matches!(target, TransferTarget::Queue(_))
+                if !matches!(target, TransferTarget::Operator(_))
                     && let Err(e) = self.engine.try_dispatch(tenant, id, false).await
                 {
                     tracing::warn!(conversation = %id, error = %e, "dispatch after transfer failed");
@@ -280,7 +286,11 @@ impl RoutingService for RoutingApi {
             }
             Err(e) => {
                 if let Some(to) = reserved
-                    && let Err(re) = self.engine.redis.release(tenant, &to, current.channel, id).await
+                    && let Err(re) = self
+                        .engine
+                        .redis
+                        .release(&self.engine.seat(tenant, &to, current.channel).ctx(), id, clock::now())
+                        .await
                 {
                     tracing::warn!(error = %re, "releasing reservation after failed transfer");
                 }
@@ -312,38 +322,274 @@ impl RoutingService for RoutingApi {
         if self.engine.cache.queue(&p.tenant, q.as_str()).is_none() {
             return Err(ApiError::not_found(format!("queue {q} not found")).into());
         }
-        let (waiting, head) =
-            self.engine.redis.queue_stats(&p.tenant, &q).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let oldest_wait_seconds = match head {
-            Some(score) => {
-                // The score is priority * 1e13 + wait start (ms): the remainder is the time.
-                let millis = (score as i64).rem_euclid(10_000_000_000_000);
-                u32::try_from((clock::now().as_millis() - millis).max(0) / 1000).unwrap_or(u32::MAX)
-            }
-            None => 0,
-        };
-        let queue = self.engine.queue_config(&p.tenant, &q);
-        let request = parley_policy::Request {
-            channel: Channel::Api,
-            required_skills: queue.required_skills.clone(),
-            language: queue.language.clone(),
-            excluded: Vec::new(),
-        };
-        let views = self.engine.operator_views(&p.tenant, Channel::Api).await.map_err(ApiError::from)?;
-        let available_operators = views
+        let tenant = &p.tenant;
+        let now = clock::now();
+        let unavailable = |e: parley_redis::RedisError| ApiError::Unavailable(e.to_string());
+        let (waiting, head) = self.engine.redis.queue_stats(tenant, &q).await.map_err(unavailable)?;
+        let oldest_wait_seconds = head.map_or(0, |score| {
+            let (_, wait_start) = engine::decode_score(score);
+            u32::try_from(now.since(wait_start).as_secs()).unwrap_or(u32::MAX)
+        });
+        let queue = self.engine.queue_config(tenant, &q);
+        let request = parley_policy::Request::new(Channel::Api, queue.requirements());
+        let mut counts = [0u32; 5];
+        let models = self.engine.cache.operator_models(tenant);
+        let skilled: Vec<_> = models
             .iter()
-            .filter(|v| {
-                matches!(
-                    parley_policy::exclusion(&request, v),
-                    None | Some(parley_policy::Exclusion::Full) | Some(parley_policy::Exclusion::NoCapacity)
-                )
+            .filter(|m| {
+                request
+                    .requirements
+                    .skills
+                    .iter()
+                    .all(|need| m.proficiency(&need.skill).is_some_and(|has| has >= need.proficiency))
+                    && request.requirements.language.as_ref().is_none_or(|l| m.languages.contains(l))
             })
-            .count() as u32;
+            .cloned()
+            .collect();
+        let ids: Vec<OperatorId> = skilled.iter().map(|m| m.id.clone()).collect();
+        let w = engine::weights(&self.engine.cache.routing_settings(tenant));
+        let snapshots = self.engine.redis.snapshot(tenant, &ids, Channel::Api, now, w).await.map_err(unavailable)?;
+        for s in &snapshots {
+            let i = match s.status {
+                OperatorStatus::Online if s.connected => 4,
+                OperatorStatus::Online => 0,
+                OperatorStatus::Away => 1,
+                OperatorStatus::Offline => 2,
+                OperatorStatus::Draining => 3,
+            };
+            counts[i] += 1;
+        }
+        let estimated = self.engine.estimated_wait(tenant, &q, waiting + 1).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::GetQueueStatusResponse {
             queue_id: q.to_string(),
             waiting_conversations: waiting,
             oldest_wait_seconds,
-            available_operators,
+            available_operators: counts[4],
+            estimated_wait_seconds: estimated,
+            operators_online: counts[0] + counts[4],
+            operators_away: counts[1],
+            operators_offline: counts[2],
+            operators_draining: counts[3],
+            open: queue.is_open(now),
         }))
+    }
+
+    async fn get_conversation_position(
+        &self,
+        request: Request<v1::GetConversationPositionRequest>,
+    ) -> Result<Response<v1::GetConversationPositionResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin, Role::Integrator])?;
+        let id = conversation_id(&request.get_ref().conversation_id)?;
+        let c = self.load(&p.tenant, id).await?;
+        let now = clock::now();
+        if c.status != parley_domain::Status::Queued {
+            return Ok(Response::new(v1::GetConversationPositionResponse {
+                queue_id: c.queue.to_string(),
+                ..Default::default()
+            }));
+        }
+        let score = parley_policy::queue_score(c.priority, c.wait_start);
+        let ahead = self
+            .engine
+            .redis
+            .ahead_of(&p.tenant, &c.queue, score)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let estimated = self.engine.estimated_wait(&p.tenant, &c.queue, ahead + 1).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::GetConversationPositionResponse {
+            queue_id: c.queue.to_string(),
+            position: ahead + 1,
+            estimated_wait_seconds: estimated,
+            waited_seconds: u32::try_from(now.since(c.wait_start).as_secs()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_conversation_decisions(
+        &self,
+        request: Request<v1::ListConversationDecisionsRequest>,
+    ) -> Result<Response<v1::ListConversationDecisionsResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Supervisor, Role::Admin, Role::Integrator])?;
+        let id = conversation_id(&request.get_ref().conversation_id)?;
+        let records = self.engine.log.history(&p.tenant, id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        if records.is_empty() {
+            return Err(ApiError::not_found(format!("conversation {id} not found")).into());
+        }
+        let decisions = records
+            .into_iter()
+            .flat_map(|r| r.events)
+            .filter_map(|e| match e.kind {
+                Some(parley_proto::events::conversation_event::Kind::Decision(d)) => Some(d),
+                _ => None,
+            })
+            .collect();
+        Ok(Response::new(v1::ListConversationDecisionsResponse { decisions }))
+    }
+
+    async fn issue_fast_track_code(
+        &self,
+        request: Request<v1::IssueFastTrackCodeRequest>,
+    ) -> Result<Response<v1::IssueFastTrackCodeResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator])?;
+        let op = self.target_operator(&p, "")?;
+        let r = request.into_inner();
+        let settings = self.engine.cache.routing_settings(&p.tenant);
+        let ttl = convert::from_duration("ttl", r.ttl.as_ref())
+            .map_err(|e| ApiError::invalid(e.to_string()))?
+            .unwrap_or(settings.fast_track_ttl);
+        if ttl < std::time::Duration::from_secs(60) || ttl > std::time::Duration::from_secs(30 * 24 * 3600) {
+            return Err(ApiError::invalid("ttl must be 1 minute to 30 days").into());
+        }
+        if r.max_uses > 1000 {
+            return Err(ApiError::invalid("max_uses must be 0 (unlimited) to 1000").into());
+        }
+        let now = clock::now();
+        let store = self.engine.cache.store();
+        for _ in 0..10 {
+            let code = {
+                use rand::Rng;
+                let mut rng = rand::rng();
+                fast_track::generate(|n| rng.random_range(0..n))
+            };
+            let record = parley_proto::events::FastTrackRecord {
+                code: code.clone(),
+                operator_id: op.to_string(),
+                issue_time: Some(convert::timestamp(now)),
+                expire_time: Some(convert::timestamp(now.saturating_add(ttl))),
+                uses_left: r.max_uses,
+                revoked: false,
+            };
+            match store.create(&key(&p.tenant, Kind::FastTrack, &code), &record).await {
+                Ok(rev) => {
+                    self.engine.cache.wait_for(rev).await;
+                    return Ok(Response::new(v1::IssueFastTrackCodeResponse { code: Some(fast_track_proto(&record)) }));
+                }
+                // The same code is live already: draw another.
+                Err(parley_nats::StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(ApiError::Unavailable(e.to_string()).into()),
+            }
+        }
+        Err(ApiError::Unavailable("could not draw a free code; retry".into()).into())
+    }
+
+    async fn list_fast_track_codes(
+        &self,
+        request: Request<v1::ListFastTrackCodesRequest>,
+    ) -> Result<Response<v1::ListFastTrackCodesResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
+        let op = self.target_operator(&p, &request.get_ref().operator_id)?;
+        let now = clock::now();
+        let codes = self.engine.cache.with_tenant(&p.tenant, |t| {
+            t.map(|t| {
+                t.fast_track
+                    .values()
+                    .filter(|r| {
+                        r.operator_id == op.as_str()
+                            && !r.revoked
+                            && convert::from_timestamp(r.expire_time.as_ref()) > now
+                    })
+                    .map(fast_track_proto)
+                    .collect()
+            })
+            .unwrap_or_default()
+        });
+        Ok(Response::new(v1::ListFastTrackCodesResponse { codes }))
+    }
+
+    async fn revoke_fast_track_code(
+        &self,
+        request: Request<v1::RevokeFastTrackCodeRequest>,
+    ) -> Result<Response<v1::RevokeFastTrackCodeResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
+        let code = request.into_inner().code.to_ascii_uppercase();
+        if !fast_track::is_code_shaped(&code) {
+            return Err(ApiError::invalid("code is not a fast-track code").into());
+        }
+        let store = self.engine.cache.store();
+        let k = key(&p.tenant, Kind::FastTrack, &code);
+        let (mut record, revision) = store
+            .get::<parley_proto::events::FastTrackRecord>(&k)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .ok_or_else(|| ApiError::not_found(format!("code {code} not found")))?;
+        if p.role == Role::Operator && record.operator_id != p.subject {
+            return Err(ApiError::not_found(format!("code {code} not found")).into());
+        }
+        record.revoked = true;
+        let rev = store.update(&k, &record, revision).await.map_err(|e| ApiError::Aborted(e.to_string()))?;
+        self.engine.cache.wait_for(rev).await;
+        Ok(Response::new(v1::RevokeFastTrackCodeResponse {}))
+    }
+
+    async fn get_routing_settings(
+        &self,
+        request: Request<v1::GetRoutingSettingsRequest>,
+    ) -> Result<Response<v1::GetRoutingSettingsResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &MANAGERS)?;
+        let revision = self
+            .engine
+            .cache
+            .with_tenant(&p.tenant, |t| t.and_then(|t| t.routing.as_ref().map(|r| r.revision)).unwrap_or(0));
+        let settings = convert::routing_settings(&self.engine.cache.routing_settings(&p.tenant), revision);
+        Ok(Response::new(v1::GetRoutingSettingsResponse { settings: Some(settings) }))
+    }
+
+    async fn update_routing_settings(
+        &self,
+        request: Request<v1::UpdateRoutingSettingsRequest>,
+    ) -> Result<Response<v1::UpdateRoutingSettingsResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin])?;
+        let s = request.into_inner().settings.ok_or_else(|| ApiError::invalid("settings is required"))?;
+        let model = convert::from_routing_settings(&s).map_err(|e| ApiError::invalid(format!("settings.{e}")))?;
+        let store = self.engine.cache.store();
+        let k = key(&p.tenant, Kind::Routing, "settings");
+        let stored = convert::routing_settings(&model, 0);
+        let rev = match store.update(&k, &stored, s.revision).await {
+            Ok(rev) => rev,
+            Err(parley_nats::StoreError::NotFound(_)) if s.revision == 0 => {
+                store.create(&k, &stored).await.map_err(|e| ApiError::Aborted(e.to_string()))?
+            }
+            Err(parley_nats::StoreError::Conflict(_)) => {
+                return Err(
+                    ApiError::Aborted("settings were changed concurrently; re-read them and retry".into()).into()
+                );
+            }
+            Err(e) => return Err(ApiError::Unavailable(e.to_string()).into()),
+        };
+        self.engine.cache.wait_for(rev).await;
+        Ok(Response::new(v1::UpdateRoutingSettingsResponse { settings: Some(convert::routing_settings(&model, rev)) }))
+    }
+
+    async fn preview_queue(
+        &self,
+        request: Request<v1::PreviewQueueRequest>,
+    ) -> Result<Response<v1::PreviewQueueResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &MANAGERS)?;
+        let r = request.into_inner();
+        let proposed = r.queue.ok_or_else(|| ApiError::invalid("queue is required"))?;
+        let queue = convert::from_queue(&p.tenant, &proposed).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let limit = match r.limit {
+            0 => 20,
+            1..=100 => r.limit as usize,
+            n => return Err(ApiError::invalid(format!("limit must be 0 to 100, got {n}")).into()),
+        };
+        let decisions = preview::run(&self.engine, &p.tenant, &queue, limit).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::PreviewQueueResponse { decisions, open: queue.is_open(clock::now()) }))
+    }
+}
+
+fn fast_track_proto(r: &parley_proto::events::FastTrackRecord) -> v1::FastTrackCode {
+    v1::FastTrackCode {
+        code: r.code.clone(),
+        operator_id: r.operator_id.clone(),
+        expire_time: r.expire_time,
+        uses_left: r.uses_left,
     }
 }

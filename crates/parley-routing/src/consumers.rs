@@ -150,6 +150,7 @@ impl Fanout {
                 let wait_start = convert::from_timestamp(route.wait_start_time.as_ref());
                 let score = parley_policy::queue_score(route.priority, wait_start);
                 q.position = self.engine.redis.ahead_of(&tenant, &queue, score).await.map_or(0, |n| n + 1);
+                q.estimated_wait_seconds = self.engine.estimated_wait(&tenant, &queue, q.position).await.unwrap_or(0);
             }
             let envelope = events::OutboundEnvelope {
                 tenant_id: record.tenant_id.clone(),

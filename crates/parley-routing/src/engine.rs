@@ -6,29 +6,45 @@
 //! conversation: one append wins, the other re-reads and re-decides. Capacity is reserved in
 //! Redis (atomically, see `parley-redis`) *before* an assignment is appended, and given back
 //! if the append does not happen.
+//!
+//! Deciding who gets a waiting conversation reads the operators from the configuration
+//! cache and their presence from Redis: all of them in a small tenant, else a shortlist from
+//! Redis's availability index (least occupied first, for the rarest required skill), a page
+//! at a time — so a decision costs the same with ten operators or ten thousand.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use parley_domain::conversation::{Command, CustomerRef, Opening, Rejected, Transition};
+use parley_domain::conversation::{
+    Actor, Command, CustomerRef, Opening, Preference, PreferenceReason, QueueReason, Rejected, Transition,
+};
+use parley_domain::routing::{Requirements, RoutingSettings, Selection};
 use parley_domain::{
-    Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, Message, MessageId, OperatorId, OperatorStatus,
-    Queue, QueueId, Sender, Status, TenantId, Timestamp,
+    Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, Message, MessageId, Operator, OperatorId,
+    OperatorStatus, Queue, QueueId, Sender, SkillId, Status, TenantId, Timestamp,
 };
 use parley_kit::clock;
 use parley_kit::error::ApiError;
 use parley_nats::{ConfigCache, ConversationLog, StoreError};
-use parley_policy::{Decision, OperatorView, Request, decide, queue_score};
+use parley_policy::{Decision, Exclusion, OperatorView, Request, Waiting, decide, queue_score, serve_order};
 use parley_proto::{convert, events, v1};
-use parley_redis::{ClaimRefused, Coordinator};
+use parley_redis::{ClaimRefused, Coordinator, OpCtx, TimerKind, Weights, activity_entry};
 use tokio::sync::Notify;
 
-use crate::record::{self, RedisEffect};
+use crate::fast_track;
+use crate::record::{self, Explained, RedisEffect};
 
 /// How many times a change is retried when another replica changed the conversation first.
 const MAX_ATTEMPTS: usize = 8;
+/// Tenants with at most this many operators are decided over all of them (exact, fully
+/// explained); larger ones over shortlists of this size.
+const SHORTLIST: usize = 64;
+/// Shortlist pages looked at per decision at most.
+const MAX_PAGES: usize = 8;
+/// Waiting conversations looked at per queue per dispatch pass.
+const HEADS_PER_QUEUE: usize = 32;
 
 /// Why the engine could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +91,14 @@ pub enum Applied {
     Duplicate(Conversation),
     /// The command did not apply to the current state; nothing changed.
     Skipped(Conversation),
+}
+
+impl Applied {
+    pub fn conversation(self) -> Conversation {
+        match self {
+            Applied::Done(c) | Applied::Duplicate(c) | Applied::Skipped(c) => c,
+        }
+    }
 }
 
 /// What a dispatch attempt did.
@@ -139,6 +163,38 @@ impl Memory {
     }
 }
 
+/// An operator on one channel, owned (see [`OpCtx`]).
+pub struct Seat {
+    tenant: TenantId,
+    op: OperatorId,
+    channel: Channel,
+    capacity: u32,
+    skills: Vec<SkillId>,
+    weights: Weights,
+}
+
+impl Seat {
+    pub fn ctx(&self) -> OpCtx<'_> {
+        OpCtx {
+            tenant: &self.tenant,
+            op: &self.op,
+            channel: self.channel,
+            capacity: self.capacity,
+            skills: &self.skills,
+            weights: self.weights,
+        }
+    }
+}
+
+/// The tenant's weights as Redis applies them.
+pub fn weights(settings: &RoutingSettings) -> Weights {
+    Weights {
+        waiting_milli: settings.waiting_weight_milli,
+        idle_milli: settings.idle_weight_milli,
+        idle_after: settings.idle_after,
+    }
+}
+
 /// The engine and everything it reads and writes. Shared by the consumers, the API and the
 /// background loops.
 pub struct Engine {
@@ -158,13 +214,35 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// An operator's seat context on a channel (capacity 0 and no skills if unknown, which
+    /// takes them out of the availability indexes).
+    pub fn seat(&self, tenant: &TenantId, op: &OperatorId, channel: Channel) -> Seat {
+        let model = self.cache.operator_model(tenant, op.as_str());
+        let settings = self.cache.routing_settings(tenant);
+        Seat {
+            tenant: tenant.clone(),
+            op: op.clone(),
+            channel,
+            capacity: model.as_ref().filter(|m| !m.disabled).map_or(0, |m| m.capacity_for(channel)),
+            skills: model.as_ref().map(|m| m.skills.iter().map(|s| s.skill.clone()).collect()).unwrap_or_default(),
+            weights: weights(&settings),
+        }
+    }
+
+    /// Every channel an operator has seats on (for status changes).
+    pub fn seats(&self, tenant: &TenantId, op: &OperatorId) -> Vec<Seat> {
+        let model = self.cache.operator_model(tenant, op.as_str());
+        let channels: Vec<Channel> = model.map(|m| m.capacity.iter().map(|(c, _)| *c).collect()).unwrap_or_default();
+        channels.into_iter().map(|c| self.seat(tenant, op, c)).collect()
+    }
+
     /// Applies `command` (chosen from the current state; `None` skips) with retries on
     /// concurrent changes. A `decision` is recorded with the change.
     pub async fn apply(
         &self,
         tenant: &TenantId,
         id: ConversationId,
-        decision: Option<&Decision>,
+        decision: Option<&Explained>,
         mut command: impl FnMut(&Conversation) -> Result<Option<Command>, EngineError>,
     ) -> Result<Applied, EngineError> {
         for attempt in 0..MAX_ATTEMPTS {
@@ -183,16 +261,27 @@ impl Engine {
             let Some(cmd) = command(&loaded.conversation)? else {
                 return Ok(Applied::Skipped(loaded.conversation));
             };
+            let record_id = message_record_id(id, &cmd);
             let now = clock::now();
             let t = loaded.conversation.apply(cmd, now)?;
             if t.duplicate {
                 return Ok(Applied::Duplicate(t.next));
             }
-            match self.commit(tenant, Some(&loaded.conversation), t, loaded.sequence, decision, now).await {
+            match self
+                .commit(tenant, Some(&loaded.conversation), t, loaded.sequence, decision, Vec::new(), record_id, now)
+                .await
+            {
                 Ok(next) => return Ok(Applied::Done(next)),
                 Err(StoreError::Conflict(_)) => {
                     self.memory.forget(tenant, id);
                     continue;
+                }
+                Err(StoreError::AlreadyApplied(_)) => {
+                    // This message was applied before (a redelivery older than what the
+                    // state remembers): nothing changes.
+                    self.memory.forget(tenant, id);
+                    let current = self.log.load(tenant, id).await?.map_or(loaded.conversation, |l| l.conversation);
+                    return Ok(Applied::Duplicate(current));
                 }
                 Err(e) => {
                     self.memory.forget(tenant, id);
@@ -203,37 +292,52 @@ impl Engine {
         Err(EngineError::Unavailable(format!("conversation {id} is changing too fast; retry")))
     }
 
-    /// Appends a transition's record at `expected`, then carries out its Redis effects.
+    /// Appends a transition's record at `expected`, then carries out its Redis effects. The
+    /// record's id is `record_id` when the transition is the application of one message
+    /// (so applying it twice is refused by the log), a fresh one otherwise.
+    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         tenant: &TenantId,
         previous: Option<&Conversation>,
         t: Transition,
         expected: u64,
-        decision: Option<&Decision>,
+        decision: Option<&Explained>,
+        extra_customer: Vec<v1::customer_update::Kind>,
+        record_id: Option<uuid::Uuid>,
         now: Timestamp,
     ) -> Result<Conversation, StoreError> {
         let extra: Vec<_> =
             decision.map(|d| record::decision_event(&t.next, d, clock::new_id(), now)).into_iter().collect();
-        let (rec, redis) = record::build(clock::new_id(), &t.next, t.effects, extra, now, &self.cache);
+        let record_id = record_id.unwrap_or_else(clock::new_id);
+        let (rec, redis) = record::build(record_id, &t.next, t.effects, extra, extra_customer, now, &self.cache);
         let sequence = self.log.append(tenant, &rec, expected).await?;
         self.memory.remember(&t.next, sequence);
-        self.run_redis(tenant, previous, &t.next, redis).await;
+        self.run_redis(tenant, previous, &t.next, redis, now).await;
         Ok(t.next)
     }
 
-    /// Carries out Redis effects. A failure here leaves Redis behind the durable state;
-    /// the rebuild and the dispatcher's checks bring it back in line.
+    /// Carries out Redis effects and keeps Redis's derived state (offer deadlines, timers,
+    /// weights, served log, the customer's last operator) in line with the new state. A
+    /// failure here leaves Redis behind the log; reconciliation brings it back.
     async fn run_redis(
         &self,
         tenant: &TenantId,
         previous: Option<&Conversation>,
         next: &Conversation,
         effects: Vec<RedisEffect>,
+        now: Timestamp,
     ) {
+        let mut failures = Vec::new();
         for effect in effects {
             let result = match &effect {
-                RedisEffect::Release(op) => self.redis.release(tenant, op, next.channel, next.id).await,
+                RedisEffect::Release(op) => {
+                    let seat = self.seat(tenant, op, next.channel);
+                    let r = self.redis.release(&seat.ctx(), next.id, now).await;
+                    // Capacity freed: a waiting conversation may fit now.
+                    self.wake.notify_one();
+                    r
+                }
                 RedisEffect::Enqueue => {
                     let score = queue_score(next.priority, next.wait_start);
                     self.redis.enqueue(tenant, &next.queue, next.id, score).await
@@ -244,35 +348,105 @@ impl Engine {
                 }
             };
             if let Err(e) = result {
-                tracing::warn!(conversation = %next.id, ?effect, error = %e, "redis effect failed; will be reconciled");
-            }
-            if matches!(effect, RedisEffect::Release(_)) {
-                // Capacity freed: a waiting conversation may fit now. (A new conversation
-                // is dispatched inline, so enqueueing needs no wake-up.)
-                self.wake.notify_one();
+                failures.push(format!("{effect:?}: {e}"));
             }
         }
-        let offered_before = previous.is_some_and(|p| matches!(p.status, Status::Offered { .. }));
-        let result = match &next.status {
-            Status::Offered { expires, .. } => self.redis.track_offer(tenant, next.id, *expires).await,
-            _ if offered_before => self.redis.untrack_offer(tenant, next.id).await,
-            _ => Ok(()),
+        let was = |f: &dyn Fn(&Conversation) -> bool| previous.is_some_and(f);
+        // Offers.
+        let offered = |c: &Conversation| matches!(c.status, Status::Offered { .. });
+        let r = match &next.status {
+            Status::Offered { expires, .. } => Some(self.redis.track_offer(tenant, next.id, *expires).await),
+            _ if was(&offered) => Some(self.redis.untrack_offer(tenant, next.id).await),
+            _ => None,
         };
-        if let Err(e) = result {
-            tracing::warn!(conversation = %next.id, error = %e, "offer tracking failed; will be reconciled");
+        if let Some(Err(e)) = r {
+            failures.push(format!("offer tracking: {e}"));
+        }
+        // Timers: a preference's end, the queue's maximum wait.
+        if let Err(e) = self.sync_timers(tenant, previous, next).await {
+            failures.push(format!("timers: {e}"));
+        }
+        // Weights: who spoke last in a held conversation.
+        if let Some(holder) = next.status.holder()
+            && previous.is_some_and(|p| p.last_activity != next.last_activity || p.last_sender != next.last_sender)
+        {
+            let seat = self.seat(tenant, holder, next.channel);
+            let entry = activity_entry(next.last_activity, next.last_sender == Sender::Operator);
+            if let Err(e) = self.redis.touch(&seat.ctx(), next.id, &entry, now).await {
+                failures.push(format!("weights: {e}"));
+            }
+        }
+        // Served from the queue: round robin and estimated waits.
+        if previous.is_some_and(|p| p.status == Status::Queued)
+            && let Some(op) = next.status.holder()
+            && let Err(e) = self.redis.note_served(tenant, &next.queue, op, next.id, now).await
+        {
+            failures.push(format!("served log: {e}"));
+        }
+        // The customer's last operator, for their next conversation.
+        if next.status == Status::Closed
+            && let Some(Status::Assigned { operator }) = previous.map(|p| &p.status)
+            && let Err(e) = self.log.set_last_operator(tenant, next.customer.id, operator, now).await
+        {
+            failures.push(format!("last operator: {e}"));
+        }
+        if !failures.is_empty() {
+            tracing::warn!(conversation = %next.id, ?failures, "redis behind the log; reconciliation will repair it");
         }
     }
 
+    async fn sync_timers(
+        &self,
+        tenant: &TenantId,
+        previous: Option<&Conversation>,
+        next: &Conversation,
+    ) -> Result<(), parley_redis::RedisError> {
+        let queued = next.status == Status::Queued;
+        let pref_due = next.preference.as_ref().filter(|_| queued).map(|p| p.until);
+        let prev_pref_due =
+            previous.and_then(|p| p.preference.as_ref().filter(|_| p.status == Status::Queued).map(|x| x.until));
+        if pref_due != prev_pref_due || previous.is_none() {
+            match pref_due {
+                Some(due) => self.redis.set_timer(tenant, TimerKind::Preference, next.id, due).await?,
+                None => self.redis.clear_timer(tenant, TimerKind::Preference, next.id).await?,
+            }
+        }
+        let max_wait = |c: &Conversation| {
+            (c.status == Status::Queued)
+                .then(|| self.cache.queue_model(tenant, c.queue.as_str()).and_then(|q| q.max_wait))
+                .flatten()
+                .map(|w| c.queue_enter.saturating_add(w))
+        };
+        let due = max_wait(next);
+        if previous.is_none() || previous.map(max_wait) != Some(due) {
+            match due {
+                Some(due) => self.redis.set_timer(tenant, TimerKind::MaxWait, next.id, due).await?,
+                None => self.redis.clear_timer(tenant, TimerKind::MaxWait, next.id).await?,
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one customer message: into the customer's open conversation, or a new one
-    /// that is queued and offered to an operator at once if anyone fits.
+    /// that is queued (or waits for its known or fast-track operator) and offered to an
+    /// operator at once if anyone fits.
     pub async fn customer_message(&self, m: &events::CustomerMessage) -> Result<(), EngineError> {
-        let tenant = TenantId::parse(&m.tenant_id).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let customer = CustomerId::parse(&m.customer_id).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let message_id = MessageId::parse(&m.message_id).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let channel = convert::from_channel("channel", m.channel).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let channel_config =
-            ChannelConfigId::parse(&m.channel_config_id).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let quoted = convert::from_quoted(m.quoted.as_ref()).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let invalid = |e: &dyn std::fmt::Display| EngineError::Invalid(e.to_string());
+        let tenant = TenantId::parse(&m.tenant_id).map_err(|e| invalid(&e))?;
+        let customer = CustomerId::parse(&m.customer_id).map_err(|e| invalid(&e))?;
+        let message_id = MessageId::parse(&m.message_id).map_err(|e| invalid(&e))?;
+        let channel = convert::from_channel("channel", m.channel).map_err(|e| invalid(&e))?;
+        let channel_config = ChannelConfigId::parse(&m.channel_config_id).map_err(|e| invalid(&e))?;
+        let quoted = convert::from_quoted(m.quoted.as_ref()).map_err(|e| invalid(&e))?;
+        let requirements = Requirements {
+            skills: m
+                .required_skills
+                .iter()
+                .map(|s| convert::from_skill_level("required_skills", s))
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(&e))?,
+            language: (!m.language.is_empty()).then(|| m.language.clone()),
+        };
         let message = |conversation: ConversationId| Message {
             id: message_id,
             conversation,
@@ -287,32 +461,36 @@ impl Engine {
             channel_message_id: m.channel_message_id.clone(),
         };
         for _ in 0..MAX_ATTEMPTS {
-            // The customer's open conversation as this replica remembers it: if it was closed
-            // meanwhile (here or elsewhere), the append fails or is rejected and the pointer
-            // is read from the store below.
-            if let Some(open) = self.memory.open(&tenant, customer) {
+            // The customer's open conversation as this replica remembers it, else as the
+            // pointer in the store says: if it was closed meanwhile, the append fails or is
+            // rejected and a new one opens.
+            let remembered = self.memory.open(&tenant, customer).map(|id| (id, None));
+            let stored = match remembered {
+                Some(r) => Some(r),
+                None => self.log.open_conversation(&tenant, customer).await?.map(|(id, rev)| (id, Some(rev))),
+            };
+            if let Some((open, pointer)) = stored {
                 let msg = message(open);
                 match self.apply(&tenant, open, None, |_| Ok(Some(Command::CustomerMessage(msg.clone())))).await {
-                    Ok(_) => return Ok(()),
-                    Err(EngineError::Rejected(Rejected::Closed)) | Err(EngineError::NotFound(_)) => {
-                        self.memory.set_open(&tenant, customer, None);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if let Some((open, pointer)) = self.log.open_conversation(&tenant, customer).await? {
-                let msg = message(open);
-                match self.apply(&tenant, open, None, |_| Ok(Some(Command::CustomerMessage(msg.clone())))).await {
-                    Ok(_) => {
+                    Ok(applied) => {
                         self.memory.set_open(&tenant, customer, Some(open));
+                        let c = applied.conversation();
+                        // A code given while waiting still takes effect.
+                        if c.status == Status::Queued && c.preference.is_none() {
+                            self.fast_track_while_waiting(&tenant, &c, m).await?;
+                        }
                         return Ok(());
                     }
                     Err(EngineError::Rejected(Rejected::Closed)) | Err(EngineError::NotFound(_)) => {
-                        // The pointer outlived its conversation; clear it and open a new one.
-                        match self.log.clear_open(&tenant, customer, pointer).await {
-                            Ok(()) | Err(StoreError::Conflict(_)) => continue,
-                            Err(e) => return Err(e.into()),
+                        self.memory.set_open(&tenant, customer, None);
+                        if let Some(rev) = pointer {
+                            // The pointer outlived its conversation; clear it.
+                            match self.log.clear_open(&tenant, customer, rev).await {
+                                Ok(()) | Err(StoreError::Conflict(_)) => {}
+                                Err(e) => return Err(e.into()),
+                            }
                         }
+                        continue;
                     }
                     Err(e) => return Err(e),
                 }
@@ -322,13 +500,13 @@ impl Engine {
             let id = ConversationId::opened_by(message_id);
             if let Some(existing) = self.log.load(&tenant, id).await? {
                 if existing.conversation.status == Status::Closed {
-                    // An old message delivered again after its conversation ended.
                     tracing::info!(conversation = %id, message = %message_id, "redelivery of a closed conversation's message");
                     return Ok(());
                 }
                 // Opened before a crash; make sure it is the customer's open conversation.
                 match self.log.set_open(&tenant, customer, id).await {
                     Ok(_) => {
+                        self.memory.set_open(&tenant, customer, Some(id));
                         self.try_dispatch(&tenant, id, false).await?;
                         return Ok(());
                     }
@@ -336,8 +514,37 @@ impl Engine {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let queue = self.queue_for(&tenant, &m.queue_id, &channel_config);
-            let priority = self.cache.queue(&tenant, queue.as_str()).map_or(0, |q| q.priority);
+            let now = clock::now();
+            let settings = self.cache.routing_settings(&tenant);
+            let mut queue = self.queue_for(&tenant, &m.queue_id, &channel_config);
+            let mut notices = Vec::new();
+            // Outside business hours: to the after-hours queue, or tell the customer.
+            if let Some(q) = self.cache.queue_model(&tenant, queue.as_str())
+                && !q.is_open(now)
+            {
+                match &q.after_hours {
+                    Some(after) => queue = after.clone(),
+                    None => notices.push(v1::customer_update::Kind::Closed(v1::QueueClosed {
+                        conversation_id: id.to_string(),
+                        open_time: q.business_hours.as_ref().and_then(|h| h.next_open(now)).map(convert::timestamp),
+                    })),
+                }
+            }
+            let mut priority = self.cache.queue_model(&tenant, queue.as_str()).map_or(0, |q| q.priority);
+            // A valid fast-track code goes straight to its operator; otherwise a returning
+            // customer waits a little for their known operator.
+            let preference = match fast_track::redeem(self, &tenant, customer, m, now).await? {
+                Some(op) => {
+                    // Promised a fast lane: if the operator cannot take it, it still comes first.
+                    priority = 100;
+                    Some(Preference {
+                        operator: op,
+                        until: now.saturating_add(settings.known_operator_wait),
+                        reason: PreferenceReason::FastTrack,
+                    })
+                }
+                None => self.known_operator(&tenant, customer, channel, &settings, now).await?,
+            };
             let opening = Opening {
                 id,
                 tenant: tenant.clone(),
@@ -350,10 +557,12 @@ impl Engine {
                 channel_config: channel_config.clone(),
                 queue,
                 priority,
+                requirements: requirements.clone(),
+                preference,
             };
-            let now = clock::now();
             let t = Conversation::open(opening, message(id), now);
-            match self.commit(&tenant, None, t, 0, None, now).await {
+            let record_id = message_record_id(id, &Command::CustomerMessage(message(id)));
+            match self.commit(&tenant, None, t, 0, None, notices, record_id, now).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -368,7 +577,7 @@ impl Engine {
                     let _ = self
                         .apply(&tenant, id, None, |_| {
                             Ok(Some(Command::Close {
-                                by: parley_domain::conversation::Actor::System,
+                                by: Actor::System,
                                 reason: "merged into a concurrent conversation".into(),
                             }))
                         })
@@ -381,6 +590,59 @@ impl Engine {
             return Ok(());
         }
         Err(EngineError::Unavailable("customer's conversation is changing too fast; retry".into()))
+    }
+
+    /// A code in a message of a conversation that is already waiting.
+    async fn fast_track_while_waiting(
+        &self,
+        tenant: &TenantId,
+        c: &Conversation,
+        m: &events::CustomerMessage,
+    ) -> Result<(), EngineError> {
+        let now = clock::now();
+        let Some(op) = fast_track::redeem(self, tenant, c.customer.id, m, now).await? else { return Ok(()) };
+        let settings = self.cache.routing_settings(tenant);
+        let preference = Preference {
+            operator: op,
+            until: now.saturating_add(settings.known_operator_wait),
+            reason: PreferenceReason::FastTrack,
+        };
+        self.apply(tenant, c.id, None, |cur| {
+            Ok((cur.status == Status::Queued).then(|| Command::Prefer(preference.clone())))
+        })
+        .await?;
+        self.try_dispatch(tenant, c.id, false).await?;
+        Ok(())
+    }
+
+    /// The customer's operator from before, if they are within the tenant's window and can
+    /// take new work (if they are away or gone, the customer does not wait for them).
+    async fn known_operator(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        channel: Channel,
+        settings: &RoutingSettings,
+        now: Timestamp,
+    ) -> Result<Option<Preference>, EngineError> {
+        let Some(window) = settings.known_operator_window else { return Ok(None) };
+        let Some((op, at)) = self.log.last_operator(tenant, customer).await? else { return Ok(None) };
+        if now.since(at) > window {
+            return Ok(None);
+        }
+        let Some(model) = self.cache.operator_model(tenant, op.as_str()) else { return Ok(None) };
+        if model.disabled || model.capacity_for(channel) == 0 {
+            return Ok(None);
+        }
+        let presence = self.redis.presence(tenant, &op, now).await?;
+        if presence.status != OperatorStatus::Online || !presence.connected {
+            return Ok(None);
+        }
+        Ok(Some(Preference {
+            operator: op,
+            until: now.saturating_add(settings.known_operator_wait),
+            reason: PreferenceReason::KnownOperator,
+        }))
     }
 
     /// The queue a new conversation waits in: the one asked for if it exists, else the
@@ -398,27 +660,18 @@ impl Engine {
         default_queue()
     }
 
-    /// Records an operator's reply (already on its way to the customer) in the log.
-    pub async fn operator_message(&self, tenant: &TenantId, message: Message) -> Result<(), EngineError> {
-        let id = message.conversation;
-        self.apply(tenant, id, None, |_| Ok(Some(Command::RecordOperatorMessage(message.clone())))).await?;
-        Ok(())
-    }
-
     /// Closes a conversation; the customer's next message opens a new one.
     pub async fn close(
         &self,
         tenant: &TenantId,
         id: ConversationId,
-        by: parley_domain::conversation::Actor,
+        by: Actor,
         reason: String,
     ) -> Result<Conversation, EngineError> {
-        let applied = self
+        let c = self
             .apply(tenant, id, None, |_| Ok(Some(Command::Close { by: by.clone(), reason: reason.clone() })))
-            .await?;
-        let c = match applied {
-            Applied::Done(c) | Applied::Duplicate(c) | Applied::Skipped(c) => c,
-        };
+            .await?
+            .conversation();
         self.memory.set_open(tenant, c.customer.id, None);
         if let Some((open, revision)) = self.log.open_conversation(tenant, c.customer.id).await?
             && open == id
@@ -432,42 +685,164 @@ impl Engine {
         Ok(c)
     }
 
-    /// The tenant's operators as the policy sees them for `channel`.
-    pub async fn operator_views(&self, tenant: &TenantId, channel: Channel) -> Result<Vec<OperatorView>, EngineError> {
-        let operators: Vec<v1::Operator> =
-            self.cache.with_tenant(tenant, |t| t.map(|t| t.operators.values().cloned().collect()).unwrap_or_default());
-        let ops: Vec<parley_domain::Operator> =
-            operators.iter().filter_map(|o| convert::from_operator(tenant, o).ok()).collect();
-        let ids: Vec<OperatorId> = ops.iter().map(|o| o.id.clone()).collect();
-        let snapshots = self.redis.snapshot(tenant, &ids, channel, clock::now()).await?;
-        Ok(ops
-            .into_iter()
+    /// Records an operator's reply (already on its way to the customer) in the log.
+    pub async fn operator_message(&self, tenant: &TenantId, message: Message) -> Result<(), EngineError> {
+        let id = message.conversation;
+        self.apply(tenant, id, None, |_| Ok(Some(Command::RecordOperatorMessage(message.clone())))).await?;
+        Ok(())
+    }
+
+    /// A queue's configuration in domain form (a missing one requires nothing).
+    pub fn queue_config(&self, tenant: &TenantId, queue: &QueueId) -> Arc<Queue> {
+        self.cache.queue_model(tenant, queue.as_str()).unwrap_or_else(|| {
+            Arc::new(Queue {
+                tenant: tenant.clone(),
+                id: queue.clone(),
+                display_name: queue.to_string(),
+                required_skills: Vec::new(),
+                language: None,
+                priority: 0,
+                offer_timeout: None,
+                selection: Selection::LeastOccupied,
+                aging_delay: None,
+                max_wait: None,
+                overflow: None,
+                expansion: Vec::new(),
+                business_hours: None,
+                after_hours: None,
+            })
+        })
+    }
+
+    /// What a waiting conversation needs now: its queue's requirements (or its own, after
+    /// a transfer to a skill) plus its own, relaxed for the time it has waited in the queue;
+    /// nothing at all once past a maximum wait with nowhere to overflow.
+    pub fn requirements(&self, c: &Conversation, queue: &Queue, now: Timestamp) -> Requirements {
+        let waited = now.since(c.queue_enter);
+        if queue.overflow.is_none() && queue.max_wait.is_some_and(|m| waited >= m) {
+            return Requirements::none();
+        }
+        let base = if c.replace_queue_requirements { Requirements::default() } else { queue.requirements() };
+        base.merged(&c.requirements).expanded(&queue.expansion, waited)
+    }
+
+    /// The request the policy decides: requirements, strategy, preference, round robin.
+    pub async fn request_for(
+        &self,
+        tenant: &TenantId,
+        c: &Conversation,
+        queue: &Queue,
+        now: Timestamp,
+    ) -> Result<Request, EngineError> {
+        let mut request = Request::new(c.channel, self.requirements(c, queue, now));
+        request.excluded = c.declined_by.clone();
+        request.selection = queue.selection;
+        request.only = c.preference.as_ref().filter(|p| p.until > now).map(|p| p.operator.clone());
+        if queue.selection == Selection::RoundRobin {
+            request.last_chosen = self.redis.last_chosen(tenant, &queue.id).await?;
+        }
+        Ok(request)
+    }
+
+    /// Views of the given operators for a channel.
+    async fn views(
+        &self,
+        tenant: &TenantId,
+        models: &[Arc<Operator>],
+        channel: Channel,
+        now: Timestamp,
+    ) -> Result<Vec<OperatorView>, EngineError> {
+        let ids: Vec<OperatorId> = models.iter().map(|m| m.id.clone()).collect();
+        let w = weights(&self.cache.routing_settings(tenant));
+        let snapshots = self.redis.snapshot(tenant, &ids, channel, now, w).await?;
+        Ok(models
+            .iter()
             .zip(snapshots)
             .map(|(o, s)| OperatorView {
-                capacity: o.capacity_for(channel),
-                id: o.id,
+                id: o.id.clone(),
                 status: s.status,
                 connected: s.connected,
                 disabled: o.disabled,
-                skills: o.skills,
-                languages: o.languages,
+                skills: o.skills.clone(),
+                languages: o.languages.clone(),
+                capacity: o.capacity_for(channel),
                 load: s.load,
+                weighted_load_milli: s.weighted_load_milli,
                 last_assigned: s.last_assigned,
             })
             .collect())
     }
 
-    /// A queue's configuration in domain form (a missing or broken one requires nothing).
-    pub fn queue_config(&self, tenant: &TenantId, queue: &QueueId) -> Queue {
-        self.cache.queue(tenant, queue.as_str()).and_then(|q| convert::from_queue(tenant, &q).ok()).unwrap_or(Queue {
-            tenant: tenant.clone(),
-            id: queue.clone(),
-            display_name: queue.to_string(),
-            required_skills: Vec::new(),
-            language: None,
-            priority: 0,
-            offer_timeout: None,
-        })
+    /// Views of the operators a request would be decided over, at most `max` of them (all of
+    /// a tenant that small, else the head of the availability index).
+    pub async fn candidate_views(
+        &self,
+        tenant: &TenantId,
+        request: &Request,
+        max: usize,
+        now: Timestamp,
+    ) -> Result<Vec<OperatorView>, EngineError> {
+        let models: Vec<Arc<Operator>> = match &request.only {
+            Some(only) => self.cache.operator_model(tenant, only.as_str()).into_iter().collect(),
+            None => {
+                let all = self.cache.operator_models(tenant);
+                if all.len() <= max {
+                    all
+                } else {
+                    let by_id: HashMap<&str, &Arc<Operator>> = all.iter().map(|m| (m.id.as_str(), m)).collect();
+                    let ids = self.redis.shortlist(tenant, request.channel, None, 0, max).await?;
+                    ids.iter().filter_map(|id| by_id.get(id.as_str()).map(|m| (*m).clone())).collect()
+                }
+            }
+        };
+        self.views(tenant, &models, request.channel, now).await
+    }
+
+    /// Decides for a request: over the operator(s) it waits for, over every operator of a
+    /// small tenant, else over shortlists from the availability index of its rarest
+    /// required skill, a page at a time.
+    pub async fn decide_for(
+        &self,
+        tenant: &TenantId,
+        request: &Request,
+        now: Timestamp,
+    ) -> Result<(Decision, Vec<OperatorView>), EngineError> {
+        if let Some(only) = &request.only {
+            let models: Vec<Arc<Operator>> = self.cache.operator_model(tenant, only.as_str()).into_iter().collect();
+            let views = self.views(tenant, &models, request.channel, now).await?;
+            return Ok((decide(request, &views), views));
+        }
+        let all = self.cache.operator_models(tenant);
+        if all.len() <= SHORTLIST {
+            let views = self.views(tenant, &all, request.channel, now).await?;
+            return Ok((decide(request, &views), views));
+        }
+        let by_id: HashMap<&str, &Arc<Operator>> = all.iter().map(|m| (m.id.as_str(), m)).collect();
+        let skills: Vec<&SkillId> = request.requirements.skills.iter().map(|s| &s.skill).collect();
+        let index = if skills.is_empty() {
+            None
+        } else {
+            let sizes = self.redis.index_sizes(tenant, request.channel, &skills).await?;
+            skills.iter().zip(sizes).min_by_key(|(_, n)| *n).map(|(s, _)| (*s).clone())
+        };
+        let mut last = (decide(request, &[]), Vec::new());
+        for page in 0..MAX_PAGES {
+            let ids =
+                self.redis.shortlist(tenant, request.channel, index.as_ref(), page * SHORTLIST, SHORTLIST).await?;
+            if ids.is_empty() {
+                break;
+            }
+            let models: Vec<Arc<Operator>> =
+                ids.iter().filter_map(|id| by_id.get(id.as_str()).map(|m| (*m).clone())).collect();
+            let views = self.views(tenant, &models, request.channel, now).await?;
+            let decision = decide(request, &views);
+            let done = decision.chosen.is_some() || ids.len() < SHORTLIST;
+            last = (decision, views);
+            if done {
+                break;
+            }
+        }
+        Ok(last)
     }
 
     /// Tries to give a waiting conversation to the best operator now. With `record_wait`, a
@@ -478,8 +853,9 @@ impl Engine {
         id: ConversationId,
         record_wait: bool,
     ) -> Result<Dispatched, EngineError> {
-        for _ in 0..3 {
+        for _ in 0..4 {
             let Some(loaded) = self.log.load(tenant, id).await? else { return Ok(Dispatched::NotWaiting) };
+            self.memory.remember(&loaded.conversation, loaded.sequence);
             let c = loaded.conversation;
             if c.status != Status::Queued {
                 // A stale queue entry (Redis behind the log): drop it.
@@ -488,29 +864,57 @@ impl Engine {
             }
             // The log says it waits: make sure Redis agrees (an enqueue lost in a crash).
             self.redis.ensure_queued(tenant, &c.queue, id, queue_score(c.priority, c.wait_start)).await?;
+            let now = clock::now();
             let queue = self.queue_config(tenant, &c.queue);
-            let request = Request {
-                channel: c.channel,
-                required_skills: queue.required_skills.clone(),
-                language: queue.language.clone(),
-                excluded: c.declined_by.clone(),
+            if !queue.is_open(now) && c.preference.is_none() {
+                return Ok(Dispatched::Nobody);
+            }
+            let request = self.request_for(tenant, &c, &queue, now).await?;
+            let (decision, views) = self.decide_for(tenant, &request, now).await?;
+            let explained = Explained {
+                strategy: c.preference.as_ref().filter(|p| p.until > now).map(|p| p.reason.as_str()),
+                requirements: request.requirements.clone(),
+                decision,
             };
-            let views = self.operator_views(tenant, c.channel).await?;
-            let decision = decide(&request, &views);
-            let Some(chosen) = decision.chosen.clone() else {
+            let Some(chosen) = explained.decision.chosen.clone() else {
+                // Waiting for one operator who cannot take new work at all (away, gone):
+                // stop waiting at once and let the queue take over.
+                if let Some(only) = &request.only {
+                    let unreachable =
+                        explained.decision.assessments.iter().find(|a| &a.operator == only).is_none_or(|a| {
+                            matches!(
+                                a.excluded,
+                                Some(
+                                    Exclusion::Status(_)
+                                        | Exclusion::Disconnected
+                                        | Exclusion::Disabled
+                                        | Exclusion::NoCapacity
+                                )
+                            )
+                        });
+                    if unreachable {
+                        self.apply(tenant, id, None, |cur| {
+                            Ok((cur.status == Status::Queued).then_some(Command::EndPreference))
+                        })
+                        .await?;
+                        continue;
+                    }
+                }
                 if record_wait {
-                    let now = clock::now();
                     let t = Transition { next: c.clone(), effects: Vec::new(), duplicate: false };
-                    match self.commit(tenant, Some(&c), t, loaded.sequence, Some(&decision), now).await {
+                    match self
+                        .commit(tenant, Some(&c), t, loaded.sequence, Some(&explained), Vec::new(), None, now)
+                        .await
+                    {
                         Ok(_) | Err(StoreError::Conflict(_)) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
                 return Ok(Dispatched::Nobody);
             };
-            let capacity = views.iter().find(|v| v.id == chosen).map_or(0, |v| v.capacity);
-            let now = clock::now();
-            match self.redis.claim(tenant, &chosen, c.channel, capacity, id, &c.queue, true, now).await? {
+            let seat = self.seat(tenant, &chosen, c.channel);
+            debug_assert_eq!(views.iter().find(|v| v.id == chosen).map(|v| v.capacity), Some(seat.capacity));
+            match self.redis.claim(&seat.ctx(), id, &c.queue, true, now).await? {
                 Ok(()) => {}
                 Err(ClaimRefused::Gone) => return Ok(Dispatched::NotWaiting),
                 // The snapshot was stale (the operator filled up or left): decide again.
@@ -519,7 +923,7 @@ impl Engine {
             let op = chosen.clone();
             let offer_timeout = queue.offer_timeout;
             let result = self
-                .apply(tenant, id, Some(&decision), |cur| {
+                .apply(tenant, id, Some(&explained), |cur| {
                     if cur.status != Status::Queued {
                         return Ok(None);
                     }
@@ -533,14 +937,14 @@ impl Engine {
                 Ok(Applied::Done(_)) => Ok(Dispatched::To(chosen)),
                 Ok(Applied::Skipped(cur)) | Ok(Applied::Duplicate(cur)) => {
                     if cur.status.holder() != Some(&chosen) {
-                        self.redis.release(tenant, &chosen, c.channel, id).await?;
+                        self.redis.release(&seat.ctx(), id, now).await?;
                     }
                     Ok(Dispatched::NotWaiting)
                 }
                 Err(e) => {
-                    // The assignment did not happen: give the capacity back (the
-                    // conversation never left its queue).
-                    self.redis.release(tenant, &chosen, c.channel, id).await?;
+                    // The assignment did not happen: give the seat back (the conversation
+                    // never left its queue).
+                    self.redis.release(&seat.ctx(), id, now).await?;
                     Err(e)
                 }
             };
@@ -548,40 +952,65 @@ impl Engine {
         Ok(Dispatched::Nobody)
     }
 
-    /// One pass over every queue of every tenant, and every expired offer.
+    /// One pass over a tenant: expired offers, due timers, then the heads of every open
+    /// queue in serving order (priority, aging, wait).
+    pub async fn dispatch_tenant(&self, tenant: &TenantId) -> Result<(), EngineError> {
+        let now = clock::now();
+        self.expire_offers(tenant, now).await?;
+        self.run_timers(tenant, now).await?;
+        let mut waiting = Vec::new();
+        for queue in self.cache.queue_models(tenant) {
+            for (id, score) in self.redis.waiting_scored(tenant, &queue.id, HEADS_PER_QUEUE).await? {
+                // The score holds the priority and the wait start.
+                let (priority, wait_start) = decode_score(score);
+                waiting.push(Waiting { conversation: id, priority, wait_start, aging_delay: queue.aging_delay });
+            }
+        }
+        serve_order(&mut waiting, now);
+        // A kind of conversation: its channel, required skills and language.
+        type Kind = (Channel, Vec<(SkillId, u8)>, Option<String>);
+        // Once nobody can take a conversation of a kind, the next of that kind is skipped.
+        let mut exhausted: HashSet<Kind> = HashSet::new();
+        for w in waiting {
+            let key = match self.memory.state(tenant, w.conversation) {
+                Some((c, _)) if c.status == Status::Queued && c.declined_by.is_empty() && c.preference.is_none() => {
+                    let queue = self.queue_config(tenant, &c.queue);
+                    let r = self.requirements(&c, &queue, now);
+                    Some((c.channel, r.skills.iter().map(|s| (s.skill.clone(), s.proficiency)).collect(), r.language))
+                }
+                _ => None,
+            };
+            if key.as_ref().is_some_and(|k| exhausted.contains(k)) {
+                continue;
+            }
+            match self.try_dispatch(tenant, w.conversation, false).await {
+                Ok(Dispatched::Nobody) => {
+                    if let Some(k) = key {
+                        exhausted.insert(k);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(conversation = %w.conversation, error = %e, "dispatch failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tenant, once.
     pub async fn dispatch_all(&self) {
         for tenant in self.cache.tenants() {
             if tenant.disabled {
                 continue;
             }
             let Ok(tenant_id) = TenantId::parse(&tenant.id) else { continue };
-            if let Err(e) = self.expire_offers(&tenant_id).await {
-                tracing::warn!(tenant = %tenant_id, error = %e, "expiring offers failed");
-            }
-            let queues: Vec<String> = self
-                .cache
-                .with_tenant(&tenant_id, |t| t.map(|t| t.queues.keys().cloned().collect()).unwrap_or_default());
-            for queue in queues {
-                let Ok(queue) = QueueId::parse(&queue) else { continue };
-                let waiting = match self.redis.waiting(&tenant_id, &queue, 32).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading queue failed");
-                        return;
-                    }
-                };
-                for id in waiting {
-                    if let Err(e) = self.try_dispatch(&tenant_id, id, false).await {
-                        tracing::warn!(conversation = %id, error = %e, "dispatch failed");
-                    }
-                }
+            if let Err(e) = self.dispatch_tenant(&tenant_id).await {
+                tracing::warn!(tenant = %tenant_id, error = %e, "dispatch pass failed");
             }
         }
     }
 
     /// Moves expired offers back to their queue (the operator is not offered it again).
-    async fn expire_offers(&self, tenant: &TenantId) -> Result<(), EngineError> {
-        let now = clock::now();
+    async fn expire_offers(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
         for id in self.redis.due_offers(tenant, now, 100).await? {
             let result = self
                 .apply(tenant, id, None, |cur| match &cur.status {
@@ -600,8 +1029,48 @@ impl Engine {
         Ok(())
     }
 
+    /// Due timers: a wait for one operator ends (the queue takes over, priority and wait
+    /// kept); a queue's maximum wait is reached (overflow, or anyone may take it).
+    async fn run_timers(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
+        for (kind, id) in self.redis.due_timers(tenant, now, 200).await? {
+            let result = match kind {
+                TimerKind::Preference => {
+                    self.apply(tenant, id, None, |cur| {
+                        let due = cur.preference.as_ref().is_some_and(|p| p.until <= clock::now());
+                        Ok((cur.status == Status::Queued && due).then_some(Command::EndPreference))
+                    })
+                    .await
+                }
+                TimerKind::MaxWait => {
+                    self.apply(tenant, id, None, |cur| {
+                        if cur.status != Status::Queued {
+                            return Ok(None);
+                        }
+                        let queue = self.queue_config(tenant, &cur.queue);
+                        Ok(queue.overflow.clone().map(|to| Command::MoveQueue { to, reason: QueueReason::Overflow }))
+                    })
+                    .await
+                }
+            };
+            match result {
+                Ok(Applied::Done(_))
+                | Ok(Applied::Skipped(_))
+                | Ok(Applied::Duplicate(_))
+                | Err(EngineError::NotFound(_)) => {
+                    // Whatever happened, this timer is spent; a new state sets new ones.
+                    self.redis.clear_timer(tenant, kind, id).await?;
+                    if let Err(e) = self.try_dispatch(tenant, id, false).await {
+                        tracing::warn!(conversation = %id, error = %e, "dispatch after timer failed");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sets an operator's status: durably (key-value), then in Redis. Going offline hands
-    /// back their pending offers.
+    /// back their pending offers and, if the tenant reroutes, their open conversations.
     pub async fn set_status(
         &self,
         tenant: &TenantId,
@@ -623,36 +1092,79 @@ impl Engine {
             .put(key.as_str(), parley_proto::prost::Message::encode_to_vec(&record).into())
             .await
             .map_err(|e| EngineError::Unavailable(format!("presence store: {e}")))?;
-        self.redis.set_status(tenant, op, status, reason, now).await?;
+        let seats = self.seats(tenant, op);
+        let ctxs: Vec<OpCtx<'_>> = seats.iter().map(Seat::ctx).collect();
+        self.redis.set_status(tenant, op, status, reason, now, &ctxs).await?;
         if status == OperatorStatus::Online {
             self.wake.notify_one();
         }
         if status == OperatorStatus::Offline {
-            self.withdraw_offers(tenant, op).await?;
+            let settings = self.cache.routing_settings(tenant);
+            self.reroute(tenant, op, settings.reroute_after.is_some()).await?;
         }
         Ok(())
     }
 
-    /// Puts every conversation offered to `op` back in its queue.
-    async fn withdraw_offers(&self, tenant: &TenantId, op: &OperatorId) -> Result<(), EngineError> {
+    /// Puts an operator's offers (and, with `open_too`, their open conversations) back in
+    /// their queues, priority and waiting time kept.
+    pub async fn reroute(&self, tenant: &TenantId, op: &OperatorId, open_too: bool) -> Result<usize, EngineError> {
+        let mut moved = 0;
         for channel in Channel::ALL {
             for held in self.redis.held(tenant, op, channel).await? {
                 let Ok(id) = ConversationId::parse(&held) else { continue };
                 let result = self
                     .apply(tenant, id, None, |cur| match &cur.status {
                         Status::Offered { operator, .. } if operator == op => Ok(Some(Command::Requeue)),
+                        Status::Assigned { operator } if operator == op && open_too => Ok(Some(Command::Requeue)),
                         _ => Ok(None),
                     })
                     .await;
-                if let Err(e) = result {
-                    tracing::warn!(conversation = %id, error = %e, "withdrawing offer failed");
+                match result {
+                    Ok(Applied::Done(_)) => {
+                        moved += 1;
+                        if let Err(e) = self.try_dispatch(tenant, id, false).await {
+                            tracing::warn!(conversation = %id, error = %e, "dispatch after reroute failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(conversation = %id, error = %e, "rerouting failed"),
                 }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Operators whose desks are gone (no live session): their offers go back at once,
+    /// their open conversations once the desk has been gone the tenant's `reroute_after`.
+    pub async fn reroute_gone(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
+        let settings = self.cache.routing_settings(tenant);
+        let mut holders: Vec<OperatorId> = Vec::new();
+        for channel in Channel::ALL {
+            holders.extend(self.redis.holders(tenant, channel).await?);
+        }
+        holders.sort();
+        holders.dedup();
+        let expiries = self.redis.session_expiries(tenant, &holders).await?;
+        for (op, expiry) in holders.iter().zip(expiries) {
+            let gone_since = match expiry {
+                Some(t) if t > now => continue,
+                Some(t) => t,
+                None => {
+                    // No session on record (Redis lost it): gone from now on.
+                    self.redis.mark_gone(tenant, op, now).await?;
+                    now
+                }
+            };
+            let open_too = settings.reroute_after.is_some_and(|after| now.since(gone_since) >= after);
+            let moved = self.reroute(tenant, op, open_too).await?;
+            if moved > 0 {
+                tracing::info!(tenant = %tenant, operator = %op, moved, open_too, "rerouted the work of a gone desk");
             }
         }
         Ok(())
     }
 
-    /// The conversations an operator holds, read from their capacity reservations.
+    /// The conversations an operator holds, read from their reservations.
     pub async fn held_conversations(
         &self,
         tenant: &TenantId,
@@ -673,9 +1185,14 @@ impl Engine {
         Ok(out)
     }
 
-    /// Rebuilds Redis from the durable side if it lost its data (no `parley:rebuilt`):
-    /// statuses from the presence bucket, queues, offers and reservations from the last
-    /// record of every conversation.
+    /// Estimated seconds until a conversation at `position` in `queue` is served (0 when
+    /// the queue has not served enough lately to tell).
+    pub async fn estimated_wait(&self, tenant: &TenantId, queue: &QueueId, position: u32) -> Result<u32, EngineError> {
+        let rate = self.redis.service_rate(tenant, queue, clock::now()).await?;
+        Ok(rate.filter(|r| *r > 0.0).map_or(0, |r| (f64::from(position) / r).ceil() as u32))
+    }
+
+    /// Rebuilds Redis from the durable side if it lost its data (no `parley:rebuilt`).
     pub async fn rebuild_if_needed(&self, js: &async_nats::jetstream::Context) -> anyhow::Result<bool> {
         if self.redis.is_rebuilt().await? {
             return Ok(false);
@@ -687,28 +1204,31 @@ impl Engine {
     }
 
     /// Brings Redis in line with the log after crashes: every waiting conversation in its
-    /// queue, every held one reserved, and reservations nobody holds any more (claimed over
-    /// `grace` ago, by a router that died before recording the assignment) given back.
+    /// queue with its timers, every held one reserved, reservations nobody holds any more
+    /// (claimed over `grace` ago, by a router that died before recording) given back, and
+    /// every operator's availability recomputed (idle conversations weigh less over time).
     pub async fn reconcile(&self, js: &async_nats::jetstream::Context, grace: Duration) -> anyhow::Result<()> {
         crate::rebuild::run(self, js).await?;
-        let before = Timestamp::from_micros(clock::now().as_micros() - grace.as_micros() as i64);
+        let now = clock::now();
+        let before = Timestamp::from_micros(now.as_micros() - grace.as_micros() as i64);
         let mut released = 0;
         for tenant in self.cache.tenants() {
             let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
-            let operators: Vec<String> = self
-                .cache
-                .with_tenant(&tenant, |t| t.map(|t| t.operators.keys().cloned().collect()).unwrap_or_default());
-            for op in operators.iter().filter_map(|o| OperatorId::parse(o).ok()) {
+            for model in self.cache.operator_models(&tenant) {
                 for channel in Channel::ALL {
-                    for id in self.redis.stale_holds(&tenant, &op, channel, before).await? {
+                    let seat = self.seat(&tenant, &model.id, channel);
+                    for id in self.redis.stale_holds(&tenant, &model.id, channel, before).await? {
                         let held = match self.log.load(&tenant, id).await? {
-                            Some(l) => l.conversation.status.holder() == Some(&op),
+                            Some(l) => l.conversation.status.holder() == Some(&model.id),
                             None => false,
                         };
                         if !held {
-                            self.redis.release(&tenant, &op, channel, id).await?;
+                            self.redis.release(&seat.ctx(), id, now).await?;
                             released += 1;
                         }
+                    }
+                    if seat.capacity > 0 {
+                        self.redis.refresh(&seat.ctx(), now).await?;
                     }
                 }
             }
@@ -720,8 +1240,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Periodic work: rebuild Redis if it was lost, reconcile it with the log, expire
-    /// offers, dispatch waiting conversations; also woken early whenever something changes.
+    /// Periodic work: rebuild Redis if it was lost, reconcile it with the log, reroute the
+    /// work of gone desks, expire offers and timers, dispatch waiting conversations; also
+    /// woken early whenever capacity frees up.
     pub async fn run_dispatcher(
         self: Arc<Self>,
         js: async_nats::jetstream::Context,
@@ -730,6 +1251,7 @@ impl Engine {
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
         let mut last_reconcile = tokio::time::Instant::now();
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
@@ -746,12 +1268,52 @@ impl Engine {
                     tracing::warn!(error = format!("{e:#}"), "reconcile failed; will retry");
                 }
             }
+            if last_sweep.elapsed() >= interval.max(Duration::from_secs(1)) {
+                last_sweep = tokio::time::Instant::now();
+                for tenant in self.cache.tenants() {
+                    let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
+                    if let Err(e) = self.reroute_gone(&tenant, clock::now()).await {
+                        tracing::warn!(tenant = %tenant, error = %e, "rerouting gone desks failed");
+                    }
+                }
+            }
             self.dispatch_all().await;
         }
     }
 }
 
+/// The record id of a transition that applies one message to a conversation: derived from
+/// both, so a redelivered message's record is refused by the log's deduplication.
+fn message_record_id(conversation: ConversationId, command: &Command) -> Option<uuid::Uuid> {
+    let message = match command {
+        Command::CustomerMessage(m) | Command::RecordOperatorMessage(m) => m.id,
+        _ => return None,
+    };
+    Some(parley_domain::EventId::derive(&["message-record", &conversation.to_string(), &message.to_string()]).as_uuid())
+}
+
+/// A queue score back into (priority, wait start): see `parley_policy::queue_score`.
+pub fn decode_score(score: f64) -> (i32, Timestamp) {
+    let raw = score as i64;
+    let millis = raw.rem_euclid(10_000_000_000_000);
+    let priority = -((raw - millis) / 10_000_000_000_000);
+    (priority as i32, Timestamp::from_millis(millis))
+}
+
 fn default_queue() -> QueueId {
     // A valid slug literal.
     QueueId::parse("default").expect("`default` is a valid queue id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_scores_decode_back() {
+        for (p, t) in [(0, 1_800_000_000_123), (100, 5), (-100, 1_700_000_000_000), (7, 0)] {
+            let score = queue_score(p, Timestamp::from_millis(t));
+            assert_eq!(decode_score(score), (p, Timestamp::from_millis(t)));
+        }
+    }
 }

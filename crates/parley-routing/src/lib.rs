@@ -4,6 +4,8 @@
 //! - [`engine`]: every change to a conversation (read, apply, append with compare-and-set,
 //!   Redis effects), dispatch of waiting conversations, presence, rebuild.
 //! - [`record`]: a transition as the record appended to the conversation log.
+//! - [`fast_track`]: fast-track codes: their shape, finding them in messages, using them.
+//! - [`preview`]: dry runs of a queue configuration against the conversations waiting now.
 //! - [`consumers`]: inbound customer messages, operator replies, and the fan-out of each
 //!   record to desks and customers.
 //! - [`api`], [`admin`]: the `RoutingService` and `AdminService` gRPC APIs.
@@ -18,6 +20,8 @@ pub mod api;
 pub mod config;
 pub mod consumers;
 pub mod engine;
+pub mod fast_track;
+pub mod preview;
 pub mod rebuild;
 pub mod record;
 
@@ -61,7 +65,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
     let key = TokenKey::new(config.auth.signing_key.clone());
     let auth = Authenticator::new(key.clone(), Arc::new(cache.clone()));
     let routes = tonic::service::Routes::new(RoutingServiceServer::new(api::RoutingApi { engine: engine.clone() }))
-        .add_service(AdminServiceServer::from_arc(admin::AdminApi::new(cache, key)));
+        .add_service(AdminServiceServer::from_arc(admin::AdminApi::new(cache, key, engine.clone())));
 
     let lanes = config.routing.lanes;
     let ack_wait = Duration::from_secs(config.routing.ack_wait_secs);

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::{StreamExt, TryStreamExt};
-use parley_domain::{OperatorId, Status, TenantId};
+use parley_domain::{OperatorId, Sender, Status, TenantId};
 use parley_kit::clock;
 use parley_nats::conversations::decode_state;
 use parley_nats::topology;
 use parley_policy::queue_score;
 use parley_proto::prost::Message as _;
 use parley_proto::{convert, events, v1};
+use parley_redis::{TimerKind, activity_entry};
 
 use crate::engine::Engine;
 
@@ -29,7 +30,9 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
         let record = v1::OperatorPresence::decode(value)?;
         let status = convert::from_operator_status("status", record.status).unwrap_or_default();
         let since = convert::from_timestamp(record.status_change_time.as_ref());
-        engine.redis.restore_status(&tenant, &op, status, &record.reason, since).await?;
+        let seats = engine.seats(&tenant, &op);
+        let ctxs: Vec<_> = seats.iter().map(|s| s.ctx()).collect();
+        engine.redis.restore_status(&tenant, &op, status, &record.reason, since, &ctxs).await?;
         statuses += 1;
     }
 
@@ -55,19 +58,29 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
                 && let Ok(tenant) = TenantId::parse(&record.tenant_id)
                 && let Ok(c) = decode_state(&record, &tenant)
             {
+                let now = clock::now();
+                let activity = activity_entry(c.last_activity, c.last_sender == Sender::Operator);
                 match &c.status {
                     Status::Queued => {
-                        engine
-                            .redis
-                            .ensure_queued(&tenant, &c.queue, c.id, queue_score(c.priority, c.wait_start))
-                            .await?;
+                        let score = queue_score(c.priority, c.wait_start);
+                        engine.redis.ensure_queued(&tenant, &c.queue, c.id, score).await?;
+                        if let Some(p) = &c.preference {
+                            engine.redis.set_timer(&tenant, TimerKind::Preference, c.id, p.until).await?;
+                        }
+                        if let Some(max) = engine.cache.queue_model(&tenant, c.queue.as_str()).and_then(|q| q.max_wait)
+                        {
+                            let due = c.queue_enter.saturating_add(max);
+                            engine.redis.set_timer(&tenant, TimerKind::MaxWait, c.id, due).await?;
+                        }
                     }
                     Status::Offered { operator, expires } => {
-                        engine.redis.restore_hold(&tenant, operator, c.channel, c.id).await?;
+                        let seat = engine.seat(&tenant, operator, c.channel);
+                        engine.redis.restore_hold(&seat.ctx(), c.id, &activity, now).await?;
                         engine.redis.track_offer(&tenant, c.id, *expires).await?;
                     }
                     Status::Assigned { operator } => {
-                        engine.redis.restore_hold(&tenant, operator, c.channel, c.id).await?;
+                        let seat = engine.seat(&tenant, operator, c.channel);
+                        engine.redis.restore_hold(&seat.ctx(), c.id, &activity, now).await?;
                     }
                     Status::Closed => {}
                 }

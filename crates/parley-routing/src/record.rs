@@ -22,6 +22,7 @@ pub fn build(
     next: &Conversation,
     effects: Vec<Effect>,
     extra: Vec<events::conversation_event::Kind>,
+    extra_customer: Vec<v1::customer_update::Kind>,
     now: Timestamp,
     cache: &ConfigCache,
 ) -> (events::ConversationRecord, Vec<RedisEffect>) {
@@ -82,6 +83,18 @@ pub fn build(
                         conversation_id: conversation_id.clone(),
                         reason,
                     }),
+                    CustomerNotice::WaitingFor(p) => {
+                        let name = cache
+                            .operator(&next.tenant, p.operator.as_str())
+                            .map(|o| o.display_name)
+                            .unwrap_or_default();
+                        v1::customer_update::Kind::WaitingForOperator(v1::WaitingForOperator {
+                            conversation_id: conversation_id.clone(),
+                            operator_id: p.operator.to_string(),
+                            operator_display_name: name,
+                            until_time: Some(convert::timestamp(p.until)),
+                        })
+                    }
                 };
                 customer.push(v1::CustomerUpdate { kind: Some(kind) });
             }
@@ -91,6 +104,7 @@ pub fn build(
         }
     }
     kinds.extend(extra);
+    customer.extend(extra_customer.into_iter().map(|kind| v1::CustomerUpdate { kind: Some(kind) }));
     let events = kinds
         .into_iter()
         .enumerate()
@@ -152,20 +166,30 @@ fn event_kind(event: Event, c: &Conversation) -> events::conversation_event::Kin
     }
 }
 
-/// The routing decision as an event.
-pub fn decision_event(
+/// A routing decision as recorded: who was considered, with what, and why.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    pub decision: parley_policy::Decision,
+    pub requirements: parley_domain::routing::Requirements,
+    /// Overrides the strategy's name when the conversation waited for one operator.
+    pub strategy: Option<&'static str>,
+}
+
+/// The routing decision as protobuf.
+pub fn decision_proto(
     conversation: &Conversation,
-    decision: &parley_policy::Decision,
+    e: &Explained,
     id: uuid::Uuid,
     now: Timestamp,
-) -> events::conversation_event::Kind {
-    events::conversation_event::Kind::Decision(v1::RoutingDecision {
+) -> v1::RoutingDecision {
+    let d = &e.decision;
+    v1::RoutingDecision {
         id: id.to_string(),
         conversation_id: conversation.id.to_string(),
         queue_id: conversation.queue.to_string(),
-        chosen_operator_id: decision.chosen.as_ref().map(|o| o.to_string()).unwrap_or_default(),
-        reason: decision.reason.clone(),
-        candidates: decision
+        chosen_operator_id: d.chosen.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+        reason: d.reason.clone(),
+        candidates: d
             .assessments
             .iter()
             .map(|a| v1::RoutingCandidate {
@@ -173,8 +197,24 @@ pub fn decision_event(
                 excluded_because: a.excluded.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                 load: a.load,
                 capacity: a.capacity,
+                weighted_load: f64::from(a.weighted_load_milli) / 1000.0,
+                score: a.score,
             })
             .collect(),
         decide_time: Some(convert::timestamp(now)),
-    })
+        strategy: e.strategy.unwrap_or(d.strategy).to_owned(),
+        tie_breaker: d.tie_breaker.unwrap_or_default().to_owned(),
+        required_skills: e.requirements.skills.iter().map(convert::skill_level).collect(),
+        language: e.requirements.language.clone().unwrap_or_default(),
+    }
+}
+
+/// The routing decision as an event.
+pub fn decision_event(
+    conversation: &Conversation,
+    e: &Explained,
+    id: uuid::Uuid,
+    now: Timestamp,
+) -> events::conversation_event::Kind {
+    events::conversation_event::Kind::Decision(decision_proto(conversation, e, id, now))
 }

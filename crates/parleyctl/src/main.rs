@@ -70,6 +70,14 @@ enum Command {
     /// Channel configurations of the token's tenant.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// Fast-track codes.
+    #[command(subcommand)]
+    Code(CodeCmd),
+    /// The tenant's routing settings.
+    #[command(subcommand)]
+    Settings(SettingsCmd),
+    /// Where a waiting conversation stands.
+    Position { conversation: String },
     /// Set an operator's status.
     Status {
         /// online, away, offline or draining.
@@ -227,25 +235,107 @@ struct OperatorSpec {
 
 #[derive(Subcommand)]
 enum QueueCmd {
-    Create {
-        id: String,
-        #[arg(long)]
-        name: String,
-        /// SKILL:LEVEL required (repeatable).
-        #[arg(long = "skill")]
-        skills: Vec<String>,
-        #[arg(long, default_value = "")]
-        language: String,
-        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-        priority: i32,
-        /// Seconds an offer waits for accept; 0 assigns at once.
-        #[arg(long, default_value_t = 0)]
-        offer_timeout: u64,
+    Create(QueueSpec),
+    /// Replace a queue's settings.
+    Update(QueueSpec),
+    /// Dry run: what these settings would do to the conversations waiting in the queue now.
+    Preview {
+        #[command(flatten)]
+        spec: QueueSpec,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     List,
     /// Waiting conversations, oldest wait and available operators.
     Status {
         id: String,
+    },
+}
+
+/// A queue's settings on the command line.
+#[derive(Args)]
+struct QueueSpec {
+    id: String,
+    #[arg(long)]
+    name: String,
+    /// SKILL:LEVEL required (repeatable).
+    #[arg(long = "skill")]
+    skills: Vec<String>,
+    #[arg(long, default_value = "")]
+    language: String,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i32,
+    /// Seconds an offer waits for accept; 0 assigns at once.
+    #[arg(long, default_value_t = 0)]
+    offer_timeout: u64,
+    /// least-occupied, longest-idle or round-robin.
+    #[arg(long, default_value = "least-occupied")]
+    selection: String,
+    /// Seconds after which a waiting conversation is served before newer ones of
+    /// higher-priority queues; 0 never.
+    #[arg(long, default_value_t = 0)]
+    aging: u64,
+    /// Seconds a conversation may wait here; 0 no limit.
+    #[arg(long, default_value_t = 0)]
+    max_wait: u64,
+    /// Where conversations go after --max-wait.
+    #[arg(long, default_value = "")]
+    overflow: String,
+    /// An expansion step AFTER:DROP[:SKILL,SKILL][:nolang] — after AFTER seconds, lower
+    /// proficiencies by DROP, stop requiring the skills, and the language (repeatable).
+    #[arg(long = "expand")]
+    expand: Vec<String>,
+    /// Business hours: "TIME_ZONE DAYS=HH:MM-HH:MM ...", e.g.
+    /// "Europe/Moscow mon-fri=09:00-18:00 sat=10:00-14:00".
+    #[arg(long)]
+    hours: Option<String>,
+    /// Where conversations go while the queue is closed.
+    #[arg(long, default_value = "")]
+    after_hours: String,
+}
+
+#[derive(Subcommand)]
+enum CodeCmd {
+    /// Issue a fast-track code for yourself (operator token).
+    Issue {
+        /// Lifetime in minutes (default: the tenant's).
+        #[arg(long)]
+        minutes: Option<u64>,
+        /// Conversations it may open; 0 any number.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Your live codes (supervisors: --operator).
+    List {
+        #[arg(long, default_value = "")]
+        operator: String,
+    },
+    Revoke {
+        code: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsCmd {
+    Get,
+    /// Change routing settings (unset flags keep their value).
+    Set {
+        /// Minutes a returning customer is sent back to their operator; 0 off.
+        #[arg(long)]
+        known_operator_minutes: Option<u64>,
+        /// Seconds a returning customer waits for their full operator.
+        #[arg(long)]
+        known_operator_wait: Option<u64>,
+        #[arg(long)]
+        waiting_weight: Option<f64>,
+        #[arg(long)]
+        idle_weight: Option<f64>,
+        /// Seconds after which a conversation counts as idle.
+        #[arg(long)]
+        idle_after: Option<u64>,
+        /// Seconds after a desk is gone before its open conversations are rerouted; 0 never.
+        #[arg(long)]
+        reroute_after: Option<u64>,
     },
 }
 
@@ -355,6 +445,81 @@ fn status_enum(name: &str) -> anyhow::Result<v1::OperatorStatus> {
     let s = parley_domain::OperatorStatus::parse(name)
         .ok_or_else(|| anyhow::anyhow!("unknown status {name:?} (online, away, offline, draining)"))?;
     Ok(parley_proto::convert::operator_status(s))
+}
+
+fn queue_from(spec: QueueSpec) -> anyhow::Result<v1::Queue> {
+    let secs = |n: u64| (n > 0).then(|| parley_proto::convert::duration(Duration::from_secs(n)));
+    let selection = match spec.selection.as_str() {
+        "least-occupied" => v1::SelectionStrategy::LeastOccupied,
+        "longest-idle" => v1::SelectionStrategy::LongestIdle,
+        "round-robin" => v1::SelectionStrategy::RoundRobin,
+        other => anyhow::bail!("--selection {other:?}: expected least-occupied, longest-idle or round-robin"),
+    };
+    let expansion = spec
+        .expand
+        .iter()
+        .map(|step| {
+            let bad = || anyhow::anyhow!("--expand {step:?}: expected AFTER:DROP[:SKILL,SKILL][:nolang], e.g. 60:1");
+            let mut parts = step.split(':');
+            let after: u64 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            let drop: u32 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            let mut remove_skills = Vec::new();
+            let mut drop_language = false;
+            for p in parts {
+                if p == "nolang" {
+                    drop_language = true;
+                } else if !p.is_empty() {
+                    remove_skills.extend(p.split(',').map(str::to_owned));
+                }
+            }
+            Ok(v1::ExpansionStep { after: secs(after), proficiency_drop: drop, remove_skills, drop_language })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let business_hours = spec.hours.as_deref().map(parse_hours).transpose()?;
+    Ok(v1::Queue {
+        id: spec.id,
+        display_name: spec.name,
+        required_skills: skills(&spec.skills)?,
+        language: spec.language,
+        priority: spec.priority,
+        offer_timeout: secs(spec.offer_timeout),
+        revision: 0,
+        selection: selection as i32,
+        aging_delay: secs(spec.aging),
+        max_wait: secs(spec.max_wait),
+        overflow_queue_id: spec.overflow,
+        expansion,
+        business_hours,
+        after_hours_queue_id: spec.after_hours,
+    })
+}
+
+/// "Europe/Moscow mon-fri=09:00-18:00 sat=10:00-14:00" as business hours.
+fn parse_hours(text: &str) -> anyhow::Result<v1::BusinessHours> {
+    let bad = |why: &str| anyhow::anyhow!("--hours {text:?}: {why}; e.g. \"Europe/Moscow mon-fri=09:00-18:00\"");
+    let mut parts = text.split_whitespace();
+    let time_zone = parts.next().ok_or_else(|| bad("no time zone"))?.to_owned();
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let day = |d: &str| DAYS.iter().position(|x| *x == d).map(|i| i as i32 + 1).ok_or_else(|| bad("unknown day"));
+    let mut windows = Vec::new();
+    for part in parts {
+        let (days, times) = part.split_once('=').ok_or_else(|| bad("expected DAYS=HH:MM-HH:MM"))?;
+        let (open, close) = times.split_once('-').ok_or_else(|| bad("expected HH:MM-HH:MM"))?;
+        let (first, last) = match days.split_once('-') {
+            Some((a, b)) => (day(a)?, day(b)?),
+            None => (day(days)?, day(days)?),
+        };
+        if last < first {
+            return Err(bad("day range runs backwards"));
+        }
+        for d in first..=last {
+            windows.push(v1::OpeningWindow { day: d, open: open.to_owned(), close: close.to_owned() });
+        }
+    }
+    if windows.is_empty() {
+        return Err(bad("no opening windows"));
+    }
+    Ok(v1::BusinessHours { time_zone, windows })
 }
 
 fn operator_from(spec: OperatorSpec) -> anyhow::Result<v1::Operator> {
@@ -533,19 +698,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Queue(cmd) => match cmd {
-            QueueCmd::Create { id, name, skills: s, language, priority, offer_timeout } => {
-                let q = v1::Queue {
-                    id,
-                    display_name: name,
-                    required_skills: skills(&s)?,
-                    language,
-                    priority,
-                    offer_timeout: (offer_timeout > 0)
-                        .then(|| parley_proto::convert::duration(Duration::from_secs(offer_timeout))),
-                    revision: 0,
-                };
-                let q = e.admin_as(e.token()?).await?.create_queue(v1::CreateQueueRequest { queue: Some(q) }).await?;
+            QueueCmd::Create(spec) => {
+                let q = e
+                    .admin_as(e.token()?)
+                    .await?
+                    .create_queue(v1::CreateQueueRequest { queue: Some(queue_from(spec)?) })
+                    .await?;
                 println!("created queue {}", q.into_inner().queue.unwrap_or_default().id);
+            }
+            QueueCmd::Update(spec) => {
+                let mut admin = e.admin_as(e.token()?).await?;
+                let q = admin.update_queue(v1::UpdateQueueRequest { queue: Some(queue_from(spec)?) }).await?;
+                println!("updated queue {}", q.into_inner().queue.unwrap_or_default().id);
+            }
+            QueueCmd::Preview { spec, limit } => {
+                let r = e
+                    .routing_as(e.token()?)
+                    .await?
+                    .preview_queue(v1::PreviewQueueRequest { queue: Some(queue_from(spec)?), limit })
+                    .await?
+                    .into_inner();
+                println!("queue {} now", if r.open { "open" } else { "closed" });
+                for d in r.decisions {
+                    let who = if d.chosen_operator_id.is_empty() {
+                        "waits".to_owned()
+                    } else {
+                        format!("→ {}", d.chosen_operator_id)
+                    };
+                    println!("  {} {who} — {}", &d.conversation_id[..8], d.reason);
+                }
             }
             QueueCmd::List => {
                 for q in e.admin_as(e.token()?).await?.list_queues(v1::ListQueuesRequest {}).await?.into_inner().queues
@@ -598,6 +779,118 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
+            }
+        }
+        Command::Code(cmd) => {
+            let mut routing = e.routing_as(e.token()?).await?;
+            match cmd {
+                CodeCmd::Issue { minutes, uses } => {
+                    let ttl = minutes.map(|m| parley_proto::convert::duration(Duration::from_secs(m * 60)));
+                    let code = routing
+                        .issue_fast_track_code(v1::IssueFastTrackCodeRequest { ttl, max_uses: uses })
+                        .await?
+                        .into_inner()
+                        .code
+                        .unwrap_or_default();
+                    eprintln!(
+                        "valid until {} UTC, {} use(s)",
+                        time(code.expire_time.as_ref()),
+                        if code.uses_left == 0 { "any".to_owned() } else { code.uses_left.to_string() }
+                    );
+                    println!("{}", code.code);
+                }
+                CodeCmd::List { operator } => {
+                    for c in routing
+                        .list_fast_track_codes(v1::ListFastTrackCodesRequest { operator_id: operator })
+                        .await?
+                        .into_inner()
+                        .codes
+                    {
+                        println!(
+                            "{}  {}  until {}  uses left {}",
+                            c.code,
+                            c.operator_id,
+                            time(c.expire_time.as_ref()),
+                            c.uses_left
+                        );
+                    }
+                }
+                CodeCmd::Revoke { code } => {
+                    routing.revoke_fast_track_code(v1::RevokeFastTrackCodeRequest { code: code.clone() }).await?;
+                    println!("revoked {code}");
+                }
+            }
+        }
+        Command::Settings(cmd) => {
+            let mut routing = e.routing_as(e.token()?).await?;
+            let mut s = routing
+                .get_routing_settings(v1::GetRoutingSettingsRequest {})
+                .await?
+                .into_inner()
+                .settings
+                .unwrap_or_default();
+            if let SettingsCmd::Set {
+                known_operator_minutes,
+                known_operator_wait,
+                waiting_weight,
+                idle_weight,
+                idle_after,
+                reroute_after,
+            } = cmd
+            {
+                let secs = |n: u64| Some(parley_proto::convert::duration(Duration::from_secs(n)));
+                if let Some(m) = known_operator_minutes {
+                    s.known_operator_window = secs(m * 60);
+                }
+                if let Some(n) = known_operator_wait {
+                    s.known_operator_wait = secs(n);
+                }
+                if let Some(w) = waiting_weight {
+                    s.waiting_weight = w;
+                }
+                if let Some(w) = idle_weight {
+                    s.idle_weight = w;
+                }
+                if let Some(n) = idle_after {
+                    s.idle_after = secs(n);
+                }
+                if let Some(n) = reroute_after {
+                    s.reroute_after = secs(n);
+                }
+                s = routing
+                    .update_routing_settings(v1::UpdateRoutingSettingsRequest { settings: Some(s) })
+                    .await?
+                    .into_inner()
+                    .settings
+                    .unwrap_or_default();
+            }
+            let secs = |d: &Option<parley_proto::prost_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
+            println!(
+                "known operator: {} min window, {} s wait; weights: waiting {}, idle {} after {} s; reroute after {} s; fast-track codes live {} min, {} wrong tries an hour",
+                secs(&s.known_operator_window) / 60,
+                secs(&s.known_operator_wait),
+                s.waiting_weight,
+                s.idle_weight,
+                secs(&s.idle_after),
+                secs(&s.reroute_after),
+                secs(&s.fast_track_ttl) / 60,
+                s.fast_track_max_attempts
+            );
+        }
+        Command::Position { conversation } => {
+            let p = e
+                .routing_as(e.token()?)
+                .await?
+                .get_conversation_position(v1::GetConversationPositionRequest { conversation_id: conversation })
+                .await?
+                .into_inner();
+            if p.position == 0 {
+                println!("not waiting (queue {})", p.queue_id);
+            } else {
+                println!(
+                    "queue {}: position {}, waited {} s, about {} s to go",
+                    p.queue_id, p.position, p.waited_seconds, p.estimated_wait_seconds
+                );
             }
         }
         Command::Status { status, operator, reason } => {
@@ -798,6 +1091,9 @@ pub fn describe_update(kind: Option<v1::customer_update::Kind>) -> String {
     use v1::customer_update::Kind;
     match kind {
         Some(Kind::Message(m)) => show_message(&m),
+        Some(Kind::Queued(q)) if q.estimated_wait_seconds > 0 => {
+            format!("waiting in the queue (position {}, about {} s)", q.position, q.estimated_wait_seconds)
+        }
         Some(Kind::Queued(q)) => format!("waiting in the queue (position {})", q.position),
         Some(Kind::OperatorJoined(j)) => {
             format!("{} ({}) joined the conversation", j.operator_display_name, j.operator_id)
@@ -807,6 +1103,15 @@ pub fn describe_update(kind: Option<v1::customer_update::Kind>) -> String {
         }
         Some(Kind::Delivery(d)) => {
             format!("message {} is {:?}", d.message_id, v1::DeliveryState::try_from(d.state).unwrap_or_default())
+        }
+        Some(Kind::Closed(c)) => format!("the queue is closed now; opens at {} UTC", time(c.open_time.as_ref())),
+        Some(Kind::WaitingForOperator(w)) => {
+            format!(
+                "waiting for {} ({}) until {} UTC",
+                w.operator_display_name,
+                w.operator_id,
+                time(w.until_time.as_ref())
+            )
         }
         None => "(empty update)".into(),
     }
