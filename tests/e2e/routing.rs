@@ -324,3 +324,146 @@ async fn a_desk_resumes_where_it_left_off_with_no_gaps_or_repeats() {
     desk.expect_quiet(Duration::from_millis(300)).await;
     app.stop().await;
 }
+
+/// Sets an operator's capacity on the API channel and their team.
+async fn reshape(app: &App, admin_token: &str, op: &str, seats: u32, team: &str) {
+    let mut admin = app.admin(admin_token).await;
+    let mut o = admin
+        .get_operator(v1::GetOperatorRequest { operator_id: op.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .operator
+        .unwrap();
+    o.capacity[0].max_conversations = seats;
+    o.team = team.into();
+    admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
+}
+
+/// The next event on a desk, which must be an assignment; its conversation.
+async fn assigned(desk: &mut Desk) -> String {
+    let (id, what) = describe(&desk.event(WAIT).await);
+    assert_eq!(what, "assigned");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fast_track_code_falls_back_to_the_operators_team_then_to_the_queue() {
+    // Long session TTL: presence expiry is not what this tests.
+    let options = parley_testkit::AppOptions { session_ttl_secs: 30, ..Default::default() };
+    let app = App::spawn_with(parley_testkit::Infra::start().await.unwrap(), true, options).await;
+    let fx = app.tenant("acme", &["anna", "boris", "vera"]).await;
+    reshape(&app, &fx.admin_token, "anna", 1, "north").await;
+    reshape(&app, &fx.admin_token, "boris", 5, "north").await;
+    reshape(&app, &fx.admin_token, "vera", 5, "").await;
+    let mut supervisor = app.routing_client(&fx.admin_token).await;
+    let mut settings =
+        supervisor.get_routing_settings(v1::GetRoutingSettingsRequest {}).await.unwrap().into_inner().settings.unwrap();
+    settings.known_operator_wait = Some(parley_proto::convert::duration(Duration::from_secs(2)));
+    supervisor.update_routing_settings(v1::UpdateRoutingSettingsRequest { settings: Some(settings) }).await.unwrap();
+
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    // Anna is full with one conversation; Boris has one of five; Vera has none.
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    ingest.submit_message(submit("c-0", "Первый", "k0")).await.unwrap();
+    assigned(&mut anna).await;
+    let mut boris = Desk::open(&app, fx.operator_token("boris"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("boris"), v1::OperatorStatus::Online).await;
+    ingest.submit_message(submit("c-b", "Второй", "kb")).await.unwrap();
+    assigned(&mut boris).await;
+    let mut vera = Desk::open(&app, fx.operator_token("vera"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("vera"), v1::OperatorStatus::Online).await;
+
+    let code = app
+        .routing_client(fx.operator_token("anna"))
+        .await
+        .issue_fast_track_code(v1::IssueFastTrackCodeRequest { ttl: None, max_uses: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .code
+        .unwrap()
+        .code;
+    // The customer brings Anna's code. Anna is full: the conversation waits for her, and
+    // nobody else is offered it meanwhile, not even idle Vera.
+    let started = std::time::Instant::now();
+    ingest.submit_message(submit("c-1", &format!("Здравствуйте, мой код {code}"), "k1")).await.unwrap();
+    vera.expect_quiet(Duration::from_millis(1500)).await;
+    // Then her team: Boris, though Vera is less occupied.
+    let first = assigned(&mut boris).await;
+    assert!(started.elapsed() >= Duration::from_millis(1900), "the wait for anna was cut short");
+    let decisions = supervisor
+        .list_conversation_decisions(v1::ListConversationDecisionsRequest { conversation_id: first.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .decisions;
+    let last = decisions.last().expect("decisions recorded");
+    assert_eq!((last.chosen_operator_id.as_str(), last.strategy.as_str()), ("boris", "fast_track_team"));
+    // The team stage considers the team alone: Anna had her turn, Vera is not in it.
+    let considered: Vec<&str> = last.candidates.iter().map(|c| c.operator_id.as_str()).collect();
+    assert_eq!(considered, ["boris"]);
+
+    // With Boris away, nobody of the team can take it: after Anna's wait it goes to the
+    // queue, where Vera takes it.
+    set_status(&app, fx.operator_token("boris"), v1::OperatorStatus::Away).await;
+    let started = std::time::Instant::now();
+    ingest.submit_message(submit("c-2", &format!("Код {code}"), "k2")).await.unwrap();
+    let second = assigned(&mut vera).await;
+    assert!(started.elapsed() >= Duration::from_millis(1900), "the wait for anna was cut short");
+    assert_ne!(second, first);
+    boris.expect_quiet(Duration::from_millis(300)).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_overflows_through_a_chain_of_queues() {
+    // Regression: handling a maximum-wait timer removed the timer the overflow queue had
+    // just set for its own maximum wait, so the conversation stayed in the second queue.
+    let options = parley_testkit::AppOptions { session_ttl_secs: 30, ..Default::default() };
+    let app = App::spawn_with(parley_testkit::Infra::start().await.unwrap(), true, options).await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let mut admin = app.admin(&fx.admin_token).await;
+    admin
+        .create_skill(v1::CreateSkillRequest {
+            skill: Some(v1::Skill { id: "billing".into(), display_name: "Billing".into() }),
+        })
+        .await
+        .unwrap();
+    // Created last to first, so each overflow target exists.
+    for (id, skill, overflow) in
+        [("last", "support", ""), ("second", "billing", "last"), ("first", "billing", "second")]
+    {
+        admin
+            .create_queue(v1::CreateQueueRequest {
+                queue: Some(v1::Queue {
+                    id: id.into(),
+                    display_name: id.into(),
+                    required_skills: vec![v1::SkillLevel { skill: skill.into(), proficiency: 1 }],
+                    max_wait: (!overflow.is_empty()).then(|| parley_proto::convert::duration(Duration::from_secs(1))),
+                    overflow_queue_id: overflow.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    let started = std::time::Instant::now();
+    app.ingest_client(&fx.integrator_token).await.submit_message(on_queue("c-1", "Счёт", "k1", "first")).await.unwrap();
+    let id = assigned(&mut anna).await;
+    assert!(started.elapsed() >= Duration::from_millis(1900), "two maximum waits of 1 s came before");
+    let conversation = app
+        .routing_client(&fx.supervisor_token)
+        .await
+        .list_operator_conversations(v1::ListOperatorConversationsRequest { operator_id: "anna".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversations;
+    let c = conversation.iter().find(|c| c.id == id).expect("anna holds it");
+    assert_eq!(c.queue_id, "last");
+    app.stop().await;
+}

@@ -107,6 +107,8 @@ pub enum PreferenceReason {
     KnownOperator,
     /// The customer gave the operator's fast-track code.
     FastTrack,
+    /// The fast-track operator could not take it: any member of their team may.
+    FastTrackTeam,
 }
 
 impl PreferenceReason {
@@ -114,15 +116,19 @@ impl PreferenceReason {
         match self {
             PreferenceReason::KnownOperator => "known_operator",
             PreferenceReason::FastTrack => "fast_track",
+            PreferenceReason::FastTrackTeam => "fast_track_team",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [PreferenceReason::KnownOperator, PreferenceReason::FastTrack].into_iter().find(|r| r.as_str() == s)
+        [PreferenceReason::KnownOperator, PreferenceReason::FastTrack, PreferenceReason::FastTrackTeam]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
-/// An operator a conversation waits for, until a deadline.
+/// An operator a conversation waits for, until a deadline (with reason
+/// [`PreferenceReason::FastTrackTeam`], any member of that operator's team).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preference {
     pub operator: OperatorId,
@@ -465,11 +471,12 @@ impl Conversation {
                 let mut next = self.clone();
                 next.updated = now;
                 next.preference = Some(p.clone());
-                Ok(Transition {
-                    next,
-                    effects: vec![Effect::Customer(CustomerNotice::WaitingFor(p))],
-                    duplicate: false,
-                })
+                // The customer is told whom they wait for; a team is not one person to name.
+                let effects = match p.reason {
+                    PreferenceReason::FastTrackTeam => Vec::new(),
+                    _ => vec![Effect::Customer(CustomerNotice::WaitingFor(p))],
+                };
+                Ok(Transition { next, effects, duplicate: false })
             }
             Command::EndPreference => {
                 self.expect_queued("queued")?;

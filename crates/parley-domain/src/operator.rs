@@ -190,9 +190,9 @@ impl Queue {
             return Err(InvalidConfig::new("priority", format!("must be -100 to 100, got {}", self.priority)));
         }
         if let Some(t) = self.offer_timeout
-            && (t < Duration::from_secs(5) || t > Duration::from_secs(600))
+            && (t < Duration::from_secs(1) || t > Duration::from_secs(600))
         {
-            return Err(InvalidConfig::new("offer_timeout", "must be 0 (no offer) or 5 s to 10 min"));
+            return Err(InvalidConfig::new("offer_timeout", "must be 0 (no offer) or 1 s to 10 min"));
         }
         if let Some(d) = self.aging_delay
             && d > Duration::from_secs(24 * 3600)
@@ -200,9 +200,9 @@ impl Queue {
             return Err(InvalidConfig::new("aging_delay", "must be at most 24 h"));
         }
         if let Some(d) = self.max_wait
-            && (d < Duration::from_secs(10) || d > Duration::from_secs(7 * 24 * 3600))
+            && (d < Duration::from_secs(1) || d > Duration::from_secs(7 * 24 * 3600))
         {
-            return Err(InvalidConfig::new("max_wait", "must be 10 s to 7 days"));
+            return Err(InvalidConfig::new("max_wait", "must be 1 s to 7 days"));
         }
         if self.overflow.is_some() && self.max_wait.is_none() {
             return Err(InvalidConfig::new("overflow_queue_id", "needs a max_wait"));

@@ -233,8 +233,8 @@ impl RoutingSettings {
         if self.known_operator_wait > Duration::from_secs(3600) {
             return Err(InvalidConfig::new("known_operator_wait", "must be at most 1 h"));
         }
-        if self.idle_after < Duration::from_secs(30) || self.idle_after > Duration::from_secs(24 * 3600) {
-            return Err(InvalidConfig::new("idle_after", "must be 30 s to 24 h"));
+        if self.idle_after < Duration::from_secs(1) || self.idle_after > Duration::from_secs(24 * 3600) {
+            return Err(InvalidConfig::new("idle_after", "must be 1 s to 24 h"));
         }
         if self.fast_track_ttl < Duration::from_secs(60) || self.fast_track_ttl > Duration::from_secs(30 * 24 * 3600) {
             return Err(InvalidConfig::new("fast_track_ttl", "must be 1 min to 30 days"));

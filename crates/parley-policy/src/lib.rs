@@ -21,8 +21,9 @@ pub struct Request {
     /// Operators who declined it or let its offer expire.
     pub excluded: Vec<OperatorId>,
     pub selection: Selection,
-    /// Only this operator may take it (it waits for them: known operator, fast track).
-    pub only: Option<OperatorId>,
+    /// Only these operators may take it (it waits for them: known operator, fast track, the
+    /// fast-track operator's team); empty: anyone.
+    pub only: Vec<OperatorId>,
     /// The queue's last choice, for round robin.
     pub last_chosen: Option<OperatorId>,
 }
@@ -35,7 +36,7 @@ impl Request {
             requirements,
             excluded: Vec::new(),
             selection: Selection::default(),
-            only: None,
+            only: Vec::new(),
             last_chosen: None,
         }
     }
@@ -68,10 +69,15 @@ pub enum Exclusion {
     Disabled,
     Status(OperatorStatus),
     Disconnected,
-    WaitingForAnother(OperatorId),
+    /// The conversation waits for these operators.
+    WaitingForAnother(Vec<OperatorId>),
     Declined,
     MissingSkill(SkillId),
-    LowProficiency { skill: SkillId, has: u8, needs: u8 },
+    LowProficiency {
+        skill: SkillId,
+        has: u8,
+        needs: u8,
+    },
     Language(String),
     NoCapacity,
     Full,
@@ -83,7 +89,19 @@ impl fmt::Display for Exclusion {
             Exclusion::Disabled => f.write_str("disabled"),
             Exclusion::Status(s) => write!(f, "status {}", s.as_str()),
             Exclusion::Disconnected => f.write_str("no live desk session"),
-            Exclusion::WaitingForAnother(op) => write!(f, "conversation waits for {op}"),
+            Exclusion::WaitingForAnother(ops) => {
+                f.write_str("conversation waits for ")?;
+                for (i, op) in ops.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    if i == 3 {
+                        return write!(f, "and {} more", ops.len() - 3);
+                    }
+                    write!(f, "{op}")?;
+                }
+                Ok(())
+            }
             Exclusion::Declined => f.write_str("declined this conversation"),
             Exclusion::MissingSkill(s) => write!(f, "no skill {s}"),
             Exclusion::LowProficiency { skill, has, needs } => {
@@ -132,10 +150,8 @@ pub fn exclusion(request: &Request, view: &OperatorView) -> Option<Exclusion> {
     if !view.connected {
         return Some(Exclusion::Disconnected);
     }
-    if let Some(only) = &request.only
-        && only != &view.id
-    {
-        return Some(Exclusion::WaitingForAnother(only.clone()));
+    if !request.only.is_empty() && !request.only.contains(&view.id) {
+        return Some(Exclusion::WaitingForAnother(request.only.clone()));
     }
     if request.excluded.contains(&view.id) {
         return Some(Exclusion::Declined);
@@ -434,11 +450,23 @@ mod tests {
     #[test]
     fn a_conversation_waiting_for_one_operator_goes_to_no_other() {
         let mut r = request();
-        r.only = Some(op("boris"));
+        r.only = vec![op("boris")];
         let d = decide(&r, &[view("anna", 0, 2), view("boris", 2, 2)]);
         assert_eq!(d.chosen, None, "boris is full; anna may not take it yet");
-        assert_eq!(d.assessments[0].excluded, Some(Exclusion::WaitingForAnother(op("boris"))));
+        assert_eq!(d.assessments[0].excluded, Some(Exclusion::WaitingForAnother(vec![op("boris")])));
         assert_eq!(d.assessments[1].excluded, Some(Exclusion::Full));
+    }
+
+    #[test]
+    fn a_conversation_waiting_for_a_team_goes_to_its_least_occupied_member() {
+        let mut r = request();
+        r.only = vec![op("boris"), op("vera")];
+        let d = decide(&r, &[view("anna", 0, 2), view("boris", 1, 2), view("vera", 2, 2)]);
+        assert_eq!(d.chosen, Some(op("boris")), "anna is idle but not in the team; vera is full");
+        assert_eq!(
+            d.assessments[0].excluded.as_ref().map(ToString::to_string).as_deref(),
+            Some("conversation waits for boris, vera")
+        );
     }
 
     #[test]
@@ -625,12 +653,12 @@ mod tests {
         }
 
         #[test]
-        fn a_waiting_conversation_goes_only_to_its_operator(ops in arb_snapshot(), n in 0u8..12) {
+        fn a_waiting_conversation_goes_only_to_its_operators(ops in arb_snapshot(), n in 0u8..12) {
             let mut r = request();
-            r.only = Some(OperatorId::parse(&format!("op-{n}")).unwrap());
+            r.only = (0..n % 3 + 1).map(|k| OperatorId::parse(&format!("op-{}", (n + k * 5) % 12)).unwrap()).collect();
             let d = decide(&r, &ops);
             if let Some(chosen) = &d.chosen {
-                prop_assert_eq!(Some(chosen), r.only.as_ref());
+                prop_assert!(r.only.contains(chosen), "{chosen} is not among {:?}", r.only);
             }
         }
 

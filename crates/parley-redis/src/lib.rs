@@ -251,6 +251,16 @@ refresh()
 return 'ok'
 "#;
 
+/// Removes a timer only if it is still due (KEYS[1] the timers, ARGV[1] the member, ARGV[2]
+/// now): handling a timer may have set the same timer again for later.
+const SPEND_TIMER: &str = r#"
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if due and tonumber(due) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 'ok'
+"#;
+
 /// What the hash of an operator holds.
 struct OperatorHash {
     status: OperatorStatus,
@@ -308,6 +318,7 @@ pub struct Coordinator {
     touch: redis::Script,
     restore: redis::Script,
     refresh: redis::Script,
+    spend_timer: redis::Script,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -380,6 +391,7 @@ impl Coordinator {
             touch: script(TOUCH),
             restore: script(RESTORE),
             refresh: script(REFRESH),
+            spend_timer: redis::Script::new(SPEND_TIMER),
         })
     }
 
@@ -799,6 +811,21 @@ impl Coordinator {
     pub async fn clear_timer(&self, tenant: &TenantId, kind: TimerKind, conversation: ConversationId) -> Result<()> {
         let member = format!("{}:{conversation}", kind.prefix());
         self.run(redis::cmd("ZREM").arg(timers_key(tenant)).arg(member)).await
+    }
+
+    /// Removes a timer that has fired, unless it was set again for after `now`.
+    pub async fn spend_timer(
+        &self,
+        tenant: &TenantId,
+        kind: TimerKind,
+        conversation: ConversationId,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut c = self.conn.clone();
+        let member = format!("{}:{conversation}", kind.prefix());
+        let _: String =
+            self.spend_timer.key(timers_key(tenant)).arg(member).arg(now.as_millis()).invoke_async(&mut c).await?;
+        Ok(())
     }
 
     /// Timers due by `now`.

@@ -737,11 +737,55 @@ impl Engine {
         let mut request = Request::new(c.channel, self.requirements(c, queue, now));
         request.excluded = c.declined_by.clone();
         request.selection = queue.selection;
-        request.only = c.preference.as_ref().filter(|p| p.until > now).map(|p| p.operator.clone());
+        if let Some(p) = c.preference.as_ref().filter(|p| p.until > now) {
+            request.only = self.preferred(tenant, p);
+        }
         if queue.selection == Selection::RoundRobin {
             request.last_chosen = self.redis.last_chosen(tenant, &queue.id).await?;
         }
         Ok(request)
+    }
+
+    /// Who a conversation waiting with preference `p` may go to: the operator, or for the
+    /// team stage of a fast track, the other members of their team (the operator had
+    /// their turn).
+    fn preferred(&self, tenant: &TenantId, p: &Preference) -> Vec<OperatorId> {
+        if p.reason != PreferenceReason::FastTrackTeam {
+            return vec![p.operator.clone()];
+        }
+        let team = self.cache.operator_model(tenant, p.operator.as_str()).and_then(|o| o.team.clone());
+        let mut members: Vec<OperatorId> = self
+            .cache
+            .operator_models(tenant)
+            .iter()
+            .filter(|o| team.is_some() && o.team == team && o.id != p.operator)
+            .map(|o| o.id.clone())
+            .collect();
+        members.sort();
+        if members.is_empty() {
+            members.push(p.operator.clone());
+        }
+        members
+    }
+
+    /// What ends a conversation's wait for particular operators: a fast track whose
+    /// operator has a team waits for that team next; otherwise the queue takes over.
+    fn end_of_wait(&self, tenant: &TenantId, c: &Conversation, now: Timestamp) -> Command {
+        let Some(p) = &c.preference else { return Command::EndPreference };
+        if p.reason == PreferenceReason::FastTrack {
+            let team = self.cache.operator_model(tenant, p.operator.as_str()).and_then(|o| o.team.clone());
+            let has_mates = team.is_some()
+                && self.cache.operator_models(tenant).iter().any(|o| o.team == team && o.id != p.operator);
+            if has_mates {
+                let wait = self.cache.routing_settings(tenant).known_operator_wait;
+                return Command::Prefer(Preference {
+                    operator: p.operator.clone(),
+                    until: now.saturating_add(wait),
+                    reason: PreferenceReason::FastTrackTeam,
+                });
+            }
+        }
+        Command::EndPreference
     }
 
     /// Views of the given operators for a channel.
@@ -782,9 +826,9 @@ impl Engine {
         max: usize,
         now: Timestamp,
     ) -> Result<Vec<OperatorView>, EngineError> {
-        let models: Vec<Arc<Operator>> = match &request.only {
-            Some(only) => self.cache.operator_model(tenant, only.as_str()).into_iter().collect(),
-            None => {
+        let models: Vec<Arc<Operator>> = match request.only.is_empty() {
+            false => self.only_models(tenant, request),
+            true => {
                 let all = self.cache.operator_models(tenant);
                 if all.len() <= max {
                     all
@@ -798,6 +842,11 @@ impl Engine {
         self.views(tenant, &models, request.channel, now).await
     }
 
+    /// The operators a conversation waits for.
+    fn only_models(&self, tenant: &TenantId, request: &Request) -> Vec<Arc<Operator>> {
+        request.only.iter().filter_map(|id| self.cache.operator_model(tenant, id.as_str())).collect()
+    }
+
     /// Decides for a request: over the operator(s) it waits for, over every operator of a
     /// small tenant, else over shortlists from the availability index of its rarest
     /// required skill, a page at a time.
@@ -807,8 +856,8 @@ impl Engine {
         request: &Request,
         now: Timestamp,
     ) -> Result<(Decision, Vec<OperatorView>), EngineError> {
-        if let Some(only) = &request.only {
-            let models: Vec<Arc<Operator>> = self.cache.operator_model(tenant, only.as_str()).into_iter().collect();
+        if !request.only.is_empty() {
+            let models = self.only_models(tenant, request);
             let views = self.views(tenant, &models, request.channel, now).await?;
             return Ok((decide(request, &views), views));
         }
@@ -877,10 +926,10 @@ impl Engine {
                 decision,
             };
             let Some(chosen) = explained.decision.chosen.clone() else {
-                // Waiting for one operator who cannot take new work at all (away, gone):
-                // stop waiting at once and let the queue take over.
-                if let Some(only) = &request.only {
-                    let unreachable =
+                // Waiting for operators none of whom can take new work at all (away,
+                // gone): stop waiting at once (the team, then the queue, takes over).
+                if !request.only.is_empty() {
+                    let unreachable = request.only.iter().all(|only| {
                         explained.decision.assessments.iter().find(|a| &a.operator == only).is_none_or(|a| {
                             matches!(
                                 a.excluded,
@@ -891,10 +940,11 @@ impl Engine {
                                         | Exclusion::NoCapacity
                                 )
                             )
-                        });
+                        })
+                    });
                     if unreachable {
                         self.apply(tenant, id, None, |cur| {
-                            Ok((cur.status == Status::Queued).then_some(Command::EndPreference))
+                            Ok((cur.status == Status::Queued).then(|| self.end_of_wait(tenant, cur, clock::now())))
                         })
                         .await?;
                         continue;
@@ -1036,8 +1086,9 @@ impl Engine {
             let result = match kind {
                 TimerKind::Preference => {
                     self.apply(tenant, id, None, |cur| {
-                        let due = cur.preference.as_ref().is_some_and(|p| p.until <= clock::now());
-                        Ok((cur.status == Status::Queued && due).then_some(Command::EndPreference))
+                        let now = clock::now();
+                        let due = cur.preference.as_ref().is_some_and(|p| p.until <= now);
+                        Ok((cur.status == Status::Queued && due).then(|| self.end_of_wait(tenant, cur, now)))
                     })
                     .await
                 }
@@ -1057,8 +1108,10 @@ impl Engine {
                 | Ok(Applied::Skipped(_))
                 | Ok(Applied::Duplicate(_))
                 | Err(EngineError::NotFound(_)) => {
-                    // Whatever happened, this timer is spent; a new state sets new ones.
-                    self.redis.clear_timer(tenant, kind, id).await?;
+                    // Whatever happened, this timer is spent; a new state may have set it
+                    // again for later (a team's wait after the operator's, an overflow
+                    // queue's own maximum wait), which stays.
+                    self.redis.spend_timer(tenant, kind, id, now).await?;
                     if let Err(e) = self.try_dispatch(tenant, id, false).await {
                         tracing::warn!(conversation = %id, error = %e, "dispatch after timer failed");
                     }
