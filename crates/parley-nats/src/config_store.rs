@@ -13,7 +13,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parley_domain::routing::RoutingSettings;
-use parley_domain::{Operator, Queue, Role, TenantId};
+use parley_domain::{Operator, OperatorId, Queue, Role, TenantId};
 use parley_kit::auth::{AuthError, Directory, Principal};
 use parley_proto::convert;
 use parley_proto::prost::Message as _;
@@ -277,6 +277,20 @@ impl ConfigCache {
     /// Every operator of the tenant as routing decides with them.
     pub fn operator_models(&self, tenant: &TenantId) -> Vec<Arc<Operator>> {
         self.with_tenant(tenant, |t| t.map(|t| t.operator_models.values().cloned().collect()).unwrap_or_default())
+    }
+
+    /// The tenant's operators among `ids`, in that order (unknown ids skipped): one lookup
+    /// each, whatever the size of the tenant.
+    pub fn operator_models_of(&self, tenant: &TenantId, ids: &[OperatorId]) -> Vec<Arc<Operator>> {
+        self.with_tenant(tenant, |t| {
+            t.map(|t| ids.iter().filter_map(|id| t.operator_models.get(id.as_str()).cloned()).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// How many operators the tenant has.
+    pub fn operator_count(&self, tenant: &TenantId) -> usize {
+        self.with_tenant(tenant, |t| t.map_or(0, |t| t.operator_models.len()))
     }
 
     /// A queue as routing decides with it.

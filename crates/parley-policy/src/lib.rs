@@ -191,11 +191,8 @@ fn occupancy(a: &OperatorView, b: &OperatorView) -> Ordering {
 }
 
 /// Round robin: ids after the last chosen come first, in id order, then the rest.
-fn rotation(last: Option<&OperatorId>, a: &OperatorView) -> (bool, OperatorId) {
-    match last {
-        Some(last) => (a.id <= *last, a.id.clone()),
-        None => (false, a.id.clone()),
-    }
+fn rotation<'a>(last: Option<&OperatorId>, a: &'a OperatorView) -> (bool, &'a OperatorId) {
+    (last.is_some_and(|last| a.id <= *last), &a.id)
 }
 
 /// Orders eligible operators by the strategy; returns the ordering and which criterion
@@ -226,7 +223,10 @@ fn preference(
     criteria.into_iter().find(|(o, _)| *o != Ordering::Equal).unwrap_or((Ordering::Equal, "operator id"))
 }
 
-fn score(selection: Selection, last: Option<&OperatorId>, v: &OperatorView, eligible_sorted_ids: &[OperatorId]) -> f64 {
+/// The score shown for an eligible operator (lower is preferred). For round robin, its
+/// place in the rotation: `index` is its place among the eligible in id order, `after` how
+/// many of those come after the last chosen.
+fn score(selection: Selection, v: &OperatorView, index: usize, eligible: usize, after: usize) -> f64 {
     match selection {
         Selection::LeastOccupied => {
             if v.capacity == 0 {
@@ -237,9 +237,8 @@ fn score(selection: Selection, last: Option<&OperatorId>, v: &OperatorView, elig
         }
         Selection::LongestIdle => v.last_assigned.map_or(0.0, |t| t.as_millis() as f64),
         Selection::RoundRobin => {
-            let mut ids = eligible_sorted_ids.to_vec();
-            ids.sort_by_key(|id| rotation(last, &OperatorView { id: id.clone(), ..v.clone() }));
-            ids.iter().position(|id| id == &v.id).map_or(f64::INFINITY, |p| p as f64)
+            let before = eligible - after;
+            (if index >= before { index - before } else { after + index }) as f64
         }
     }
 }
@@ -264,36 +263,69 @@ pub fn decide(request: &Request, operators: &[OperatorView]) -> Decision {
 }
 
 fn decide_strictly(request: &Request, operators: &[OperatorView]) -> Decision {
+    // One pass after sorting by id: no step here grows faster than the snapshot.
     let mut sorted: Vec<&OperatorView> = operators.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let exclusions: Vec<Option<Exclusion>> = sorted.iter().map(|v| exclusion(request, v)).collect();
-    let mut eligible: Vec<&OperatorView> =
-        sorted.iter().zip(&exclusions).filter(|(_, e)| e.is_none()).map(|(v, _)| *v).collect();
     let last = request.last_chosen.as_ref();
-    eligible.sort_by(|a, b| preference(request.selection, last, a, b).0);
-    let eligible_ids: Vec<OperatorId> = eligible.iter().map(|v| v.id.clone()).collect();
+    let better = |a: &OperatorView, b: &OperatorView| preference(request.selection, last, a, b).0 == Ordering::Less;
+    // The best two eligible (the preference is a total order: it ends with the id).
+    let (mut best, mut runner_up): (Option<&OperatorView>, Option<&OperatorView>) = (None, None);
+    let (mut eligible, mut after_last) = (0usize, 0usize);
+    for (v, excluded) in sorted.iter().zip(&exclusions) {
+        if excluded.is_some() {
+            continue;
+        }
+        eligible += 1;
+        if last.is_some_and(|last| v.id > *last) {
+            after_last += 1;
+        }
+        match best {
+            Some(b) if !better(v, b) => {
+                if runner_up.is_none_or(|r| better(v, r)) {
+                    runner_up = Some(v);
+                }
+            }
+            _ => {
+                runner_up = best;
+                best = Some(v);
+            }
+        }
+    }
+    if last.is_none() {
+        after_last = eligible;
+    }
+    let mut index = 0;
     let assessments: Vec<Assessment> = sorted
         .iter()
         .zip(exclusions)
-        .map(|(v, excluded)| Assessment {
-            operator: v.id.clone(),
-            score: if excluded.is_none() { score(request.selection, last, v, &eligible_ids) } else { f64::INFINITY },
-            excluded,
-            load: v.load,
-            weighted_load_milli: v.weighted_load_milli,
-            capacity: v.capacity,
+        .map(|(v, excluded)| {
+            let score = match excluded {
+                None => {
+                    index += 1;
+                    score(request.selection, v, index - 1, eligible, after_last)
+                }
+                Some(_) => f64::INFINITY,
+            };
+            Assessment {
+                operator: v.id.clone(),
+                score,
+                excluded,
+                load: v.load,
+                weighted_load_milli: v.weighted_load_milli,
+                capacity: v.capacity,
+            }
         })
         .collect();
     let strategy = request.selection.as_str();
-    let best = eligible.first().copied();
-    let tie_breaker = match (eligible.first(), eligible.get(1)) {
+    let tie_breaker = match (best, runner_up) {
         (Some(a), Some(b)) => Some(preference(request.selection, last, a, b).1),
         _ => None,
     };
     let reason = match best {
         None if operators.is_empty() => "no operators available".to_owned(),
         None => format!("none of {} operators eligible; waiting", operators.len()),
-        Some(best) if eligible.len() == 1 => format!("only eligible operator ({})", best.id),
+        Some(best) if eligible == 1 => format!("only eligible operator ({})", best.id),
         Some(best) => format!(
             "{} of {} eligible by {} ({}/{} seats)",
             match request.selection {
@@ -301,7 +333,7 @@ fn decide_strictly(request: &Request, operators: &[OperatorView]) -> Decision {
                 Selection::LongestIdle => "idle longest",
                 Selection::RoundRobin => "next in turn",
             },
-            eligible.len(),
+            eligible,
             tie_breaker.unwrap_or("operator id"),
             f64::from(best.weighted_load_milli) / f64::from(SEAT),
             best.capacity
@@ -445,6 +477,17 @@ mod tests {
             r.last_chosen = Some(chosen);
         }
         assert_eq!(order, ["anna", "boris", "vera", "anna"]);
+        // The scores are the places in the rotation after the last chosen (boris); the
+        // full operator is out of it.
+        r.last_chosen = Some(op("boris"));
+        let ops = [view("anna", 0, 2), view("boris", 0, 2), view("dima", 2, 2), view("vera", 1, 2)];
+        let d = decide(&r, &ops);
+        let scores: Vec<(String, f64)> = d.assessments.iter().map(|a| (a.operator.to_string(), a.score)).collect();
+        assert_eq!(
+            scores,
+            [("anna".into(), 1.0), ("boris".into(), 2.0), ("dima".into(), f64::INFINITY), ("vera".into(), 0.0)]
+        );
+        assert_eq!((d.chosen, d.tie_breaker), (Some(op("vera")), Some("rotation")));
     }
 
     #[test]

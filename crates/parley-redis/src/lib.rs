@@ -190,12 +190,14 @@ local function weighted()
   return total
 end
 -- Puts the operator in (or takes them out of) the availability indexes: in while online
--- with capacity, scored by occupancy (thousandths of capacity) then last assignment (s).
+-- with room for a whole conversation, scored by occupancy (thousandths of capacity) then
+-- last assignment (s). Full operators are out, so finding nobody costs one read.
 local function refresh()
   local cap = tonumber(ARGV[2])
-  if redis.call('HGET', KEYS[1], 'status') == 'online' and cap > 0 then
+  local load = weighted()
+  if redis.call('HGET', KEYS[1], 'status') == 'online' and load + 1000 <= cap * 1000 then
     local last = tonumber(redis.call('HGET', KEYS[1], 'last_assigned') or '0')
-    local occupancy = math.floor(weighted() / cap)
+    local occupancy = math.floor(load / cap)
     local score = occupancy * 10000000000 + math.floor(last / 1000)
     for i = 7, #KEYS do redis.call('ZADD', KEYS[i], score, ARGV[1]) end
   else
@@ -617,8 +619,8 @@ impl Coordinator {
             .map(|_| ())
     }
 
-    /// Operators of the availability index (online, with capacity on `channel`, with
-    /// `skill` if given), least occupied first then idle longest: positions `from..from+count`.
+    /// Operators of the availability index (online, with room for a conversation on
+    /// `channel`, with `skill` if given), least occupied first then idle longest: positions `from..from+count`.
     pub async fn shortlist(
         &self,
         tenant: &TenantId,

@@ -25,9 +25,12 @@ pub struct RoutingSection {
     pub dispatch_interval_ms: u64,
     /// Concurrent lanes per consumer (messages of one customer always share a lane).
     pub lanes: usize,
-    /// How often Redis is checked against the conversation log (lost queue entries and
-    /// capacity held by nobody after a crash).
+    /// How often reservations are checked against the conversation log (capacity held by
+    /// nobody after a crash) and availability recomputed.
     pub reconcile_interval_secs: u64,
+    /// How often Redis is brought in line with the whole conversation log (as at start):
+    /// what a replica that crashed, and did not come back, left behind.
+    pub repair_interval_secs: u64,
     /// How long a message may be in processing before JetStream delivers it again
     /// (to another replica, if this one died).
     pub ack_wait_secs: u64,
@@ -35,7 +38,13 @@ pub struct RoutingSection {
 
 impl Default for RoutingSection {
     fn default() -> Self {
-        Self { dispatch_interval_ms: 500, lanes: 64, reconcile_interval_secs: 60, ack_wait_secs: 30 }
+        Self {
+            dispatch_interval_ms: 500,
+            lanes: 64,
+            reconcile_interval_secs: 60,
+            repair_interval_secs: 3600,
+            ack_wait_secs: 30,
+        }
     }
 }
 
@@ -64,6 +73,9 @@ impl Validate for RoutingConfig {
         }
         if !(1..=3600).contains(&self.routing.reconcile_interval_secs) {
             return Err("routing.reconcile_interval_secs must be 1 to 3600".into());
+        }
+        if !(1..=86_400).contains(&self.routing.repair_interval_secs) {
+            return Err("routing.repair_interval_secs must be 1 to 86400".into());
         }
         if !(1..=600).contains(&self.routing.ack_wait_secs) {
             return Err("routing.ack_wait_secs must be 1 to 600".into());

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use futures_util::StreamExt;
 use parley_domain::conversation::{
     Actor, Command, CustomerRef, Opening, Preference, PreferenceReason, QueueReason, Rejected, Transition,
 };
@@ -27,7 +28,7 @@ use parley_domain::{
 };
 use parley_kit::clock;
 use parley_kit::error::ApiError;
-use parley_nats::{ConfigCache, ConversationLog, StoreError};
+use parley_nats::{ConfigCache, ConversationLog, Loaded, StoreError};
 use parley_policy::{Decision, Exclusion, OperatorView, Request, Waiting, decide, queue_score, serve_order};
 use parley_proto::{convert, events, v1};
 use parley_redis::{ClaimRefused, Coordinator, OpCtx, TimerKind, Weights, activity_entry};
@@ -45,6 +46,8 @@ const SHORTLIST: usize = 64;
 const MAX_PAGES: usize = 8;
 /// Waiting conversations looked at per queue per dispatch pass.
 const HEADS_PER_QUEUE: usize = 32;
+/// Assignments of one dispatch pass being recorded in the log at once.
+const FINISHING: usize = 32;
 
 /// Why the engine could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,25 @@ impl Applied {
             Applied::Done(c) | Applied::Duplicate(c) | Applied::Skipped(c) => c,
         }
     }
+}
+
+/// What picking an operator for a conversation came to.
+enum Pick {
+    /// Nothing to record.
+    Done(Dispatched),
+    /// The state moved on (a claim refused, a wait ended): load it and try again.
+    Again,
+    /// A seat is claimed; the assignment is to be recorded.
+    Claimed(Claim),
+}
+
+/// A seat claimed in Redis for a conversation, not yet recorded in its log.
+struct Claim {
+    id: ConversationId,
+    chosen: OperatorId,
+    seat: Seat,
+    explained: Explained,
+    offer_timeout: Option<Duration>,
 }
 
 /// What a dispatch attempt did.
@@ -205,6 +227,9 @@ pub struct Engine {
     /// Woken when something may let a waiting conversation be assigned.
     pub wake: Arc<Notify>,
     pub memory: Memory,
+    /// Conversations whose Redis side fell behind their log (a Redis error after the
+    /// record was written), for the maintenance loop to bring in line.
+    pub repairs: std::sync::Mutex<HashSet<(TenantId, ConversationId)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -391,7 +416,8 @@ impl Engine {
             failures.push(format!("last operator: {e}"));
         }
         if !failures.is_empty() {
-            tracing::warn!(conversation = %next.id, ?failures, "redis behind the log; reconciliation will repair it");
+            tracing::warn!(conversation = %next.id, ?failures, "redis behind the log; maintenance will repair it");
+            self.repairs.lock().unwrap_or_else(|p| p.into_inner()).insert((tenant.clone(), next.id));
         }
     }
 
@@ -829,13 +855,11 @@ impl Engine {
         let models: Vec<Arc<Operator>> = match request.only.is_empty() {
             false => self.only_models(tenant, request),
             true => {
-                let all = self.cache.operator_models(tenant);
-                if all.len() <= max {
-                    all
+                if self.cache.operator_count(tenant) <= max {
+                    self.cache.operator_models(tenant)
                 } else {
-                    let by_id: HashMap<&str, &Arc<Operator>> = all.iter().map(|m| (m.id.as_str(), m)).collect();
                     let ids = self.redis.shortlist(tenant, request.channel, None, 0, max).await?;
-                    ids.iter().filter_map(|id| by_id.get(id.as_str()).map(|m| (*m).clone())).collect()
+                    self.cache.operator_models_of(tenant, &ids)
                 }
             }
         };
@@ -844,7 +868,7 @@ impl Engine {
 
     /// The operators a conversation waits for.
     fn only_models(&self, tenant: &TenantId, request: &Request) -> Vec<Arc<Operator>> {
-        request.only.iter().filter_map(|id| self.cache.operator_model(tenant, id.as_str())).collect()
+        self.cache.operator_models_of(tenant, &request.only)
     }
 
     /// Decides for a request: over the operator(s) it waits for, over every operator of a
@@ -861,12 +885,13 @@ impl Engine {
             let views = self.views(tenant, &models, request.channel, now).await?;
             return Ok((decide(request, &views), views));
         }
-        let all = self.cache.operator_models(tenant);
-        if all.len() <= SHORTLIST {
+        // Cost must not grow with the size of the tenant: beyond a shortlist's worth of
+        // operators, only the heads of the availability index are looked at.
+        if self.cache.operator_count(tenant) <= SHORTLIST {
+            let all = self.cache.operator_models(tenant);
             let views = self.views(tenant, &all, request.channel, now).await?;
             return Ok((decide(request, &views), views));
         }
-        let by_id: HashMap<&str, &Arc<Operator>> = all.iter().map(|m| (m.id.as_str(), m)).collect();
         let skills: Vec<&SkillId> = request.requirements.skills.iter().map(|s| &s.skill).collect();
         let index = if skills.is_empty() {
             None
@@ -881,8 +906,7 @@ impl Engine {
             if ids.is_empty() {
                 break;
             }
-            let models: Vec<Arc<Operator>> =
-                ids.iter().filter_map(|id| by_id.get(id.as_str()).map(|m| (*m).clone())).collect();
+            let models = self.cache.operator_models_of(tenant, &ids);
             let views = self.views(tenant, &models, request.channel, now).await?;
             let decision = decide(request, &views);
             let done = decision.chosen.is_some() || ids.len() < SHORTLIST;
@@ -905,7 +929,7 @@ impl Engine {
         for _ in 0..4 {
             let Some(loaded) = self.log.load(tenant, id).await? else { return Ok(Dispatched::NotWaiting) };
             self.memory.remember(&loaded.conversation, loaded.sequence);
-            let c = loaded.conversation;
+            let c = &loaded.conversation;
             if c.status != Status::Queued {
                 // A stale queue entry (Redis behind the log): drop it.
                 self.redis.dequeue(tenant, &c.queue, id).await?;
@@ -913,104 +937,125 @@ impl Engine {
             }
             // The log says it waits: make sure Redis agrees (an enqueue lost in a crash).
             self.redis.ensure_queued(tenant, &c.queue, id, queue_score(c.priority, c.wait_start)).await?;
-            let now = clock::now();
-            let queue = self.queue_config(tenant, &c.queue);
-            if !queue.is_open(now) && c.preference.is_none() {
-                return Ok(Dispatched::Nobody);
+            match self.pick(tenant, loaded, record_wait).await? {
+                Pick::Done(d) => return Ok(d),
+                Pick::Again => continue,
+                Pick::Claimed(claim) => return self.finish(tenant, claim).await,
             }
-            let request = self.request_for(tenant, &c, &queue, now).await?;
-            let (decision, views) = self.decide_for(tenant, &request, now).await?;
-            let explained = Explained {
-                strategy: c.preference.as_ref().filter(|p| p.until > now).map(|p| p.reason.as_str()),
-                requirements: request.requirements.clone(),
-                decision,
-            };
-            let Some(chosen) = explained.decision.chosen.clone() else {
-                // Waiting for operators none of whom can take new work at all (away,
-                // gone): stop waiting at once (the team, then the queue, takes over).
-                if !request.only.is_empty() {
-                    let unreachable = request.only.iter().all(|only| {
-                        explained.decision.assessments.iter().find(|a| &a.operator == only).is_none_or(|a| {
-                            matches!(
-                                a.excluded,
-                                Some(
-                                    Exclusion::Status(_)
-                                        | Exclusion::Disconnected
-                                        | Exclusion::Disabled
-                                        | Exclusion::NoCapacity
-                                )
-                            )
-                        })
-                    });
-                    if unreachable {
-                        self.apply(tenant, id, None, |cur| {
-                            Ok((cur.status == Status::Queued).then(|| self.end_of_wait(tenant, cur, clock::now())))
-                        })
-                        .await?;
-                        continue;
-                    }
-                }
-                if record_wait {
-                    let t = Transition { next: c.clone(), effects: Vec::new(), duplicate: false };
-                    match self
-                        .commit(tenant, Some(&c), t, loaded.sequence, Some(&explained), Vec::new(), None, now)
-                        .await
-                    {
-                        Ok(_) | Err(StoreError::Conflict(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                return Ok(Dispatched::Nobody);
-            };
-            let seat = self.seat(tenant, &chosen, c.channel);
-            debug_assert_eq!(views.iter().find(|v| v.id == chosen).map(|v| v.capacity), Some(seat.capacity));
-            match self.redis.claim(&seat.ctx(), id, &c.queue, true, now).await? {
-                Ok(()) => {}
-                Err(ClaimRefused::Gone) => return Ok(Dispatched::NotWaiting),
-                // The snapshot was stale (the operator filled up or left): decide again.
-                Err(_) => continue,
-            }
-            let op = chosen.clone();
-            let offer_timeout = queue.offer_timeout;
-            let result = self
-                .apply(tenant, id, Some(&explained), |cur| {
-                    if cur.status != Status::Queued {
-                        return Ok(None);
-                    }
-                    Ok(Some(match offer_timeout {
-                        Some(timeout) => Command::Offer { operator: op.clone(), timeout },
-                        None => Command::Assign { operator: op.clone() },
-                    }))
-                })
-                .await;
-            return match result {
-                Ok(Applied::Done(_)) => Ok(Dispatched::To(chosen)),
-                Ok(Applied::Skipped(cur)) | Ok(Applied::Duplicate(cur)) => {
-                    if cur.status.holder() != Some(&chosen) {
-                        self.redis.release(&seat.ctx(), id, now).await?;
-                    }
-                    Ok(Dispatched::NotWaiting)
-                }
-                Err(e) => {
-                    // The assignment did not happen: give the seat back (the conversation
-                    // never left its queue).
-                    self.redis.release(&seat.ctx(), id, now).await?;
-                    Err(e)
-                }
-            };
         }
         Ok(Dispatched::Nobody)
     }
 
+    /// Decides for a waiting conversation and claims the chosen operator's seat in Redis:
+    /// the part of a dispatch that must happen in serving order. [`Engine::finish`] records
+    /// it.
+    async fn pick(&self, tenant: &TenantId, loaded: Loaded, record_wait: bool) -> Result<Pick, EngineError> {
+        let c = loaded.conversation;
+        let id = c.id;
+        let now = clock::now();
+        let queue = self.queue_config(tenant, &c.queue);
+        if !queue.is_open(now) && c.preference.is_none() {
+            return Ok(Pick::Done(Dispatched::Nobody));
+        }
+        let request = self.request_for(tenant, &c, &queue, now).await?;
+        let (decision, views) = self.decide_for(tenant, &request, now).await?;
+        let explained = Explained {
+            strategy: c.preference.as_ref().filter(|p| p.until > now).map(|p| p.reason.as_str()),
+            requirements: request.requirements.clone(),
+            decision,
+        };
+        let Some(chosen) = explained.decision.chosen.clone() else {
+            // Waiting for operators none of whom can take new work at all (away,
+            // gone): stop waiting at once (the team, then the queue, takes over).
+            if !request.only.is_empty() {
+                let unreachable = request.only.iter().all(|only| {
+                    explained.decision.assessments.iter().find(|a| &a.operator == only).is_none_or(|a| {
+                        matches!(
+                            a.excluded,
+                            Some(
+                                Exclusion::Status(_)
+                                    | Exclusion::Disconnected
+                                    | Exclusion::Disabled
+                                    | Exclusion::NoCapacity
+                            )
+                        )
+                    })
+                });
+                if unreachable {
+                    self.apply(tenant, id, None, |cur| {
+                        Ok((cur.status == Status::Queued).then(|| self.end_of_wait(tenant, cur, clock::now())))
+                    })
+                    .await?;
+                    return Ok(Pick::Again);
+                }
+            }
+            if record_wait {
+                let t = Transition { next: c.clone(), effects: Vec::new(), duplicate: false };
+                match self.commit(tenant, Some(&c), t, loaded.sequence, Some(&explained), Vec::new(), None, now).await {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(Pick::Done(Dispatched::Nobody));
+        };
+        let seat = self.seat(tenant, &chosen, c.channel);
+        debug_assert_eq!(views.iter().find(|v| v.id == chosen).map(|v| v.capacity), Some(seat.capacity));
+        match self.redis.claim(&seat.ctx(), id, &c.queue, true, now).await? {
+            Ok(()) => {}
+            Err(ClaimRefused::Gone) => return Ok(Pick::Done(Dispatched::NotWaiting)),
+            // The snapshot was stale (the operator filled up or left): decide again.
+            Err(_) => return Ok(Pick::Again),
+        }
+        Ok(Pick::Claimed(Claim { id, chosen, seat, explained, offer_timeout: queue.offer_timeout }))
+    }
+
+    /// Records a claimed seat as an offer or assignment in the conversation's log; gives the
+    /// seat back if the conversation changed meanwhile or the record failed.
+    async fn finish(&self, tenant: &TenantId, claim: Claim) -> Result<Dispatched, EngineError> {
+        let Claim { id, chosen, seat, explained, offer_timeout } = claim;
+        let result = self
+            .apply(tenant, id, Some(&explained), |cur| {
+                if cur.status != Status::Queued {
+                    return Ok(None);
+                }
+                Ok(Some(match offer_timeout {
+                    Some(timeout) => Command::Offer { operator: chosen.clone(), timeout },
+                    None => Command::Assign { operator: chosen.clone() },
+                }))
+            })
+            .await;
+        match result {
+            Ok(Applied::Done(_)) => Ok(Dispatched::To(chosen)),
+            Ok(Applied::Skipped(cur)) | Ok(Applied::Duplicate(cur)) => {
+                if cur.status.holder() != Some(&chosen) {
+                    self.redis.release(&seat.ctx(), id, clock::now()).await?;
+                }
+                Ok(Dispatched::NotWaiting)
+            }
+            Err(e) => {
+                // The assignment did not happen: give the seat back (the conversation
+                // never left its queue).
+                self.redis.release(&seat.ctx(), id, clock::now()).await?;
+                Err(e)
+            }
+        }
+    }
+
     /// One pass over a tenant: expired offers, due timers, then the heads of every open
     /// queue in serving order (priority, aging, wait).
-    pub async fn dispatch_tenant(&self, tenant: &TenantId) -> Result<(), EngineError> {
+    ///
+    /// Returns whether another pass right away may assign more: something was assigned and
+    /// some queue had more waiting than the heads looked at.
+    pub async fn dispatch_tenant(&self, tenant: &TenantId) -> Result<bool, EngineError> {
         let now = clock::now();
         self.expire_offers(tenant, now).await?;
         self.run_timers(tenant, now).await?;
         let mut waiting = Vec::new();
+        let mut more_waiting = false;
         for queue in self.cache.queue_models(tenant) {
-            for (id, score) in self.redis.waiting_scored(tenant, &queue.id, HEADS_PER_QUEUE).await? {
+            let heads = self.redis.waiting_scored(tenant, &queue.id, HEADS_PER_QUEUE).await?;
+            more_waiting |= heads.len() == HEADS_PER_QUEUE;
+            for (id, score) in heads {
                 // The score holds the priority and the wait start.
                 let (priority, wait_start) = decode_score(score);
                 waiting.push(Waiting { conversation: id, priority, wait_start, aging_delay: queue.aging_delay });
@@ -1021,41 +1066,107 @@ impl Engine {
         type Kind = (Channel, Vec<(SkillId, u8)>, Option<String>);
         // Once nobody can take a conversation of a kind, the next of that kind is skipped.
         let mut exhausted: HashSet<Kind> = HashSet::new();
-        for w in waiting {
-            let key = match self.memory.state(tenant, w.conversation) {
-                Some((c, _)) if c.status == Status::Queued && c.declined_by.is_empty() && c.preference.is_none() => {
-                    let queue = self.queue_config(tenant, &c.queue);
-                    let r = self.requirements(&c, &queue, now);
-                    Some((c.channel, r.skills.iter().map(|s| (s.skill.clone(), s.proficiency)).collect(), r.language))
+        // Picks (decide + claim) run one at a time in serving order, so an earlier
+        // conversation is never beaten to a seat by a later one; recording them in the log
+        // (the slow part) runs alongside, up to FINISHING at once.
+        let (claimed, mut to_finish) = tokio::sync::mpsc::channel::<Claim>(FINISHING);
+        let picking = async move {
+            let mut claims = 0usize;
+            for w in waiting {
+                let remembered = self.memory.state(tenant, w.conversation);
+                let key = match &remembered {
+                    Some((c, _))
+                        if c.status == Status::Queued && c.declined_by.is_empty() && c.preference.is_none() =>
+                    {
+                        let queue = self.queue_config(tenant, &c.queue);
+                        let r = self.requirements(c, &queue, now);
+                        Some((
+                            c.channel,
+                            r.skills.iter().map(|s| (s.skill.clone(), s.proficiency)).collect(),
+                            r.language,
+                        ))
+                    }
+                    _ => None,
+                };
+                if key.as_ref().is_some_and(|k| exhausted.contains(k)) {
+                    continue;
                 }
-                _ => None,
-            };
-            if key.as_ref().is_some_and(|k| exhausted.contains(k)) {
-                continue;
+                // What this replica last saw of a waiting conversation is enough to pick
+                // with: recording checks it against the log.
+                let picked = match remembered {
+                    Some((conversation, sequence)) if conversation.status == Status::Queued => {
+                        self.pick(tenant, Loaded { conversation, sequence }, false).await
+                    }
+                    _ => Ok(Pick::Again),
+                };
+                let outcome = match picked {
+                    Ok(Pick::Claimed(claim)) => {
+                        claims += 1;
+                        if claimed.send(claim).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Ok(Pick::Done(d)) => Ok(d),
+                    Ok(Pick::Again) => self.try_dispatch(tenant, w.conversation, false).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(Dispatched::Nobody) => {
+                        if let Some(k) = key {
+                            exhausted.insert(k);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(conversation = %w.conversation, error = %e, "dispatch failed"),
+                }
             }
-            match self.try_dispatch(tenant, w.conversation, false).await {
-                Ok(Dispatched::Nobody) => {
-                    if let Some(k) = key {
-                        exhausted.insert(k);
+            claims
+        };
+        let finishing = async {
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    next = to_finish.recv(), if running.len() < FINISHING => match next {
+                        Some(claim) => {
+                            let id = claim.id;
+                            running.push(async move { (id, self.finish(tenant, claim).await) });
+                        }
+                        None => break,
+                    },
+                    Some((id, result)) = running.next(), if !running.is_empty() => {
+                        if let Err(e) = result {
+                            tracing::warn!(conversation = %id, error = %e, "recording an assignment failed");
+                        }
                     }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(conversation = %w.conversation, error = %e, "dispatch failed"),
             }
-        }
-        Ok(())
+            while let Some((id, result)) = running.next().await {
+                if let Err(e) = result {
+                    tracing::warn!(conversation = %id, error = %e, "recording an assignment failed");
+                }
+            }
+        };
+        let (claims, ()) = tokio::join!(picking, finishing);
+        tracing::debug!(tenant = %tenant, claims, more_waiting, took_ms = clock::now().since(now).as_millis() as u64, "dispatch pass");
+        Ok(claims > 0 && more_waiting)
     }
 
-    /// Every tenant, once.
+    /// Every tenant, a pass each, then again for those that may assign more (one pass at a
+    /// time per tenant, so a tenant with a deep backlog does not hold up the others).
     pub async fn dispatch_all(&self) {
-        for tenant in self.cache.tenants() {
-            if tenant.disabled {
-                continue;
+        let mut tenants: Vec<TenantId> =
+            self.cache.tenants().iter().filter(|t| !t.disabled).filter_map(|t| TenantId::parse(&t.id).ok()).collect();
+        while !tenants.is_empty() {
+            let mut again = Vec::new();
+            for tenant in tenants {
+                match self.dispatch_tenant(&tenant).await {
+                    Ok(true) => again.push(tenant),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(tenant = %tenant, error = %e, "dispatch pass failed"),
+                }
             }
-            let Ok(tenant_id) = TenantId::parse(&tenant.id) else { continue };
-            if let Err(e) = self.dispatch_tenant(&tenant_id).await {
-                tracing::warn!(tenant = %tenant_id, error = %e, "dispatch pass failed");
-            }
+            tenants = again;
         }
     }
 
@@ -1256,23 +1367,22 @@ impl Engine {
         Ok(true)
     }
 
-    /// Brings Redis in line with the log after crashes: every waiting conversation in its
-    /// queue with its timers, every held one reserved, reservations nobody holds any more
-    /// (claimed over `grace` ago, by a router that died before recording) given back, and
-    /// every operator's availability recomputed (idle conversations weigh less over time).
-    pub async fn reconcile(&self, js: &async_nats::jetstream::Context, grace: Duration) -> anyhow::Result<()> {
-        crate::rebuild::run(self, js).await?;
+    /// Gives back reservations nobody holds any more (claimed over `grace` ago by a router
+    /// that died before recording them, or whose release failed) and recomputes every
+    /// operator's availability (idle conversations weigh less over time). Runs beside
+    /// dispatching, never in its way.
+    pub async fn reconcile(&self, grace: Duration) -> Result<(), EngineError> {
         let now = clock::now();
         let before = Timestamp::from_micros(now.as_micros() - grace.as_micros() as i64);
         let mut released = 0;
         for tenant in self.cache.tenants() {
             let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
-            for model in self.cache.operator_models(&tenant) {
-                for channel in Channel::ALL {
-                    let seat = self.seat(&tenant, &model.id, channel);
-                    for id in self.redis.stale_holds(&tenant, &model.id, channel, before).await? {
+            for channel in Channel::ALL {
+                for op in self.redis.holders(&tenant, channel).await? {
+                    let seat = self.seat(&tenant, &op, channel);
+                    for id in self.redis.stale_holds(&tenant, &op, channel, before).await? {
                         let held = match self.log.load(&tenant, id).await? {
-                            Some(l) => l.conversation.status.holder() == Some(&model.id),
+                            Some(l) => l.conversation.status.holder() == Some(&op),
                             None => false,
                         };
                         if !held {
@@ -1280,6 +1390,11 @@ impl Engine {
                             released += 1;
                         }
                     }
+                }
+            }
+            for model in self.cache.operator_models(&tenant) {
+                for (channel, _) in &model.capacity {
+                    let seat = self.seat(&tenant, &model.id, *channel);
                     if seat.capacity > 0 {
                         self.redis.refresh(&seat.ctx(), now).await?;
                     }
@@ -1293,18 +1408,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Periodic work: rebuild Redis if it was lost, reconcile it with the log, reroute the
-    /// work of gone desks, expire offers and timers, dispatch waiting conversations; also
-    /// woken early whenever capacity frees up.
+    /// Dispatching: every interval, and at once whenever something may let a waiting
+    /// conversation be assigned (capacity freed, an operator online, a conversation
+    /// queued); first rebuilding Redis if it lost its data.
     pub async fn run_dispatcher(
         self: Arc<Self>,
         js: async_nats::jetstream::Context,
         interval: Duration,
-        reconcile_every: Duration,
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut last_reconcile = tokio::time::Instant::now();
-        let mut last_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
@@ -1315,22 +1427,51 @@ impl Engine {
                 tracing::warn!(error = format!("{e:#}"), "rebuild failed; will retry");
                 continue;
             }
+            self.dispatch_all().await;
+        }
+    }
+
+    /// Upkeep beside dispatching: every second, the work of gone desks is rerouted and
+    /// conversations whose Redis side fell behind are repaired; every `reconcile_every`,
+    /// reservations are checked against the log; at start and every `repair_every`, Redis
+    /// is brought in line with the whole log (what a replica that crashed between writing
+    /// a record and updating Redis left behind).
+    pub async fn run_maintenance(
+        self: Arc<Self>,
+        js: async_nats::jetstream::Context,
+        reconcile_every: Duration,
+        repair_every: Duration,
+        token: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut last_reconcile = tokio::time::Instant::now();
+        let mut last_repair: Option<tokio::time::Instant> = None;
+        loop {
+            if last_repair.is_none_or(|t| t.elapsed() >= repair_every) {
+                match crate::rebuild::run(&self, &js).await {
+                    Ok(()) => last_repair = Some(tokio::time::Instant::now()),
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "repair from the log failed; will retry"),
+                }
+                self.wake.notify_one();
+            }
+            if let Err(e) = crate::rebuild::repair_listed(&self).await {
+                tracing::warn!(error = format!("{e:#}"), "repairing conversations failed; will retry");
+            }
+            for tenant in self.cache.tenants() {
+                let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
+                if let Err(e) = self.reroute_gone(&tenant, clock::now()).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "rerouting gone desks failed");
+                }
+            }
             if last_reconcile.elapsed() >= reconcile_every {
                 last_reconcile = tokio::time::Instant::now();
-                if let Err(e) = self.reconcile(&js, Duration::from_secs(10).min(reconcile_every)).await {
-                    tracing::warn!(error = format!("{e:#}"), "reconcile failed; will retry");
+                if let Err(e) = self.reconcile(Duration::from_secs(10).min(reconcile_every)).await {
+                    tracing::warn!(error = %e, "reconcile failed; will retry");
                 }
             }
-            if last_sweep.elapsed() >= interval.max(Duration::from_secs(1)) {
-                last_sweep = tokio::time::Instant::now();
-                for tenant in self.cache.tenants() {
-                    let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
-                    if let Err(e) = self.reroute_gone(&tenant, clock::now()).await {
-                        tracing::warn!(tenant = %tenant, error = %e, "rerouting gone desks failed");
-                    }
-                }
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            self.dispatch_all().await;
         }
     }
 }

@@ -59,6 +59,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
         presence,
         wake: Arc::new(Notify::new()),
         memory: engine::Memory::default(),
+        repairs: Default::default(),
     });
     engine.rebuild_if_needed(&nats.js).await?;
 
@@ -95,7 +96,12 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
     tasks.spawn(engine.clone().run_dispatcher(
         nats.js.clone(),
         Duration::from_millis(config.routing.dispatch_interval_ms),
+        token.clone(),
+    ));
+    tasks.spawn(engine.clone().run_maintenance(
+        nats.js.clone(),
         Duration::from_secs(config.routing.reconcile_interval_secs),
+        Duration::from_secs(config.routing.repair_interval_secs),
         token.clone(),
     ));
     runtime::launch("routing", &config.server, routes, parley_kit::axum::Router::new(), auth, metrics, token, tasks)

@@ -1,14 +1,15 @@
 //! Rebuilding Redis from the durable side: operator statuses from the presence bucket;
 //! queues, offers and capacity reservations from the last record of every conversation in
-//! `PARLEY_EVENTS`. Run in full after Redis lost its data, and as the first half of the
-//! periodic reconciliation. Every step only adds what is missing, so replicas doing it at
-//! the same time, or while routing goes on, do no harm.
+//! `PARLEY_EVENTS`. Run in full after Redis lost its data, at start and now and then by
+//! the maintenance loop; single conversations whose Redis side fell behind are repaired
+//! the same way. Every step only adds what is missing, so replicas doing it at the same
+//! time, or while routing goes on, do no harm.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::{StreamExt, TryStreamExt};
-use parley_domain::{OperatorId, Sender, Status, TenantId};
+use parley_domain::{Conversation, ConversationId, OperatorId, Sender, Status, TenantId};
 use parley_kit::clock;
 use parley_nats::conversations::decode_state;
 use parley_nats::topology;
@@ -58,32 +59,7 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
                 && let Ok(tenant) = TenantId::parse(&record.tenant_id)
                 && let Ok(c) = decode_state(&record, &tenant)
             {
-                let now = clock::now();
-                let activity = activity_entry(c.last_activity, c.last_sender == Sender::Operator);
-                match &c.status {
-                    Status::Queued => {
-                        let score = queue_score(c.priority, c.wait_start);
-                        engine.redis.ensure_queued(&tenant, &c.queue, c.id, score).await?;
-                        if let Some(p) = &c.preference {
-                            engine.redis.set_timer(&tenant, TimerKind::Preference, c.id, p.until).await?;
-                        }
-                        if let Some(max) = engine.cache.queue_model(&tenant, c.queue.as_str()).and_then(|q| q.max_wait)
-                        {
-                            let due = c.queue_enter.saturating_add(max);
-                            engine.redis.set_timer(&tenant, TimerKind::MaxWait, c.id, due).await?;
-                        }
-                    }
-                    Status::Offered { operator, expires } => {
-                        let seat = engine.seat(&tenant, operator, c.channel);
-                        engine.redis.restore_hold(&seat.ctx(), c.id, &activity, now).await?;
-                        engine.redis.track_offer(&tenant, c.id, *expires).await?;
-                    }
-                    Status::Assigned { operator } => {
-                        let seat = engine.seat(&tenant, operator, c.channel);
-                        engine.redis.restore_hold(&seat.ctx(), c.id, &activity, now).await?;
-                    }
-                    Status::Closed => {}
-                }
+                restore(engine, &tenant, &c).await?;
                 conversations += 1;
             }
             if pending == 0 {
@@ -92,5 +68,63 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
         }
     }
     tracing::debug!(statuses, conversations, at = %clock::now(), "redis brought in line with the log");
+    Ok(())
+}
+
+/// Puts what Redis should hold for one conversation's current state: its queue entry and
+/// timers while it waits, its operator's reservation (and offer deadline) while held.
+/// Only adds what is missing.
+async fn restore(engine: &Engine, tenant: &TenantId, c: &Conversation) -> anyhow::Result<()> {
+    let now = clock::now();
+    let activity = activity_entry(c.last_activity, c.last_sender == Sender::Operator);
+    match &c.status {
+        Status::Queued => {
+            let score = queue_score(c.priority, c.wait_start);
+            engine.redis.ensure_queued(tenant, &c.queue, c.id, score).await?;
+            if let Some(p) = &c.preference {
+                engine.redis.set_timer(tenant, TimerKind::Preference, c.id, p.until).await?;
+            }
+            if let Some(max) = engine.cache.queue_model(tenant, c.queue.as_str()).and_then(|q| q.max_wait) {
+                let due = c.queue_enter.saturating_add(max);
+                engine.redis.set_timer(tenant, TimerKind::MaxWait, c.id, due).await?;
+            }
+        }
+        Status::Offered { operator, expires } => {
+            let seat = engine.seat(tenant, operator, c.channel);
+            engine.redis.restore_hold(&seat.ctx(), c.id, &activity, now).await?;
+            engine.redis.track_offer(tenant, c.id, *expires).await?;
+        }
+        Status::Assigned { operator } => {
+            let seat = engine.seat(tenant, operator, c.channel);
+            engine.redis.restore_hold(&seat.ctx(), c.id, &activity, now).await?;
+        }
+        Status::Closed => {}
+    }
+    Ok(())
+}
+
+/// Repairs the conversations listed as behind their log: each is restored from its
+/// current state (a reservation it no longer has is given back by reconciliation).
+pub async fn repair_listed(engine: &Engine) -> anyhow::Result<()> {
+    let listed: Vec<(TenantId, ConversationId)> =
+        engine.repairs.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+    for (i, (tenant, id)) in listed.iter().enumerate() {
+        let result = async {
+            if let Some(loaded) = engine.log.load(tenant, *id).await? {
+                restore(engine, tenant, &loaded.conversation).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Keep the rest listed for the next round.
+            engine.repairs.lock().unwrap_or_else(|p| p.into_inner()).extend(listed[i..].iter().cloned());
+            return Err(e);
+        }
+    }
+    if !listed.is_empty() {
+        tracing::info!(repaired = listed.len(), "redis brought in line with the log for listed conversations");
+        engine.wake.notify_one();
+    }
     Ok(())
 }

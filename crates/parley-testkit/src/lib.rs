@@ -178,6 +178,7 @@ impl App {
                     lanes: 64,
                     reconcile_interval_secs: options.reconcile_interval_secs,
                     ack_wait_secs: options.ack_wait_secs,
+                    ..Default::default()
                 },
             };
             Some(

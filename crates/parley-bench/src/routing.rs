@@ -1,0 +1,402 @@
+//! The routing benchmark: over a backlog of waiting conversations, with 100, 1 000 and
+//! 10 000 operators online, how many assignments per second routing makes and how long
+//! from "capacity freed" (a conversation closed) to "offered" (the next conversation on
+//! that operator's desk stream) — next to the anchor, a bare Redis `EVALSHA` of an empty
+//! script against the same Redis, measured in the same run.
+//!
+//! Every operator is full and the backlog is deep, so each close frees exactly one seat
+//! and routing must find the one operator with room among all those online: the cost
+//! this measures must not grow with the number of operators.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use parley_domain::{OperatorId, TenantId};
+use parley_proto::prost::Message as _;
+use parley_proto::v1;
+use parley_proto::v1::desk_event;
+use parley_testkit::App;
+
+use crate::{fresh_histogram, ms, rate};
+
+const TENANT: &str = "routebench";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Operators online at each step (cumulative: each step brings more online).
+    pub steps: Vec<usize>,
+    /// Conversations waiting before the first step.
+    pub queued: usize,
+    /// Seats per operator.
+    pub seats: u32,
+    /// Seconds measured at each step.
+    pub seconds: u64,
+    /// Closes in flight at once.
+    pub concurrency: usize,
+}
+
+/// The figures of one step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub operators: usize,
+    pub backlog: u32,
+    /// At saturation (closes as fast as assignments come).
+    pub assignments_per_second: f64,
+    pub saturated_p99_ms: f64,
+    /// Paced at half the saturated rate: freed → offered.
+    pub paced_rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub samples: u64,
+}
+
+/// The figures of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub anchor_per_second: f64,
+    pub anchor_p50_ms: f64,
+    pub anchor_p99_ms: f64,
+    pub open_per_second: f64,
+    pub steps: Vec<Step>,
+}
+
+/// Bare `EVALSHA` of an empty script, `concurrency` callers over one multiplexed
+/// connection (as routing uses Redis), for `seconds`.
+async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let client = redis::Client::open(url)?;
+    let conn = client.get_connection_manager().await?;
+    let script = redis::Script::new("");
+    // Load it once so every call is an EVALSHA.
+    let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (mut conn, script) = (conn.clone(), script.clone());
+        workers.push(tokio::spawn(async move {
+            let mut h = fresh_histogram();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let t = Instant::now();
+                let _: redis::Value = script.invoke_async(&mut conn).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                n += 1;
+            }
+            anyhow::Ok((n, h))
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    let mut all = fresh_histogram();
+    for w in workers {
+        let (n, h) = w.await??;
+        total += n;
+        all.add(h)?;
+    }
+    Ok((rate(total as usize, started.elapsed()), all))
+}
+
+/// What the desk streams showed: every assignment, and when each operator's seat was
+/// freed (to time the next assignment to them).
+#[derive(Default)]
+struct Watch {
+    freed: HashMap<String, Instant>,
+    latency: Option<Histogram<u64>>,
+    assigned: usize,
+    /// Conversations assigned and not yet closed by the bench, oldest first.
+    held: std::collections::VecDeque<(String, String)>,
+    /// Closes sent by the bench.
+    closed: usize,
+}
+
+type Shared = Arc<Mutex<Watch>>;
+
+fn lock(w: &Shared) -> std::sync::MutexGuard<'_, Watch> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `call(client, i)` for every `i` in `range`, 32 at a time (tonic clients clone
+/// cheaply onto one connection).
+async fn for_each<C, F, Fut>(client: C, range: std::ops::Range<usize>, call: F) -> anyhow::Result<()>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (client, call, next, end) = (client.clone(), call.clone(), next.clone(), range.end);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    return anyhow::Ok(());
+                }
+                call(client.clone(), i).await?;
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(())
+}
+
+/// Creates operators `op-00000`… with `seats` seats each.
+async fn create_operators(app: &App, admin_token: &str, to: usize, seats: u32) -> anyhow::Result<()> {
+    for_each(app.admin(admin_token).await, 0..to, move |mut admin, i| async move {
+        let operator = v1::Operator {
+            id: operator(i),
+            display_name: format!("Operator {i}"),
+            skills: vec![v1::SkillLevel { skill: "support".into(), proficiency: 3 }],
+            languages: vec!["ru".into()],
+            capacity: vec![v1::ChannelCapacity { channel: v1::Channel::Api as i32, max_conversations: seats }],
+            ..Default::default()
+        };
+        admin.create_operator(v1::CreateOperatorRequest { operator: Some(operator) }).await?;
+        Ok(())
+    })
+    .await
+}
+
+fn operator(i: usize) -> String {
+    format!("op-{i:05}")
+}
+
+/// Brings operators `from..to` online: a live desk session each (as the notification
+/// service records one), then status online through the API.
+async fn bring_online(app: &App, supervisor_token: &str, from: usize, to: usize) -> anyhow::Result<()> {
+    let redis = parley_redis::Coordinator::connect(&app.infra.redis.url(), Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = TenantId::parse(TENANT)?;
+    let until = parley_kit::clock::now().saturating_add(Duration::from_secs(6 * 3600));
+    for i in from..to {
+        let op = OperatorId::parse(&operator(i))?;
+        redis.heartbeat(&tenant, &op, "bench-desk", until).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    for_each(app.routing_client(supervisor_token).await, from..to, |mut routing, i| async move {
+        let online = v1::SetOperatorStatusRequest {
+            operator_id: operator(i),
+            status: v1::OperatorStatus::Online as i32,
+            reason: String::new(),
+        };
+        routing.set_operator_status(online).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Submits `n` first messages of distinct customers.
+async fn fill_backlog(app: &App, token: &str, n: usize) -> anyhow::Result<()> {
+    for_each(app.ingest_client(token).await, 0..n, |mut ingest, i| async move {
+        let first = v1::SubmitMessageRequest {
+            customer_ref: format!("waiting-{i}"),
+            text: "Здравствуйте, помогите с заказом".into(),
+            idempotency_key: format!("backlog-{i}"),
+            ..Default::default()
+        };
+        ingest.submit_message(first).await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn waiting(app: &App, token: &str) -> anyhow::Result<u32> {
+    Ok(app
+        .routing_client(token)
+        .await
+        .get_queue_status(v1::GetQueueStatusRequest { queue_id: "default".into() })
+        .await?
+        .into_inner()
+        .waiting_conversations)
+}
+
+pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
+    let infra = parley_testkit::Infra::start().await?;
+    let (anchor_per_second, anchor_h) = anchor(&infra.redis.url(), spec.concurrency, 5).await?;
+    println!(
+        "   anchor: bare EVALSHA of an empty script, {} callers: {anchor_per_second:>9.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
+        spec.concurrency,
+        ms(anchor_h.value_at_quantile(0.5)),
+        ms(anchor_h.value_at_quantile(0.99)),
+    );
+
+    let app = App::spawn_with(infra, true, parley_testkit::AppOptions::production()).await;
+    let fx = app.tenant(TENANT, &[]).await;
+    let most = spec.steps.iter().copied().max().unwrap_or(0);
+    let started = Instant::now();
+    create_operators(&app, &fx.admin_token, most, spec.seats).await?;
+    println!("   {most} operators created in {:.1} s", started.elapsed().as_secs_f64());
+
+    // Every desk event of the tenant, as the notification service reads them.
+    let watch: Shared = Arc::new(Mutex::new(Watch::default()));
+    let nats = async_nats::connect(app.infra.nats.url()).await?;
+    let mut desks = nats.subscribe(format!("parley.desk.{TENANT}.>")).await?;
+    let reader = {
+        let watch = watch.clone();
+        tokio::spawn(async move {
+            while let Some(m) = desks.next().await {
+                let Ok(ev) = v1::DeskEvent::decode(m.payload.as_ref()) else { continue };
+                let Some(desk_event::Kind::Assigned(a)) = ev.kind else { continue };
+                let Some(c) = a.conversation else { continue };
+                let mut w = lock(&watch);
+                w.assigned += 1;
+                if let Some(freed) = w.freed.remove(&c.operator_id)
+                    && let Some(h) = w.latency.as_mut()
+                {
+                    let _ = h.record(freed.elapsed().as_micros().max(1) as u64);
+                }
+                w.held.push_back((c.operator_id, c.id));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    fill_backlog(&app, &fx.integrator_token, spec.queued).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = waiting(&app, &fx.supervisor_token).await?;
+        if n as usize >= spec.queued {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {n} of {} conversations queued in 10 minutes", spec.queued);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let open_per_second = rate(spec.queued, started.elapsed());
+    println!("   {} conversations queued (submitted and opened): {open_per_second:.0}/s", spec.queued);
+
+    let mut steps = Vec::new();
+    let mut online = 0;
+    for &n in &spec.steps {
+        // More operators online; wait until they are all full.
+        let before = lock(&watch).assigned;
+        let t = Instant::now();
+        bring_online(&app, &fx.supervisor_token, online, n).await?;
+        let expected = before + (n - online) * spec.seats as usize;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while lock(&watch).assigned < expected {
+            anyhow::ensure!(Instant::now() < deadline, "operators not filled in 10 minutes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let fill = rate((n - online) * spec.seats as usize, t.elapsed());
+        online = n;
+        let backlog = waiting(&app, &fx.supervisor_token).await?;
+
+        // Saturation: closers close as fast as they can; every close frees a seat that
+        // routing fills from the backlog.
+        let (count, took, saturated) =
+            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, None, spec.seconds).await?;
+        let assignments_per_second = rate(count, took);
+        // Latency: closes paced at half that rate.
+        let paced_rate = assignments_per_second / 2.0;
+        let (_, _, paced) =
+            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(paced_rate), spec.seconds).await?;
+        let step = Step {
+            operators: n,
+            backlog,
+            assignments_per_second,
+            saturated_p99_ms: ms(saturated.value_at_quantile(0.99)),
+            paced_rate,
+            p50_ms: ms(paced.value_at_quantile(0.5)),
+            p99_ms: ms(paced.value_at_quantile(0.99)),
+            samples: paced.len(),
+        };
+        println!(
+            "   {n:>6} operators online (filled at {fill:.0}/s), {backlog} waiting: {:>6.0} assignments/s (p99 {:.1} ms saturated); paced at {paced_rate:.0}/s freed → offered p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+            step.assignments_per_second, step.saturated_p99_ms, step.p50_ms, step.p99_ms, step.samples
+        );
+        steps.push(step);
+    }
+    reader.abort();
+    app.stop().await;
+    Ok(Outcome {
+        anchor_per_second,
+        anchor_p50_ms: ms(anchor_h.value_at_quantile(0.5)),
+        anchor_p99_ms: ms(anchor_h.value_at_quantile(0.99)),
+        open_per_second,
+        steps,
+    })
+}
+
+/// Closes held conversations for `seconds`: as fast as routing refills the seats (at most
+/// `concurrency` freed and not yet refilled), or paced at `per_second`. Returns the
+/// assignments seen meanwhile, the time, and the latencies from each close to the next
+/// assignment to that operator. Returns once every freed seat is refilled.
+async fn closing(
+    app: &App,
+    token: &str,
+    watch: &Shared,
+    concurrency: usize,
+    per_second: Option<f64>,
+    seconds: u64,
+) -> anyhow::Result<(usize, Duration, Histogram<u64>)> {
+    let (start_assigned, start_closed) = {
+        let mut w = lock(watch);
+        w.freed.clear();
+        w.latency = Some(fresh_histogram());
+        (w.assigned, w.closed)
+    };
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let mut routing = app.routing_client(token).await;
+        let (watch, next) = (watch.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                if let Some(rate) = per_second {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+                }
+                if Instant::now() >= until {
+                    return anyhow::Ok(());
+                }
+                let job = {
+                    let mut w = lock(&watch);
+                    // Seats freed and not yet refilled.
+                    let outstanding = (w.closed - start_closed).saturating_sub(w.assigned - start_assigned);
+                    let job = if outstanding < concurrency { w.held.pop_front() } else { None };
+                    if let Some((op, _)) = &job {
+                        w.freed.insert(op.clone(), Instant::now());
+                        w.closed += 1;
+                    }
+                    job
+                };
+                let Some((_, id)) = job else {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    continue;
+                };
+                routing
+                    .close_conversation(v1::CloseConversationRequest { conversation_id: id, reason: "bench".into() })
+                    .await?;
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let took = started.elapsed();
+    let count = lock(watch).assigned - start_assigned;
+    // Wait for the freed seats to be refilled, so the next phase starts from full.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let refilled = {
+            let w = lock(watch);
+            w.assigned - start_assigned >= w.closed - start_closed
+        };
+        if refilled {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "freed seats not refilled within 2 minutes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let h = lock(watch).latency.take().unwrap_or_else(fresh_histogram);
+    Ok((count, took, h))
+}
