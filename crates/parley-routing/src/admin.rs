@@ -537,6 +537,24 @@ impl AdminService for AdminApi {
             ))
             .into());
         }
+        // Conversations would move to a queue that no longer exists.
+        let senders: Vec<String> = self.cache.with_tenant(&tenant, |t| {
+            t.map(|t| {
+                t.queues
+                    .values()
+                    .filter(|q| q.overflow_queue_id == id || q.after_hours_queue_id == id)
+                    .map(|q| q.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+        });
+        if !senders.is_empty() {
+            return Err(ApiError::precondition(format!(
+                "queue {id} is the overflow or after-hours queue of queue(s) {}",
+                senders.join(", ")
+            ))
+            .into());
+        }
         self.store.delete(&key(&tenant, Kind::Queue, &id)).await.map_err(store_error)?;
         Ok(Response::new(v1::DeleteQueueResponse {}))
     }
