@@ -1057,11 +1057,11 @@ impl Engine {
                 | Ok(Applied::Skipped(_))
                 | Ok(Applied::Duplicate(_))
                 | Err(EngineError::NotFound(_)) => {
-                    // Whatever happened, this timer is spent; a new state sets new ones.
+                    // Whatever happened, this timer is spent; a new state sets new ones. The
+                    // conversation is dispatched by the pass that follows, in serving order:
+                    // dispatching it here would put it ahead of higher-priority conversations
+                    // whenever a seat is free.
                     self.redis.clear_timer(tenant, kind, id).await?;
-                    if let Err(e) = self.try_dispatch(tenant, id, false).await {
-                        tracing::warn!(conversation = %id, error = %e, "dispatch after timer failed");
-                    }
                 }
                 Err(e) => return Err(e),
             }
