@@ -1,7 +1,7 @@
 //! Scenario tests of the routing engine's queue features through the real services:
 //! weighted capacity, priority and aging, maximum wait and overflow, skill expansion,
-//! business hours, selection strategies, queue position and estimated wait, the queue dry
-//! run, and refusal of bad routing configuration.
+//! business hours, selection strategies, fair spread of a backlog, queue position and
+//! estimated wait, the queue dry run, and refusal of bad routing configuration.
 
 use std::time::{Duration, Instant};
 
@@ -705,6 +705,50 @@ async fn each_selection_strategy_picks_its_operator() {
     assert_eq!((d.chosen_operator_id.as_str(), d.strategy.as_str()), ("anna", "least_occupied"));
     assert_eq!(d.tie_breaker, "occupancy");
     assert_eq!((candidate(&d, "anna").score, candidate(&d, "boris").score), (0.25, 0.5));
+    drop(desks);
+    app.stop().await;
+}
+
+// ---- 7. fair spread of a backlog ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_is_spread_over_operators_logging_in_one_after_another() {
+    let app = spawn().await;
+    let operators = ["anna", "boris", "vera"];
+    let fx = app.tenant("acme", &operators).await;
+    let mut desks = Vec::new();
+    for op in operators {
+        desks.push(Desk::open(&app, fx.operator_token(op), 0).await.expect("desk opens"));
+    }
+    let mut backlog = Vec::new();
+    for i in 0..6 {
+        backlog.push(arrive(&app, &fx, &format!("c-{i}"), "default").await);
+    }
+    wait_for_depth(&app, &fx, "default", 6).await;
+    // Shift start: the three log in one right after the other, a fifth of a second apart
+    // (people are seconds apart; back-to-back calls would only race the dispatcher).
+    for op in operators {
+        set_status(&app, fx.operator_token(op), v1::OperatorStatus::Online).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_depth(&app, &fx, "default", 0).await;
+    let mut loads = Vec::new();
+    for op in operators {
+        loads.push((op, api_load(&app, &fx, op).await.0));
+    }
+    // Who was eligible at each decision, to show how the backlog went.
+    let mut story = Vec::new();
+    for c in &backlog {
+        let d = assignment(&app, &fx, c).await;
+        let eligible: Vec<&str> =
+            d.candidates.iter().filter(|c| c.excluded_because.is_empty()).map(|c| c.operator_id.as_str()).collect();
+        story.push(format!("{} of {eligible:?}", d.chosen_operator_id));
+    }
+    assert_eq!(
+        loads,
+        [("anna", 2), ("boris", 2), ("vera", 2)],
+        "the backlog is spread, not dumped on the first; assignments: {story:?}"
+    );
     drop(desks);
     app.stop().await;
 }
