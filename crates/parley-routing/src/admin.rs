@@ -169,11 +169,16 @@ impl AdminApi {
         self.cache.wait_for(revision).await;
     }
 
-    fn skills_exist(&self, tenant: &TenantId, skills: &[v1::SkillLevel], field: &str) -> ApiResult<()> {
-        for s in skills {
-            let known = self.cache.with_tenant(tenant, |t| t.is_some_and(|t| t.skills.contains_key(&s.skill)));
+    fn skills_exist<'a>(
+        &self,
+        tenant: &TenantId,
+        skills: impl IntoIterator<Item = &'a String>,
+        field: &str,
+    ) -> ApiResult<()> {
+        for skill in skills {
+            let known = self.cache.with_tenant(tenant, |t| t.is_some_and(|t| t.skills.contains_key(skill)));
             if !known {
-                return Err(ApiError::invalid(format!("{field}: skill {} does not exist (create it first)", s.skill)));
+                return Err(ApiError::invalid(format!("{field}: skill {skill} does not exist (create it first)")));
             }
         }
         Ok(())
@@ -181,13 +186,18 @@ impl AdminApi {
 
     fn validate_operator(&self, tenant: &TenantId, o: &v1::Operator) -> ApiResult<()> {
         convert::from_operator(tenant, o).map_err(|e| ApiError::invalid(e.to_string()))?;
-        self.skills_exist(tenant, &o.skills, "operator.skills")
+        self.skills_exist(tenant, o.skills.iter().map(|s| &s.skill), "operator.skills")
     }
 
     fn validate_queue(&self, tenant: &TenantId, q: &v1::Queue) -> ApiResult<()> {
         convert::from_queue(tenant, q).map_err(|e| ApiError::invalid(e.to_string()))?;
         self.queue_targets_exist(tenant, q)?;
-        self.skills_exist(tenant, &q.required_skills, "queue.required_skills")
+        self.skills_exist(tenant, q.required_skills.iter().map(|s| &s.skill), "queue.required_skills")?;
+        // An expansion step may only stop requiring skills that exist.
+        for (i, step) in q.expansion.iter().enumerate() {
+            self.skills_exist(tenant, &step.remove_skills, &format!("queue.expansion[{i}].remove_skills"))?;
+        }
+        Ok(())
     }
 
     fn validate_channel(&self, tenant: &TenantId, c: &v1::ChannelConfig) -> ApiResult<Channel> {
@@ -524,6 +534,24 @@ impl AdminService for AdminApi {
             return Err(ApiError::precondition(format!(
                 "queue {id} is the default of channel(s) {}",
                 users.join(", ")
+            ))
+            .into());
+        }
+        // Conversations would move to a queue that no longer exists.
+        let senders: Vec<String> = self.cache.with_tenant(&tenant, |t| {
+            t.map(|t| {
+                t.queues
+                    .values()
+                    .filter(|q| q.overflow_queue_id == id || q.after_hours_queue_id == id)
+                    .map(|q| q.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+        });
+        if !senders.is_empty() {
+            return Err(ApiError::precondition(format!(
+                "queue {id} is the overflow or after-hours queue of queue(s) {}",
+                senders.join(", ")
             ))
             .into());
         }

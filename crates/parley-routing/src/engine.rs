@@ -1221,11 +1221,11 @@ impl Engine {
                 | Err(EngineError::NotFound(_)) => {
                     // Whatever happened, this timer is spent; a new state may have set it
                     // again for later (a team's wait after the operator's, an overflow
-                    // queue's own maximum wait), which stays.
+                    // queue's own maximum wait), which stays. The conversation is
+                    // dispatched by the pass that follows, in serving order: dispatching it
+                    // here would put it ahead of higher-priority conversations whenever a
+                    // seat is free.
                     self.redis.spend_timer(tenant, kind, id, now).await?;
-                    if let Err(e) = self.try_dispatch(tenant, id, false).await {
-                        tracing::warn!(conversation = %id, error = %e, "dispatch after timer failed");
-                    }
                 }
                 Err(e) => return Err(e),
             }
