@@ -567,7 +567,11 @@ impl Conversation {
         next.status = Status::Assigned { operator: operator.clone() };
         next.declined_by.clear();
         next.preference = None;
-        next.transfer_note = note.unwrap_or_default();
+        // A transfer to an operator brings its own note; routing one transferred to a queue
+        // or skill keeps the note the transfer left for whoever takes it.
+        if let Some(note) = note {
+            next.transfer_note = note;
+        }
         let mut effects = Vec::new();
         if self.status == Status::Queued {
             effects.push(Effect::Dequeue);
@@ -917,6 +921,27 @@ mod tests {
         assert_eq!(to_queue.next.status, Status::Queued);
         assert_eq!(to_queue.next.queue.as_str(), "billing");
         assert_eq!(to_queue.next.wait_start, at(1_000));
+    }
+
+    #[test]
+    fn the_note_of_a_transfer_to_a_queue_or_skill_reaches_whoever_takes_it() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        let skill = SkillLevel { skill: crate::SkillId::parse("billing").unwrap(), proficiency: 2 };
+        for target in [TransferTarget::Queue(QueueId::parse("vip").unwrap()), TransferTarget::Skill(skill)] {
+            let by = Command::Transfer { by: Actor::Operator(op("anna")), target, note: "VIP".into() };
+            let moved = assigned.apply(by, at(3_000)).unwrap().next;
+            let routed = moved.apply(Command::Assign { operator: op("boris") }, at(4_000)).unwrap();
+            assert_eq!(routed.next.transfer_note, "VIP", "the desk's assignment carries the note");
+            assert!(routed.effects.contains(&Effect::Log(Event::Assigned {
+                operator: op("boris"),
+                reason: AssignReason::Routed,
+                note: "VIP".into()
+            })));
+            let offer = Command::Offer { operator: op("boris"), timeout: Duration::from_secs(30) };
+            let offered = moved.apply(offer, at(4_000)).unwrap().next;
+            let accepted = offered.apply(Command::Accept { operator: op("boris") }, at(5_000)).unwrap();
+            assert_eq!(accepted.next.transfer_note, "VIP");
+        }
     }
 
     #[test]
