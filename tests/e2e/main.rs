@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod isolation;
 mod routing;
+mod routing_people;
 mod routing_queues;
 mod service;
 mod skeleton;

@@ -233,20 +233,7 @@ async fn two_routing_replicas_never_exceed_capacity() {
         admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
     }
     // A second routing replica on the same NATS and Redis: the two split the inbound work.
-    let second = parley_routing::start(
-        parley_routing::RoutingConfig {
-            server: parley_kit::config::ServerConfig::on_ports(0, 0),
-            nats: parley_kit::config::NatsConfig { url: app.infra.nats.url(), ..Default::default() },
-            redis: parley_kit::config::RedisConfig { url: app.infra.redis.url() },
-            auth: parley_kit::config::AuthConfig { signing_key: app.signing_key.clone() },
-            telemetry: Default::default(),
-            routing: parley_routing::config::RoutingSection { dispatch_interval_ms: 100, ..Default::default() },
-        },
-        parley_kit::telemetry::Metrics::new("routing-2"),
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .expect("second routing replica");
+    let second = app.routing_replica(parley_testkit::AppOptions::default(), "routing-2").await;
     let mut desks = Vec::new();
     for op in ["anna", "boris", "vera", "gleb"] {
         desks.push(Desk::open(&app, fx.operator_token(op), 0).await.unwrap());
@@ -357,10 +344,8 @@ async fn a_fast_track_code_falls_back_to_the_operators_team_then_to_the_queue() 
     reshape(&app, &fx.admin_token, "boris", 5, "north").await;
     reshape(&app, &fx.admin_token, "vera", 5, "").await;
     let mut supervisor = app.routing_client(&fx.admin_token).await;
-    let mut settings =
-        supervisor.get_routing_settings(v1::GetRoutingSettingsRequest {}).await.unwrap().into_inner().settings.unwrap();
-    settings.known_operator_wait = Some(parley_proto::convert::duration(Duration::from_secs(2)));
-    supervisor.update_routing_settings(v1::UpdateRoutingSettingsRequest { settings: Some(settings) }).await.unwrap();
+    fx.update_settings(&app, |s| s.known_operator_wait = Some(parley_proto::convert::duration(Duration::from_secs(2))))
+        .await;
 
     let mut ingest = app.ingest_client(&fx.integrator_token).await;
     // Anna is full with one conversation; Boris has one of five; Vera has none.

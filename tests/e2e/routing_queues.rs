@@ -27,6 +27,11 @@ fn secs(n: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds: n, nanos: 0 })
 }
 
+/// Shorter than any wait Parley accepts.
+fn half_second() -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: 0, nanos: 500_000_000 })
+}
+
 fn skill(name: &str, proficiency: u32) -> v1::SkillLevel {
     v1::SkillLevel { skill: name.into(), proficiency }
 }
@@ -235,17 +240,7 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
     let mut held = Vec::new();
     for (fx, weight) in [(&weighted, 0.5), (&flat, 1.0)] {
         set_capacity(&app, fx, "anna", 2).await;
-        let settings = app
-            .routing_client(&fx.admin_token)
-            .await
-            .update_routing_settings(v1::UpdateRoutingSettingsRequest {
-                settings: Some(v1::RoutingSettings { waiting_weight: weight, ..Default::default() }),
-            })
-            .await
-            .expect("routing settings accepted")
-            .into_inner()
-            .settings
-            .expect("settings");
+        let settings = fx.update_settings(&app, |s| s.waiting_weight = weight).await;
         assert_eq!(settings.waiting_weight, weight);
         let mut desk = online(&app, fx, "anna").await;
         let first = arrive(&app, fx, "c-1", "default").await;
@@ -716,6 +711,8 @@ async fn a_backlog_is_spread_over_operators_logging_in_one_after_another() {
     let app = spawn().await;
     let operators = ["anna", "boris", "vera"];
     let fx = app.tenant("acme", &operators).await;
+    // Capacity grows from one seat to five over 3 s after coming online.
+    fx.update_settings(&app, |s| s.ramp_up = Some(parley_proto::convert::duration(Duration::from_secs(3)))).await;
     let mut desks = Vec::new();
     for op in operators {
         desks.push(Desk::open(&app, fx.operator_token(op), 0).await.expect("desk opens"));
@@ -902,10 +899,18 @@ async fn bad_routing_configuration_is_refused_naming_the_field_and_changes_nothi
         (v1::RoutingSettings { waiting_weight: -0.5, ..Default::default() }, "settings.waiting_weight"),
         (v1::RoutingSettings { waiting_weight: f64::NAN, ..Default::default() }, "settings.waiting_weight"),
         (v1::RoutingSettings { idle_weight: 0.05, ..Default::default() }, "settings.idle_weight"),
-        (v1::RoutingSettings { idle_after: secs(5), ..Default::default() }, "settings.idle_after"),
+        (v1::RoutingSettings { idle_after: half_second(), ..Default::default() }, "settings.idle_after"),
+        (v1::RoutingSettings { idle_after: secs(2 * 24 * 3600), ..Default::default() }, "settings.idle_after"),
         (v1::RoutingSettings { idle_after: secs(-30), ..Default::default() }, "settings.idle_after"),
         (v1::RoutingSettings { known_operator_wait: secs(7200), ..Default::default() }, "settings.known_operator_wait"),
         (v1::RoutingSettings { reroute_after: secs(-1), ..Default::default() }, "settings.reroute_after"),
+        (v1::RoutingSettings { reroute_after: secs(2 * 24 * 3600), ..Default::default() }, "settings.reroute_after"),
+        (v1::RoutingSettings { ramp_up: secs(2 * 3600), ..Default::default() }, "settings.ramp_up"),
+        (v1::RoutingSettings { ramp_up: secs(-5), ..Default::default() }, "settings.ramp_up"),
+        (
+            v1::RoutingSettings { known_operator_window: secs(100 * 24 * 3600), ..Default::default() },
+            "settings.known_operator_window",
+        ),
         (
             v1::RoutingSettings { known_operator_window: secs(-60), ..Default::default() },
             "settings.known_operator_window",
@@ -937,11 +942,12 @@ async fn bad_routing_configuration_is_refused_naming_the_field_and_changes_nothi
     let bad_queues: Vec<(v1::Queue, Code, &str)> = vec![
         (v1::Queue { selection: 42, ..base.clone() }, Code::InvalidArgument, "queue.selection"),
         (v1::Queue { priority: 101, ..base.clone() }, Code::InvalidArgument, "queue.priority"),
-        (v1::Queue { offer_timeout: secs(1), ..base.clone() }, Code::InvalidArgument, "queue.offer_timeout"),
+        (v1::Queue { offer_timeout: half_second(), ..base.clone() }, Code::InvalidArgument, "queue.offer_timeout"),
+        (v1::Queue { offer_timeout: secs(601), ..base.clone() }, Code::InvalidArgument, "queue.offer_timeout"),
         (v1::Queue { aging_delay: secs(-2), ..base.clone() }, Code::InvalidArgument, "queue.aging_delay"),
         (v1::Queue { aging_delay: secs(25 * 3600), ..base.clone() }, Code::InvalidArgument, "queue.aging_delay"),
         (v1::Queue { max_wait: secs(-10), ..base.clone() }, Code::InvalidArgument, "queue.max_wait"),
-        (v1::Queue { max_wait: secs(2), ..base.clone() }, Code::InvalidArgument, "queue.max_wait"),
+        (v1::Queue { max_wait: half_second(), ..base.clone() }, Code::InvalidArgument, "queue.max_wait"),
         (v1::Queue { max_wait: secs(8 * 24 * 3600), ..base.clone() }, Code::InvalidArgument, "queue.max_wait"),
         (
             v1::Queue { expansion: vec![step(2, 1), step(1, 1)], ..base.clone() },
@@ -951,6 +957,11 @@ async fn bad_routing_configuration_is_refused_naming_the_field_and_changes_nothi
         (v1::Queue { expansion: vec![step(0, 1)], ..base.clone() }, Code::InvalidArgument, "queue.expansion"),
         (v1::Queue { expansion: vec![step(-5, 1)], ..base.clone() }, Code::InvalidArgument, "queue.expansion[0].after"),
         (v1::Queue { expansion: vec![step(5, 0)], ..base.clone() }, Code::InvalidArgument, "queue.expansion[0]"),
+        (
+            v1::Queue { expansion: vec![step(8 * 24 * 3600, 1)], ..base.clone() },
+            Code::InvalidArgument,
+            "queue.expansion[0].after",
+        ),
         (
             v1::Queue { expansion: vec![step(5, 9)], ..base.clone() },
             Code::InvalidArgument,

@@ -54,14 +54,28 @@ impl Desk {
         }
     }
 
-    /// Waits for no event for the whole of `quiet` (nothing more is coming); heartbeats
-    /// are fine.
+    /// Waits for no event for `quiet` (nothing more is coming). Heartbeat answers and other
+    /// frames that are not events are let through until the time is up.
     pub async fn expect_quiet(&mut self, quiet: Duration) {
         let deadline = tokio::time::Instant::now() + quiet;
         while let Ok(next) = tokio::time::timeout_at(deadline, self.rx.message()).await {
-            let Some(frame) = next.ok().flatten().and_then(|f| f.frame) else { break };
+            let Some(frame) = next.ok().flatten().and_then(|f| f.frame) else { return };
             assert!(!matches!(frame, open_session_response::Frame::Event(_)), "expected no more events, got {frame:?}");
         }
+    }
+
+    /// Heartbeats in the background until the returned guard is dropped: the desk stays
+    /// connected however long the test waits. Dropping the guard is a desk that hangs
+    /// without closing its connection (its session then expires after the TTL).
+    pub fn keep_alive(&self) -> KeepAlive {
+        let tx = self.tx.clone();
+        KeepAlive(tokio::spawn(async move {
+            let beat =
+                || v1::OpenSessionRequest { frame: Some(open_session_request::Frame::Heartbeat(v1::Heartbeat {})) };
+            while tx.send(beat()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }))
     }
 
     /// Sends a reply and waits for its answer.
@@ -91,6 +105,15 @@ impl Desk {
     /// Keeps the session alive while a test waits.
     pub async fn heartbeat(&self) {
         self.send(open_session_request::Frame::Heartbeat(v1::Heartbeat {})).await;
+    }
+}
+
+/// Stops a desk's background heartbeats when dropped (see [`Desk::keep_alive`]).
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -78,7 +78,8 @@ pub struct Conversation {
     pub updated: Timestamp,
     /// When it began waiting; kept across requeues so nobody loses their place.
     pub wait_start: Timestamp,
-    /// Operators who declined it or let an offer expire.
+    /// Operators who declined it, let an offer expire, or transferred it to a queue or
+    /// skill: passed over while anyone else can take it.
     pub declined_by: Vec<OperatorId>,
     /// Latest message ids, newest last.
     pub recent_message_ids: Vec<MessageId>,
@@ -574,7 +575,11 @@ impl Conversation {
         next.status = Status::Assigned { operator: operator.clone() };
         next.declined_by.clear();
         next.preference = None;
-        next.transfer_note = note.unwrap_or_default();
+        // A transfer to an operator brings its own note; routing one transferred to a queue
+        // or skill keeps the note the transfer left for whoever takes it.
+        if let Some(note) = note {
+            next.transfer_note = note;
+        }
         let mut effects = Vec::new();
         if self.status == Status::Queued {
             effects.push(Effect::Dequeue);
@@ -691,7 +696,7 @@ impl Conversation {
                 Ok(t)
             }
             TransferTarget::Queue(queue) => {
-                let mut moved = self.clone();
+                let mut moved = self.passed_on_by(&owner);
                 if moved.queue != queue {
                     moved.queue_enter = now;
                 }
@@ -700,7 +705,7 @@ impl Conversation {
                 Ok(moved.back_to_queue(&owner, QueueReason::Transferred, ReleaseReason::Transferred, now))
             }
             TransferTarget::Skill(skill) => {
-                let mut moved = self.clone();
+                let mut moved = self.passed_on_by(&owner);
                 moved.requirements =
                     Requirements { skills: vec![skill], language: moved.requirements.language.clone() };
                 moved.replace_queue_requirements = true;
@@ -708,6 +713,16 @@ impl Conversation {
                 Ok(moved.back_to_queue(&owner, QueueReason::Transferred, ReleaseReason::Transferred, now))
             }
         }
+    }
+
+    /// A copy that passes over the operator who handed it on: a transfer to a queue or a
+    /// skill is meant for someone else (unless nobody else can take it, as with a decline).
+    fn passed_on_by(&self, owner: &OperatorId) -> Conversation {
+        let mut moved = self.clone();
+        if !moved.declined_by.contains(owner) {
+            moved.declined_by.push(owner.clone());
+        }
+        moved
     }
 
     fn close(&self, by: Actor, reason: String, now: Timestamp) -> Result<Transition, Rejected> {
@@ -924,6 +939,40 @@ mod tests {
         assert_eq!(to_queue.next.status, Status::Queued);
         assert_eq!(to_queue.next.queue.as_str(), "billing");
         assert_eq!(to_queue.next.wait_start, at(1_000));
+    }
+
+    #[test]
+    fn the_note_of_a_transfer_to_a_queue_or_skill_reaches_whoever_takes_it() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        let skill = SkillLevel { skill: crate::SkillId::parse("billing").unwrap(), proficiency: 2 };
+        for target in [TransferTarget::Queue(QueueId::parse("vip").unwrap()), TransferTarget::Skill(skill)] {
+            let by = Command::Transfer { by: Actor::Operator(op("anna")), target, note: "VIP".into() };
+            let moved = assigned.apply(by, at(3_000)).unwrap().next;
+            let routed = moved.apply(Command::Assign { operator: op("boris") }, at(4_000)).unwrap();
+            assert_eq!(routed.next.transfer_note, "VIP", "the desk's assignment carries the note");
+            assert!(routed.effects.contains(&Effect::Log(Event::Assigned {
+                operator: op("boris"),
+                reason: AssignReason::Routed,
+                note: "VIP".into()
+            })));
+            let offer = Command::Offer { operator: op("boris"), timeout: Duration::from_secs(30) };
+            let offered = moved.apply(offer, at(4_000)).unwrap().next;
+            let accepted = offered.apply(Command::Accept { operator: op("boris") }, at(5_000)).unwrap();
+            assert_eq!(accepted.next.transfer_note, "VIP");
+        }
+    }
+
+    #[test]
+    fn a_transfer_to_a_queue_or_skill_passes_over_the_sender() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        let skill = SkillLevel { skill: crate::SkillId::parse("billing").unwrap(), proficiency: 2 };
+        for target in [TransferTarget::Queue(QueueId::parse("vip").unwrap()), TransferTarget::Skill(skill)] {
+            let by = Command::Transfer { by: Actor::Operator(op("anna")), target, note: String::new() };
+            let moved = assigned.apply(by, at(3_000)).unwrap().next;
+            assert_eq!(moved.declined_by, vec![op("anna")]);
+            let taken = moved.apply(Command::Assign { operator: op("boris") }, at(4_000)).unwrap().next;
+            assert!(taken.declined_by.is_empty(), "forgotten once someone takes it");
+        }
     }
 
     #[test]

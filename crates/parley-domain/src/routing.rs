@@ -99,6 +99,9 @@ pub fn check_expansion(steps: &[ExpansionStep]) -> Result<(), InvalidConfig> {
         if s.proficiency_drop > 4 {
             return Err(InvalidConfig::new(format!("expansion[{i}].proficiency_drop"), "must be 0 to 4"));
         }
+        if s.after > Duration::from_secs(7 * 24 * 3600) {
+            return Err(InvalidConfig::new(format!("expansion[{i}].after"), "must be at most 7 days"));
+        }
         last = s.after;
     }
     Ok(())
@@ -206,6 +209,10 @@ pub struct RoutingSettings {
     pub reroute_after: Option<Duration>,
     pub fast_track_ttl: Duration,
     pub fast_track_max_attempts: u32,
+    /// After coming online, an operator's capacity grows from one conversation to full over
+    /// this time (zero: at once), so a backlog at shift start is spread over everyone
+    /// logging in rather than dumped on the first.
+    pub ramp_up: Duration,
 }
 
 impl Default for RoutingSettings {
@@ -219,6 +226,7 @@ impl Default for RoutingSettings {
             reroute_after: Some(Duration::from_secs(120)),
             fast_track_ttl: Duration::from_secs(3600),
             fast_track_max_attempts: 5,
+            ramp_up: Duration::from_secs(30),
         }
     }
 }
@@ -230,8 +238,17 @@ impl RoutingSettings {
                 return Err(InvalidConfig::new(field, "must be 0.1 to 1"));
             }
         }
+        if self.known_operator_window.is_some_and(|w| w > Duration::from_secs(90 * 24 * 3600)) {
+            return Err(InvalidConfig::new("known_operator_window", "must be at most 90 days"));
+        }
         if self.known_operator_wait > Duration::from_secs(3600) {
             return Err(InvalidConfig::new("known_operator_wait", "must be at most 1 h"));
+        }
+        if self.reroute_after.is_some_and(|w| w > Duration::from_secs(24 * 3600)) {
+            return Err(InvalidConfig::new("reroute_after", "must be at most 24 h"));
+        }
+        if self.ramp_up > Duration::from_secs(3600) {
+            return Err(InvalidConfig::new("ramp_up", "must be at most 1 h"));
         }
         if self.idle_after < Duration::from_secs(1) || self.idle_after > Duration::from_secs(24 * 3600) {
             return Err(InvalidConfig::new("idle_after", "must be 1 s to 24 h"));
@@ -243,6 +260,16 @@ impl RoutingSettings {
             return Err(InvalidConfig::new("fast_track_max_attempts", "must be 1 to 100"));
         }
         Ok(())
+    }
+
+    /// The capacity an operator online for `online_for` may fill now: growing from one
+    /// conversation to `capacity` over the ramp-up, in whole seats.
+    pub fn ramped_capacity(&self, capacity: u32, online_for: Duration) -> u32 {
+        if capacity == 0 || self.ramp_up.is_zero() || online_for >= self.ramp_up {
+            return capacity;
+        }
+        let grown = (u128::from(capacity) * online_for.as_millis()).div_ceil(self.ramp_up.as_millis());
+        (grown as u32).clamp(1, capacity)
     }
 
     /// How much of a seat (in thousandths) a held conversation takes now: a full seat while
@@ -269,6 +296,22 @@ pub enum Overflow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_ramps_up_from_one_seat_to_full_and_never_shrinks() {
+        let s = RoutingSettings { ramp_up: Duration::from_secs(30), ..RoutingSettings::default() };
+        let at = |secs: u64| s.ramped_capacity(5, Duration::from_secs(secs));
+        assert_eq!([at(0), at(1), at(6), at(7), at(13), at(29), at(30), at(600)], [1, 1, 1, 2, 3, 5, 5, 5]);
+        let mut last = 0;
+        for ms in (0..40_000).step_by(250) {
+            let c = s.ramped_capacity(3, Duration::from_millis(ms));
+            assert!((1..=3).contains(&c) && c >= last, "{c} at {ms} ms");
+            last = c;
+        }
+        assert_eq!(s.ramped_capacity(0, Duration::ZERO), 0, "no seats stays no seats");
+        let off = RoutingSettings { ramp_up: Duration::ZERO, ..RoutingSettings::default() };
+        assert_eq!(off.ramped_capacity(5, Duration::ZERO), 5);
+    }
 
     fn skill(s: &str, p: u8) -> SkillLevel {
         SkillLevel { skill: SkillId::parse(s).unwrap(), proficiency: p }

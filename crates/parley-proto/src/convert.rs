@@ -600,6 +600,10 @@ pub fn from_routing_settings(s: &v1::RoutingSettings) -> Result<RoutingSettings>
         } else {
             s.fast_track_max_attempts
         },
+        ramp_up: match &s.ramp_up {
+            None => d.ramp_up,
+            Some(w) => from_duration("ramp_up", Some(w))?.unwrap_or_default(),
+        },
     };
     settings.validate().map_err(|e| ConvertError::new(e.field, e.why))?;
     Ok(settings)
@@ -616,6 +620,8 @@ pub fn routing_settings(s: &RoutingSettings, revision: u64) -> v1::RoutingSettin
         reroute_after: Some(duration(s.reroute_after.unwrap_or_default())),
         fast_track_ttl: Some(duration(s.fast_track_ttl)),
         fast_track_max_attempts: s.fast_track_max_attempts,
+        // An explicit zero says "at once".
+        ramp_up: Some(duration(s.ramp_up)),
         revision,
     }
 }

@@ -103,6 +103,8 @@ pub struct Presence {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorSnapshot {
     pub status: OperatorStatus,
+    /// When the status was set.
+    pub since: Option<Timestamp>,
     pub connected: bool,
     pub load: u32,
     pub weighted_load_milli: u32,
@@ -206,13 +208,14 @@ local function refresh()
 end
 "#;
 
-/// ARGV 7 conversation, 8 from queue (1|0).
+/// ARGV 7 conversation, 8 from queue (1|0), 9 the seats that may be filled now (at most
+/// the capacity: less while the operator ramps up after coming online).
 const CLAIM: &str = r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'online' then return 'status' end
 if redis.call('ZCOUNT', KEYS[2], now, '+inf') == 0 then return 'disconnected' end
 -- Already held (a retried claim): nothing more to take.
 if redis.call('ZSCORE', KEYS[3], ARGV[7]) then return 'ok' end
-if weighted() + 1000 > tonumber(ARGV[2]) * 1000 then return 'full' end
+if weighted() + 1000 > tonumber(ARGV[9]) * 1000 then return 'full' end
 -- Still waiting? (It leaves the queue once its assignment is recorded.)
 if ARGV[8] == '1' and not redis.call('ZSCORE', KEYS[6], ARGV[7]) then return 'gone' end
 redis.call('ZADD', KEYS[3], now, ARGV[7])
@@ -576,9 +579,10 @@ impl Coordinator {
         conversation: ConversationId,
         queue: &QueueId,
         from_queue: bool,
+        limit: u32,
         now: Timestamp,
     ) -> Result<std::result::Result<(), ClaimRefused>> {
-        let extra = [conversation.to_string(), if from_queue { "1" } else { "0" }.to_owned()];
+        let extra = [conversation.to_string(), if from_queue { "1" } else { "0" }.to_owned(), limit.to_string()];
         let answer = self.op_script(&self.claim, ctx, Some(queue), now, &extra).await?;
         Ok(match answer.as_str() {
             "ok" => Ok(()),
@@ -674,6 +678,7 @@ impl Coordinator {
             let entries: Vec<String> = redis::from_redis_value(chunk[2].clone()).unwrap_or_default();
             out.push(OperatorSnapshot {
                 status: hash.status,
+                since: hash.since,
                 connected,
                 load: entries.len() as u32,
                 weighted_load_milli: entries.iter().map(|e| entry_weight(e, now, weights)).sum(),

@@ -257,11 +257,17 @@ impl RoutingService for RoutingApi {
             let claim = self
                 .engine
                 .redis
-                .claim(&seat.ctx(), id, &current.queue, false, clock::now())
+                .claim(&seat.ctx(), id, &current.queue, false, seat.capacity(), clock::now())
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             if let Err(why) = claim {
-                return Err(ApiError::precondition(format!("operator {to} cannot take it now ({why:?})")).into());
+                let why = match why {
+                    parley_redis::ClaimRefused::Status => "is not online",
+                    parley_redis::ClaimRefused::Disconnected => "has no live desk session",
+                    parley_redis::ClaimRefused::Full => "is at capacity on this channel",
+                    parley_redis::ClaimRefused::Gone => "cannot be given it",
+                };
+                return Err(ApiError::precondition(format!("operator {to} {why}; transfer refused")).into());
             }
             Some(to.clone())
         } else {

@@ -196,6 +196,11 @@ pub struct Seat {
 }
 
 impl Seat {
+    /// The operator's seats on this channel (what a transfer to them may fill).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
     pub fn ctx(&self) -> OpCtx<'_> {
         OpCtx {
             tenant: &self.tenant,
@@ -823,8 +828,8 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Vec<OperatorView>, EngineError> {
         let ids: Vec<OperatorId> = models.iter().map(|m| m.id.clone()).collect();
-        let w = weights(&self.cache.routing_settings(tenant));
-        let snapshots = self.redis.snapshot(tenant, &ids, channel, now, w).await?;
+        let settings = self.cache.routing_settings(tenant);
+        let snapshots = self.redis.snapshot(tenant, &ids, channel, now, weights(&settings)).await?;
         Ok(models
             .iter()
             .zip(snapshots)
@@ -835,7 +840,12 @@ impl Engine {
                 disabled: o.disabled,
                 skills: o.skills.clone(),
                 languages: o.languages.clone(),
-                capacity: o.capacity_for(channel),
+                capacity: match (s.status, s.since) {
+                    (OperatorStatus::Online, Some(since)) => {
+                        settings.ramped_capacity(o.capacity_for(channel), now.since(since))
+                    }
+                    _ => o.capacity_for(channel),
+                },
                 load: s.load,
                 weighted_load_milli: s.weighted_load_milli,
                 last_assigned: s.last_assigned,
@@ -999,8 +1009,9 @@ impl Engine {
             return Ok(Pick::Done(Dispatched::Nobody));
         };
         let seat = self.seat(tenant, &chosen, c.channel);
-        debug_assert_eq!(views.iter().find(|v| v.id == chosen).map(|v| v.capacity), Some(seat.capacity));
-        match self.redis.claim(&seat.ctx(), id, &c.queue, true, now).await? {
+        // What the decision saw them able to fill (less than their seats while ramping up).
+        let limit = views.iter().find(|v| v.id == chosen).map_or(seat.capacity, |v| v.capacity);
+        match self.redis.claim(&seat.ctx(), id, &c.queue, true, limit, now).await? {
             Ok(()) => {}
             Err(ClaimRefused::Gone) => return Ok(Pick::Done(Dispatched::NotWaiting)),
             // The snapshot was stale (the operator filled up or left): decide again.

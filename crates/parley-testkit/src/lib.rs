@@ -167,25 +167,7 @@ impl App {
         let telemetry = TelemetryConfig::default();
 
         let routing = if with_routing {
-            let config = parley_routing::RoutingConfig {
-                server: any_port(),
-                nats: nats.clone(),
-                redis: redis.clone(),
-                auth: auth.clone(),
-                telemetry: telemetry.clone(),
-                routing: parley_routing::config::RoutingSection {
-                    dispatch_interval_ms: options.dispatch_interval_ms,
-                    lanes: 64,
-                    reconcile_interval_secs: options.reconcile_interval_secs,
-                    ack_wait_secs: options.ack_wait_secs,
-                    ..Default::default()
-                },
-            };
-            Some(
-                parley_routing::start(config, Metrics::new("routing"), CancellationToken::new())
-                    .await
-                    .expect("routing starts"),
-            )
+            Some(start_routing(&infra, &signing_key, options, "routing").await.expect("routing starts"))
         } else {
             None
         };
@@ -246,6 +228,12 @@ impl App {
         }
     }
 
+    /// Another routing replica in this process against this app's infrastructure (several
+    /// replicas split the work; stopping one leaves the others).
+    pub async fn routing_replica(&self, options: AppOptions, name: &'static str) -> ServiceHandle {
+        start_routing(&self.infra, &self.signing_key, options, name).await.expect("routing replica starts")
+    }
+
     pub fn addrs(&self) -> Addrs {
         self.addrs
     }
@@ -296,7 +284,8 @@ impl App {
     }
 
     /// Creates a tenant with the given operators (all with skill `support` at 3 and
-    /// capacity 5 on the API channel); returns its admin token.
+    /// capacity 5 on the API channel) and routing settings without ramp-up; returns its
+    /// tokens.
     pub async fn tenant(&self, tenant: &str, operators: &[&str]) -> TenantFixture {
         let mut platform = self.admin(&self.platform_token()).await;
         platform
@@ -364,7 +353,11 @@ impl App {
             let t = admin.issue_token(issue(op, v1::Role::Operator)).await.expect("operator token").into_inner().token;
             operator_tokens.push(((*op).to_owned(), t));
         }
-        TenantFixture { id: tenant.into(), admin_token, integrator_token, supervisor_token, operator_tokens }
+        let fx = TenantFixture { id: tenant.into(), admin_token, integrator_token, supervisor_token, operator_tokens };
+        // Full capacity as soon as an operator is online: most tests are not about the
+        // ramp-up at shift start (those that are set it).
+        fx.update_settings(self, |s| s.ramp_up = Some(parley_proto::convert::duration(Duration::ZERO))).await;
+        fx
     }
 
     /// Stops every service still running here, draining each.
@@ -381,6 +374,30 @@ impl App {
     }
 }
 
+/// Starts a routing service in this process on free ports.
+async fn start_routing(
+    infra: &Infra,
+    signing_key: &Secret,
+    options: AppOptions,
+    name: &'static str,
+) -> anyhow::Result<ServiceHandle> {
+    let config = parley_routing::RoutingConfig {
+        server: any_port(),
+        nats: parley_kit::config::NatsConfig { url: infra.nats.url(), ..Default::default() },
+        redis: parley_kit::config::RedisConfig { url: infra.redis.url() },
+        auth: parley_kit::config::AuthConfig { signing_key: signing_key.clone() },
+        telemetry: TelemetryConfig::default(),
+        routing: parley_routing::config::RoutingSection {
+            dispatch_interval_ms: options.dispatch_interval_ms,
+            lanes: 64,
+            reconcile_interval_secs: options.reconcile_interval_secs,
+            ack_wait_secs: options.ack_wait_secs,
+            ..Default::default()
+        },
+    };
+    parley_routing::start(config, Metrics::new(name), CancellationToken::new()).await
+}
+
 /// A tenant made by [`App::tenant`], with a token per role.
 #[derive(Debug, Clone)]
 pub struct TenantFixture {
@@ -394,6 +411,30 @@ pub struct TenantFixture {
 impl TenantFixture {
     pub fn operator_token(&self, op: &str) -> &str {
         &self.operator_tokens.iter().find(|(o, _)| o == op).expect("operator of the fixture").1
+    }
+
+    /// Reads the tenant's routing settings, changes them, and writes them back.
+    pub async fn update_settings(
+        &self,
+        app: &App,
+        change: impl FnOnce(&mut v1::RoutingSettings),
+    ) -> v1::RoutingSettings {
+        let mut routing = app.routing_client(&self.admin_token).await;
+        let mut settings = routing
+            .get_routing_settings(v1::GetRoutingSettingsRequest {})
+            .await
+            .expect("read settings")
+            .into_inner()
+            .settings
+            .expect("settings");
+        change(&mut settings);
+        routing
+            .update_routing_settings(v1::UpdateRoutingSettingsRequest { settings: Some(settings) })
+            .await
+            .expect("update settings")
+            .into_inner()
+            .settings
+            .expect("settings")
     }
 }
 
