@@ -327,6 +327,18 @@ async fn reshape(app: &App, admin_token: &str, op: &str, seats: u32, team: &str)
     admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
 }
 
+/// A fast-track code of the operator whose token is given.
+async fn issue_code(app: &App, token: &str, max_uses: u32) -> String {
+    let issued = app
+        .routing_client(token)
+        .await
+        .issue_fast_track_code(v1::IssueFastTrackCodeRequest { ttl: None, max_uses })
+        .await
+        .unwrap()
+        .into_inner();
+    issued.code.unwrap().code
+}
+
 /// The next event on a desk, which must be an assignment; its conversation.
 async fn assigned(desk: &mut Desk) -> String {
     let (id, what) = describe(&desk.event(WAIT).await);
@@ -360,16 +372,7 @@ async fn a_fast_track_code_falls_back_to_the_operators_team_then_to_the_queue() 
     let mut vera = Desk::open(&app, fx.operator_token("vera"), 0).await.unwrap();
     set_status(&app, fx.operator_token("vera"), v1::OperatorStatus::Online).await;
 
-    let code = app
-        .routing_client(fx.operator_token("anna"))
-        .await
-        .issue_fast_track_code(v1::IssueFastTrackCodeRequest { ttl: None, max_uses: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .code
-        .unwrap()
-        .code;
+    let code = issue_code(&app, fx.operator_token("anna"), 0).await;
     // The customer brings Anna's code. Anna is full: the conversation waits for her, and
     // nobody else is offered it meanwhile, not even idle Vera.
     let started = std::time::Instant::now();
@@ -410,12 +413,7 @@ async fn a_conversation_overflows_through_a_chain_of_queues() {
     let app = App::spawn_with(parley_testkit::Infra::start().await.unwrap(), true, options).await;
     let fx = app.tenant("acme", &["anna"]).await;
     let mut admin = app.admin(&fx.admin_token).await;
-    admin
-        .create_skill(v1::CreateSkillRequest {
-            skill: Some(v1::Skill { id: "billing".into(), display_name: "Billing".into() }),
-        })
-        .await
-        .unwrap();
+    fx.create_skill(&app, "billing").await;
     // Created last to first, so each overflow target exists.
     for (id, skill, overflow) in
         [("last", "support", ""), ("second", "billing", "last"), ("first", "billing", "second")]
@@ -450,5 +448,100 @@ async fn a_conversation_overflows_through_a_chain_of_queues() {
         .conversations;
     let c = conversation.iter().find(|c| c.id == id).expect("anna holds it");
     assert_eq!(c.queue_id, "last");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fast_track_code_reaches_its_operator_whatever_the_queue_requires() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let mut admin = app.admin(&fx.admin_token).await;
+    fx.create_skill(&app, "billing").await;
+    admin
+        .create_queue(v1::CreateQueueRequest {
+            queue: Some(v1::Queue {
+                id: "billing".into(),
+                display_name: "Billing".into(),
+                required_skills: vec![v1::SkillLevel { skill: "billing".into(), proficiency: 3 }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    // Anna has no billing skill: without a code the customer waits for someone who has.
+    ingest.submit_message(on_queue("c-0", "Счёт", "k0", "billing")).await.unwrap();
+    anna.expect_quiet(Duration::from_millis(500)).await;
+    // With her code, the customer she invited reaches her.
+    let code = issue_code(&app, fx.operator_token("anna"), 1).await;
+    let mut with_code = on_queue("c-1", "Мне дали код", "k1", "billing");
+    with_code.fast_track_code = code;
+    ingest.submit_message(with_code).await.unwrap();
+    let id = assigned(&mut anna).await;
+    let decisions = app
+        .routing_client(&fx.supervisor_token)
+        .await
+        .list_conversation_decisions(v1::ListConversationDecisionsRequest { conversation_id: id })
+        .await
+        .unwrap()
+        .into_inner()
+        .decisions;
+    let last = decisions.last().unwrap();
+    assert_eq!((last.chosen_operator_id.as_str(), last.strategy.as_str()), ("anna", "fast_track"));
+    assert!(last.required_skills.is_empty(), "the queue's requirements do not apply: {last:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_who_lets_offers_expire_is_set_away_and_their_offer_moves_on() {
+    let options = parley_testkit::AppOptions { session_ttl_secs: 30, ..Default::default() };
+    let app = App::spawn_with(parley_testkit::Infra::start().await.unwrap(), true, options).await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    fx.update_settings(&app, |s| s.away_after_missed_offers = Some(2)).await;
+    create_queue(&app, &fx.admin_token, "sales", 1).await;
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    app.ingest_client(&fx.integrator_token)
+        .await
+        .submit_message(on_queue("c-1", "Алло?", "k1", "sales"))
+        .await
+        .unwrap();
+    // Offered, left to expire, offered again (nobody else), left to expire again.
+    let mut offers = 0;
+    while offers < 2 {
+        if describe(&anna.event(WAIT).await).1 == "offered" {
+            offers += 1;
+        }
+    }
+    let presence = eventually(WAIT, "anna set away", || async {
+        let p = app
+            .routing_client(&fx.supervisor_token)
+            .await
+            .get_operator_presence(v1::GetOperatorPresenceRequest { operator_id: "anna".into() })
+            .await
+            .ok()?
+            .into_inner()
+            .presence?;
+        (p.status == v1::OperatorStatus::Away as i32).then_some(p)
+    })
+    .await;
+    assert!(presence.reason.starts_with("not answering"), "{}", presence.reason);
+    // The conversation waits, first in line, for someone who answers; no more offers to her.
+    let position = app
+        .routing_client(&fx.supervisor_token)
+        .await
+        .get_conversation_position(v1::GetConversationPositionRequest {
+            conversation_id: describe(&anna.event(WAIT).await).0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(position.position, 1);
+    anna.expect_quiet(Duration::from_millis(1500)).await;
+    // Back online, she is offered it again.
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    assert_eq!(describe(&anna.event(WAIT).await).1, "offered");
     app.stop().await;
 }

@@ -195,7 +195,8 @@ async fn wait_for_depth(app: &App, fx: &TenantFixture, queue: &str, depth: u32) 
 }
 
 /// The operator's load on the API channel as presence reports it: (active, max).
-async fn api_load(app: &App, fx: &TenantFixture, op: &str) -> (u32, u32) {
+/// An operator's API-channel load as presence reports it: held, seats, seats in use.
+async fn api_load(app: &App, fx: &TenantFixture, op: &str) -> (u32, u32, f64) {
     let presences = app
         .routing_client(&fx.supervisor_token)
         .await
@@ -206,7 +207,7 @@ async fn api_load(app: &App, fx: &TenantFixture, op: &str) -> (u32, u32) {
         .presences;
     let p = presences.iter().find(|p| p.operator_id == op).expect("operator listed");
     let load = p.load.iter().find(|l| l.channel == v1::Channel::Api as i32).expect("api load");
-    (load.active_conversations, load.max_conversations)
+    (load.active_conversations, load.max_conversations, load.weighted_load)
 }
 
 fn candidate<'a>(d: &'a v1::RoutingDecision, op: &str) -> &'a v1::RoutingCandidate {
@@ -250,7 +251,7 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
         // Both seats hold a conversation where the customer spoke last: the third waits.
         let third = arrive(&app, fx, "c-3", "default").await;
         wait_for_depth(&app, fx, "default", 1).await;
-        assert_eq!(api_load(&app, fx, "anna").await, (2, 2));
+        assert_eq!(api_load(&app, fx, "anna").await, (2, 2, 2.0));
         let waiting = decisions(&app, fx, &third).await;
         let anna = candidate(&waiting[0], "anna");
         assert_eq!(anna.excluded_because, "at capacity");
@@ -294,13 +295,17 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
     assert_eq!(given.chosen_operator_id, "anna");
     let anna = candidate(&given, "anna");
     assert_eq!((anna.load, anna.capacity, anna.weighted_load), (2, 2, 1.0), "{given:?}");
-    assert_eq!(api_load(&app, &weighted, "anna").await, (3, 2), "three conversations held on two seats");
+    assert_eq!(
+        api_load(&app, &weighted, "anna").await,
+        (3, 2, 2.0),
+        "three conversations held on two seats: two answered at half a seat, one new"
+    );
     assert_eq!(queue_status(&app, &weighted, "default").await.waiting_conversations, 0);
 
     // Unweighted: answered conversations still take whole seats; the customer keeps waiting.
     expect_nothing_given(&mut flat_desk[0], Duration::from_millis(1500)).await;
     assert_eq!(queue_status(&app, &flat, "default").await.waiting_conversations, 1);
-    assert_eq!(api_load(&app, &flat, "anna").await, (2, 2));
+    assert_eq!(api_load(&app, &flat, "anna").await, (2, 2, 2.0));
     let d = preview(&flat).await;
     let anna = candidate(&d[0], "anna");
     assert_eq!((anna.excluded_because.as_str(), anna.weighted_load), ("at capacity", 2.0));
@@ -621,7 +626,7 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
     });
     app.admin(&fx.admin_token)
         .await
-        .update_queue(v1::UpdateQueueRequest { queue: Some(open_now) })
+        .update_queue(v1::UpdateQueueRequest { queue: Some(open_now.clone()) })
         .await
         .expect("update queue");
     assert!(queue_status(&app, &fx, "closed-only").await.open);
@@ -636,6 +641,32 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
             other => panic!("expected anna to join, got {other:?}"),
         }
     }
+
+    // Customers already waiting when their queue closes go to its after-hours queue,
+    // keeping their place.
+    create_skill(&app, &fx, "billing").await;
+    create_queue(
+        &app,
+        &fx,
+        v1::Queue {
+            required_skills: vec![skill("billing", 1)],
+            business_hours: open_now.business_hours.clone(),
+            after_hours_queue_id: "night".into(),
+            ..queue("day-billing")
+        },
+    )
+    .await;
+    let late = arrive(&app, &fx, "c-late", "day-billing").await;
+    expect_nothing_given(&mut anna, Duration::from_millis(500)).await;
+    let mut closing = get_queue(&app, &fx, "day-billing").await;
+    closing.business_hours = Some(v1::BusinessHours { time_zone: "UTC".into(), windows: vec![closed_window().0] });
+    app.admin(&fx.admin_token)
+        .await
+        .update_queue(v1::UpdateQueueRequest { queue: Some(closing) })
+        .await
+        .expect("update queue");
+    let given = next_given(&mut anna).await;
+    assert_eq!((given.id.as_str(), given.queue_id.as_str()), (late.as_str(), "night"));
     app.stop().await;
 }
 

@@ -213,6 +213,8 @@ pub struct RoutingSettings {
     /// this time (zero: at once), so a backlog at shift start is spread over everyone
     /// logging in rather than dumped on the first.
     pub ramp_up: Duration,
+    /// An operator who lets this many offers in a row expire is set away (zero: never).
+    pub away_after_missed_offers: u32,
 }
 
 impl Default for RoutingSettings {
@@ -227,6 +229,7 @@ impl Default for RoutingSettings {
             fast_track_ttl: Duration::from_secs(3600),
             fast_track_max_attempts: 5,
             ramp_up: Duration::from_secs(30),
+            away_after_missed_offers: 3,
         }
     }
 }
@@ -249,6 +252,9 @@ impl RoutingSettings {
         }
         if self.ramp_up > Duration::from_secs(3600) {
             return Err(InvalidConfig::new("ramp_up", "must be at most 1 h"));
+        }
+        if self.away_after_missed_offers > 100 {
+            return Err(InvalidConfig::new("away_after_missed_offers", "must be 0 (never) to 100"));
         }
         if self.idle_after < Duration::from_secs(1) || self.idle_after > Duration::from_secs(24 * 3600) {
             return Err(InvalidConfig::new("idle_after", "must be 1 s to 24 h"));

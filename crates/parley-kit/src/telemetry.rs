@@ -90,6 +90,14 @@ pub fn inject_current(carrier: &mut dyn Injector) {
     TraceContextPropagator::new().inject_context(&cx, carrier);
 }
 
+/// The current span's trace context as a W3C `traceparent`, if it is in a trace (to
+/// continue that trace later, elsewhere).
+pub fn current_traceparent() -> Option<String> {
+    let mut carrier = std::collections::HashMap::new();
+    inject_current(&mut carrier);
+    carrier.remove("traceparent")
+}
+
 /// Makes `span` a child of the trace context found in a carrier, if any.
 pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
     let cx = TraceContextPropagator::new().extract(carrier);

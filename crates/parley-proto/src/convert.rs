@@ -604,6 +604,7 @@ pub fn from_routing_settings(s: &v1::RoutingSettings) -> Result<RoutingSettings>
             None => d.ramp_up,
             Some(w) => from_duration("ramp_up", Some(w))?.unwrap_or_default(),
         },
+        away_after_missed_offers: s.away_after_missed_offers.map_or(d.away_after_missed_offers, |n| n),
     };
     settings.validate().map_err(|e| ConvertError::new(e.field, e.why))?;
     Ok(settings)
@@ -622,6 +623,7 @@ pub fn routing_settings(s: &RoutingSettings, revision: u64) -> v1::RoutingSettin
         fast_track_max_attempts: s.fast_track_max_attempts,
         // An explicit zero says "at once".
         ramp_up: Some(duration(s.ramp_up)),
+        away_after_missed_offers: Some(s.away_after_missed_offers),
         revision,
     }
 }

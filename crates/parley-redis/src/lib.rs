@@ -95,8 +95,9 @@ pub struct Presence {
     pub since: Option<Timestamp>,
     pub connected: bool,
     pub last_assigned: Option<Timestamp>,
-    /// Conversations held per channel.
-    pub load: Vec<(Channel, u32)>,
+    /// Per channel with anything held: conversations, and seats in use in thousandths
+    /// (conversations waiting on the customer or idle weigh less).
+    pub load: Vec<(Channel, u32, u32)>,
 }
 
 /// One operator's routing-relevant presence for one channel.
@@ -167,6 +168,9 @@ fn rr_key(tenant: &TenantId, queue: &QueueId) -> String {
 }
 fn served_key(tenant: &TenantId, queue: &QueueId) -> String {
     format!("{}:served:{queue}", tag(tenant))
+}
+fn missed_key(tenant: &TenantId, op: &OperatorId) -> String {
+    format!("{}:missed:{op}", tag(tenant))
 }
 fn ftfail_key(tenant: &TenantId, customer: CustomerId) -> String {
     format!("{}:ftfail:{customer}", tag(tenant))
@@ -537,23 +541,31 @@ impl Coordinator {
     }
 
     /// Reads an operator's presence and load on every channel.
-    pub async fn presence(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp) -> Result<Presence> {
+    pub async fn presence(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp, w: Weights) -> Result<Presence> {
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
         read_operator(&mut pipe, tenant, op, now);
         for ch in Channel::ALL {
-            pipe.cmd("ZCARD").arg(load_key(tenant, op, ch));
+            pipe.cmd("HVALS").arg(act_key(tenant, op, ch));
         }
         let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
         let (hash, connected) = parse_operator(&values[0], &values[1]);
-        let loads = values[2..].iter().map(|v| redis::from_redis_value(v.clone()).unwrap_or(0u32));
+        let load = Channel::ALL
+            .into_iter()
+            .zip(&values[2..])
+            .filter_map(|(ch, v)| {
+                let entries: Vec<String> = redis::from_redis_value(v.clone()).unwrap_or_default();
+                let weighted = entries.iter().map(|e| entry_weight(e, now, w)).sum();
+                (!entries.is_empty()).then_some((ch, entries.len() as u32, weighted))
+            })
+            .collect();
         Ok(Presence {
             status: hash.status,
             reason: hash.reason,
             since: hash.since,
             connected,
             last_assigned: hash.last_assigned,
-            load: Channel::ALL.into_iter().zip(loads).filter(|(_, n)| *n > 0).collect(),
+            load,
         })
     }
 
@@ -926,6 +938,28 @@ impl Coordinator {
             .query_async(&mut c)
             .await?;
         Ok(count)
+    }
+
+    /// Notes that an offer to the operator expired unanswered; returns how many in a row
+    /// (within a day) have.
+    pub async fn note_missed_offer(&self, tenant: &TenantId, op: &OperatorId) -> Result<u32> {
+        let mut c = self.conn.clone();
+        let key = missed_key(tenant, op);
+        let (count,): (u32,) = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(86_400)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(count)
+    }
+
+    /// The operator answered (or was set away for not answering): the run starts over.
+    pub async fn clear_missed_offers(&self, tenant: &TenantId, op: &OperatorId) -> Result<()> {
+        self.run(redis::cmd("DEL").arg(missed_key(tenant, op))).await
     }
 
     /// Wrong fast-track codes from a customer this hour.

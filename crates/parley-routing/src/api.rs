@@ -13,7 +13,7 @@ use parley_proto::v1::routing_service_server::RoutingService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{self, Applied, Engine};
+use crate::engine::{self, Applied, Engine, weights};
 use crate::{fast_track, preview};
 use parley_nats::config_store::{Kind, key};
 
@@ -66,7 +66,7 @@ impl RoutingApi {
         let p = self
             .engine
             .redis
-            .presence(tenant, op, clock::now())
+            .presence(tenant, op, clock::now(), weights(&self.engine.cache.routing_settings(tenant)))
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let model = self.engine.cache.operator_model(tenant, op.as_str());
@@ -74,12 +74,13 @@ impl RoutingApi {
         let load = Channel::ALL
             .into_iter()
             .filter_map(|ch| {
-                let active = p.load.iter().find(|(c, _)| *c == ch).map_or(0, |(_, n)| *n);
+                let (active, weighted) = p.load.iter().find(|(c, ..)| *c == ch).map_or((0, 0), |(_, n, w)| (*n, *w));
                 let max = capacity(ch);
                 (active > 0 || max > 0).then(|| v1::ChannelLoad {
                     channel: convert::channel(ch) as i32,
                     active_conversations: active,
                     max_conversations: max,
+                    weighted_load: f64::from(weighted) / 1000.0,
                 })
             })
             .collect();
@@ -185,6 +186,10 @@ impl RoutingService for RoutingApi {
             .apply(&p.tenant, id, None, |_| Ok(Some(Command::Accept { operator: op.clone() })))
             .await
             .map_err(ApiError::from)?;
+        // Answering clears the run of offers left to expire.
+        if let Err(e) = self.engine.redis.clear_missed_offers(&p.tenant, &op).await {
+            tracing::warn!(operator = %op, error = %e, "clearing missed offers failed");
+        }
         Ok(Response::new(v1::AcceptOfferResponse { conversation: Some(convert::conversation(&done(applied))) }))
     }
 
@@ -202,10 +207,8 @@ impl RoutingService for RoutingApi {
             .apply(&p.tenant, id, None, |_| Ok(Some(Command::Decline { operator: op.clone() })))
             .await
             .map_err(ApiError::from)?;
-        // Offer it to someone else now rather than at the next tick.
-        if let Err(e) = self.engine.try_dispatch(&p.tenant, id, false).await {
-            tracing::warn!(conversation = %id, error = %e, "re-dispatch after decline failed");
-        }
+        // Offer it to someone else now rather than at the next tick, in serving order.
+        self.engine.wake.notify_one();
         Ok(Response::new(v1::DeclineOfferResponse {}))
     }
 

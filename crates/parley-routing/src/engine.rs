@@ -33,6 +33,7 @@ use parley_policy::{Decision, Exclusion, OperatorView, Request, Waiting, decide,
 use parley_proto::{convert, events, v1};
 use parley_redis::{ClaimRefused, Coordinator, OpCtx, TimerKind, Weights, activity_entry};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::fast_track;
 use crate::record::{self, Explained, RedisEffect};
@@ -145,6 +146,9 @@ const STATE_CACHE: usize = 100_000;
 pub struct Memory {
     states: std::sync::Mutex<HashMap<(TenantId, ConversationId), (Conversation, u64)>>,
     open: std::sync::Mutex<HashMap<(TenantId, CustomerId), ConversationId>>,
+    /// The trace a waiting conversation was queued in, so that its assignment by a later
+    /// dispatch pass continues the customer's trace.
+    traces: std::sync::Mutex<HashMap<(TenantId, ConversationId), String>>,
 }
 
 impl Memory {
@@ -163,6 +167,22 @@ impl Memory {
         } else {
             states.insert((c.tenant.clone(), c.id), (c.clone(), sequence));
         }
+    }
+
+    fn note_trace(&self, c: &Conversation) {
+        let mut traces = self.traces.lock().unwrap_or_else(|p| p.into_inner());
+        if traces.len() >= STATE_CACHE {
+            traces.clear();
+        }
+        let key = (c.tenant.clone(), c.id);
+        match parley_kit::telemetry::current_traceparent().filter(|_| c.status == Status::Queued) {
+            Some(tp) => traces.insert(key, tp),
+            None => traces.remove(&key),
+        };
+    }
+
+    fn take_trace(&self, tenant: &TenantId, id: ConversationId) -> Option<String> {
+        self.traces.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant.clone(), id))
     }
 
     fn forget(&self, tenant: &TenantId, id: ConversationId) {
@@ -343,6 +363,9 @@ impl Engine {
         let (rec, redis) = record::build(record_id, &t.next, t.effects, extra, extra_customer, now, &self.cache);
         let sequence = self.log.append(tenant, &rec, expected).await?;
         self.memory.remember(&t.next, sequence);
+        if previous.is_none_or(|p| p.status != Status::Queued) || t.next.status != Status::Queued {
+            self.memory.note_trace(&t.next);
+        }
         self.run_redis(tenant, previous, &t.next, redis, now).await;
         Ok(t.next)
     }
@@ -665,7 +688,7 @@ impl Engine {
         if model.disabled || model.capacity_for(channel) == 0 {
             return Ok(None);
         }
-        let presence = self.redis.presence(tenant, &op, now).await?;
+        let presence = self.redis.presence(tenant, &op, now, weights(settings)).await?;
         if presence.status != OperatorStatus::Online || !presence.connected {
             return Ok(None);
         }
@@ -770,6 +793,11 @@ impl Engine {
         request.selection = queue.selection;
         if let Some(p) = c.preference.as_ref().filter(|p| p.until > now) {
             request.only = self.preferred(tenant, p);
+            // A fast-track code is the operator's own invitation: it goes to them (or their
+            // team) whatever the queue requires. A known operator must still fit.
+            if matches!(p.reason, PreferenceReason::FastTrack | PreferenceReason::FastTrackTeam) {
+                request.requirements = Requirements::default();
+            }
         }
         if queue.selection == Selection::RoundRobin {
             request.last_chosen = self.redis.last_chosen(tenant, &queue.id).await?;
@@ -1024,6 +1052,11 @@ impl Engine {
     /// seat back if the conversation changed meanwhile or the record failed.
     async fn finish(&self, tenant: &TenantId, claim: Claim) -> Result<Dispatched, EngineError> {
         let Claim { id, chosen, seat, explained, offer_timeout } = claim;
+        // Part of the trace the customer's message was queued in, when this replica saw it.
+        let span = tracing::info_span!("routing assign", conversation = %id, operator = %chosen);
+        if let Some(tp) = self.memory.take_trace(tenant, id) {
+            parley_kit::telemetry::set_parent_from_traceparent(&span, Some(&tp));
+        }
         let result = self
             .apply(tenant, id, Some(&explained), |cur| {
                 if cur.status != Status::Queued {
@@ -1034,6 +1067,7 @@ impl Engine {
                     None => Command::Assign { operator: chosen.clone() },
                 }))
             })
+            .instrument(span)
             .await;
         match result {
             Ok(Applied::Done(_)) => Ok(Dispatched::To(chosen)),
@@ -1065,6 +1099,14 @@ impl Engine {
         let mut more_waiting = false;
         for queue in self.cache.queue_models(tenant) {
             let heads = self.redis.waiting_scored(tenant, &queue.id, HEADS_PER_QUEUE).await?;
+            let open = |q: &QueueId| self.cache.queue_model(tenant, q.as_str()).is_some_and(|q| q.is_open(now));
+            if let Some(after) = queue.after_hours.as_ref().filter(|after| !queue.is_open(now) && open(after)) {
+                // Closed since these customers arrived: they go where the queue sends its
+                // after-hours work (if that is open), keeping their wait and priority.
+                more_waiting |=
+                    self.close_queue(tenant, &queue.id, &heads, after).await? > 0 && heads.len() == HEADS_PER_QUEUE;
+                continue;
+            }
             more_waiting |= heads.len() == HEADS_PER_QUEUE;
             for (id, score) in heads {
                 // The score holds the priority and the wait start.
@@ -1163,6 +1205,34 @@ impl Engine {
         Ok(claims > 0 && more_waiting)
     }
 
+    /// Moves the given conversations of a closed queue to its after-hours queue; returns
+    /// how many moved.
+    async fn close_queue(
+        &self,
+        tenant: &TenantId,
+        from: &QueueId,
+        heads: &[(ConversationId, f64)],
+        to: &QueueId,
+    ) -> Result<usize, EngineError> {
+        let mut moved = 0;
+        for (id, _) in heads {
+            let result = self
+                .apply(tenant, *id, None, |cur| {
+                    Ok((cur.status == Status::Queued && &cur.queue != to)
+                        .then(|| Command::MoveQueue { to: to.clone(), reason: QueueReason::AfterHours }))
+                })
+                .await;
+            match result {
+                Ok(Applied::Done(_)) => moved += 1,
+                Ok(_) => {}
+                // A stale entry with no conversation behind it.
+                Err(EngineError::NotFound(_)) => self.redis.dequeue(tenant, from, *id).await?,
+                Err(e) => tracing::warn!(conversation = %id, error = %e, "moving to the after-hours queue failed"),
+            }
+        }
+        Ok(moved)
+    }
+
     /// Every tenant, a pass each, then again for those that may assign more (one pass at a
     /// time per tenant, so a tenant with a deep backlog does not hold up the others).
     pub async fn dispatch_all(&self) {
@@ -1184,20 +1254,44 @@ impl Engine {
     /// Moves expired offers back to their queue (the operator is not offered it again).
     async fn expire_offers(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
         for id in self.redis.due_offers(tenant, now, 100).await? {
+            let mut missed_by = None;
             let result = self
                 .apply(tenant, id, None, |cur| match &cur.status {
-                    Status::Offered { expires, .. } if *expires <= clock::now() => Ok(Some(Command::ExpireOffer)),
+                    Status::Offered { expires, operator } if *expires <= clock::now() => {
+                        missed_by = Some(operator.clone());
+                        Ok(Some(Command::ExpireOffer))
+                    }
                     _ => Ok(None),
                 })
                 .await;
             match result {
+                // Back in its queue: the pass that follows offers it on, in serving order.
                 Ok(Applied::Done(_)) => {
-                    self.try_dispatch(tenant, id, false).await?;
+                    if let Some(op) = missed_by {
+                        self.missed_offer(tenant, &op).await?;
+                    }
                 }
                 Ok(_) | Err(EngineError::NotFound(_)) => self.redis.untrack_offer(tenant, id).await?,
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    /// An operator let an offer expire. One who lets the tenant's limit of offers in a row
+    /// expire has stopped answering: they are set away (their other offers go back to
+    /// their queues) until they come back.
+    async fn missed_offer(&self, tenant: &TenantId, op: &OperatorId) -> Result<(), EngineError> {
+        let limit = self.cache.routing_settings(tenant).away_after_missed_offers;
+        let missed = self.redis.note_missed_offer(tenant, op).await?;
+        if limit == 0 || missed < limit {
+            return Ok(());
+        }
+        tracing::info!(tenant = %tenant, operator = %op, missed, "operator stopped answering offers; set away");
+        self.set_status(tenant, op, OperatorStatus::Away, &format!("not answering: {missed} offers in a row expired"))
+            .await?;
+        self.reroute(tenant, op, false).await?;
+        self.redis.clear_missed_offers(tenant, op).await?;
         Ok(())
     }
 

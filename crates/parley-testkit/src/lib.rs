@@ -413,6 +413,16 @@ impl TenantFixture {
         &self.operator_tokens.iter().find(|(o, _)| o == op).expect("operator of the fixture").1
     }
 
+    /// Creates a skill in the tenant.
+    pub async fn create_skill(&self, app: &App, id: &str) {
+        let skill = v1::Skill { id: id.into(), display_name: id.into() };
+        app.admin(&self.admin_token)
+            .await
+            .create_skill(v1::CreateSkillRequest { skill: Some(skill) })
+            .await
+            .expect("create skill");
+    }
+
     /// Reads the tenant's routing settings, changes them, and writes them back.
     pub async fn update_settings(
         &self,
