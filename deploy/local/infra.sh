@@ -67,6 +67,10 @@ ensure_nats() {
 
 ensure_redis() {
   command -v redis-server >/dev/null || apt_install redis-server
+  # Routing's scripts need Redis 7.0 (EXPIRE ... NX).
+  local version
+  version="$(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')"
+  [ "${version%%.*}" -ge 7 ] 2>/dev/null || die "redis-server ${version:-?} is too old: Parley needs Redis 7.0 or newer"
   ln -sf "$(command -v redis-server)" "$BIN/redis-server"
 }
 

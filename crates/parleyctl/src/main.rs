@@ -336,6 +336,12 @@ enum SettingsCmd {
         /// Seconds after a desk is gone before its open conversations are rerouted; 0 never.
         #[arg(long)]
         reroute_after: Option<u64>,
+        /// Seconds over which an operator's capacity grows to full after coming online; 0 at once.
+        #[arg(long)]
+        ramp_up: Option<u64>,
+        /// Offers in a row an operator may let expire before being set away; 0 never.
+        #[arg(long)]
+        away_after_missed_offers: Option<u32>,
     },
 }
 
@@ -836,6 +842,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 idle_weight,
                 idle_after,
                 reroute_after,
+                ramp_up,
+                away_after_missed_offers,
             } = cmd
             {
                 let secs = |n: u64| Some(parley_proto::convert::duration(Duration::from_secs(n)));
@@ -857,6 +865,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(n) = reroute_after {
                     s.reroute_after = secs(n);
                 }
+                if let Some(n) = ramp_up {
+                    s.ramp_up = secs(n);
+                }
+                if away_after_missed_offers.is_some() {
+                    s.away_after_missed_offers = away_after_missed_offers;
+                }
                 s = routing
                     .update_routing_settings(v1::UpdateRoutingSettingsRequest { settings: Some(s) })
                     .await?
@@ -866,13 +880,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let secs = |d: &Option<parley_proto::prost_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
             println!(
-                "known operator: {} min window, {} s wait; weights: waiting {}, idle {} after {} s; reroute after {} s; fast-track codes live {} min, {} wrong tries an hour",
+                "known operator: {} min window, {} s wait; weights: waiting {}, idle {} after {} s; reroute after {} s; ramp-up {} s; away after {} missed offers; fast-track codes live {} min, {} wrong tries an hour",
                 secs(&s.known_operator_window) / 60,
                 secs(&s.known_operator_wait),
                 s.waiting_weight,
                 s.idle_weight,
                 secs(&s.idle_after),
                 secs(&s.reroute_after),
+                secs(&s.ramp_up),
+                s.away_after_missed_offers.unwrap_or_default(),
                 secs(&s.fast_track_ttl) / 60,
                 s.fast_track_max_attempts
             );
