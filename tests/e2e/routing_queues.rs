@@ -313,6 +313,35 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_conversations_weigh_less_so_a_full_operator_takes_another() {
+    let app = spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    // Idle after 2 s: a quarter of a seat.
+    fx.update_settings(&app, |s| {
+        s.idle_after = secs(2);
+        s.idle_weight = 0.25;
+    })
+    .await;
+    set_capacity(&app, &fx, "anna", 2).await;
+    let mut anna = online(&app, &fx, "anna").await;
+    let first = arrive(&app, &fx, "c-1", "default").await;
+    let second = arrive(&app, &fx, "c-2", "default").await;
+    assert_eq!(next_given(&mut anna).await.id, first);
+    assert_eq!(next_given(&mut anna).await.id, second);
+    let started = std::time::Instant::now();
+    let third = arrive(&app, &fx, "c-3", "default").await;
+    // Both seats are taken by conversations the customers just wrote in.
+    expect_nothing_given(&mut anna, Duration::from_millis(1000)).await;
+    // Once they have been quiet for 2 s they weigh half a seat together: room for one.
+    assert_eq!(next_given(&mut anna).await.id, third);
+    assert!(started.elapsed() >= Duration::from_millis(1500), "given before the first two went idle");
+    let (held, seats, in_use) = api_load(&app, &fx, "anna").await;
+    assert_eq!((held, seats), (3, 2));
+    assert!(in_use < 2.0, "two idle conversations and a new one: {in_use} seats in use");
+    app.stop().await;
+}
+
 // ---- 2. priority and aging -------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
