@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod isolation;
+mod race;
 mod routing;
 mod routing_people;
 mod routing_queues;

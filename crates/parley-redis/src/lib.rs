@@ -64,6 +64,11 @@ pub enum ClaimRefused {
     Full,
     /// The conversation is no longer waiting (another router took it).
     Gone,
+    /// The operator holds it already: it is theirs, or it was and the release of that hold
+    /// is still on its way. Nothing was taken, so the caller must give nothing back (that
+    /// would free the seat of the conversation they hold) and must not count on the hold
+    /// (the pending release would take it away).
+    Held,
 }
 
 /// How held conversations weigh (the tenant's routing settings).
@@ -217,8 +222,8 @@ end
 const CLAIM: &str = r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'online' then return 'status' end
 if redis.call('ZCOUNT', KEYS[2], now, '+inf') == 0 then return 'disconnected' end
--- Already held (a retried claim): nothing more to take.
-if redis.call('ZSCORE', KEYS[3], ARGV[7]) then return 'ok' end
+-- Already held: theirs, or a release still on its way. Not taken again (see ClaimRefused::Held).
+if redis.call('ZSCORE', KEYS[3], ARGV[7]) then return 'held' end
 if weighted() + 1000 > tonumber(ARGV[9]) * 1000 then return 'full' end
 -- Still waiting? (It leaves the queue once its assignment is recorded.)
 if ARGV[8] == '1' and not redis.call('ZSCORE', KEYS[6], ARGV[7]) then return 'gone' end
@@ -260,9 +265,10 @@ refresh()
 return 'ok'
 "#;
 
-/// Removes a timer only if it is still due (KEYS[1] the timers, ARGV[1] the member, ARGV[2]
-/// now): handling a timer may have set the same timer again for later.
-const SPEND_TIMER: &str = r#"
+/// Removes a member of a deadline set only if its deadline is at or before a bound (KEYS[1]
+/// the set, ARGV[1] the member, ARGV[2] the bound): whoever handled a timer or an offer may
+/// have set it again for later, and that later one stays.
+const DROP_DUE: &str = r#"
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if due and tonumber(due) <= tonumber(ARGV[2]) then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -327,7 +333,7 @@ pub struct Coordinator {
     touch: redis::Script,
     restore: redis::Script,
     refresh: redis::Script,
-    spend_timer: redis::Script,
+    drop_due: redis::Script,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -400,7 +406,7 @@ impl Coordinator {
             touch: script(TOUCH),
             restore: script(RESTORE),
             refresh: script(REFRESH),
-            spend_timer: redis::Script::new(SPEND_TIMER),
+            drop_due: redis::Script::new(DROP_DUE),
         })
     }
 
@@ -584,7 +590,9 @@ impl Coordinator {
 
     /// Atomically reserves a seat for `conversation` with the operator (room for a whole
     /// seat, weighing what they hold); with `from_queue`, only while it still waits in
-    /// `queue`. Idempotent for the same conversation.
+    /// `queue`. `Ok` means this call took the seat, so the caller owns that reservation and
+    /// gives it back if its change is not recorded; a seat the operator already holds for the
+    /// conversation is refused as [`ClaimRefused::Held`].
     pub async fn claim(
         &self,
         ctx: &OpCtx<'_>,
@@ -601,6 +609,7 @@ impl Coordinator {
             "status" => Err(ClaimRefused::Status),
             "disconnected" => Err(ClaimRefused::Disconnected),
             "full" => Err(ClaimRefused::Full),
+            "held" => Err(ClaimRefused::Held),
             _ => Err(ClaimRefused::Gone),
         })
     }
@@ -728,15 +737,16 @@ impl Coordinator {
         self.run(redis::cmd("ZREM").arg(queue_key(tenant, queue)).arg(conversation.to_string())).await
     }
 
-    /// The first `limit` waiting conversations of a queue, in serving order.
+    /// The first `limit` waiting conversations of a queue, in serving order (`usize::MAX`:
+    /// all of them).
     pub async fn waiting(&self, tenant: &TenantId, queue: &QueueId, limit: usize) -> Result<Vec<ConversationId>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut c = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(queue_key(tenant, queue))
-            .arg(0)
-            .arg(limit.saturating_sub(1))
-            .query_async(&mut c)
-            .await?;
+        let last = if limit == usize::MAX { -1 } else { i64::try_from(limit).unwrap_or(i64::MAX) - 1 };
+        let ids: Vec<String> =
+            redis::cmd("ZRANGE").arg(queue_key(tenant, queue)).arg(0).arg(last).query_async(&mut c).await?;
         Ok(ids.iter().filter_map(|s| ConversationId::parse(s).ok()).collect())
     }
 
@@ -783,15 +793,26 @@ impl Coordinator {
         Ok(ahead.query_async(&mut c).await?)
     }
 
-    /// Remembers an offer's deadline, so an expired offer is found and moved on.
+    /// Remembers an offer's deadline, so an expired offer is found and moved on. A later
+    /// offer's deadline is never replaced by an earlier one's (replicas' writes for one
+    /// conversation may land out of order).
     pub async fn track_offer(&self, tenant: &TenantId, conversation: ConversationId, expires: Timestamp) -> Result<()> {
-        self.run(redis::cmd("ZADD").arg(offers_key(tenant)).arg(expires.as_millis()).arg(conversation.to_string()))
-            .await
+        self.run(
+            redis::cmd("ZADD").arg(offers_key(tenant)).arg("GT").arg(expires.as_millis()).arg(conversation.to_string()),
+        )
+        .await
     }
 
-    /// Forgets an offer (answered, expired or withdrawn).
-    pub async fn untrack_offer(&self, tenant: &TenantId, conversation: ConversationId) -> Result<()> {
-        self.run(redis::cmd("ZREM").arg(offers_key(tenant)).arg(conversation.to_string())).await
+    /// Forgets an offer (answered, expired or withdrawn) whose deadline is at or before
+    /// `up_to`; the conversation's later offer, tracked meanwhile by another replica, stays.
+    pub async fn untrack_offer(&self, tenant: &TenantId, conversation: ConversationId, up_to: Timestamp) -> Result<()> {
+        self.drop_due(offers_key(tenant), conversation.to_string(), up_to).await
+    }
+
+    async fn drop_due(&self, key: String, member: String, up_to: Timestamp) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: String = self.drop_due.key(key).arg(member).arg(up_to.as_millis()).invoke_async(&mut c).await?;
+        Ok(())
     }
 
     /// Members of a deadline set due by `now`, earliest first.
@@ -840,11 +861,7 @@ impl Coordinator {
         conversation: ConversationId,
         now: Timestamp,
     ) -> Result<()> {
-        let mut c = self.conn.clone();
-        let member = format!("{}:{conversation}", kind.prefix());
-        let _: String =
-            self.spend_timer.key(timers_key(tenant)).arg(member).arg(now.as_millis()).invoke_async(&mut c).await?;
-        Ok(())
+        self.drop_due(timers_key(tenant), format!("{}:{conversation}", kind.prefix()), now).await
     }
 
     /// Timers due by `now`.

@@ -263,14 +263,22 @@ impl RoutingService for RoutingApi {
                 .claim(&seat.ctx(), id, &current.queue, false, seat.capacity(), clock::now())
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            if let Err(why) = claim {
-                let why = match why {
-                    parley_redis::ClaimRefused::Status => "is not online",
-                    parley_redis::ClaimRefused::Disconnected => "has no live desk session",
-                    parley_redis::ClaimRefused::Full => "is at capacity on this channel",
-                    parley_redis::ClaimRefused::Gone => "cannot be given it",
-                };
-                return Err(ApiError::precondition(format!("operator {to} {why}; transfer refused")).into());
+            match claim {
+                Ok(()) => {}
+                // Nothing was reserved, so nothing is given back: their seat holds this
+                // conversation (theirs already, or being released).
+                Err(parley_redis::ClaimRefused::Held) => {
+                    return Err(ApiError::precondition(format!("operator {to} holds this conversation already")).into());
+                }
+                Err(why) => {
+                    let why = match why {
+                        parley_redis::ClaimRefused::Status => "is not online",
+                        parley_redis::ClaimRefused::Disconnected => "has no live desk session",
+                        parley_redis::ClaimRefused::Full => "is at capacity on this channel",
+                        parley_redis::ClaimRefused::Gone | parley_redis::ClaimRefused::Held => "cannot be given it",
+                    };
+                    return Err(ApiError::precondition(format!("operator {to} {why}; transfer refused")).into());
+                }
             }
             Some(to.clone())
         } else {

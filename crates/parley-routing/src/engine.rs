@@ -133,6 +133,9 @@ pub enum Dispatched {
     Nobody,
     /// Not waiting any more (taken by another replica, closed).
     NotWaiting,
+    /// The operator chosen still holds it from before (the release of their offer or
+    /// assignment is on its way): it keeps waiting and is tried again on the next pass.
+    Later,
 }
 
 /// How many conversations' last known state a replica keeps in memory.
@@ -286,7 +289,8 @@ impl Engine {
         channels.into_iter().map(|c| self.seat(tenant, op, c)).collect()
     }
 
-    /// Applies `command` (chosen from the current state; `None` skips) with retries on
+    /// Applies `command` (chosen from the current state; `None` skips, decided on the log's
+    /// state rather than a remembered one) with retries on
     /// concurrent changes. A `decision` is recorded with the change.
     pub async fn apply(
         &self,
@@ -298,6 +302,7 @@ impl Engine {
         for attempt in 0..MAX_ATTEMPTS {
             // First try what this replica last saw; after a conflict, read the log.
             let remembered = if attempt == 0 { self.memory.state(tenant, id) } else { None };
+            let remembered_used = remembered.is_some();
             let loaded = match remembered {
                 Some((conversation, sequence)) => parley_nats::Loaded { conversation, sequence },
                 None => match self.log.load(tenant, id).await? {
@@ -309,6 +314,11 @@ impl Engine {
                 },
             };
             let Some(cmd) = command(&loaded.conversation)? else {
+                // Nothing to do is decided on the log's state, never on a remembered one that
+                // another replica may have moved on (an offer expired and made again, say).
+                if attempt == 0 && remembered_used {
+                    continue;
+                }
                 return Ok(Applied::Skipped(loaded.conversation));
             };
             let record_id = message_record_id(id, &cmd);
@@ -404,12 +414,12 @@ impl Engine {
                 failures.push(format!("{effect:?}: {e}"));
             }
         }
-        let was = |f: &dyn Fn(&Conversation) -> bool| previous.is_some_and(f);
-        // Offers.
-        let offered = |c: &Conversation| matches!(c.status, Status::Offered { .. });
-        let r = match &next.status {
-            Status::Offered { expires, .. } => Some(self.redis.track_offer(tenant, next.id, *expires).await),
-            _ if was(&offered) => Some(self.redis.untrack_offer(tenant, next.id).await),
+        // Offers: the ended one's deadline goes only if no later offer replaced it.
+        let r = match (&next.status, previous.map(|p| &p.status)) {
+            (Status::Offered { expires, .. }, _) => Some(self.redis.track_offer(tenant, next.id, *expires).await),
+            (_, Some(Status::Offered { expires, .. })) => {
+                Some(self.redis.untrack_offer(tenant, next.id, *expires).await)
+            }
             _ => None,
         };
         if let Some(Err(e)) = r {
@@ -514,6 +524,12 @@ impl Engine {
             created: convert::from_timestamp(m.receive_time.as_ref()),
             channel_message_id: m.channel_message_id.clone(),
         };
+        // The conversation this message opened when another replica opened one for the same
+        // customer at the same moment and won the customer's pointer. It is closed as merged
+        // once the message is recorded in the winner, never before: closed first, the message
+        // was left in a closed conversation only if the winner closed meanwhile (and a
+        // redelivery then took it for one handled already).
+        let mut merging: Option<ConversationId> = None;
         for _ in 0..MAX_ATTEMPTS {
             // The customer's open conversation as this replica remembers it, else as the
             // pointer in the store says: if it was closed meanwhile, the append fails or is
@@ -528,6 +544,9 @@ impl Engine {
                 match self.apply(&tenant, open, None, |_| Ok(Some(Command::CustomerMessage(msg.clone())))).await {
                     Ok(applied) => {
                         self.memory.set_open(&tenant, customer, Some(open));
+                        if let Some(own) = merging.filter(|own| *own != open) {
+                            self.close_merged(&tenant, own).await;
+                        }
                         let c = applied.conversation();
                         // A code given while waiting still takes effect.
                         if c.status == Status::Queued && c.preference.is_none() {
@@ -557,14 +576,18 @@ impl Engine {
                     tracing::info!(conversation = %id, message = %message_id, "redelivery of a closed conversation's message");
                     return Ok(());
                 }
-                // Opened before a crash; make sure it is the customer's open conversation.
+                // Opened before a crash, or by this message a moment ago; make sure it is the
+                // customer's open conversation, else merge it into the one that is.
                 match self.log.set_open(&tenant, customer, id).await {
                     Ok(_) => {
                         self.memory.set_open(&tenant, customer, Some(id));
                         self.try_dispatch(&tenant, id, false).await?;
                         return Ok(());
                     }
-                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(StoreError::AlreadyExists(_)) => {
+                        merging = Some(id);
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -625,17 +648,12 @@ impl Engine {
                 Ok(_) => self.memory.set_open(&tenant, customer, Some(id)),
                 Err(StoreError::AlreadyExists(_)) => {
                     // Another replica opened a conversation for this customer at the same
-                    // moment with a different message. Both stay in history; this one is
-                    // closed so the customer has one open conversation.
-                    tracing::warn!(conversation = %id, "concurrent open for the same customer; closing this one");
-                    let _ = self
-                        .apply(&tenant, id, None, |_| {
-                            Ok(Some(Command::Close {
-                                by: Actor::System,
-                                reason: "merged into a concurrent conversation".into(),
-                            }))
-                        })
-                        .await;
+                    // moment with a different message. Both stay in history; the message
+                    // goes on into that one, and this one is then closed so the customer
+                    // has one open conversation (if that one closed first, this one becomes
+                    // the open one).
+                    tracing::warn!(conversation = %id, "concurrent open for the same customer; merging this one");
+                    merging = Some(id);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -644,6 +662,22 @@ impl Engine {
             return Ok(());
         }
         Err(EngineError::Unavailable("customer's conversation is changing too fast; retry".into()))
+    }
+
+    /// Closes a conversation opened at the same moment as the customer's open one, once its
+    /// message is recorded there too.
+    async fn close_merged(&self, tenant: &TenantId, id: ConversationId) {
+        let result = self
+            .apply(tenant, id, None, |cur| {
+                Ok((cur.status != Status::Closed).then(|| Command::Close {
+                    by: Actor::System,
+                    reason: "merged into a concurrent conversation".into(),
+                }))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(conversation = %id, error = %e, "closing a merged conversation failed");
+        }
     }
 
     /// A code in a message of a conversation that is already waiting.
@@ -973,8 +1007,9 @@ impl Engine {
                 self.redis.dequeue(tenant, &c.queue, id).await?;
                 return Ok(Dispatched::NotWaiting);
             }
-            // The log says it waits: make sure Redis agrees (an enqueue lost in a crash).
-            self.redis.ensure_queued(tenant, &c.queue, id, queue_score(c.priority, c.wait_start)).await?;
+            // An enqueue lost in a crash is put back by the repair from the log, not here: a
+            // queue write after this read could land behind a dequeue and leave an entry of
+            // a conversation that no longer waits.
             match self.pick(tenant, loaded, record_wait).await? {
                 Pick::Done(d) => return Ok(d),
                 Pick::Again => continue,
@@ -1042,6 +1077,9 @@ impl Engine {
         match self.redis.claim(&seat.ctx(), id, &c.queue, true, limit, now).await? {
             Ok(()) => {}
             Err(ClaimRefused::Gone) => return Ok(Pick::Done(Dispatched::NotWaiting)),
+            // Going ahead on that hold would let the pending release free a seat the new
+            // offer or assignment sits in: the next pass tries again.
+            Err(ClaimRefused::Held) => return Ok(Pick::Done(Dispatched::Later)),
             // The snapshot was stale (the operator filled up or left): decide again.
             Err(_) => return Ok(Pick::Again),
         }
@@ -1271,7 +1309,13 @@ impl Engine {
                         self.missed_offer(tenant, &op).await?;
                     }
                 }
-                Ok(_) | Err(EngineError::NotFound(_)) => self.redis.untrack_offer(tenant, id).await?,
+                // Answered, or expired and offered again by another replica meanwhile: the
+                // deadline set follows what the log says now.
+                Ok(Applied::Skipped(cur)) | Ok(Applied::Duplicate(cur)) => match cur.status {
+                    Status::Offered { expires, .. } => self.redis.track_offer(tenant, id, expires).await?,
+                    _ => self.redis.untrack_offer(tenant, id, now).await?,
+                },
+                Err(EngineError::NotFound(_)) => self.redis.untrack_offer(tenant, id, now).await?,
                 Err(e) => return Err(e),
             }
         }
@@ -1513,6 +1557,39 @@ impl Engine {
         Ok(())
     }
 
+    /// Takes out of the Redis queues the conversations that do not wait there. An entry is
+    /// written after a read of the log (a dispatcher making sure a waiting conversation is
+    /// queued, a rebuild pass); when the conversation moved on in between, the entry stays
+    /// behind its dequeue, and in a long queue it would inflate the depth and every position
+    /// behind it until it reached the head. The log, read again, decides each one not seen
+    /// waiting by the pass (one queued again between that read and the removal is put back
+    /// by the next pass).
+    async fn drop_stale_queue_entries(&self, waiting: &crate::rebuild::Waiting) -> Result<(), EngineError> {
+        let mut dropped = 0;
+        for tenant in self.cache.tenants() {
+            let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
+            for queue in self.cache.queue_models(&tenant) {
+                for id in self.redis.waiting(&tenant, &queue.id, usize::MAX).await? {
+                    if waiting.contains(&(tenant.clone(), queue.id.clone(), id)) {
+                        continue;
+                    }
+                    let waits_here =
+                        self.log.load(&tenant, id).await?.is_some_and(|l| {
+                            l.conversation.status == Status::Queued && l.conversation.queue == queue.id
+                        });
+                    if !waits_here {
+                        self.redis.dequeue(&tenant, &queue.id, id).await?;
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "took out queue entries of conversations no longer waiting there");
+        }
+        Ok(())
+    }
+
     /// Dispatching: every interval, and at once whenever something may let a waiting
     /// conversation be assigned (capacity freed, an operator online, a conversation
     /// queued); first rebuilding Redis if it lost its data.
@@ -1552,7 +1629,12 @@ impl Engine {
         let mut last_repair: Option<tokio::time::Instant> = None;
         loop {
             if last_repair.is_none_or(|t| t.elapsed() >= repair_every) {
-                match crate::rebuild::run(&self, &js).await {
+                let repaired = async {
+                    let waiting = crate::rebuild::run(&self, &js).await?;
+                    self.drop_stale_queue_entries(&waiting).await?;
+                    anyhow::Ok(())
+                };
+                match repaired.await {
                     Ok(()) => last_repair = Some(tokio::time::Instant::now()),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "repair from the log failed; will retry"),
                 }

@@ -5,11 +5,12 @@
 //! the same way. Every step only adds what is missing, so replicas doing it at the same
 //! time, or while routing goes on, do no harm.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::{StreamExt, TryStreamExt};
-use parley_domain::{Conversation, ConversationId, OperatorId, Sender, Status, TenantId};
+use parley_domain::{Conversation, ConversationId, OperatorId, QueueId, Sender, Status, TenantId};
 use parley_kit::clock;
 use parley_nats::conversations::decode_state;
 use parley_nats::topology;
@@ -20,7 +21,12 @@ use parley_redis::{TimerKind, activity_entry};
 
 use crate::engine::Engine;
 
-pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()> {
+/// The conversations a pass found waiting, by tenant and queue.
+pub type Waiting = HashSet<(TenantId, QueueId, ConversationId)>;
+
+/// Adds what Redis misses; returns the conversations it found waiting (for reconciliation,
+/// which also takes out what Redis has too much).
+pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<Waiting> {
     // Statuses (only where Redis has none: a status set since is newer).
     let keys: Vec<String> = engine.presence.keys().await?.try_collect().await?;
     let mut statuses = 0;
@@ -41,6 +47,7 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
     let stream = js.get_stream(topology::EVENTS.name).await?;
     let total = stream.get_info().await?.state.messages;
     let mut conversations = 0;
+    let mut waiting = Waiting::new();
     if total > 0 {
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
@@ -59,6 +66,9 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
                 && let Ok(tenant) = TenantId::parse(&record.tenant_id)
                 && let Ok(c) = decode_state(&record, &tenant)
             {
+                if c.status == Status::Queued {
+                    waiting.insert((tenant.clone(), c.queue.clone(), c.id));
+                }
                 restore(engine, &tenant, &c).await?;
                 conversations += 1;
             }
@@ -68,7 +78,7 @@ pub async fn run(engine: &Engine, js: &jetstream::Context) -> anyhow::Result<()>
         }
     }
     tracing::debug!(statuses, conversations, at = %clock::now(), "redis brought in line with the log");
-    Ok(())
+    Ok(waiting)
 }
 
 /// Puts what Redis should hold for one conversation's current state: its queue entry and
