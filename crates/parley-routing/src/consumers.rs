@@ -110,7 +110,7 @@ impl Handler for Fanout {
             Ok(r) => r,
             Err(why) => return Outcome::Term(why),
         };
-        match self.deliver(&record).await {
+        match self.deliver(&record, d.stream_sequence).await {
             Ok(()) => Outcome::Ack,
             Err(e) => {
                 tracing::warn!(error = %e, record = %record.record_id, "fan-out failed");
@@ -121,7 +121,9 @@ impl Handler for Fanout {
 }
 
 impl Fanout {
-    async fn deliver(&self, record: &events::ConversationRecordDeliveries) -> Result<(), String> {
+    /// Publishes a record's deliveries; `version` is the record's place in the log, which
+    /// desks order one conversation's events by.
+    async fn deliver(&self, record: &events::ConversationRecordDeliveries, version: u64) -> Result<(), String> {
         if record.desk.is_empty() && record.customer_updates.is_empty() {
             return Ok(());
         }
@@ -132,7 +134,8 @@ impl Fanout {
         let mut sends = Vec::new();
         for (i, delivery) in record.desk.iter().enumerate() {
             let Ok(op) = OperatorId::parse(&delivery.operator_id) else { continue };
-            let Some(event) = delivery.event.clone() else { continue };
+            let Some(mut event) = delivery.event.clone() else { continue };
+            event.conversation_version = version;
             let subject = topology::desk_subject(&tenant, &op);
             let dedupe = format!("{}:d{i}", record.record_id);
             let publisher = self.publisher.clone();

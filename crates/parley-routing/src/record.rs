@@ -58,6 +58,9 @@ pub fn build(
                     operator_id: operator.to_string(),
                     event: Some(v1::DeskEvent {
                         sequence: 0,
+                        // Both set on the way out: the version by the fan-out, the sequence
+                        // by the desk stream.
+                        conversation_version: 0,
                         event_time: Some(convert::timestamp(now)),
                         kind: Some(kind),
                     }),
