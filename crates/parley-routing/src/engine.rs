@@ -159,6 +159,10 @@ impl Memory {
         self.states.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant.clone(), id)).cloned()
     }
 
+    fn knows(&self, tenant: &TenantId, id: ConversationId) -> bool {
+        self.states.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(tenant.clone(), id))
+    }
+
     fn remember(&self, c: &Conversation, sequence: u64) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         if states.len() >= STATE_CACHE {
@@ -1153,6 +1157,7 @@ impl Engine {
             }
         }
         serve_order(&mut waiting, now);
+        self.recall(tenant, waiting.iter().map(|w| w.conversation)).await;
         // A kind of conversation: its channel, required skills and language.
         type Kind = (Channel, Vec<(SkillId, u8)>, Option<String>);
         // Once nobody can take a conversation of a kind, the next of that kind is skipped.
@@ -1241,6 +1246,20 @@ impl Engine {
         let (claims, ()) = tokio::join!(picking, finishing);
         tracing::debug!(tenant = %tenant, claims, more_waiting, took_ms = clock::now().since(now).as_millis() as u64, "dispatch pass");
         Ok(claims > 0 && more_waiting)
+    }
+
+    /// Reads from the log, all at once, the states of the given conversations this replica
+    /// does not remember (evicted, or changed by another replica), so picking them in
+    /// serving order waits on no read. A failed read leaves the pick to read it again.
+    async fn recall(&self, tenant: &TenantId, ids: impl Iterator<Item = ConversationId>) {
+        let missing: Vec<ConversationId> = ids.filter(|id| !self.memory.knows(tenant, *id)).collect();
+        futures_util::stream::iter(missing)
+            .for_each_concurrent(FINISHING, |id| async move {
+                if let Ok(Some(l)) = self.log.load(tenant, id).await {
+                    self.memory.remember(&l.conversation, l.sequence);
+                }
+            })
+            .await;
     }
 
     /// Moves the given conversations of a closed queue to its after-hours queue; returns
