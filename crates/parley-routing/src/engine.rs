@@ -49,6 +49,8 @@ const MAX_PAGES: usize = 8;
 const HEADS_PER_QUEUE: usize = 32;
 /// Assignments of one dispatch pass being recorded in the log at once.
 const FINISHING: usize = 32;
+/// Reads the reconciliation makes between pauses that let dispatching run.
+const RECONCILE_BURST: usize = 32;
 
 /// Why the engine could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -1543,12 +1545,22 @@ impl Engine {
         let now = clock::now();
         let before = Timestamp::from_micros(now.as_micros() - grace.as_micros() as i64);
         let mut released = 0;
+        // Upkeep, not urgent: it gives way to dispatching every few reads, so a minutely
+        // pass over thousands of holds never holds up an assignment.
+        let mut steps = 0usize;
+        let mut give_way = || {
+            steps += 1;
+            steps.is_multiple_of(RECONCILE_BURST)
+        };
         for tenant in self.cache.tenants() {
             let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
             for channel in Channel::ALL {
                 for op in self.redis.holders(&tenant, channel).await? {
                     let seat = self.seat(&tenant, &op, channel);
                     for id in self.redis.stale_holds(&tenant, &op, channel, before).await? {
+                        if give_way() {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
                         let held = match self.log.load(&tenant, id).await? {
                             Some(l) => l.conversation.status.holder() == Some(&op),
                             None => false,
@@ -1563,6 +1575,9 @@ impl Engine {
             for model in self.cache.operator_models(&tenant) {
                 for (channel, _) in &model.capacity {
                     let seat = self.seat(&tenant, &model.id, *channel);
+                    if give_way() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     if seat.capacity > 0 {
                         self.redis.refresh(&seat.ctx(), now).await?;
                     }
