@@ -1392,3 +1392,44 @@ async fn offer_deadlines_written_out_of_order_keep_the_latest_offer() {
     redis.untrack_offer(&tenant, id, second).await.unwrap();
     assert!(due(Timestamp::from_millis(i64::MAX / 4)).await.is_empty(), "an ended offer is forgotten");
 }
+
+/// The per-second check of gone desks reads only operators whose every session has
+/// expired: a heartbeat keeps an operator out of it, the end of one of two sessions does
+/// not put them in, the end of the last does at once, and once forgotten (nothing left to
+/// reroute) they stay out until a desk of theirs comes and goes again.
+#[tokio::test]
+async fn gone_desks_are_the_operators_whose_every_session_expired() {
+    let infra = Infra::start().await.expect("infrastructure");
+    let redis = parley_redis::Coordinator::connect(&infra.redis.url(), Duration::from_secs(5)).await.unwrap();
+    let tenant = TenantId::parse("desks").unwrap();
+    let (anna, boris) = (OperatorId::parse("anna").unwrap(), OperatorId::parse("boris").unwrap());
+    let at = Timestamp::from_millis;
+    let gone = |now: Timestamp| {
+        let (redis, tenant) = (redis.clone(), tenant.clone());
+        async move {
+            let mut ops: Vec<String> =
+                redis.gone_desks(&tenant, now).await.unwrap().iter().map(|o| o.to_string()).collect();
+            ops.sort();
+            ops
+        }
+    };
+
+    redis.heartbeat(&tenant, &anna, "tab-1", at(10_000)).await.unwrap();
+    redis.heartbeat(&tenant, &anna, "tab-2", at(12_000)).await.unwrap();
+    redis.heartbeat(&tenant, &boris, "desk", at(11_000)).await.unwrap();
+    assert!(gone(at(9_000)).await.is_empty(), "every desk is alive");
+    // An older heartbeat arriving late does not shorten a desk's life.
+    redis.heartbeat(&tenant, &anna, "tab-1", at(9_500)).await.unwrap();
+    assert_eq!(gone(at(11_500)).await, vec!["boris"], "anna's second tab lives until 12 s");
+    // Anna closes her longer-lived tab at 11.6 s: her other one expired at 10 s.
+    redis.end_session(&tenant, &anna, "tab-2", at(11_600)).await.unwrap();
+    assert_eq!(gone(at(11_700)).await, vec!["anna", "boris"]);
+    // Boris has nothing left to reroute: forgotten, until his desk comes back and goes.
+    redis.forget_desk(&tenant, &boris, at(11_000)).await.unwrap();
+    assert_eq!(gone(at(20_000)).await, vec!["anna"]);
+    redis.heartbeat(&tenant, &boris, "desk", at(30_000)).await.unwrap();
+    assert_eq!(gone(at(25_000)).await, vec!["anna"], "boris is back");
+    // Forgetting with a deadline older than his new session leaves him be.
+    redis.forget_desk(&tenant, &boris, at(11_000)).await.unwrap();
+    assert_eq!(gone(at(31_000)).await, vec!["anna", "boris"]);
+}

@@ -10,6 +10,7 @@
 //! | `{t:T}:op:O:load:C` | sorted set | conversations O holds (offered or assigned) on channel C, by claim time (ms) |
 //! | `{t:T}:op:O:act:C` | hash | per held conversation, `"<ms>:c"` or `"<ms>:o"`: last activity and who spoke last (for weights) |
 //! | `{t:T}:holders:C` | set | operators holding anything on channel C (for rerouting when a desk is gone) |
+//! | `{t:T}:desks` | sorted set | operators by when their longest-lived desk session expires(d) (ms); the expired ones are checked each second for work to reroute, then forgotten |
 //! | `{t:T}:avail:C` | sorted set | online operators with capacity on C, by occupancy then idle time (the shortlist) |
 //! | `{t:T}:avail:C:<skill>` | sorted set | the same, per skill they have |
 //! | `{t:T}:queue:Q` | sorted set | conversations waiting in queue Q, by `parley_policy::queue_score` |
@@ -150,6 +151,9 @@ fn load_key(tenant: &TenantId, op: &OperatorId, channel: Channel) -> String {
 fn act_key(tenant: &TenantId, op: &OperatorId, channel: Channel) -> String {
     format!("{}:op:{op}:act:{channel}", tag(tenant))
 }
+fn desks_key(tenant: &TenantId) -> String {
+    format!("{}:desks", tag(tenant))
+}
 fn holders_key(tenant: &TenantId, channel: Channel) -> String {
     format!("{}:holders:{channel}", tag(tenant))
 }
@@ -276,6 +280,16 @@ end
 return 'ok'
 "#;
 
+/// Ends a desk session (KEYS[1] the operator's sessions, KEYS[2] the tenant's desks; ARGV[1]
+/// the session, ARGV[2] now, ARGV[3] the operator): the session expires now, and the
+/// operator's desk deadline becomes that of their longest-lived session.
+const END_SESSION: &str = r#"
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('ZADD', KEYS[2], last[2], ARGV[3]) end
+return 'ok'
+"#;
+
 /// What the hash of an operator holds.
 struct OperatorHash {
     status: OperatorStatus,
@@ -334,6 +348,7 @@ pub struct Coordinator {
     restore: redis::Script,
     refresh: redis::Script,
     drop_due: redis::Script,
+    end_session: redis::Script,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -407,6 +422,7 @@ impl Coordinator {
             restore: script(RESTORE),
             refresh: script(REFRESH),
             drop_due: redis::Script::new(DROP_DUE),
+            end_session: redis::Script::new(END_SESSION),
         })
     }
 
@@ -514,6 +530,12 @@ impl Coordinator {
             .arg("-inf")
             .arg(expires.as_millis() - 3_600_000)
             .ignore()
+            .cmd("ZADD")
+            .arg(desks_key(tenant))
+            .arg("GT")
+            .arg(expires.as_millis())
+            .arg(op.as_str())
+            .ignore()
             .query_async::<()>(&mut c)
             .await?;
         Ok(())
@@ -522,14 +544,52 @@ impl Coordinator {
     /// Ends a desk session at once (a clean disconnect): it expires now, which also
     /// remembers when the desk went away (for rerouting its work after a while).
     pub async fn end_session(&self, tenant: &TenantId, op: &OperatorId, session: &str, now: Timestamp) -> Result<()> {
-        self.run(redis::cmd("ZADD").arg(sessions_key(tenant, op)).arg("XX").arg(now.as_millis()).arg(session)).await
+        let mut c = self.conn.clone();
+        let _: String = self
+            .end_session
+            .key(sessions_key(tenant, op))
+            .key(desks_key(tenant))
+            .arg(session)
+            .arg(now.as_millis())
+            .arg(op.as_str())
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
     }
 
     /// For an operator with no session on record (Redis lost it): notes them gone from
     /// `now`, so their work is rerouted after the tenant's delay, not at once.
     pub async fn mark_gone(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp) -> Result<()> {
-        self.run(redis::cmd("ZADD").arg(sessions_key(tenant, op)).arg("NX").arg(now.as_millis()).arg("parley:gone"))
-            .await
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(sessions_key(tenant, op))
+            .arg("NX")
+            .arg(now.as_millis())
+            .arg("parley:gone")
+            .ignore()
+            .cmd("ZADD")
+            .arg(desks_key(tenant))
+            .arg("NX")
+            .arg(now.as_millis())
+            .arg(op.as_str())
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Operators whose every desk session has expired by `now` and who have not been
+    /// forgotten since ([`Coordinator::forget_desk`]): those whose work may need rerouting.
+    pub async fn gone_desks(&self, tenant: &TenantId, now: Timestamp) -> Result<Vec<OperatorId>> {
+        let ids = self.due_members(desks_key(tenant), now, 100_000).await?;
+        Ok(ids.iter().filter_map(|s| OperatorId::parse(s).ok()).collect())
+    }
+
+    /// Stops looking at a gone operator (nothing of theirs is left to reroute) unless a
+    /// desk of theirs has come back since `gone_since`.
+    pub async fn forget_desk(&self, tenant: &TenantId, op: &OperatorId, gone_since: Timestamp) -> Result<()> {
+        self.drop_due(desks_key(tenant), op.to_string(), gone_since).await
     }
 
     /// When each operator's last desk session expires(d); `None` if they never had one.

@@ -1470,14 +1470,20 @@ impl Engine {
 
     /// Operators whose desks are gone (no live session): their offers go back at once,
     /// their open conversations once the desk has been gone the tenant's `reroute_after`.
-    pub async fn reroute_gone(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
+    pub async fn reroute_gone(&self, tenant: &TenantId, now: Timestamp, full: bool) -> Result<(), EngineError> {
         let settings = self.cache.routing_settings(tenant);
+        // Each second, the operators whose desks have all expired; now and then, everyone
+        // holding work (which also finds those whose sessions Redis lost).
         let mut holders: Vec<OperatorId> = Vec::new();
-        for channel in Channel::ALL {
-            holders.extend(self.redis.holders(tenant, channel).await?);
+        if full {
+            for channel in Channel::ALL {
+                holders.extend(self.redis.holders(tenant, channel).await?);
+            }
+            holders.sort();
+            holders.dedup();
+        } else {
+            holders = self.redis.gone_desks(tenant, now).await?;
         }
-        holders.sort();
-        holders.dedup();
         let expiries = self.redis.session_expiries(tenant, &holders).await?;
         for (op, expiry) in holders.iter().zip(expiries) {
             let gone_since = match expiry {
@@ -1493,6 +1499,14 @@ impl Engine {
             let moved = self.reroute(tenant, op, open_too).await?;
             if moved > 0 {
                 tracing::info!(tenant = %tenant, operator = %op, moved, open_too, "rerouted the work of a gone desk");
+            }
+            // Nothing of theirs left to hand back: stop looking at them every second.
+            let mut holds_nothing = true;
+            for channel in Channel::ALL {
+                holds_nothing &= self.redis.held(tenant, op, channel).await?.is_empty();
+            }
+            if holds_nothing {
+                self.redis.forget_desk(tenant, op, gone_since).await?;
             }
         }
         Ok(())
@@ -1661,6 +1675,7 @@ impl Engine {
     ) -> anyhow::Result<()> {
         let mut last_reconcile = tokio::time::Instant::now();
         let mut last_repair: Option<tokio::time::Instant> = None;
+        let mut first = true;
         loop {
             if last_repair.is_none_or(|t| t.elapsed() >= repair_every) {
                 let repaired = async {
@@ -1677,9 +1692,13 @@ impl Engine {
             if let Err(e) = crate::rebuild::repair_listed(&self).await {
                 tracing::warn!(error = format!("{e:#}"), "repairing conversations failed; will retry");
             }
+            // Gone desks: each second those whose sessions all expired; with every
+            // reconciliation (and at start) everyone holding work.
+            let full = first || last_reconcile.elapsed() >= reconcile_every;
+            first = false;
             for tenant in self.cache.tenants() {
                 let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
-                if let Err(e) = self.reroute_gone(&tenant, clock::now()).await {
+                if let Err(e) = self.reroute_gone(&tenant, clock::now(), full).await {
                     tracing::warn!(tenant = %tenant, error = %e, "rerouting gone desks failed");
                 }
             }
