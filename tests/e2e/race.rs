@@ -961,15 +961,7 @@ async fn three_replicas_racing_never_overfill_an_operator_or_share_a_conversatio
     let mut capacity = HashMap::new();
     for name in &names {
         let seats = rng.range(1, 4) as u32;
-        let mut o = admin
-            .get_operator(v1::GetOperatorRequest { operator_id: name.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .operator
-            .unwrap();
-        o.capacity = vec![v1::ChannelCapacity { channel: v1::Channel::Api as i32, max_conversations: seats }];
-        admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
+        fx.set_api_seats(&app, name, seats).await;
         capacity.insert(name.clone(), seats as usize);
     }
     for (id, offer_timeout, selection) in QUEUES {

@@ -168,16 +168,7 @@ async fn closing_a_conversation_frees_the_seat_for_the_next_customer_in_line() {
     let app = App::spawn().await;
     let fx = app.tenant("acme", &["anna"]).await;
     // One seat.
-    let mut admin = app.admin(&fx.admin_token).await;
-    let mut op = admin
-        .get_operator(v1::GetOperatorRequest { operator_id: "anna".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .operator
-        .unwrap();
-    op.capacity[0].max_conversations = 1;
-    admin.update_operator(v1::UpdateOperatorRequest { operator: Some(op) }).await.unwrap();
+    fx.set_api_seats(&app, "anna", 1).await;
     let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
     set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
 
@@ -220,17 +211,8 @@ async fn closing_a_conversation_frees_the_seat_for_the_next_customer_in_line() {
 async fn two_routing_replicas_never_exceed_capacity() {
     let app = App::spawn().await;
     let fx = app.tenant("acme", &["anna", "boris", "vera", "gleb"]).await;
-    let mut admin = app.admin(&fx.admin_token).await;
     for op in ["anna", "boris", "vera", "gleb"] {
-        let mut o = admin
-            .get_operator(v1::GetOperatorRequest { operator_id: op.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .operator
-            .unwrap();
-        o.capacity[0].max_conversations = 2;
-        admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
+        fx.set_api_seats(&app, op, 2).await;
     }
     // A second routing replica on the same NATS and Redis: the two split the inbound work.
     let second = app.routing_replica(parley_testkit::AppOptions::default(), "routing-2").await;
@@ -313,18 +295,12 @@ async fn a_desk_resumes_where_it_left_off_with_no_gaps_or_repeats() {
 }
 
 /// Sets an operator's capacity on the API channel and their team.
-async fn reshape(app: &App, admin_token: &str, op: &str, seats: u32, team: &str) {
-    let mut admin = app.admin(admin_token).await;
-    let mut o = admin
-        .get_operator(v1::GetOperatorRequest { operator_id: op.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .operator
-        .unwrap();
-    o.capacity[0].max_conversations = seats;
-    o.team = team.into();
-    admin.update_operator(v1::UpdateOperatorRequest { operator: Some(o) }).await.unwrap();
+async fn reshape(app: &App, fx: &parley_testkit::TenantFixture, op: &str, seats: u32, team: &str) {
+    fx.edit_operator(app, op, |o| {
+        o.capacity[0].max_conversations = seats;
+        o.team = team.into();
+    })
+    .await;
 }
 
 /// A fast-track code of the operator whose token is given.
@@ -352,9 +328,9 @@ async fn a_fast_track_code_falls_back_to_the_operators_team_then_to_the_queue() 
     let options = parley_testkit::AppOptions { session_ttl_secs: 30, ..Default::default() };
     let app = App::spawn_with(parley_testkit::Infra::start().await.unwrap(), true, options).await;
     let fx = app.tenant("acme", &["anna", "boris", "vera"]).await;
-    reshape(&app, &fx.admin_token, "anna", 1, "north").await;
-    reshape(&app, &fx.admin_token, "boris", 5, "north").await;
-    reshape(&app, &fx.admin_token, "vera", 5, "").await;
+    reshape(&app, &fx, "anna", 1, "north").await;
+    reshape(&app, &fx, "boris", 5, "north").await;
+    reshape(&app, &fx, "vera", 5, "").await;
     let mut supervisor = app.routing_client(&fx.admin_token).await;
     fx.update_settings(&app, |s| s.known_operator_wait = Some(parley_proto::convert::duration(Duration::from_secs(2))))
         .await;

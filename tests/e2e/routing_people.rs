@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use parley_e2e::{CustomerFeed, Desk, describe, set_status, submit};
+use parley_e2e::{CustomerFeed, Desk, describe, online, set_status, submit};
 use parley_proto::prost_types;
 use parley_proto::v1::{self, customer_update, desk_event};
 use parley_testkit::{App, AppOptions, Infra, TenantFixture, eventually};
@@ -40,43 +40,6 @@ fn message(customer: &str, text: &str) -> v1::SubmitMessageRequest {
 
 fn to_queue(customer: &str, text: &str, queue: &str) -> v1::SubmitMessageRequest {
     v1::SubmitMessageRequest { queue_id: queue.into(), ..message(customer, text) }
-}
-
-async fn create_queue(app: &App, fx: &TenantFixture, queue: v1::Queue) {
-    app.admin(&fx.admin_token).await.create_queue(v1::CreateQueueRequest { queue: Some(queue) }).await.expect("queue");
-}
-
-async fn create_skill(app: &App, fx: &TenantFixture, id: &str) {
-    app.admin(&fx.admin_token)
-        .await
-        .create_skill(v1::CreateSkillRequest { skill: Some(v1::Skill { id: id.into(), display_name: id.into() }) })
-        .await
-        .expect("skill");
-}
-
-/// Changes an operator's configuration.
-async fn edit_operator(app: &App, fx: &TenantFixture, id: &str, change: impl FnOnce(&mut v1::Operator)) {
-    let mut admin = app.admin(&fx.admin_token).await;
-    let mut op = admin
-        .get_operator(v1::GetOperatorRequest { operator_id: id.into() })
-        .await
-        .expect("operator")
-        .into_inner()
-        .operator
-        .expect("operator");
-    change(&mut op);
-    admin.update_operator(v1::UpdateOperatorRequest { operator: Some(op) }).await.expect("update operator");
-}
-
-async fn set_api_capacity(app: &App, fx: &TenantFixture, id: &str, n: u32) {
-    edit_operator(app, fx, id, |o| o.capacity = vec![capacity(v1::Channel::Api, n)]).await;
-}
-
-/// An operator's desk, opened and online.
-async fn online(app: &App, fx: &TenantFixture, op: &str) -> Desk {
-    let desk = Desk::open(app, fx.operator_token(op), 0).await.expect("desk");
-    set_status(app, fx.operator_token(op), v1::OperatorStatus::Online).await;
-    desk
 }
 
 async fn go_away(app: &App, token: &str, reason: &str) -> v1::OperatorPresence {
@@ -201,33 +164,14 @@ async fn close_on(app: &App, fx: &TenantFixture, op: &str, desk: &mut Desk, conv
     assert_eq!(next_on(desk, "released").await, conversation);
 }
 
-async fn decisions(app: &App, fx: &TenantFixture, conversation: &str) -> Vec<v1::RoutingDecision> {
-    app.routing_client(&fx.supervisor_token)
-        .await
-        .list_conversation_decisions(v1::ListConversationDecisionsRequest { conversation_id: conversation.into() })
-        .await
-        .expect("decisions")
-        .into_inner()
-        .decisions
-}
-
 /// The decision that gave the conversation to its current holder.
 async fn last_assignment(app: &App, fx: &TenantFixture, conversation: &str) -> v1::RoutingDecision {
-    decisions(app, fx, conversation)
+    fx.decisions(app, conversation)
         .await
         .into_iter()
         .rev()
         .find(|d| !d.chosen_operator_id.is_empty())
         .expect("a decision that chose someone")
-}
-
-async fn position(app: &App, fx: &TenantFixture, conversation: &str) -> v1::GetConversationPositionResponse {
-    app.routing_client(&fx.supervisor_token)
-        .await
-        .get_conversation_position(v1::GetConversationPositionRequest { conversation_id: conversation.into() })
-        .await
-        .expect("position")
-        .into_inner()
 }
 
 async fn presence(app: &App, fx: &TenantFixture, op: &str) -> v1::OperatorPresence {
@@ -252,15 +196,6 @@ async fn holdings(app: &App, fx: &TenantFixture, op: &str) -> Vec<v1::Conversati
         .conversations
 }
 
-async fn queue_status(app: &App, fx: &TenantFixture, queue: &str) -> v1::GetQueueStatusResponse {
-    app.routing_client(&fx.supervisor_token)
-        .await
-        .get_queue_status(v1::GetQueueStatusRequest { queue_id: queue.into() })
-        .await
-        .expect("queue status")
-        .into_inner()
-}
-
 fn load(p: &v1::OperatorPresence, channel: v1::Channel) -> (u32, u32) {
     p.load
         .iter()
@@ -274,9 +209,8 @@ fn load(p: &v1::OperatorPresence, channel: v1::Channel) -> (u32, u32) {
 async fn a_returning_customer_goes_back_to_their_operator_within_the_window_and_keeps_their_place_otherwise() {
     let app = spawn(long_sessions()).await;
     let fx = app.tenant("acme", &["anna", "boris"]).await;
-    create_queue(
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue { id: "care".into(), display_name: "Care".into(), priority: 5, ..Default::default() },
     )
     .await;
@@ -342,10 +276,10 @@ async fn a_returning_customer_goes_back_to_their_operator_within_the_window_and_
 
     // Boris (the last operator) is online but full, and so is Anna: c-1 waits for Boris up
     // to 2 s, then the queue takes over with the original priority and wait.
-    set_api_capacity(&app, &fx, "boris", 1).await;
+    fx.set_api_seats(&app, "boris", 1).await;
     let c5 = arrive(&app, &fx, to_queue("c-5", "Занять Бориса", "care")).await;
     assert_eq!(next_on(&mut boris, "assigned").await, c5.id);
-    set_api_capacity(&app, &fx, "anna", 1).await; // Anna holds c-3's conversation
+    fx.set_api_seats(&app, "anna", 1).await; // Anna holds c-3's conversation
     let started = Instant::now();
     let mut k5 = arrive(&app, &fx, to_queue("c-1", "Борис, это снова я", "care")).await;
     assert_eq!(k5.waits_for(), Some("boris"), "{:?}", k5.first);
@@ -354,10 +288,10 @@ async fn a_returning_customer_goes_back_to_their_operator_within_the_window_and_
     assert!(matches!(later.first, customer_update::Kind::Queued(_)));
     k5.queued().await;
     assert!(started.elapsed() >= Duration::from_millis(1500), "waited only {:?} for Boris", started.elapsed());
-    let (p5, p6) = (position(&app, &fx, &k5.id).await, position(&app, &fx, &later.id).await);
+    let (p5, p6) = (fx.position(&app, &k5.id).await, fx.position(&app, &later.id).await);
     assert_eq!((p5.position, p6.position), (1, 2), "the returning customer keeps their place");
     assert!(p5.waited_seconds >= 2, "the wait start did not reset: waited {} s", p5.waited_seconds);
-    let waited = decisions(&app, &fx, &k5.id).await;
+    let waited = fx.decisions(&app, &k5.id).await;
     let first_decision = waited.first().expect("decision recorded on arrival");
     assert_eq!(first_decision.strategy, "known_operator");
     assert_eq!(first_decision.chosen_operator_id, "");
@@ -368,7 +302,7 @@ async fn a_returning_customer_goes_back_to_their_operator_within_the_window_and_
     close_on(&app, &fx, "anna", &mut anna, &c3.id).await;
     assert_eq!(next_on(&mut anna, "assigned").await, k5.id);
     assert_eq!(k5.joined().await, "anna");
-    assert_eq!(position(&app, &fx, &later.id).await.position, 1);
+    assert_eq!(fx.position(&app, &later.id).await.position, 1);
     let held = holdings(&app, &fx, "anna").await;
     assert_eq!(held.iter().map(|c| (c.id.as_str(), c.priority)).collect::<Vec<_>>(), [(k5.id.as_str(), 5)]);
 
@@ -378,8 +312,8 @@ async fn a_returning_customer_goes_back_to_their_operator_within_the_window_and_
     let closed = Instant::now();
     assert_eq!(next_on(&mut anna, "assigned").await, later.id, "the freed seat goes to the next in line");
     assert_eq!(later.joined().await, "anna");
-    set_api_capacity(&app, &fx, "anna", 5).await;
-    set_api_capacity(&app, &fx, "boris", 5).await;
+    fx.set_api_seats(&app, "anna", 5).await;
+    fx.set_api_seats(&app, "boris", 5).await;
     close_on(&app, &fx, "boris", &mut boris, &c5.id).await;
     tokio::time::sleep((closed + Duration::from_millis(2500)).saturating_duration_since(Instant::now())).await;
     let mut k6 = arrive(&app, &fx, to_queue("c-1", "Прошло время", "care")).await;
@@ -565,7 +499,7 @@ async fn a_fast_track_code_leads_straight_to_its_operator_within_its_uses_expiry
     // Anna is full now (five conversations) and Boris too (one seat, taken by c-8), with
     // c-10 waiting. A code holder waits for Anna up to 2 s, then heads the queue.
     assert_eq!(load(&presence(&app, &fx, "anna").await, v1::Channel::Api), (5, 5));
-    set_api_capacity(&app, &fx, "boris", 1).await;
+    fx.set_api_seats(&app, "boris", 1).await;
     let waiting = arrive(&app, &fx, message("c-10", "Жду давно")).await;
     assert!(matches!(waiting.first, customer_update::Kind::Queued(_)));
     let started = Instant::now();
@@ -573,8 +507,8 @@ async fn a_fast_track_code_leads_straight_to_its_operator_within_its_uses_expiry
     assert_eq!(x8.waits_for(), Some("anna"));
     x8.queued().await;
     assert!(started.elapsed() >= Duration::from_millis(1500), "waited only {:?} for Anna", started.elapsed());
-    assert_eq!(position(&app, &fx, &x8.id).await.position, 1, "the code holder heads the queue");
-    assert_eq!(position(&app, &fx, &waiting.id).await.position, 2);
+    assert_eq!(fx.position(&app, &x8.id).await.position, 1, "the code holder heads the queue");
+    assert_eq!(fx.position(&app, &waiting.id).await.position, 2);
     close_on(&app, &fx, "boris", &mut boris, &limited.id).await;
     assert_eq!(next_on(&mut boris, "assigned").await, x8.id);
     assert_eq!(x8.joined().await, "boris");
@@ -586,7 +520,7 @@ async fn a_fast_track_code_leads_straight_to_its_operator_within_its_uses_expiry
     close_on(&app, &fx, "anna", &mut anna, &c0.id).await;
     assert_eq!(next_on(&mut anna, "assigned").await, x9.id);
     assert_eq!(x9.joined().await, "anna");
-    assert_eq!(position(&app, &fx, &waiting.id).await.position, 1, "c-10 still waits");
+    assert_eq!(fx.position(&app, &waiting.id).await.position, 1, "c-10 still waits");
     anna.expect_quiet(Duration::from_millis(300)).await;
     boris.expect_quiet(Duration::from_millis(300)).await;
     app.stop().await;
@@ -639,11 +573,11 @@ async fn a_transfer_to_a_skill_or_queue_hands_the_whole_conversation_and_note_to
     use v1::transfer_conversation_request::Target;
     let app = spawn(long_sessions()).await;
     let fx = app.tenant("acme", &["anna", "boris", "vera", "gleb"]).await;
-    create_skill(&app, &fx, "billing").await;
-    create_queue(&app, &fx, v1::Queue { id: "vip".into(), display_name: "VIP".into(), ..Default::default() }).await;
+    fx.create_skill(&app, "billing").await;
+    fx.create_queue(&app, v1::Queue { id: "vip".into(), display_name: "VIP".into(), ..Default::default() }).await;
     // Anna, who transfers, has the skill too: the conversation must still leave her.
     for (op, level) in [("anna", 3), ("boris", 4), ("gleb", 3)] {
-        edit_operator(&app, &fx, op, |o| o.skills.push(skill("billing", level))).await;
+        fx.edit_operator(&app, op, |o| o.skills.push(skill("billing", level))).await;
     }
     let mut anna = online(&app, &fx, "anna").await;
     let customer = "c-1";
@@ -721,7 +655,7 @@ async fn a_transfer_to_a_skill_or_queue_hands_the_whole_conversation_and_note_to
         .expect_err("gleb is offline");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{}", refused.message());
     assert!(refused.message().contains("gleb") && refused.message().contains("not online"), "{}", refused.message());
-    set_api_capacity(&app, &fx, "vera", 1).await;
+    fx.set_api_seats(&app, "vera", 1).await;
     let fills = arrive(&app, &fx, message("c-3", "Займу Веру")).await;
     assert_eq!(next_on(&mut vera, "assigned").await, fills.id);
     let refused = transfer(&app, fx.operator_token("boris"), &c.id, Target::OperatorId("vera".into()), "")
@@ -773,20 +707,18 @@ async fn the_work_of_a_silent_or_logged_out_desk_goes_back_to_the_queue_in_its_p
         s.reroute_after = secs(3);
     })
     .await;
-    create_queue(
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue { id: "care".into(), display_name: "Care".into(), priority: 4, ..Default::default() },
     )
     .await;
-    create_queue(
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue { id: "sales".into(), display_name: "Sales".into(), offer_timeout: secs(30), ..Default::default() },
     )
     .await;
-    set_api_capacity(&app, &fx, "anna", 3).await;
-    set_api_capacity(&app, &fx, "boris", 2).await;
+    fx.set_api_seats(&app, "anna", 3).await;
+    fx.set_api_seats(&app, "boris", 2).await;
 
     let mut anna = online(&app, &fx, "anna").await;
     let anna_alive = anna.keep_alive();
@@ -809,7 +741,7 @@ async fn the_work_of_a_silent_or_logged_out_desk_goes_back_to_the_queue_in_its_p
     })
     .await;
     assert!(silent.elapsed() < Duration::from_secs(5), "presence expired only after {:?}", silent.elapsed());
-    assert_eq!(queue_status(&app, &fx, "care").await.available_operators, 1, "only boris is available");
+    assert_eq!(fx.queue_status(&app, "care").await.available_operators, 1, "only boris is available");
     // Her pending offer goes to Boris at once; her open conversations stay hers a while.
     assert_eq!(next_on(&mut boris, "offered").await, offer.id);
     assert_eq!(released(&mut anna).await, (offer.id.clone(), "rerouted".to_owned()));
@@ -828,9 +760,9 @@ async fn the_work_of_a_silent_or_logged_out_desk_goes_back_to_the_queue_in_its_p
     assert_eq!(back, expected);
     eventually(WAIT, "rerouted conversations ahead of the newer one", || async {
         let positions = [
-            position(&app, &fx, &a1.id).await.position,
-            position(&app, &fx, &a2.id).await.position,
-            position(&app, &fx, &n2.id).await.position,
+            fx.position(&app, &a1.id).await.position,
+            fx.position(&app, &a2.id).await.position,
+            fx.position(&app, &n2.id).await.position,
         ];
         (positions == [1, 2, 3]).then_some(())
     })
@@ -932,12 +864,11 @@ fn named_queue(id: &str) -> v1::Queue {
 async fn due_timers_fire_after_a_routing_restart() {
     let (mut app, routing) = without_routing().await;
     let fx = app.tenant("acme", &["anna", "boris", "vera"]).await;
-    create_skill(&app, &fx, "legal").await;
-    create_queue(&app, &fx, v1::Queue { offer_timeout: secs(5), ..named_queue("sales") }).await;
-    create_queue(&app, &fx, named_queue("spill")).await;
-    create_queue(
+    fx.create_skill(&app, "legal").await;
+    fx.create_queue(&app, v1::Queue { offer_timeout: secs(5), ..named_queue("sales") }).await;
+    fx.create_queue(&app, named_queue("spill")).await;
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             required_skills: vec![skill("legal", 1)],
             max_wait: secs(10),
@@ -946,9 +877,8 @@ async fn due_timers_fire_after_a_routing_restart() {
         },
     )
     .await;
-    create_queue(
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             required_skills: vec![skill("support", 5)],
             expansion: vec![v1::ExpansionStep { after: secs(4), proficiency_drop: 2, ..Default::default() }],
@@ -968,7 +898,7 @@ async fn due_timers_fire_after_a_routing_restart() {
     let k0 = arrive(&app, &fx, message("c-k", "Здравствуйте")).await;
     assert_eq!(next_on(&mut vera, "assigned").await, k0.id);
     close_on(&app, &fx, "vera", &mut vera, &k0.id).await;
-    set_api_capacity(&app, &fx, "vera", 1).await;
+    fx.set_api_seats(&app, "vera", 1).await;
     let f = arrive(&app, &fx, message("c-f", "Занимаю Веру")).await;
     assert_eq!(next_on(&mut vera, "assigned").await, f.id);
 
@@ -1018,15 +948,15 @@ async fn due_timers_fire_after_a_routing_restart() {
 async fn a_redis_that_lost_everything_is_rebuilt_from_the_log_without_losing_work_or_capacity() {
     let (mut app, routing) = without_routing().await;
     let fx = app.tenant("acme", &["anna", "boris", "vera"]).await;
-    create_skill(&app, &fx, "legal").await;
-    create_queue(&app, &fx, v1::Queue { required_skills: vec![skill("legal", 1)], ..named_queue("legal") }).await;
-    create_queue(&app, &fx, v1::Queue { offer_timeout: secs(60), ..named_queue("sales") }).await;
+    fx.create_skill(&app, "legal").await;
+    fx.create_queue(&app, v1::Queue { required_skills: vec![skill("legal", 1)], ..named_queue("legal") }).await;
+    fx.create_queue(&app, v1::Queue { offer_timeout: secs(60), ..named_queue("sales") }).await;
     fx.update_settings(&app, |s| s.known_operator_window = secs(0)).await;
     // Vera is full (one seat), Anna and Boris hold some work, Anna has an offer pending,
     // and a customer waits in a queue nobody can serve.
     let mut vera = online(&app, &fx, "vera").await;
     let _vera_alive = vera.keep_alive();
-    set_api_capacity(&app, &fx, "vera", 1).await;
+    fx.set_api_seats(&app, "vera", 1).await;
     let f = arrive(&app, &fx, message("c-f", "Занимаю Веру")).await;
     assert_eq!(next_on(&mut vera, "assigned").await, f.id);
     let mut anna = online(&app, &fx, "anna").await;
@@ -1068,7 +998,7 @@ async fn a_redis_that_lost_everything_is_rebuilt_from_the_log_without_losing_wor
     assert_eq!((boris_now.status, boris_now.reason.as_str()), (v1::OperatorStatus::Away as i32, "совещание"));
     assert_eq!(presence(&app, &fx, "anna").await.status, v1::OperatorStatus::Online as i32);
     eventually(WAIT, "the waiting customer back in line", || async {
-        (position(&app, &fx, &waiting.id).await.position == 1).then_some(())
+        (fx.position(&app, &waiting.id).await.position == 1).then_some(())
     })
     .await;
     // The pending offer still stands and can be accepted.
@@ -1083,12 +1013,12 @@ async fn a_redis_that_lost_everything_is_rebuilt_from_the_log_without_losing_wor
     let mut extra = arrive(&app, &fx, message("c-x", "Есть кто?")).await;
     vera.expect_quiet(Duration::from_secs(1)).await;
     assert_eq!(load(&presence(&app, &fx, "vera").await, v1::Channel::Api), (1, 1));
-    assert_eq!(position(&app, &fx, &extra.id).await.position, 1);
+    assert_eq!(fx.position(&app, &extra.id).await.position, 1);
     // Nothing was lost: a freed seat serves the newcomer, a lawyer serves c-w.
     close_on(&app, &fx, "vera", &mut vera, &f.id).await;
     assert_eq!(next_on(&mut vera, "assigned").await, extra.id);
     assert_eq!(extra.joined().await, "vera");
-    edit_operator(&app, &fx, "anna", |o| o.skills.push(skill("legal", 2))).await;
+    fx.edit_operator(&app, "anna", |o| o.skills.push(skill("legal", 2))).await;
     set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
     let mut waiting = waiting;
     assert_eq!(until_on(&mut anna, &waiting.id, "assigned").await.last().map(|d| d.1), Some("assigned"));
@@ -1105,10 +1035,9 @@ async fn a_routing_decision_explains_every_operator_it_passed_over_and_why_the_c
     let app = spawn(long_sessions()).await;
     let ops = ["anna", "boris", "dina", "eve", "fedor", "gleb", "vera"];
     let fx = app.tenant("acme", &ops).await;
-    create_skill(&app, &fx, "billing").await;
-    create_queue(
+    fx.create_skill(&app, "billing").await;
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             id: "billing-de".into(),
             display_name: "Billing (de)".into(),
@@ -1120,7 +1049,7 @@ async fn a_routing_decision_explains_every_operator_it_passed_over_and_why_the_c
     .await;
     // Everyone can do German billing except Vera (no billing) and Dina (no German).
     for op in ops {
-        edit_operator(&app, &fx, op, |o| {
+        fx.edit_operator(&app, op, |o| {
             if op != "vera" {
                 o.skills.push(skill("billing", 3));
             }
@@ -1229,16 +1158,16 @@ async fn a_draining_operator_finishes_their_work_but_gets_nothing_new_and_away_s
 
     let draining = set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Draining).await;
     assert_eq!(draining.status, v1::OperatorStatus::Draining as i32);
-    assert_eq!(queue_status(&app, &fx, "default").await.operators_draining, 1);
+    assert_eq!(fx.queue_status(&app, "default").await.operators_draining, 1);
     // New work goes to Boris though Anna has more room.
     let next = arrive(&app, &fx, message("c-4", "Новый")).await;
     assert_eq!(next_on(&mut boris, "assigned").await, next.id);
     // With Boris full, a newcomer waits rather than go to Anna.
-    set_api_capacity(&app, &fx, "boris", 3).await;
+    fx.set_api_seats(&app, "boris", 3).await;
     let mut waits = arrive(&app, &fx, message("c-5", "Жду")).await;
     anna.expect_quiet(Duration::from_millis(500)).await;
-    assert_eq!(position(&app, &fx, &waits.id).await.position, 1);
-    let d = decisions(&app, &fx, &waits.id).await;
+    assert_eq!(fx.position(&app, &waits.id).await.position, 1);
+    let d = fx.decisions(&app, &waits.id).await;
     let anna_why = d[0].candidates.iter().find(|c| c.operator_id == "anna").expect("anna considered");
     assert_eq!(anna_why.excluded_because, "status draining");
     // Nor can it be transferred to her.
@@ -1282,7 +1211,7 @@ async fn a_draining_operator_finishes_their_work_but_gets_nothing_new_and_away_s
         .presences;
     let a = all.iter().find(|p| p.operator_id == "anna").expect("anna listed");
     assert_eq!((a.status, a.reason.as_str(), a.connected), (v1::OperatorStatus::Away as i32, "обед до 14:00", true));
-    let q = queue_status(&app, &fx, "default").await;
+    let q = fx.queue_status(&app, "default").await;
     assert_eq!((q.operators_away, q.operators_draining), (1, 0));
     let refused = app
         .routing_client(fx.operator_token("anna"))
@@ -1360,11 +1289,11 @@ async fn capacity_is_per_channel_a_full_channel_takes_nothing_more_while_another
         .await
         .expect("telegram channel");
     // Anna: one API chat and one Telegram chat. Vera: Telegram only.
-    edit_operator(&app, &fx, "anna", |o| {
+    fx.edit_operator(&app, "anna", |o| {
         o.capacity = vec![capacity(v1::Channel::Api, 1), capacity(v1::Channel::Telegram, 1)];
     })
     .await;
-    edit_operator(&app, &fx, "vera", |o| o.capacity = vec![capacity(v1::Channel::Telegram, 1)]).await;
+    fx.edit_operator(&app, "vera", |o| o.capacity = vec![capacity(v1::Channel::Telegram, 1)]).await;
     let mut anna = online(&app, &fx, "anna").await;
     let mut vera = online(&app, &fx, "vera").await;
 
@@ -1374,7 +1303,7 @@ async fn capacity_is_per_channel_a_full_channel_takes_nothing_more_while_another
     let a2 = arrive(&app, &fx, message("c-2", "API два")).await;
     anna.expect_quiet(Duration::from_millis(500)).await;
     vera.expect_quiet(Duration::from_millis(100)).await;
-    let d = decisions(&app, &fx, &a2.id).await;
+    let d = fx.decisions(&app, &a2.id).await;
     let why: Vec<(&str, &str)> =
         d[0].candidates.iter().map(|c| (c.operator_id.as_str(), c.excluded_because.as_str())).collect();
     assert_eq!(why, [("anna", "at capacity"), ("vera", "no capacity for this channel")]);
@@ -1389,13 +1318,13 @@ async fn capacity_is_per_channel_a_full_channel_takes_nothing_more_while_another
     let t3 = telegram(&app, "acme", "tg-3", "Телеграм три").await;
     anna.expect_quiet(Duration::from_millis(500)).await;
     vera.expect_quiet(Duration::from_millis(100)).await;
-    assert_eq!(queue_status(&app, &fx, "default").await.waiting_conversations, 2);
-    assert_eq!(position(&app, &fx, &t3).await.position, 2);
+    assert_eq!(fx.queue_status(&app, "default").await.waiting_conversations, 2);
+    assert_eq!(fx.position(&app, &t3).await.position, 2);
     // Anna's API seat frees: the waiting API chat is hers, not the Telegram one.
     close_on(&app, &fx, "anna", &mut anna, &a1.id).await;
     assert_eq!(next_on(&mut anna, "assigned").await, a2.id);
     anna.expect_quiet(Duration::from_millis(500)).await;
-    assert_eq!(position(&app, &fx, &t3).await.position, 1);
+    assert_eq!(fx.position(&app, &t3).await.position, 1);
     // Vera's Telegram seat frees: the Telegram chat is hers.
     close_on(&app, &fx, "vera", &mut vera, &t1).await;
     assert_eq!(next_on(&mut vera, "assigned").await, t3);

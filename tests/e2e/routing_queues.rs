@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use parley_domain::{ConversationId, MessageId, TenantId};
-use parley_e2e::{CustomerFeed, Desk, set_status, submit};
+use parley_e2e::{CustomerFeed, Desk, online, set_status, submit};
 use parley_proto::prost_types;
 use parley_proto::v1::{customer_update, desk_event};
 use parley_proto::{events, v1};
@@ -40,17 +40,6 @@ fn queue(id: &str) -> v1::Queue {
     v1::Queue { id: id.into(), display_name: format!("Queue {id}"), ..Default::default() }
 }
 
-async fn create_queue(app: &App, fx: &TenantFixture, q: v1::Queue) -> v1::Queue {
-    app.admin(&fx.admin_token)
-        .await
-        .create_queue(v1::CreateQueueRequest { queue: Some(q) })
-        .await
-        .expect("create queue")
-        .into_inner()
-        .queue
-        .expect("queue")
-}
-
 async fn get_queue(app: &App, fx: &TenantFixture, id: &str) -> v1::Queue {
     app.admin(&fx.admin_token)
         .await
@@ -60,39 +49,6 @@ async fn get_queue(app: &App, fx: &TenantFixture, id: &str) -> v1::Queue {
         .into_inner()
         .queue
         .expect("queue")
-}
-
-async fn create_skill(app: &App, fx: &TenantFixture, id: &str) {
-    app.admin(&fx.admin_token)
-        .await
-        .create_skill(v1::CreateSkillRequest { skill: Some(v1::Skill { id: id.into(), display_name: id.into() }) })
-        .await
-        .expect("create skill");
-}
-
-/// Changes an operator's configuration.
-async fn edit_operator(app: &App, fx: &TenantFixture, id: &str, change: impl FnOnce(&mut v1::Operator)) {
-    let mut admin = app.admin(&fx.admin_token).await;
-    let mut op = admin
-        .get_operator(v1::GetOperatorRequest { operator_id: id.into() })
-        .await
-        .expect("get operator")
-        .into_inner()
-        .operator
-        .expect("operator");
-    change(&mut op);
-    admin.update_operator(v1::UpdateOperatorRequest { operator: Some(op) }).await.expect("update operator");
-}
-
-async fn set_capacity(app: &App, fx: &TenantFixture, id: &str, seats: u32) {
-    edit_operator(app, fx, id, |o| o.capacity[0].max_conversations = seats).await;
-}
-
-/// Opens the operator's desk and puts them online.
-async fn online(app: &App, fx: &TenantFixture, op: &str) -> Desk {
-    let desk = Desk::open(app, fx.operator_token(op), 0).await.expect("desk opens");
-    set_status(app, fx.operator_token(op), v1::OperatorStatus::Online).await;
-    desk
 }
 
 /// A new customer writes into `queue`; returns the conversation their message opens, once
@@ -151,45 +107,17 @@ async fn close(app: &App, token: &str, conversation: &str) {
         .expect("close");
 }
 
-async fn decisions(app: &App, fx: &TenantFixture, conversation: &str) -> Vec<v1::RoutingDecision> {
-    app.routing_client(&fx.supervisor_token)
-        .await
-        .list_conversation_decisions(v1::ListConversationDecisionsRequest { conversation_id: conversation.into() })
-        .await
-        .expect("decisions of an opened conversation")
-        .into_inner()
-        .decisions
-}
-
 /// The decision that gave the conversation to an operator, once there is one.
 async fn assignment(app: &App, fx: &TenantFixture, conversation: &str) -> v1::RoutingDecision {
     eventually(WAIT, &format!("{conversation} assigned"), || async {
-        decisions(app, fx, conversation).await.into_iter().rev().find(|d| !d.chosen_operator_id.is_empty())
+        fx.decisions(app, conversation).await.into_iter().rev().find(|d| !d.chosen_operator_id.is_empty())
     })
     .await
 }
 
-async fn position(app: &App, fx: &TenantFixture, conversation: &str) -> v1::GetConversationPositionResponse {
-    app.routing_client(&fx.supervisor_token)
-        .await
-        .get_conversation_position(v1::GetConversationPositionRequest { conversation_id: conversation.into() })
-        .await
-        .expect("position")
-        .into_inner()
-}
-
-async fn queue_status(app: &App, fx: &TenantFixture, queue: &str) -> v1::GetQueueStatusResponse {
-    app.routing_client(&fx.supervisor_token)
-        .await
-        .get_queue_status(v1::GetQueueStatusRequest { queue_id: queue.into() })
-        .await
-        .expect("queue status")
-        .into_inner()
-}
-
 async fn wait_for_depth(app: &App, fx: &TenantFixture, queue: &str, depth: u32) {
     eventually(WAIT, &format!("{depth} waiting in {queue}"), || async {
-        (queue_status(app, fx, queue).await.waiting_conversations == depth).then_some(())
+        (fx.queue_status(app, queue).await.waiting_conversations == depth).then_some(())
     })
     .await;
 }
@@ -240,7 +168,7 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
     let mut desks = Vec::new();
     let mut held = Vec::new();
     for (fx, weight) in [(&weighted, 0.5), (&flat, 1.0)] {
-        set_capacity(&app, fx, "anna", 2).await;
+        fx.set_api_seats(&app, "anna", 2).await;
         let settings = fx.update_settings(&app, |s| s.waiting_weight = weight).await;
         assert_eq!(settings.waiting_weight, weight);
         let mut desk = online(&app, fx, "anna").await;
@@ -252,7 +180,7 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
         let third = arrive(&app, fx, "c-3", "default").await;
         wait_for_depth(&app, fx, "default", 1).await;
         assert_eq!(api_load(&app, fx, "anna").await, (2, 2, 2.0));
-        let waiting = decisions(&app, fx, &third).await;
+        let waiting = fx.decisions(&app, &third).await;
         let anna = candidate(&waiting[0], "anna");
         assert_eq!(anna.excluded_because, "at capacity");
         assert_eq!(anna.weighted_load, 2.0);
@@ -300,16 +228,16 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
         (3, 2, 2.0),
         "three conversations held on two seats: two answered at half a seat, one new"
     );
-    assert_eq!(queue_status(&app, &weighted, "default").await.waiting_conversations, 0);
+    assert_eq!(weighted.queue_status(&app, "default").await.waiting_conversations, 0);
 
     // Unweighted: answered conversations still take whole seats; the customer keeps waiting.
     expect_nothing_given(&mut flat_desk[0], Duration::from_millis(1500)).await;
-    assert_eq!(queue_status(&app, &flat, "default").await.waiting_conversations, 1);
+    assert_eq!(flat.queue_status(&app, "default").await.waiting_conversations, 1);
     assert_eq!(api_load(&app, &flat, "anna").await, (2, 2, 2.0));
     let d = preview(&flat).await;
     let anna = candidate(&d[0], "anna");
     assert_eq!((anna.excluded_because.as_str(), anna.weighted_load), ("at capacity", 2.0));
-    assert!(decisions(&app, &flat, &held[1].2).await.iter().all(|d| d.chosen_operator_id.is_empty()));
+    assert!(flat.decisions(&app, &held[1].2).await.iter().all(|d| d.chosen_operator_id.is_empty()));
     app.stop().await;
 }
 
@@ -323,7 +251,7 @@ async fn idle_conversations_weigh_less_so_a_full_operator_takes_another() {
         s.idle_weight = 0.25;
     })
     .await;
-    set_capacity(&app, &fx, "anna", 2).await;
+    fx.set_api_seats(&app, "anna", 2).await;
     let mut anna = online(&app, &fx, "anna").await;
     let first = arrive(&app, &fx, "c-1", "default").await;
     let second = arrive(&app, &fx, "c-2", "default").await;
@@ -349,10 +277,9 @@ async fn a_basic_queue_waits_behind_vip_until_its_aging_delay_then_goes_first() 
     const AGING: Duration = Duration::from_secs(3);
     let app = spawn().await;
     let fx = app.tenant("acme", &["anna"]).await;
-    set_capacity(&app, &fx, "anna", 1).await;
-    create_queue(&app, &fx, v1::Queue { priority: 10, ..queue("vip") }).await;
-    create_queue(&app, &fx, v1::Queue { priority: 0, aging_delay: secs(AGING.as_secs() as i64), ..queue("basic") })
-        .await;
+    fx.set_api_seats(&app, "anna", 1).await;
+    fx.create_queue(&app, v1::Queue { priority: 10, ..queue("vip") }).await;
+    fx.create_queue(&app, v1::Queue { priority: 0, aging_delay: secs(AGING.as_secs() as i64), ..queue("basic") }).await;
     let mut anna = online(&app, &fx, "anna").await;
     let token = fx.operator_token("anna");
     let holder = arrive(&app, &fx, "holder", "vip").await;
@@ -399,13 +326,12 @@ async fn past_its_max_wait_a_conversation_overflows_with_wait_and_priority_kept_
     const MAX_WAIT: Duration = Duration::from_secs(10);
     let app = spawn().await;
     let fx = app.tenant("acme", &["anna"]).await;
-    create_skill(&app, &fx, "billing").await;
-    set_capacity(&app, &fx, "anna", 1).await;
-    create_queue(&app, &fx, queue("overflow")).await;
+    fx.create_skill(&app, "billing").await;
+    fx.set_api_seats(&app, "anna", 1).await;
+    fx.create_queue(&app, queue("overflow")).await;
     let max_wait = secs(MAX_WAIT.as_secs() as i64);
-    create_queue(
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             required_skills: vec![skill("billing", 1)],
             priority: 7,
@@ -416,8 +342,7 @@ async fn past_its_max_wait_a_conversation_overflows_with_wait_and_priority_kept_
     )
     .await;
     // Without an overflow queue, a conversation past its maximum wait may go to anyone.
-    create_queue(&app, &fx, v1::Queue { required_skills: vec![skill("billing", 1)], max_wait, ..queue("anyone") })
-        .await;
+    fx.create_queue(&app, v1::Queue { required_skills: vec![skill("billing", 1)], max_wait, ..queue("anyone") }).await;
     let mut anna = online(&app, &fx, "anna").await;
     let token = fx.operator_token("anna");
     let holder = arrive(&app, &fx, "holder", "default").await;
@@ -436,21 +361,21 @@ async fn past_its_max_wait_a_conversation_overflows_with_wait_and_priority_kept_
 
     // Still in its own queue well into the wait.
     tokio::time::sleep_until((start + MAX_WAIT - Duration::from_secs(2)).into()).await;
-    assert_eq!(position(&app, &fx, &first).await.queue_id, "first");
-    assert_eq!(position(&app, &fx, &anyone).await.queue_id, "anyone");
+    assert_eq!(fx.position(&app, &first).await.queue_id, "first");
+    assert_eq!(fx.position(&app, &anyone).await.queue_id, "anyone");
 
     // At its maximum wait it moves to the overflow queue, where it keeps its priority (7)
     // and original wait: ahead of the overflow queue's own, older conversation.
     let moved = eventually(WAIT, "the conversation overflows", || async {
-        let p = position(&app, &fx, &first).await;
+        let p = fx.position(&app, &first).await;
         (p.queue_id == "overflow").then_some(p)
     })
     .await;
     assert!(start.elapsed() >= MAX_WAIT, "moved after {:?}", start.elapsed());
     assert_eq!(moved.position, 1, "priority kept: ahead of the older conversation of priority 0");
     assert!(moved.waited_seconds >= 10, "original wait kept: waited {} s", moved.waited_seconds);
-    assert_eq!(position(&app, &fx, &direct).await.position, 2);
-    let overflow = queue_status(&app, &fx, "overflow").await;
+    assert_eq!(fx.position(&app, &direct).await.position, 2);
+    let overflow = fx.queue_status(&app, "overflow").await;
     assert_eq!(overflow.waiting_conversations, 2);
     assert!(overflow.oldest_wait_seconds >= 10, "{overflow:?}");
     // The log says why it moved.
@@ -494,15 +419,14 @@ async fn reaching_its_max_wait_does_not_put_a_conversation_ahead_of_higher_prior
     let options = AppOptions { session_ttl_secs: 30, dispatch_interval_ms: 60_000, ..AppOptions::default() };
     let app = App::spawn_with(infra, true, options).await;
     let fx = app.tenant("acme", &["anna"]).await;
-    create_skill(&app, &fx, "billing").await;
-    set_capacity(&app, &fx, "anna", 1).await;
-    create_queue(
+    fx.create_skill(&app, "billing").await;
+    fx.set_api_seats(&app, "anna", 1).await;
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue { required_skills: vec![skill("billing", 1)], max_wait: secs(10), ..queue("anyone") },
     )
     .await;
-    create_queue(&app, &fx, v1::Queue { priority: 10, ..queue("vip") }).await;
+    fx.create_queue(&app, v1::Queue { priority: 10, ..queue("vip") }).await;
     let mut anna = online(&app, &fx, "anna").await;
     let token = fx.operator_token("anna");
     let holder = arrive(&app, &fx, "holder", "default").await;
@@ -523,7 +447,7 @@ async fn reaching_its_max_wait_does_not_put_a_conversation_ahead_of_higher_prior
 
 /// The first decision recorded for a conversation (made when it arrived).
 async fn arrival_decision(app: &App, fx: &TenantFixture, conversation: &str) -> v1::RoutingDecision {
-    eventually(WAIT, "the arrival decision", || async { decisions(app, fx, conversation).await.into_iter().next() })
+    eventually(WAIT, "the arrival decision", || async { fx.decisions(app, conversation).await.into_iter().next() })
         .await
 }
 
@@ -533,18 +457,17 @@ async fn arrival_decision(app: &App, fx: &TenantFixture, conversation: &str) -> 
 async fn requirements_relax_step_by_step_and_no_one_below_them_is_offered_early() {
     let app = spawn().await;
     let fx = app.tenant("acme", &["anna", "boris"]).await;
-    create_skill(&app, &fx, "billing").await;
+    fx.create_skill(&app, "billing").await;
     // Anna: support 3, billing 2, German. Boris: support 3, Russian, no billing.
-    edit_operator(&app, &fx, "anna", |o| {
+    fx.edit_operator(&app, "anna", |o| {
         o.skills = vec![skill("support", 3), skill("billing", 2)];
         o.languages = vec!["de".into()];
         o.capacity[0].max_conversations = 1;
     })
     .await;
-    edit_operator(&app, &fx, "boris", |o| o.languages = vec!["ru".into()]).await;
-    create_queue(
+    fx.edit_operator(&app, "boris", |o| o.languages = vec!["ru".into()]).await;
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             required_skills: vec![skill("support", 5), skill("billing", 4)],
             language: "de".into(),
@@ -569,7 +492,7 @@ async fn requirements_relax_step_by_step_and_no_one_below_them_is_offered_early(
     anna.expect_quiet(Duration::from_millis(700)).await;
     assert_eq!(next_given(&mut anna).await.id, first);
     assert!(start.elapsed() >= Duration::from_secs(1), "given after {:?}", start.elapsed());
-    let all = decisions(&app, &fx, &first).await;
+    let all = fx.decisions(&app, &first).await;
     let at_arrival = &all[0];
     assert_eq!(at_arrival.chosen_operator_id, "");
     assert_eq!(skills_of(at_arrival), [("support".to_owned(), 5), ("billing".to_owned(), 4)]);
@@ -615,10 +538,9 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
     let fx = app.tenant("acme", &["anna"]).await;
     let (window, opens_at) = closed_window();
     let hours = v1::BusinessHours { time_zone: "UTC".into(), windows: vec![window] };
-    create_queue(&app, &fx, queue("night")).await;
-    create_queue(
+    fx.create_queue(&app, queue("night")).await;
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             business_hours: Some(hours.clone()),
             after_hours_queue_id: "night".into(),
@@ -626,7 +548,7 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
         },
     )
     .await;
-    create_queue(&app, &fx, v1::Queue { business_hours: Some(hours), ..queue("closed-only") }).await;
+    fx.create_queue(&app, v1::Queue { business_hours: Some(hours), ..queue("closed-only") }).await;
     let mut anna = online(&app, &fx, "anna").await;
 
     // With an after-hours queue: the conversation lands there and is served.
@@ -648,10 +570,10 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
     assert_eq!(notice.conversation_id, closed);
     assert_eq!(notice.open_time.map(|t| t.seconds), Some(opens_at), "the next opening time");
     anna.expect_quiet(Duration::from_millis(1500)).await;
-    let status = queue_status(&app, &fx, "closed-only").await;
+    let status = fx.queue_status(&app, "closed-only").await;
     assert!(!status.open);
     assert_eq!(status.waiting_conversations, 1);
-    assert_eq!(position(&app, &fx, &closed).await.position, 1);
+    assert_eq!(fx.position(&app, &closed).await.position, 1);
 
     // Opening the queue now: the waiting customer is served.
     let mut open_now = get_queue(&app, &fx, "closed-only").await;
@@ -664,7 +586,7 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
         .update_queue(v1::UpdateQueueRequest { queue: Some(open_now.clone()) })
         .await
         .expect("update queue");
-    assert!(queue_status(&app, &fx, "closed-only").await.open);
+    assert!(fx.queue_status(&app, "closed-only").await.open);
     assert_eq!(next_given(&mut anna).await.id, closed);
     loop {
         match feed.next(WAIT).await {
@@ -679,10 +601,9 @@ async fn a_closed_queue_sends_new_customers_after_hours_or_tells_them_when_it_op
 
     // Customers already waiting when their queue closes go to its after-hours queue,
     // keeping their place.
-    create_skill(&app, &fx, "billing").await;
-    create_queue(
+    fx.create_skill(&app, "billing").await;
+    fx.create_queue(
         &app,
-        &fx,
         v1::Queue {
             required_skills: vec![skill("billing", 1)],
             business_hours: open_now.business_hours.clone(),
@@ -714,7 +635,7 @@ async fn each_selection_strategy_picks_its_operator() {
     // Round robin: the next operator after the queue's last choice, in id order, whatever
     // their load (Boris holds two conversations already).
     let rr = app.tenant("rr-co", &["anna", "boris", "vera"]).await;
-    create_queue(&app, &rr, v1::Queue { selection: v1::SelectionStrategy::RoundRobin as i32, ..queue("turns") }).await;
+    rr.create_queue(&app, v1::Queue { selection: v1::SelectionStrategy::RoundRobin as i32, ..queue("turns") }).await;
     let mut desks = vec![online(&app, &rr, "boris").await];
     for customer in ["pre-1", "pre-2"] {
         let c = arrive(&app, &rr, customer, "default").await;
@@ -733,7 +654,7 @@ async fn each_selection_strategy_picks_its_operator() {
 
     // Longest idle: the operator whose last assignment is oldest, though more loaded.
     let li = app.tenant("li-co", &["anna", "boris"]).await;
-    create_queue(&app, &li, v1::Queue { selection: v1::SelectionStrategy::LongestIdle as i32, ..queue("idle") }).await;
+    li.create_queue(&app, v1::Queue { selection: v1::SelectionStrategy::LongestIdle as i32, ..queue("idle") }).await;
     desks.push(online(&app, &li, "anna").await);
     for customer in ["a-1", "a-2"] {
         let c = arrive(&app, &li, customer, "default").await;
@@ -753,8 +674,8 @@ async fn each_selection_strategy_picks_its_operator() {
     // Least occupied (the default): the lowest share of capacity in use — one of four
     // seats beats one of two, though the latter has been idle longer.
     let lo = app.tenant("lo-co", &["anna", "boris"]).await;
-    set_capacity(&app, &lo, "anna", 4).await;
-    set_capacity(&app, &lo, "boris", 2).await;
+    lo.set_api_seats(&app, "anna", 4).await;
+    lo.set_api_seats(&app, "boris", 2).await;
     desks.push(online(&app, &lo, "boris").await);
     let c = arrive(&app, &lo, "l-1", "default").await;
     assert_eq!(assignment(&app, &lo, &c).await.chosen_operator_id, "boris");
@@ -822,7 +743,7 @@ async fn a_backlog_is_spread_over_operators_logging_in_one_after_another() {
 async fn waiting_customers_learn_their_position_and_estimated_wait() {
     let app = spawn().await;
     let fx = app.tenant("acme", &["anna", "boris", "vera"]).await;
-    set_capacity(&app, &fx, "anna", 1).await;
+    fx.set_api_seats(&app, "anna", 1).await;
     let mut anna = online(&app, &fx, "anna").await;
     let boris = Desk::open(&app, fx.operator_token("boris"), 0).await.expect("desk opens");
     set_status(&app, fx.operator_token("boris"), v1::OperatorStatus::Away).await;
@@ -838,7 +759,7 @@ async fn waiting_customers_learn_their_position_and_estimated_wait() {
     wait_for_depth(&app, &fx, "default", 4).await;
     // Positions 1..4 in serving order; no estimate yet (one served so far).
     for (i, c) in waiting.iter().enumerate() {
-        let p = position(&app, &fx, c).await;
+        let p = fx.position(&app, c).await;
         assert_eq!((p.queue_id.as_str(), p.position, p.estimated_wait_seconds), ("default", i as u32 + 1, 0), "{c}");
     }
     match feed.next(WAIT).await {
@@ -854,14 +775,14 @@ async fn waiting_customers_learn_their_position_and_estimated_wait() {
     close(&app, token, &waiting[0]).await;
     assert_eq!(next_given(&mut anna).await.id, waiting[1]);
     wait_for_depth(&app, &fx, "default", 2).await;
-    assert_eq!(position(&app, &fx, &waiting[1]).await.position, 0, "not waiting any more");
-    let next = position(&app, &fx, &waiting[2]).await;
-    let last = position(&app, &fx, &waiting[3]).await;
+    assert_eq!(fx.position(&app, &waiting[1]).await.position, 0, "not waiting any more");
+    let next = fx.position(&app, &waiting[2]).await;
+    let last = fx.position(&app, &waiting[3]).await;
     assert_eq!((next.position, last.position), (1, 2));
     assert!(next.estimated_wait_seconds > 0, "{next:?}");
     assert!(last.estimated_wait_seconds >= next.estimated_wait_seconds, "{last:?} after {next:?}");
 
-    let status = queue_status(&app, &fx, "default").await;
+    let status = fx.queue_status(&app, "default").await;
     assert_eq!(status.waiting_conversations, 2);
     assert!(status.oldest_wait_seconds.abs_diff(next.waited_seconds) <= 1, "{status:?} vs {next:?}");
     assert!(status.estimated_wait_seconds >= last.estimated_wait_seconds, "{status:?}");
@@ -887,16 +808,16 @@ async fn waiting_customers_learn_their_position_and_estimated_wait() {
 async fn a_queue_preview_explains_what_a_configuration_would_do_and_changes_nothing() {
     let app = spawn().await;
     let fx = app.tenant("acme", &["anna", "boris"]).await;
-    set_capacity(&app, &fx, "anna", 1).await;
-    edit_operator(&app, &fx, "boris", |o| o.skills = vec![skill("support", 2)]).await;
-    create_queue(&app, &fx, v1::Queue { required_skills: vec![skill("support", 5)], ..queue("experts") }).await;
+    fx.set_api_seats(&app, "anna", 1).await;
+    fx.edit_operator(&app, "boris", |o| o.skills = vec![skill("support", 2)]).await;
+    fx.create_queue(&app, v1::Queue { required_skills: vec![skill("support", 5)], ..queue("experts") }).await;
     let mut anna = online(&app, &fx, "anna").await;
     let mut boris = online(&app, &fx, "boris").await;
     let first = arrive(&app, &fx, "c-1", "experts").await;
     let second = arrive(&app, &fx, "c-2", "experts").await;
     wait_for_depth(&app, &fx, "experts", 2).await;
     let before = get_queue(&app, &fx, "experts").await;
-    let recorded = decisions(&app, &fx, &first).await.len();
+    let recorded = fx.decisions(&app, &first).await.len();
 
     // Proposed: support 3 instead of 5.
     let proposal = v1::Queue { required_skills: vec![skill("support", 3)], ..before.clone() };
@@ -923,8 +844,8 @@ async fn a_queue_preview_explains_what_a_configuration_would_do_and_changes_noth
     boris.expect_quiet(Duration::from_millis(100)).await;
     let after = get_queue(&app, &fx, "experts").await;
     assert_eq!(after, before, "the queue is unchanged");
-    assert_eq!(queue_status(&app, &fx, "experts").await.waiting_conversations, 2);
-    assert_eq!(decisions(&app, &fx, &first).await.len(), recorded, "no decision recorded");
+    assert_eq!(fx.queue_status(&app, "experts").await.waiting_conversations, 2);
+    assert_eq!(fx.decisions(&app, &first).await.len(), recorded, "no decision recorded");
 
     // Applying it does what the preview said.
     app.admin(&fx.admin_token)
@@ -934,7 +855,7 @@ async fn a_queue_preview_explains_what_a_configuration_would_do_and_changes_noth
         .expect("update queue");
     assert_eq!(next_given(&mut anna).await.id, first);
     boris.expect_quiet(Duration::from_millis(500)).await;
-    assert_eq!(queue_status(&app, &fx, "experts").await.waiting_conversations, 1);
+    assert_eq!(fx.queue_status(&app, "experts").await.waiting_conversations, 1);
     app.stop().await;
 }
 
@@ -997,10 +918,10 @@ async fn bad_routing_configuration_is_refused_naming_the_field_and_changes_nothi
 
     // Queues: a valid base, then one thing wrong at a time, as a new queue and as an
     // update of an existing one.
-    create_skill(&app, &fx, "billing").await;
-    create_queue(&app, &fx, queue("spare")).await;
+    fx.create_skill(&app, "billing").await;
+    fx.create_queue(&app, queue("spare")).await;
     let base = v1::Queue { required_skills: vec![skill("billing", 3)], ..queue("sales") };
-    let existing = create_queue(&app, &fx, base.clone()).await;
+    let existing = fx.create_queue(&app, base.clone()).await;
     let hours = |windows: Vec<v1::OpeningWindow>| v1::BusinessHours { time_zone: "Europe/Moscow".into(), windows };
     let window = |day: i32, open: &str, close: &str| v1::OpeningWindow { day, open: open.into(), close: close.into() };
     let step =
@@ -1152,7 +1073,7 @@ async fn bad_routing_configuration_is_refused_naming_the_field_and_changes_nothi
     let queues_after = admin.list_queues(v1::ListQueuesRequest {}).await.unwrap().into_inner().queues.len();
     assert_eq!(queues_after, queues_before, "no queue created");
     // A queue another one overflows to cannot be deleted from under it.
-    create_queue(&app, &fx, v1::Queue { max_wait: secs(60), overflow_queue_id: "spare".into(), ..queue("busy") }).await;
+    fx.create_queue(&app, v1::Queue { max_wait: secs(60), overflow_queue_id: "spare".into(), ..queue("busy") }).await;
     refused(
         admin.delete_queue(v1::DeleteQueueRequest { queue_id: "spare".into() }).await,
         Code::FailedPrecondition,

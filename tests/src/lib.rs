@@ -241,6 +241,13 @@ pub async fn set_status(app: &App, token: &str, status: v1::OperatorStatus) -> v
         .expect("presence")
 }
 
+/// Opens the operator's desk and puts them online.
+pub async fn online(app: &App, fx: &parley_testkit::TenantFixture, op: &str) -> Desk {
+    let desk = Desk::open(app, fx.operator_token(op), 0).await.expect("desk opens");
+    set_status(app, fx.operator_token(op), v1::OperatorStatus::Online).await;
+    desk
+}
+
 /// The conversation a desk event is about, with what happened.
 pub fn describe(event: &v1::DeskEvent) -> (String, &'static str) {
     use v1::desk_event::Kind;

@@ -423,6 +423,69 @@ impl TenantFixture {
             .expect("create skill");
     }
 
+    /// Creates a queue in the tenant; returns it as stored.
+    pub async fn create_queue(&self, app: &App, queue: v1::Queue) -> v1::Queue {
+        app.admin(&self.admin_token)
+            .await
+            .create_queue(v1::CreateQueueRequest { queue: Some(queue) })
+            .await
+            .expect("create queue")
+            .into_inner()
+            .queue
+            .expect("queue")
+    }
+
+    /// Reads an operator's configuration, changes it, and writes it back.
+    pub async fn edit_operator(&self, app: &App, id: &str, change: impl FnOnce(&mut v1::Operator)) {
+        let mut admin = app.admin(&self.admin_token).await;
+        let mut op = admin
+            .get_operator(v1::GetOperatorRequest { operator_id: id.into() })
+            .await
+            .expect("get operator")
+            .into_inner()
+            .operator
+            .expect("operator");
+        change(&mut op);
+        admin.update_operator(v1::UpdateOperatorRequest { operator: Some(op) }).await.expect("update operator");
+    }
+
+    /// Gives an operator `seats` seats on the API channel and none elsewhere.
+    pub async fn set_api_seats(&self, app: &App, id: &str, seats: u32) {
+        let api = v1::ChannelCapacity { channel: v1::Channel::Api as i32, max_conversations: seats };
+        self.edit_operator(app, id, |o| o.capacity = vec![api]).await;
+    }
+
+    /// Every routing decision about a conversation, oldest first (as the supervisor sees them).
+    pub async fn decisions(&self, app: &App, conversation: &str) -> Vec<v1::RoutingDecision> {
+        app.routing_client(&self.supervisor_token)
+            .await
+            .list_conversation_decisions(v1::ListConversationDecisionsRequest { conversation_id: conversation.into() })
+            .await
+            .expect("decisions")
+            .into_inner()
+            .decisions
+    }
+
+    /// A waiting conversation's place in its queue and estimated wait.
+    pub async fn position(&self, app: &App, conversation: &str) -> v1::GetConversationPositionResponse {
+        app.routing_client(&self.supervisor_token)
+            .await
+            .get_conversation_position(v1::GetConversationPositionRequest { conversation_id: conversation.into() })
+            .await
+            .expect("position")
+            .into_inner()
+    }
+
+    /// A queue's depth and waits.
+    pub async fn queue_status(&self, app: &App, queue: &str) -> v1::GetQueueStatusResponse {
+        app.routing_client(&self.supervisor_token)
+            .await
+            .get_queue_status(v1::GetQueueStatusRequest { queue_id: queue.into() })
+            .await
+            .expect("queue status")
+            .into_inner()
+    }
+
     /// Reads the tenant's routing settings, changes them, and writes them back.
     pub async fn update_settings(
         &self,
