@@ -140,6 +140,14 @@ pub enum Dispatched {
     Later,
 }
 
+/// What rerouting an operator's work did: the holds it found, and how many of those went
+/// back to their queues (the rest are theirs still, or their release is on its way).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rerouted {
+    pub held: usize,
+    pub moved: usize,
+}
+
 /// How many conversations' last known state a replica keeps in memory.
 const STATE_CACHE: usize = 100_000;
 
@@ -1441,10 +1449,11 @@ impl Engine {
 
     /// Puts an operator's offers (and, with `open_too`, their open conversations) back in
     /// their queues, priority and waiting time kept.
-    pub async fn reroute(&self, tenant: &TenantId, op: &OperatorId, open_too: bool) -> Result<usize, EngineError> {
-        let mut moved = 0;
+    pub async fn reroute(&self, tenant: &TenantId, op: &OperatorId, open_too: bool) -> Result<Rerouted, EngineError> {
+        let mut r = Rerouted::default();
         for channel in Channel::ALL {
             for held in self.redis.held(tenant, op, channel).await? {
+                r.held += 1;
                 let Ok(id) = ConversationId::parse(&held) else { continue };
                 let result = self
                     .apply(tenant, id, None, |cur| match &cur.status {
@@ -1455,7 +1464,7 @@ impl Engine {
                     .await;
                 match result {
                     Ok(Applied::Done(_)) => {
-                        moved += 1;
+                        r.moved += 1;
                         if let Err(e) = self.try_dispatch(tenant, id, false).await {
                             tracing::warn!(conversation = %id, error = %e, "dispatch after reroute failed");
                         }
@@ -1465,7 +1474,7 @@ impl Engine {
                 }
             }
         }
-        Ok(moved)
+        Ok(r)
     }
 
     /// Operators whose desks are gone (no live session): their offers go back at once,
@@ -1496,16 +1505,12 @@ impl Engine {
                 }
             };
             let open_too = settings.reroute_after.is_some_and(|after| now.since(gone_since) >= after);
-            let moved = self.reroute(tenant, op, open_too).await?;
-            if moved > 0 {
-                tracing::info!(tenant = %tenant, operator = %op, moved, open_too, "rerouted the work of a gone desk");
+            let r = self.reroute(tenant, op, open_too).await?;
+            if r.moved > 0 {
+                tracing::info!(tenant = %tenant, operator = %op, moved = r.moved, open_too, "rerouted the work of a gone desk");
             }
             // Nothing of theirs left to hand back: stop looking at them every second.
-            let mut holds_nothing = true;
-            for channel in Channel::ALL {
-                holds_nothing &= self.redis.held(tenant, op, channel).await?.is_empty();
-            }
-            if holds_nothing {
+            if r.moved == r.held {
                 self.redis.forget_desk(tenant, op, gone_since).await?;
             }
         }
