@@ -61,6 +61,10 @@ pub struct Args {
     /// Routing: closes in flight at once (and callers of the Redis anchor).
     #[arg(long, default_value_t = 32)]
     routing_concurrency: usize,
+    /// Routing: run the routing service inside the bench's process instead of as its own
+    /// `parley-routing` process.
+    #[arg(long)]
+    routing_in_process: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             seats: args.routing_seats,
             seconds: args.routing_seconds,
             concurrency: args.routing_concurrency,
+            routing_process: !args.routing_in_process,
         };
         let out = routing::run(&spec).await?;
         rows.push((

@@ -38,6 +38,10 @@ pub struct Spec {
     pub seconds: u64,
     /// Closes in flight at once.
     pub concurrency: usize,
+    /// Routing runs as its own process (`parley-routing`, as deployed) rather than in the
+    /// bench's process, where it would share two tokio workers with the load it measures
+    /// and the other three services.
+    pub routing_process: bool,
 }
 
 /// The figures of one step.
@@ -52,6 +56,11 @@ pub struct Step {
     pub paced_rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// p99 of the two parts of freed → offered: up to the decision's record time (close
+    /// call, seat released, dispatch pass, pick, claim), and from there to the desk (log
+    /// append, fan-out, desk subject).
+    pub p99_decided_ms: f64,
+    pub p99_delivered_ms: f64,
     pub samples: u64,
 }
 
@@ -104,13 +113,71 @@ async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(
 /// freed (to time the next assignment to them).
 #[derive(Default)]
 struct Watch {
-    freed: HashMap<String, Instant>,
-    latency: Option<Histogram<u64>>,
+    freed: HashMap<String, (Instant, std::time::SystemTime)>,
+    latency: Option<Latency>,
     assigned: usize,
     /// Conversations assigned and not yet closed by the bench, oldest first.
     held: std::collections::VecDeque<(String, String)>,
     /// Closes sent by the bench.
     closed: usize,
+}
+
+/// Freed → offered, whole and in its two parts (split at the decision's record time).
+struct Latency {
+    whole: Histogram<u64>,
+    decided: Histogram<u64>,
+    delivered: Histogram<u64>,
+    /// Samples over `PARLEY_BENCH_SLOW_MS` (when set): when they were freed, the whole and
+    /// the part up to the decision, in µs — to line stalls up with what else ran.
+    slow: Vec<(std::time::SystemTime, u64, u64)>,
+    slow_over: Option<Duration>,
+}
+
+impl Latency {
+    fn new() -> Self {
+        let slow_over =
+            std::env::var("PARLEY_BENCH_SLOW_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+        Self {
+            whole: fresh_histogram(),
+            decided: fresh_histogram(),
+            delivered: fresh_histogram(),
+            slow: Vec::new(),
+            slow_over,
+        }
+    }
+
+    fn print_slow(&self) {
+        if self.slow_over.is_none() {
+            return;
+        }
+        for (at, whole, decided) in &self.slow {
+            let at = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            println!(
+                "   slow: freed at {}.{:03} whole {:.1} ms, to the decision {:.1} ms",
+                at.as_secs(),
+                at.subsec_millis(),
+                ms(*whole),
+                ms(*decided)
+            );
+        }
+    }
+
+    /// One assignment to an operator freed at `freed`, recorded by routing at `decided`.
+    fn record(&mut self, freed: (Instant, std::time::SystemTime), decided: Option<std::time::SystemTime>) {
+        let whole = freed.0.elapsed();
+        let _ = self.whole.record(whole.as_micros().max(1) as u64);
+        let mut to_decision = Duration::ZERO;
+        if let Some(decided) = decided {
+            // Both clocks are this machine's wall clock; the record time has millisecond
+            // precision.
+            to_decision = decided.duration_since(freed.1).unwrap_or_default().min(whole);
+            let _ = self.decided.record(to_decision.as_micros().max(1) as u64);
+            let _ = self.delivered.record((whole - to_decision).as_micros().max(1) as u64);
+        }
+        if self.slow_over.is_some_and(|over| whole > over) {
+            self.slow.push((freed.1, whole.as_micros() as u64, to_decision.as_micros() as u64));
+        }
+    }
 }
 
 type Shared = Arc<Mutex<Watch>>;
@@ -250,7 +317,21 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
         ms(anchor_h.value_at_quantile(0.99)),
     );
 
-    let app = App::spawn_with(infra, true, parley_testkit::AppOptions::production()).await;
+    let mut app = App::spawn_with(infra, !spec.routing_process, parley_testkit::AppOptions::production()).await;
+    // The routing process (killed on drop, at the end of the run).
+    let _routing = match spec.routing_process {
+        true => {
+            let env = vec![
+                ("PARLEY_NATS__URL", app.infra.nats.url()),
+                ("PARLEY_REDIS__URL", app.infra.redis.url()),
+                ("PARLEY_AUTH__SIGNING_KEY", app.signing_key.expose().to_owned()),
+            ];
+            let routing = parley_testkit::ServiceProcess::spawn("parley-routing", &env)?;
+            app.set_routing_addr(routing.grpc_addr);
+            Some(routing)
+        }
+        false => None,
+    };
     let fx = app.tenant(TENANT, &[]).await;
     let most = spec.steps.iter().copied().max().unwrap_or(0);
     let started = Instant::now();
@@ -266,14 +347,18 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
         tokio::spawn(async move {
             while let Some(m) = desks.next().await {
                 let Ok(ev) = v1::DeskEvent::decode(m.payload.as_ref()) else { continue };
+                let decided = ev.event_time.and_then(|t| {
+                    let nanos = u64::try_from(t.seconds).ok()? * 1_000_000_000 + u64::try_from(t.nanos).ok()?;
+                    Some(std::time::UNIX_EPOCH + Duration::from_nanos(nanos))
+                });
                 let Some(desk_event::Kind::Assigned(a)) = ev.kind else { continue };
                 let Some(c) = a.conversation else { continue };
                 let mut w = lock(&watch);
                 w.assigned += 1;
                 if let Some(freed) = w.freed.remove(&c.operator_id)
-                    && let Some(h) = w.latency.as_mut()
+                    && let Some(latency) = w.latency.as_mut()
                 {
-                    let _ = h.record(freed.elapsed().as_micros().max(1) as u64);
+                    latency.record(freed, decided);
                 }
                 w.held.push_back((c.operator_id, c.id));
             }
@@ -325,19 +410,28 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
         let paced_rate = assignments_per_second / 2.0;
         let (_, _, paced) =
             closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(paced_rate), spec.seconds).await?;
+        paced.print_slow();
         let step = Step {
             operators: n,
             backlog,
             assignments_per_second,
-            saturated_p99_ms: ms(saturated.value_at_quantile(0.99)),
+            saturated_p99_ms: ms(saturated.whole.value_at_quantile(0.99)),
             paced_rate,
-            p50_ms: ms(paced.value_at_quantile(0.5)),
-            p99_ms: ms(paced.value_at_quantile(0.99)),
-            samples: paced.len(),
+            p50_ms: ms(paced.whole.value_at_quantile(0.5)),
+            p99_ms: ms(paced.whole.value_at_quantile(0.99)),
+            p99_decided_ms: ms(paced.decided.value_at_quantile(0.99)),
+            p99_delivered_ms: ms(paced.delivered.value_at_quantile(0.99)),
+            samples: paced.whole.len(),
         };
         println!(
-            "   {n:>6} operators online (filled at {fill:.0}/s), {backlog} waiting: {:>6.0} assignments/s (p99 {:.1} ms saturated); paced at {paced_rate:.0}/s freed → offered p50 {:.1} ms, p99 {:.1} ms ({} samples)",
-            step.assignments_per_second, step.saturated_p99_ms, step.p50_ms, step.p99_ms, step.samples
+            "   {n:>6} operators online (filled at {fill:.0}/s), {backlog} waiting: {:>6.0} assignments/s (p99 {:.1} ms saturated); paced at {paced_rate:.0}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p99 {:.1} ms, decision → desk p99 {:.1} ms; {} samples)",
+            step.assignments_per_second,
+            step.saturated_p99_ms,
+            step.p50_ms,
+            step.p99_ms,
+            step.p99_decided_ms,
+            step.p99_delivered_ms,
+            step.samples
         );
         steps.push(step);
     }
@@ -363,11 +457,11 @@ async fn closing(
     concurrency: usize,
     per_second: Option<f64>,
     seconds: u64,
-) -> anyhow::Result<(usize, Duration, Histogram<u64>)> {
+) -> anyhow::Result<(usize, Duration, Latency)> {
     let (start_assigned, start_closed) = {
         let mut w = lock(watch);
         w.freed.clear();
-        w.latency = Some(fresh_histogram());
+        w.latency = Some(Latency::new());
         (w.assigned, w.closed)
     };
     let started = Instant::now();
@@ -392,7 +486,7 @@ async fn closing(
                     let outstanding = (w.closed - start_closed).saturating_sub(w.assigned - start_assigned);
                     let job = if outstanding < concurrency { w.held.pop_front() } else { None };
                     if let Some((op, _)) = &job {
-                        w.freed.insert(op.clone(), Instant::now());
+                        w.freed.insert(op.clone(), (Instant::now(), std::time::SystemTime::now()));
                         w.closed += 1;
                     }
                     job
@@ -425,6 +519,6 @@ async fn closing(
         anyhow::ensure!(Instant::now() < deadline, "freed seats not refilled within 2 minutes");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let h = lock(watch).latency.take().unwrap_or_else(fresh_histogram);
-    Ok((count, took, h))
+    let latency = lock(watch).latency.take().unwrap_or_else(Latency::new);
+    Ok((count, took, latency))
 }

@@ -290,6 +290,24 @@ if last[2] then redis.call('ZADD', KEYS[2], last[2], ARGV[3]) end
 return 'ok'
 "#;
 
+/// A page of an availability index with what a decision needs of each operator on it, in
+/// one round trip (KEYS[1] the index; ARGV[1] first rank, ARGV[2] last rank, ARGV[3] the
+/// tenant's operator key prefix, ARGV[4] now in ms, ARGV[5] the channel): per operator, its
+/// id and the answers [`read_operator`] and `HVALS` of its activity would give. The keys it
+/// reads are the tenant's, in the index's hash slot.
+const SHORTLIST: &str = r#"
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local k = ARGV[3] .. id
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HMGET', k, 'status', 'reason', 'since', 'last_assigned')
+  out[#out + 1] = redis.call('ZCOUNT', k .. ':sessions', ARGV[4], '+inf')
+  out[#out + 1] = redis.call('HVALS', k .. ':act:' .. ARGV[5])
+end
+return out
+"#;
+
 /// What the hash of an operator holds.
 struct OperatorHash {
     status: OperatorStatus,
@@ -317,6 +335,21 @@ fn parse_operator(hash: &redis::Value, live: &redis::Value) -> (OperatorHash, bo
         last_assigned: millis(field(3)),
     };
     (hash, live > 0)
+}
+
+/// Parses one operator's answers to [`read_operator`] and `HVALS` of its activity.
+fn parse_snapshot(values: &[redis::Value], now: Timestamp, weights: Weights) -> OperatorSnapshot {
+    let value = |i: usize| values.get(i).cloned().unwrap_or(redis::Value::Nil);
+    let (hash, connected) = parse_operator(&value(0), &value(1));
+    let entries: Vec<String> = redis::from_redis_value(value(2)).unwrap_or_default();
+    OperatorSnapshot {
+        status: hash.status,
+        since: hash.since,
+        connected,
+        load: entries.len() as u32,
+        weighted_load_milli: entries.iter().map(|e| entry_weight(e, now, weights)).sum(),
+        last_assigned: hash.last_assigned,
+    }
 }
 
 /// The weight of one held conversation's activity entry (`"<ms>:c|o"`), in thousandths —
@@ -349,6 +382,7 @@ pub struct Coordinator {
     refresh: redis::Script,
     drop_due: redis::Script,
     end_session: redis::Script,
+    shortlist: redis::Script,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -423,6 +457,7 @@ impl Coordinator {
             refresh: script(REFRESH),
             drop_due: redis::Script::new(DROP_DUE),
             end_session: redis::Script::new(END_SESSION),
+            shortlist: redis::Script::new(SHORTLIST),
         })
     }
 
@@ -753,20 +788,42 @@ impl Coordinator {
             pipe.cmd("HVALS").arg(act_key(tenant, op, channel));
         }
         let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-        let mut out = Vec::with_capacity(operators.len());
-        for chunk in values.chunks(3) {
-            let (hash, connected) = parse_operator(&chunk[0], &chunk[1]);
-            let entries: Vec<String> = redis::from_redis_value(chunk[2].clone()).unwrap_or_default();
-            out.push(OperatorSnapshot {
-                status: hash.status,
-                since: hash.since,
-                connected,
-                load: entries.len() as u32,
-                weighted_load_milli: entries.iter().map(|e| entry_weight(e, now, weights)).sum(),
-                last_assigned: hash.last_assigned,
-            });
-        }
-        Ok(out)
+        Ok(values.chunks(3).map(|chunk| parse_snapshot(chunk, now, weights)).collect())
+    }
+
+    /// A page of an availability index (ranks `from..from + count`, least occupied first)
+    /// with each operator's snapshot, in one round trip: [`Coordinator::shortlist`] and
+    /// [`Coordinator::snapshot`] together.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn shortlist_snapshot(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+        skill: Option<&SkillId>,
+        from: usize,
+        count: usize,
+        now: Timestamp,
+        weights: Weights,
+    ) -> Result<Vec<(OperatorId, OperatorSnapshot)>> {
+        let mut c = self.conn.clone();
+        let values: Vec<redis::Value> = self
+            .shortlist
+            .key(avail_key(tenant, channel, skill))
+            .arg(from)
+            .arg(from + count.max(1) - 1)
+            .arg(format!("{}:op:", tag(tenant)))
+            .arg(now.as_millis())
+            .arg(channel.as_str())
+            .invoke_async(&mut c)
+            .await?;
+        Ok(values
+            .chunks(4)
+            .filter(|chunk| chunk.len() == 4)
+            .filter_map(|chunk| {
+                let id: String = redis::from_redis_value(chunk[0].clone()).ok()?;
+                Some((OperatorId::parse(&id).ok()?, parse_snapshot(&chunk[1..], now, weights)))
+            })
+            .collect())
     }
 
     /// Puts a conversation in its queue (or moves it to `score` if there already).

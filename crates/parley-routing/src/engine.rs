@@ -49,6 +49,8 @@ const MAX_PAGES: usize = 8;
 const HEADS_PER_QUEUE: usize = 32;
 /// Assignments of one dispatch pass being recorded in the log at once.
 const FINISHING: usize = 32;
+/// How long a woken dispatcher trusts its last look at whether Redis lost its data.
+const REBUILT_CHECK: Duration = Duration::from_millis(100);
 /// Reads the reconciliation makes between pauses that let dispatching run.
 const RECONCILE_BURST: usize = 32;
 
@@ -272,6 +274,67 @@ pub struct Engine {
     /// Conversations whose Redis side fell behind their log (a Redis error after the
     /// record was written), for the maintenance loop to bring in line.
     pub repairs: std::sync::Mutex<HashSet<(TenantId, ConversationId)>>,
+    /// Claimed seats being recorded in the log, off the dispatcher's path.
+    pub finishing: Finishing,
+}
+
+/// Whether the recordings of a pass wake the dispatcher when they end: when the pass may
+/// have left assignable work behind (it claimed, nobody ran out, the queue had more than it
+/// looked at) — once they are recorded, the next pass sees past them.
+#[derive(Default)]
+struct PassEnd {
+    /// (the pass has ended, its recordings wake, one ended before the pass did)
+    state: std::sync::Mutex<(bool, bool, bool)>,
+}
+
+impl PassEnd {
+    fn end(&self, wake: bool, notify: &Notify) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (true, wake, s.2);
+        if wake && s.2 {
+            notify.notify_one();
+        }
+    }
+
+    fn finished(&self, notify: &Notify) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match *s {
+            (true, true, _) => notify.notify_one(),
+            (true, false, _) => {}
+            (false, _, _) => s.2 = true,
+        }
+    }
+}
+
+/// The recording of claimed seats, which runs beside dispatching: a pass ends once its
+/// picks are claimed, and the next pass (the next freed seat) does not wait for the log
+/// appends of the last one. Conversations being recorded are passed over by later passes.
+pub struct Finishing {
+    claimed: std::sync::Mutex<HashSet<(TenantId, ConversationId)>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Default for Finishing {
+    fn default() -> Self {
+        Self {
+            claimed: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(FINISHING)),
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+}
+
+impl Finishing {
+    fn is_claimed(&self, tenant: &TenantId, id: ConversationId) -> bool {
+        self.claimed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(tenant.clone(), id))
+    }
+
+    /// Waits until every recording started has ended (at shutdown).
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -906,27 +969,33 @@ impl Engine {
         let ids: Vec<OperatorId> = models.iter().map(|m| m.id.clone()).collect();
         let settings = self.cache.routing_settings(tenant);
         let snapshots = self.redis.snapshot(tenant, &ids, channel, now, weights(&settings)).await?;
-        Ok(models
-            .iter()
-            .zip(snapshots)
-            .map(|(o, s)| OperatorView {
-                id: o.id.clone(),
-                status: s.status,
-                connected: s.connected,
-                disabled: o.disabled,
-                skills: o.skills.clone(),
-                languages: o.languages.clone(),
-                capacity: match (s.status, s.since) {
-                    (OperatorStatus::Online, Some(since)) => {
-                        settings.ramped_capacity(o.capacity_for(channel), now.since(since))
-                    }
-                    _ => o.capacity_for(channel),
-                },
-                load: s.load,
-                weighted_load_milli: s.weighted_load_milli,
-                last_assigned: s.last_assigned,
+        Ok(models.iter().zip(snapshots).map(|(o, s)| view(o, s, &settings, channel, now)).collect())
+    }
+
+    /// A page of an availability index as views, read in one round trip (operators the
+    /// configuration no longer has are left out).
+    async fn page_views(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+        index: Option<&SkillId>,
+        page: usize,
+        now: Timestamp,
+    ) -> Result<(usize, Vec<OperatorView>), EngineError> {
+        let settings = self.cache.routing_settings(tenant);
+        let page = self
+            .redis
+            .shortlist_snapshot(tenant, channel, index, page * SHORTLIST, SHORTLIST, now, weights(&settings))
+            .await?;
+        let listed = page.len();
+        let views = page
+            .into_iter()
+            .filter_map(|(id, s)| {
+                let o = self.cache.operator_model(tenant, id.as_str())?;
+                Some(view(&o, s, &settings, channel, now))
             })
-            .collect())
+            .collect();
+        Ok((listed, views))
     }
 
     /// Views of the operators a request would be decided over, at most `max` of them (all of
@@ -979,23 +1048,22 @@ impl Engine {
             return Ok((decide(request, &views), views));
         }
         let skills: Vec<&SkillId> = request.requirements.skills.iter().map(|s| &s.skill).collect();
-        let index = if skills.is_empty() {
-            None
-        } else {
-            let sizes = self.redis.index_sizes(tenant, request.channel, &skills).await?;
-            skills.iter().zip(sizes).min_by_key(|(_, n)| *n).map(|(s, _)| (*s).clone())
+        let index = match skills.as_slice() {
+            [] => None,
+            [only] => Some((*only).clone()),
+            _ => {
+                let sizes = self.redis.index_sizes(tenant, request.channel, &skills).await?;
+                skills.iter().zip(sizes).min_by_key(|(_, n)| *n).map(|(s, _)| (*s).clone())
+            }
         };
         let mut last = (decide(request, &[]), Vec::new());
         for page in 0..MAX_PAGES {
-            let ids =
-                self.redis.shortlist(tenant, request.channel, index.as_ref(), page * SHORTLIST, SHORTLIST).await?;
-            if ids.is_empty() {
+            let (listed, views) = self.page_views(tenant, request.channel, index.as_ref(), page, now).await?;
+            if listed == 0 {
                 break;
             }
-            let models = self.cache.operator_models_of(tenant, &ids);
-            let views = self.views(tenant, &models, request.channel, now).await?;
             let decision = decide(request, &views);
-            let done = decision.chosen.is_some() || ids.len() < SHORTLIST;
+            let done = decision.chosen.is_some() || listed < SHORTLIST;
             last = (decision, views);
             if done {
                 break;
@@ -1141,26 +1209,51 @@ impl Engine {
     /// One pass over a tenant: expired offers, due timers, then the heads of every open
     /// queue in serving order (priority, aging, wait).
     ///
-    /// Returns whether another pass right away may assign more: something was assigned and
-    /// some queue had more waiting than the heads looked at.
-    pub async fn dispatch_tenant(&self, tenant: &TenantId) -> Result<bool, EngineError> {
+    /// Picks (decide + claim) run one at a time in serving order, so an earlier
+    /// conversation is never beaten to a seat by a later one. Recording a pick in the log
+    /// (the slow part) runs beside dispatching ([`Finishing`]): the pass ends once its picks
+    /// are claimed. When a pass may have left assignable work behind (it claimed every head
+    /// it looked at, and the queue had more), each recording wakes the dispatcher as it ends.
+    pub async fn dispatch_tenant(self: &Arc<Self>, tenant: &TenantId) -> Result<(), EngineError> {
         let now = clock::now();
-        self.expire_offers(tenant, now).await?;
-        self.run_timers(tenant, now).await?;
+        let queues = self.cache.queue_models(tenant);
+        // The reads a pass starts with go out together (one round trip on the multiplexed
+        // connection); offers and timers that came due are handled first, and the heads
+        // read again after them, so a conversation they put back is served in its order.
+        let heads_of_every_queue = || {
+            futures_util::future::try_join_all(
+                queues.iter().map(|q| self.redis.waiting_scored(tenant, &q.id, HEADS_PER_QUEUE)),
+            )
+        };
+        let (offers, timers, heads) = tokio::join!(
+            self.redis.due_offers(tenant, now, 100),
+            self.redis.due_timers(tenant, now, 200),
+            heads_of_every_queue()
+        );
+        let (offers, timers, mut heads) = (offers?, timers?, heads?);
+        if !offers.is_empty() || !timers.is_empty() {
+            self.expire_offers(tenant, offers, now).await?;
+            self.run_timers(tenant, timers, now).await?;
+            heads = heads_of_every_queue().await?;
+        }
         let mut waiting = Vec::new();
         let mut more_waiting = false;
-        for queue in self.cache.queue_models(tenant) {
-            let heads = self.redis.waiting_scored(tenant, &queue.id, HEADS_PER_QUEUE).await?;
+        for (queue, heads) in queues.iter().zip(heads) {
             let open = |q: &QueueId| self.cache.queue_model(tenant, q.as_str()).is_some_and(|q| q.is_open(now));
             if let Some(after) = queue.after_hours.as_ref().filter(|after| !queue.is_open(now) && open(after)) {
                 // Closed since these customers arrived: they go where the queue sends its
                 // after-hours work (if that is open), keeping their wait and priority.
-                more_waiting |=
-                    self.close_queue(tenant, &queue.id, &heads, after).await? > 0 && heads.len() == HEADS_PER_QUEUE;
+                if self.close_queue(tenant, &queue.id, &heads, after).await? > 0 && heads.len() == HEADS_PER_QUEUE {
+                    self.wake.notify_one();
+                }
                 continue;
             }
             more_waiting |= heads.len() == HEADS_PER_QUEUE;
             for (id, score) in heads {
+                // Being recorded by an earlier pass: not waiting any more.
+                if self.finishing.is_claimed(tenant, id) {
+                    continue;
+                }
                 // The score holds the priority and the wait start.
                 let (priority, wait_start) = decode_score(score);
                 waiting.push(Waiting { conversation: id, priority, wait_start, aging_delay: queue.aging_delay });
@@ -1172,90 +1265,71 @@ impl Engine {
         type Kind = (Channel, Vec<(SkillId, u8)>, Option<String>);
         // Once nobody can take a conversation of a kind, the next of that kind is skipped.
         let mut exhausted: HashSet<Kind> = HashSet::new();
-        // Picks (decide + claim) run one at a time in serving order, so an earlier
-        // conversation is never beaten to a seat by a later one; recording them in the log
-        // (the slow part) runs alongside, up to FINISHING at once.
-        let (claimed, mut to_finish) = tokio::sync::mpsc::channel::<Claim>(FINISHING);
-        let picking = async move {
-            let mut claims = 0usize;
-            for w in waiting {
-                let remembered = self.memory.state(tenant, w.conversation);
-                let key = match &remembered {
-                    Some((c, _))
-                        if c.status == Status::Queued && c.declined_by.is_empty() && c.preference.is_none() =>
-                    {
-                        let queue = self.queue_config(tenant, &c.queue);
-                        let r = self.requirements(c, &queue, now);
-                        Some((
-                            c.channel,
-                            r.skills.iter().map(|s| (s.skill.clone(), s.proficiency)).collect(),
-                            r.language,
-                        ))
-                    }
-                    _ => None,
-                };
-                if key.as_ref().is_some_and(|k| exhausted.contains(k)) {
+        let mut claims = 0usize;
+        let pass = Arc::new(PassEnd::default());
+        for w in waiting {
+            let remembered = self.memory.state(tenant, w.conversation);
+            let key = match &remembered {
+                Some((c, _)) if c.status == Status::Queued && c.declined_by.is_empty() && c.preference.is_none() => {
+                    let queue = self.queue_config(tenant, &c.queue);
+                    let r = self.requirements(c, &queue, now);
+                    Some((c.channel, r.skills.iter().map(|s| (s.skill.clone(), s.proficiency)).collect(), r.language))
+                }
+                _ => None,
+            };
+            if key.as_ref().is_some_and(|k| exhausted.contains(k)) {
+                continue;
+            }
+            // What this replica last saw of a waiting conversation is enough to pick with:
+            // recording checks it against the log.
+            let picked = match remembered {
+                Some((conversation, sequence)) if conversation.status == Status::Queued => {
+                    self.pick(tenant, Loaded { conversation, sequence }, false).await
+                }
+                _ => Ok(Pick::Again),
+            };
+            let outcome = match picked {
+                Ok(Pick::Claimed(claim)) => {
+                    claims += 1;
+                    self.finish_beside(tenant, claim, pass.clone()).await;
                     continue;
                 }
-                // What this replica last saw of a waiting conversation is enough to pick
-                // with: recording checks it against the log.
-                let picked = match remembered {
-                    Some((conversation, sequence)) if conversation.status == Status::Queued => {
-                        self.pick(tenant, Loaded { conversation, sequence }, false).await
-                    }
-                    _ => Ok(Pick::Again),
-                };
-                let outcome = match picked {
-                    Ok(Pick::Claimed(claim)) => {
-                        claims += 1;
-                        if claimed.send(claim).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    Ok(Pick::Done(d)) => Ok(d),
-                    Ok(Pick::Again) => self.try_dispatch(tenant, w.conversation, false).await,
-                    Err(e) => Err(e),
-                };
-                match outcome {
-                    Ok(Dispatched::Nobody) => {
-                        if let Some(k) = key {
-                            exhausted.insert(k);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(conversation = %w.conversation, error = %e, "dispatch failed"),
-                }
-            }
-            claims
-        };
-        let finishing = async {
-            let mut running = futures_util::stream::FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    next = to_finish.recv(), if running.len() < FINISHING => match next {
-                        Some(claim) => {
-                            let id = claim.id;
-                            running.push(async move { (id, self.finish(tenant, claim).await) });
-                        }
-                        None => break,
-                    },
-                    Some((id, result)) = running.next(), if !running.is_empty() => {
-                        if let Err(e) = result {
-                            tracing::warn!(conversation = %id, error = %e, "recording an assignment failed");
-                        }
+                Ok(Pick::Done(d)) => Ok(d),
+                Ok(Pick::Again) => self.try_dispatch(tenant, w.conversation, false).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Dispatched::Nobody) => {
+                    if let Some(k) = key {
+                        exhausted.insert(k);
                     }
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(conversation = %w.conversation, error = %e, "dispatch failed"),
             }
-            while let Some((id, result)) = running.next().await {
-                if let Err(e) = result {
-                    tracing::warn!(conversation = %id, error = %e, "recording an assignment failed");
-                }
-            }
-        };
-        let (claims, ()) = tokio::join!(picking, finishing);
+        }
+        pass.end(more_waiting && claims > 0 && exhausted.is_empty(), &self.wake);
         tracing::debug!(tenant = %tenant, claims, more_waiting, took_ms = clock::now().since(now).as_millis() as u64, "dispatch pass");
-        Ok(claims > 0 && more_waiting)
+        Ok(())
+    }
+
+    /// Records a claimed seat beside dispatching (at most [`FINISHING`] at once: beyond
+    /// that, the pass waits for a slot); its end may wake the dispatcher ([`PassEnd`]).
+    async fn finish_beside(self: &Arc<Self>, tenant: &TenantId, claim: Claim, pass: Arc<PassEnd>) {
+        let key = (tenant.clone(), claim.id);
+        self.finishing.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(slot) = self.finishing.slots.clone().acquire_owned().await else { return };
+        let engine = self.clone();
+        self.finishing.tasks.spawn(async move {
+            let id = claim.id;
+            if let Err(e) = engine.finish(&key.0, claim).await {
+                tracing::warn!(conversation = %id, error = %e, "recording an assignment failed");
+            }
+            engine.finishing.claimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            drop(slot);
+            pass.finished(&engine.wake);
+        });
     }
 
     /// Reads from the log, all at once, the states of the given conversations this replica
@@ -1300,27 +1374,27 @@ impl Engine {
         Ok(moved)
     }
 
-    /// Every tenant, a pass each, then again for those that may assign more (one pass at a
-    /// time per tenant, so a tenant with a deep backlog does not hold up the others).
-    pub async fn dispatch_all(&self) {
-        let mut tenants: Vec<TenantId> =
+    /// Every tenant, a pass each (a tenant with a deep backlog is woken again by its own
+    /// recordings, so it does not hold up the others).
+    pub async fn dispatch_all(self: &Arc<Self>) {
+        let tenants: Vec<TenantId> =
             self.cache.tenants().iter().filter(|t| !t.disabled).filter_map(|t| TenantId::parse(&t.id).ok()).collect();
-        while !tenants.is_empty() {
-            let mut again = Vec::new();
-            for tenant in tenants {
-                match self.dispatch_tenant(&tenant).await {
-                    Ok(true) => again.push(tenant),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(tenant = %tenant, error = %e, "dispatch pass failed"),
-                }
+        for tenant in tenants {
+            if let Err(e) = self.dispatch_tenant(&tenant).await {
+                tracing::warn!(tenant = %tenant, error = %e, "dispatch pass failed");
             }
-            tenants = again;
         }
     }
 
-    /// Moves expired offers back to their queue (the operator is not offered it again).
-    async fn expire_offers(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
-        for id in self.redis.due_offers(tenant, now, 100).await? {
+    /// Moves the given expired offers back to their queue (the operator is not offered it
+    /// again).
+    async fn expire_offers(
+        &self,
+        tenant: &TenantId,
+        due: Vec<ConversationId>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        for id in due {
             let mut missed_by = None;
             let result = self
                 .apply(tenant, id, None, |cur| match &cur.status {
@@ -1368,10 +1442,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Due timers: a wait for one operator ends (the queue takes over, priority and wait
+    /// The given due timers: a wait for one operator ends (the queue takes over, priority and wait
     /// kept); a queue's maximum wait is reached (overflow, or anyone may take it).
-    async fn run_timers(&self, tenant: &TenantId, now: Timestamp) -> Result<(), EngineError> {
-        for (kind, id) in self.redis.due_timers(tenant, now, 200).await? {
+    async fn run_timers(
+        &self,
+        tenant: &TenantId,
+        due: Vec<(TimerKind, ConversationId)>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        for (kind, id) in due {
             let result = match kind {
                 TimerKind::Preference => {
                     self.apply(tenant, id, None, |cur| {
@@ -1645,25 +1724,33 @@ impl Engine {
 
     /// Dispatching: every interval, and at once whenever something may let a waiting
     /// conversation be assigned (capacity freed, an operator online, a conversation
-    /// queued); first rebuilding Redis if it lost its data.
+    /// queued); first rebuilding Redis if it lost its data (looked at on each interval and
+    /// at most every [`REBUILT_CHECK`] when woken, not a round trip per freed seat). At
+    /// cancellation, the recordings of claimed seats still running are finished.
     pub async fn run_dispatcher(
         self: Arc<Self>,
         js: async_nats::jetstream::Context,
         interval: Duration,
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
+        let mut checked: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
-                _ = token.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(interval) => {}
-                _ = self.wake.notified() => {}
-            }
-            if let Err(e) = self.rebuild_if_needed(&js).await {
-                tracing::warn!(error = format!("{e:#}"), "rebuild failed; will retry");
-                continue;
+            let woken = tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.wake.notified() => true,
+            };
+            if !woken || checked.is_none_or(|t| t.elapsed() >= REBUILT_CHECK) {
+                if let Err(e) = self.rebuild_if_needed(&js).await {
+                    tracing::warn!(error = format!("{e:#}"), "rebuild failed; will retry");
+                    continue;
+                }
+                checked = Some(tokio::time::Instant::now());
             }
             self.dispatch_all().await;
         }
+        self.finishing.drain().await;
+        Ok(())
     }
 
     /// Upkeep beside dispatching: every second, the work of gone desks is rerouted and
@@ -1718,6 +1805,34 @@ impl Engine {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+/// What the policy sees of an operator on a channel: the configured operator with their
+/// presence and load (capacity ramping up after they came online).
+fn view(
+    o: &Operator,
+    s: parley_redis::OperatorSnapshot,
+    settings: &RoutingSettings,
+    channel: Channel,
+    now: Timestamp,
+) -> OperatorView {
+    OperatorView {
+        id: o.id.clone(),
+        status: s.status,
+        connected: s.connected,
+        disabled: o.disabled,
+        skills: o.skills.clone(),
+        languages: o.languages.clone(),
+        capacity: match (s.status, s.since) {
+            (OperatorStatus::Online, Some(since)) => {
+                settings.ramped_capacity(o.capacity_for(channel), now.since(since))
+            }
+            _ => o.capacity_for(channel),
+        },
+        load: s.load,
+        weighted_load_milli: s.weighted_load_milli,
+        last_assigned: s.last_assigned,
     }
 }
 

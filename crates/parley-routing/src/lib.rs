@@ -60,6 +60,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
         wake: Arc::new(Notify::new()),
         memory: engine::Memory::default(),
         repairs: Default::default(),
+        finishing: Default::default(),
     });
     engine.rebuild_if_needed(&nats.js).await?;
 
