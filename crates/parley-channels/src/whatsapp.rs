@@ -47,7 +47,7 @@ pub fn verify_subscription(query: &str, verify_token: &str) -> Result<String, Ch
 /// Checks `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, raw body)>`.
 pub fn verify_signature(app_secret: &str, body: &[u8], header: Option<&str>) -> Result<(), ChannelError> {
     let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(ChannelError::MissingSignature)?;
-    let hex = header.strip_prefix("sha256=").ok_or(ChannelError::BadSignature)?;
+    let hex = header.strip_prefix("sha256=").filter(|h| !h.is_empty()).ok_or(ChannelError::BadSignature)?;
     verify_hex_sha256(app_secret.as_bytes(), body, Some(hex))
 }
 
