@@ -1198,3 +1198,23 @@ mod never_panics {
         }
     }
 }
+
+// ---------------------------------------------------------------- tidy
+
+/// Every source file of the crate (fuzz targets included) says what it is for.
+#[test]
+fn every_source_file_opens_with_a_doc_line() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut checked = 0;
+    for dir in ["src", "tests", "fuzz/fuzz_targets"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.starts_with("//! "), "{} lacks its //! line", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 19, "only {checked} files found");
+}
