@@ -43,7 +43,8 @@ test: lint
 	$(if $(NEXTEST),$(CARGO) nextest run --workspace --locked --profile $(NEXTEST_PROFILE),$(CARGO) test --workspace --locked)
 
 bench: tools
-	source .parley/test.env && $(CARGO) run --release --locked -p parley-bench -- $(BENCH_ARGS)
+	$(CARGO) build --release --locked --bins -p parley-bench -p parley-routing
+	source .parley/test.env && target/release/parley-bench $(BENCH_ARGS)
 
 infra-up:
 	@deploy/local/infra.sh up

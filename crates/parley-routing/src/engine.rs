@@ -1542,16 +1542,16 @@ impl Engine {
                     })
                     .await;
                 match result {
-                    Ok(Applied::Done(_)) => {
-                        r.moved += 1;
-                        if let Err(e) = self.try_dispatch(tenant, id, false).await {
-                            tracing::warn!(conversation = %id, error = %e, "dispatch after reroute failed");
-                        }
-                    }
+                    Ok(Applied::Done(_)) => r.moved += 1,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(conversation = %id, error = %e, "rerouting failed"),
                 }
             }
+        }
+        // Back in their queues with their priority and wait: the pass this wakes offers
+        // them on in serving order, not ahead of more urgent conversations waiting now.
+        if r.moved > 0 {
+            self.wake.notify_one();
         }
         Ok(r)
     }
