@@ -1330,3 +1330,54 @@ async fn capacity_is_per_channel_a_full_channel_takes_nothing_more_while_another
     assert_eq!(next_on(&mut vera, "assigned").await, t3);
     app.stop().await;
 }
+
+/// Reconciliation checks only the holds the log may not know: a seat claimed by a router
+/// that died before recording it is given back, a hold the log records is confirmed (and
+/// then left alone), and one put in doubt by a change that never released it is asked of
+/// the log — kept while the log still gives it to the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconciliation_gives_back_unrecorded_claims_and_keeps_recorded_holds() {
+    use parley_domain::{Channel, ConversationId, OperatorId, QueueId, SkillId, TenantId};
+    let app = spawn(long_sessions()).await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let a = arrive(&app, &fx, message("cust-a", "Здравствуйте")).await;
+    assert_eq!(next_on(&mut desk, "assigned").await, a.id);
+
+    let redis = parley_redis::Coordinator::connect(&app.infra.redis.url(), Duration::from_secs(5)).await.unwrap();
+    let (tenant, anna) = (TenantId::parse("acme").unwrap(), OperatorId::parse("anna").unwrap());
+    let recorded = ConversationId::parse(&a.id).unwrap();
+    let far = parley_kit::clock::now().saturating_add(Duration::from_secs(3600));
+    // The assignment's record confirmed its hold: not in doubt.
+    let in_doubt = redis.stale_holds(&tenant, &anna, Channel::Api, far).await.unwrap();
+    assert!(in_doubt.is_empty(), "a recorded hold is confirmed, got {in_doubt:?} in doubt");
+
+    // A router claims a seat for a conversation and dies before recording it.
+    let orphan = ConversationId::parse(&uuid::Uuid::now_v7().to_string()).unwrap();
+    let skills: Vec<SkillId> = Vec::new();
+    let weights =
+        parley_redis::Weights { waiting_milli: 1000, idle_milli: 1000, idle_after: Duration::from_secs(3600) };
+    let ctx = parley_redis::OpCtx {
+        tenant: &tenant,
+        op: &anna,
+        channel: Channel::Api,
+        capacity: 5,
+        skills: &skills,
+        weights,
+    };
+    let now = parley_kit::clock::now();
+    redis.claim(&ctx, orphan, &QueueId::parse("default").unwrap(), false, 5, now).await.unwrap().expect("seat claimed");
+    // And a change that would have given back the recorded hold was never recorded either.
+    redis.doubt_hold(&tenant, &anna, Channel::Api, recorded, now).await.unwrap();
+    let in_doubt = redis.stale_holds(&tenant, &anna, Channel::Api, far).await.unwrap();
+    assert_eq!(in_doubt.len(), 2, "both are in doubt now: {in_doubt:?}");
+
+    // Reconciliation (every 2 s here, for claims older than 2 s) settles both.
+    eventually(WAIT, "the unrecorded claim given back, the recorded hold kept and confirmed", || async {
+        let held = redis.held(&tenant, &anna, Channel::Api).await.unwrap();
+        let in_doubt = redis.stale_holds(&tenant, &anna, Channel::Api, far).await.unwrap();
+        (held == vec![a.id.clone()] && in_doubt.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(load(&presence(&app, &fx, "anna").await, v1::Channel::Api), (1, 5), "one seat in use of five");
+}

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `{t:T}:op:O` | hash | `status`, `reason`, `since` (ms), `last_assigned` (ms) |
 //! | `{t:T}:op:O:sessions` | sorted set | live desk sessions, scored by their expiry (ms) |
-//! | `{t:T}:op:O:load:C` | sorted set | conversations O holds (offered or assigned) on channel C, by claim time (ms) |
+//! | `{t:T}:op:O:load:C` | sorted set | conversations O holds (offered or assigned) on channel C: by claim time (ms) until the log records the hold, then 0 (confirmed) |
 //! | `{t:T}:op:O:act:C` | hash | per held conversation, `"<ms>:c"` or `"<ms>:o"`: last activity and who spoke last (for weights) |
 //! | `{t:T}:holders:C` | set | operators holding anything on channel C (for rerouting when a desk is gone) |
 //! | `{t:T}:desks` | sorted set | operators by when their longest-lived desk session expires(d) (ms); the expired ones are checked each second for work to reroute, then forgotten |
@@ -29,7 +29,9 @@
 //! conversations) that the conversation is still waiting, and takes it, atomically. So no
 //! operator is over capacity, however many routers race. Which router's assignment counts
 //! is decided by the conversation log (compare-and-set); the loser gives its claim back. A
-//! claim left behind by a crash is found by [`Coordinator::stale_holds`] and given back.
+//! claim is *confirmed* ([`Coordinator::confirm_hold`]) once the log records it; a claim
+//! left unconfirmed by a crash is found by [`Coordinator::stale_holds`] and checked against
+//! the log — so that check costs what crashes left behind, not one log read per hold.
 //!
 //! The weight rule lives twice, here in Lua and in `RoutingSettings::weight_milli`; the
 //! tests of this crate check they agree.
@@ -683,6 +685,28 @@ impl Coordinator {
         Ok(ids.iter().filter_map(|s| OperatorId::parse(s).ok()).collect())
     }
 
+    /// The operators holding `conversation` on `channel` (normally one; more only while a
+    /// release is behind).
+    pub async fn holding(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+        conversation: ConversationId,
+    ) -> Result<Vec<OperatorId>> {
+        let holders = self.holders(tenant, channel).await?;
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        let member = conversation.to_string();
+        for op in &holders {
+            pipe.cmd("ZSCORE").arg(load_key(tenant, op, channel)).arg(&member);
+        }
+        let scores: Vec<Option<f64>> = pipe.query_async(&mut c).await?;
+        Ok(holders.into_iter().zip(scores).filter(|(_, s)| s.is_some()).map(|(op, _)| op).collect())
+    }
+
     /// Atomically reserves a seat for `conversation` with the operator (room for a whole
     /// seat, weighing what they hold); with `from_queue`, only while it still waits in
     /// `queue`. `Ok` means this call took the seat, so the caller owns that reservation and
@@ -1114,8 +1138,39 @@ impl Coordinator {
         self.run(redis::cmd("SET").arg(REBUILT_KEY).arg(now.as_millis())).await
     }
 
-    /// Conversations the operator holds on `channel` that were claimed before `before`:
-    /// candidates for reconciliation (a recent claim may still be waiting for its record).
+    /// Marks a hold as in doubt from `now` (before a change that gives it back is
+    /// recorded): should the release never come (a crash between the record and the
+    /// release), reconciliation finds it and asks the log. Does nothing if the hold is gone.
+    pub async fn doubt_hold(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        conversation: ConversationId,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(load_key(tenant, op, channel)).arg("XX").arg(now.as_millis()).arg(conversation.to_string());
+        self.run(&zadd).await
+    }
+
+    /// Marks a hold as recorded in the log (its claim time becomes 0), so reconciliation
+    /// no longer checks it. Does nothing if the hold is gone (released meanwhile).
+    pub async fn confirm_hold(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        conversation: ConversationId,
+    ) -> Result<()> {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(load_key(tenant, op, channel)).arg("XX").arg(0).arg(conversation.to_string());
+        self.run(&zadd).await
+    }
+
+    /// Conversations the operator holds on `channel` that were claimed before `before` and
+    /// never confirmed: candidates for reconciliation (a recent claim may still be waiting
+    /// for its record).
     pub async fn stale_holds(
         &self,
         tenant: &TenantId,
@@ -1124,9 +1179,11 @@ impl Coordinator {
         before: Timestamp,
     ) -> Result<Vec<ConversationId>> {
         let mut c = self.conn.clone();
+        // Confirmed holds (score 0) are the log's; only claims older than `before` that
+        // were never confirmed are in doubt.
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(load_key(tenant, op, channel))
-            .arg("-inf")
+            .arg("(0")
             .arg(format!("({}", before.as_millis()))
             .query_async(&mut c)
             .await?;

@@ -97,6 +97,32 @@ impl Handler for OperatorReplies {
     }
 }
 
+/// Publishes a record's desk deliveries (each to its operator's desk subject, stamped with
+/// the record's `version`), with dedupe ids derived from the record: the replica that
+/// wrote the record publishes them at once, and the fan-out's publishing them again is
+/// dropped by JetStream's deduplication.
+pub fn desk_sends<'a>(
+    publisher: &Publisher,
+    tenant: &TenantId,
+    record_id: &str,
+    desk: &'a [events::DeskDelivery],
+    version: u64,
+) -> Vec<futures_util::future::BoxFuture<'a, Result<(), parley_nats::publish::PublishError>>> {
+    let mut sends = Vec::new();
+    for (i, delivery) in desk.iter().enumerate() {
+        let Ok(op) = OperatorId::parse(&delivery.operator_id) else { continue };
+        let Some(mut event) = delivery.event.clone() else { continue };
+        event.conversation_version = version;
+        let subject = topology::desk_subject(tenant, &op);
+        let dedupe = format!("{record_id}:d{i}");
+        let publisher = publisher.clone();
+        sends.push(Box::pin(async move {
+            publisher.publish(subject, &dedupe, &delivery.operator_id, &event).await.map(|_| ())
+        }) as futures_util::future::BoxFuture<'a, _>);
+    }
+    sends
+}
+
 /// Delivers each record's desk and customer parts.
 pub struct Fanout {
     pub engine: Arc<Engine>,
@@ -131,18 +157,7 @@ impl Fanout {
         let route = record.route.as_ref().ok_or("record without route")?;
         let channel = convert::from_channel("route.channel", route.channel).map_err(|e| e.to_string())?;
         let customer = CustomerId::parse(&route.customer_id).map_err(|e| e.to_string())?;
-        let mut sends = Vec::new();
-        for (i, delivery) in record.desk.iter().enumerate() {
-            let Ok(op) = OperatorId::parse(&delivery.operator_id) else { continue };
-            let Some(mut event) = delivery.event.clone() else { continue };
-            event.conversation_version = version;
-            let subject = topology::desk_subject(&tenant, &op);
-            let dedupe = format!("{}:d{i}", record.record_id);
-            let publisher = self.publisher.clone();
-            sends.push(Box::pin(async move {
-                publisher.publish(subject, &dedupe, &delivery.operator_id, &event).await.map(|_| ())
-            }) as futures_util::future::BoxFuture<'_, _>);
-        }
+        let mut sends = desk_sends(&self.publisher, &tenant, &record.record_id, &record.desk, version);
         for (i, update) in record.customer_updates.iter().enumerate() {
             let mut update = update.clone();
             if let Some(v1::customer_update::Kind::Queued(q)) = &mut update.kind

@@ -276,6 +276,8 @@ pub struct Engine {
     pub repairs: std::sync::Mutex<HashSet<(TenantId, ConversationId)>>,
     /// Claimed seats being recorded in the log, off the dispatcher's path.
     pub finishing: Finishing,
+    /// Publishes the desk part of records that free a seat (see `commit`).
+    pub publisher: parley_nats::Publisher,
 }
 
 /// Whether the recordings of a pass wake the dispatcher when they end: when the pass may
@@ -448,7 +450,33 @@ impl Engine {
             decision.map(|d| record::decision_event(&t.next, d, clock::new_id(), now)).into_iter().collect();
         let record_id = record_id.unwrap_or_else(clock::new_id);
         let (rec, redis) = record::build(record_id, &t.next, t.effects, extra, extra_customer, now, &self.cache);
+        // Holds this change gives back are in doubt until released: a crash between the
+        // record and the release leaves them for reconciliation to find.
+        let mut doubt_failed = false;
+        for effect in &redis {
+            if let RedisEffect::Release(op) = effect
+                && let Err(e) = self.redis.doubt_hold(tenant, op, t.next.channel, t.next.id, now).await
+            {
+                tracing::warn!(conversation = %t.next.id, error = %e, "marking a hold in doubt failed");
+                doubt_failed = true;
+            }
+        }
         let sequence = self.log.append(tenant, &rec, expected).await?;
+        // A change that frees a seat tells the desks before the seat is freed, so an
+        // operator's desk always hears "released" before a conversation that refills the
+        // seat (the fan-out's copy is then dropped as a duplicate; should this publish
+        // fail, the fan-out still delivers, in no particular order with the refill).
+        if redis.iter().any(|e| matches!(e, RedisEffect::Release(_))) {
+            let sends = crate::consumers::desk_sends(&self.publisher, tenant, &rec.record_id, &rec.desk, sequence);
+            for result in futures_util::future::join_all(sends).await {
+                if let Err(e) = result {
+                    tracing::debug!(conversation = %t.next.id, error = %e, "desk told by the fan-out instead");
+                }
+            }
+        }
+        if doubt_failed {
+            self.repairs.lock().unwrap_or_else(|p| p.into_inner()).insert((tenant.clone(), t.next.id));
+        }
         self.memory.remember(&t.next, sequence);
         if previous.is_none_or(|p| p.status != Status::Queued) || t.next.status != Status::Queued {
             self.memory.note_trace(&t.next);
@@ -490,6 +518,14 @@ impl Engine {
             if let Err(e) = result {
                 failures.push(format!("{effect:?}: {e}"));
             }
+        }
+        // A hold the log now records (an offer or assignment made, a transfer taken): no
+        // longer in doubt for reconciliation.
+        if let Some(holder) = next.status.holder()
+            && previous.and_then(|p| p.status.holder()) != Some(holder)
+            && let Err(e) = self.redis.confirm_hold(tenant, holder, next.channel, next.id).await
+        {
+            failures.push(format!("confirm hold: {e}"));
         }
         // Offers: the ended one's deadline goes only if no later offer replaced it.
         let r = match (&next.status, previous.map(|p| &p.status)) {
@@ -1636,7 +1672,8 @@ impl Engine {
     }
 
     /// Gives back reservations nobody holds any more (claimed over `grace` ago by a router
-    /// that died before recording them, or whose release failed) and recomputes every
+    /// that died before recording them, or in doubt since a change that gave them back and
+    /// whose release never came), confirms those the log does record, and recomputes every
     /// operator's availability (idle conversations weigh less over time). Runs beside
     /// dispatching, never in its way.
     pub async fn reconcile(&self, grace: Duration) -> Result<(), EngineError> {
@@ -1663,16 +1700,22 @@ impl Engine {
                             Some(l) => l.conversation.status.holder() == Some(&op),
                             None => false,
                         };
-                        if !held {
+                        if held {
+                            // Recorded, but its confirmation was lost (a crash or a Redis
+                            // error right after the record).
+                            self.redis.confirm_hold(&tenant, &op, channel, id).await?;
+                        } else {
                             self.redis.release(&seat.ctx(), id, now).await?;
                             released += 1;
                         }
                     }
                 }
             }
-            for model in self.cache.operator_models(&tenant) {
-                for (channel, _) in &model.capacity {
-                    let seat = self.seat(&tenant, &model.id, *channel);
+            // Only what operators hold weighs differently as time passes (idle
+            // conversations): the availability of those holding nothing stays as it is.
+            for channel in Channel::ALL {
+                for op in self.redis.holders(&tenant, channel).await? {
+                    let seat = self.seat(&tenant, &op, channel);
                     if give_way() {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
@@ -1770,6 +1813,7 @@ impl Engine {
         let mut first = true;
         loop {
             if last_repair.is_none_or(|t| t.elapsed() >= repair_every) {
+                let started = tokio::time::Instant::now();
                 let repaired = async {
                     let waiting = crate::rebuild::run(&self, &js).await?;
                     self.drop_stale_queue_entries(&waiting).await?;
@@ -1779,26 +1823,32 @@ impl Engine {
                     Ok(()) => last_repair = Some(tokio::time::Instant::now()),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "repair from the log failed; will retry"),
                 }
+                upkeep_took("repair", started);
                 self.wake.notify_one();
             }
+            let started = tokio::time::Instant::now();
             if let Err(e) = crate::rebuild::repair_listed(&self).await {
                 tracing::warn!(error = format!("{e:#}"), "repairing conversations failed; will retry");
             }
+            upkeep_took("repair listed", started);
             // Gone desks: each second those whose sessions all expired; with every
             // reconciliation (and at start) everyone holding work.
             let full = first || last_reconcile.elapsed() >= reconcile_every;
             first = false;
+            let started = tokio::time::Instant::now();
             for tenant in self.cache.tenants() {
                 let Ok(tenant) = TenantId::parse(&tenant.id) else { continue };
                 if let Err(e) = self.reroute_gone(&tenant, clock::now(), full).await {
                     tracing::warn!(tenant = %tenant, error = %e, "rerouting gone desks failed");
                 }
             }
+            upkeep_took(if full { "gone desks (all holders)" } else { "gone desks" }, started);
             if last_reconcile.elapsed() >= reconcile_every {
                 last_reconcile = tokio::time::Instant::now();
                 if let Err(e) = self.reconcile(Duration::from_secs(10).min(reconcile_every)).await {
                     tracing::warn!(error = %e, "reconcile failed; will retry");
                 }
+                upkeep_took("reconcile", last_reconcile);
             }
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
@@ -1833,6 +1883,17 @@ fn view(
         load: s.load,
         weighted_load_milli: s.weighted_load_milli,
         last_assigned: s.last_assigned,
+    }
+}
+
+/// Logs how long a step of upkeep took: at info when long enough to matter beside
+/// dispatching (to tell which step a latency stall lines up with), else at debug.
+fn upkeep_took(step: &str, started: tokio::time::Instant) {
+    let took_ms = started.elapsed().as_millis() as u64;
+    if took_ms >= 20 {
+        tracing::info!(step, took_ms, "upkeep step");
+    } else {
+        tracing::debug!(step, took_ms, "upkeep step");
     }
 }
 

@@ -61,6 +61,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
         memory: engine::Memory::default(),
         repairs: Default::default(),
         finishing: Default::default(),
+        publisher: nats.publisher(),
     });
     engine.rebuild_if_needed(&nats.js).await?;
 

@@ -114,14 +114,21 @@ async fn restore(engine: &Engine, tenant: &TenantId, c: &Conversation) -> anyhow
 }
 
 /// Repairs the conversations listed as behind their log: each is restored from its
-/// current state (a reservation it no longer has is given back by reconciliation).
+/// current state, and seats it no longer holds are given back.
 pub async fn repair_listed(engine: &Engine) -> anyhow::Result<()> {
     let listed: Vec<(TenantId, ConversationId)> =
         engine.repairs.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
     for (i, (tenant, id)) in listed.iter().enumerate() {
         let result = async {
             if let Some(loaded) = engine.log.load(tenant, *id).await? {
-                restore(engine, tenant, &loaded.conversation).await?;
+                let c = &loaded.conversation;
+                restore(engine, tenant, c).await?;
+                for op in engine.redis.holding(tenant, c.channel, c.id).await? {
+                    if c.status.holder() != Some(&op) {
+                        let seat = engine.seat(tenant, &op, c.channel);
+                        engine.redis.release(&seat.ctx(), c.id, clock::now()).await?;
+                    }
+                }
             }
             anyhow::Ok(())
         }
