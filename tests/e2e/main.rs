@@ -13,3 +13,4 @@ mod service;
 mod skeleton;
 mod tidy;
 mod tracing;
+mod webhooks;

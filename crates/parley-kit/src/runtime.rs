@@ -288,6 +288,9 @@ pub struct ServiceHandle {
     pub name: &'static str,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Listeners a service has beside its gRPC and ops ports (ingest's public webhooks),
+    /// by name, so callers that bound port 0 can find them.
+    listeners: Vec<(&'static str, SocketAddr)>,
     token: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -301,7 +304,19 @@ impl ServiceHandle {
         token: CancellationToken,
         task: tokio::task::JoinHandle<anyhow::Result<()>>,
     ) -> Self {
-        Self { name, grpc_addr, http_addr, token, task }
+        Self { name, grpc_addr, http_addr, listeners: Vec::new(), token, task }
+    }
+
+    /// Names another listener of the service (see [`ServiceHandle::listener`]).
+    #[must_use]
+    pub fn with_listener(mut self, name: &'static str, addr: SocketAddr) -> Self {
+        self.listeners.push((name, addr));
+        self
+    }
+
+    /// Where the service's listener of that name is bound, if it has one.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
     }
 
     /// The token that stops the service.

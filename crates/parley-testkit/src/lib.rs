@@ -176,6 +176,10 @@ impl App {
             nats: nats.clone(),
             auth: auth.clone(),
             telemetry: telemetry.clone(),
+            webhooks: parley_ingest::WebhooksConfig {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..Default::default()
+            },
         };
         let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new())
             .await
@@ -236,6 +240,14 @@ impl App {
 
     pub fn addrs(&self) -> Addrs {
         self.addrs
+    }
+
+    /// Where ingest's public webhook listener is bound.
+    pub fn webhooks_addr(&self) -> std::net::SocketAddr {
+        self.ingest
+            .as_ref()
+            .and_then(|i| i.listener(parley_ingest::WEBHOOKS_LISTENER))
+            .expect("ingest runs with its webhook listener")
     }
 
     /// Points the routing clients at a routing service started elsewhere.
