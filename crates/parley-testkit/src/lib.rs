@@ -553,6 +553,9 @@ impl ServiceProcess {
         let mut cmd = Command::new(binary(bin));
         cmd.env("PARLEY_SERVER__GRPC_ADDR", grpc_addr.to_string())
             .env("PARLEY_SERVER__HTTP_ADDR", format!("127.0.0.1:{http}"))
+            // Ingest's public webhook listener (other services ignore the section): a free
+            // port, so test processes never race for the default one.
+            .env("PARLEY_WEBHOOKS__ADDR", format!("127.0.0.1:{}", servers::free_port()))
             .env("PARLEY_TELEMETRY__LOG_FILTER", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
