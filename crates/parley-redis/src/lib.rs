@@ -763,26 +763,6 @@ impl Coordinator {
             .map(|_| ())
     }
 
-    /// Operators of the availability index (online, with room for a conversation on
-    /// `channel`, with `skill` if given), least occupied first then idle longest: positions `from..from+count`.
-    pub async fn shortlist(
-        &self,
-        tenant: &TenantId,
-        channel: Channel,
-        skill: Option<&SkillId>,
-        from: usize,
-        count: usize,
-    ) -> Result<Vec<OperatorId>> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(avail_key(tenant, channel, skill))
-            .arg(from)
-            .arg(from + count.max(1) - 1)
-            .query_async(&mut c)
-            .await?;
-        Ok(ids.iter().filter_map(|s| OperatorId::parse(s).ok()).collect())
-    }
-
     /// How many operators each availability index holds (to start from the smallest).
     pub async fn index_sizes(&self, tenant: &TenantId, channel: Channel, skills: &[&SkillId]) -> Result<Vec<u64>> {
         let mut c = self.conn.clone();
@@ -815,9 +795,10 @@ impl Coordinator {
         Ok(values.chunks(3).map(|chunk| parse_snapshot(chunk, now, weights)).collect())
     }
 
-    /// A page of an availability index (ranks `from..from + count`, least occupied first)
-    /// with each operator's snapshot, in one round trip: [`Coordinator::shortlist`] and
-    /// [`Coordinator::snapshot`] together.
+    /// A page of an availability index (online operators with room on `channel`, with
+    /// `skill` if given; ranks `from..from + count`, least occupied first then idle
+    /// longest) with each operator's snapshot (as [`Coordinator::snapshot`]), in one round
+    /// trip.
     #[allow(clippy::too_many_arguments)]
     pub async fn shortlist_snapshot(
         &self,
@@ -1149,9 +1130,7 @@ impl Coordinator {
         conversation: ConversationId,
         now: Timestamp,
     ) -> Result<()> {
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(load_key(tenant, op, channel)).arg("XX").arg(now.as_millis()).arg(conversation.to_string());
-        self.run(&zadd).await
+        self.set_hold_score(tenant, op, channel, conversation, now.as_millis()).await
     }
 
     /// Marks a hold as recorded in the log (its claim time becomes 0), so reconciliation
@@ -1163,8 +1142,20 @@ impl Coordinator {
         channel: Channel,
         conversation: ConversationId,
     ) -> Result<()> {
+        self.set_hold_score(tenant, op, channel, conversation, 0).await
+    }
+
+    /// Sets an existing hold's score (0: confirmed; else since when it is in doubt).
+    async fn set_hold_score(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        channel: Channel,
+        conversation: ConversationId,
+        score: i64,
+    ) -> Result<()> {
         let mut zadd = redis::cmd("ZADD");
-        zadd.arg(load_key(tenant, op, channel)).arg("XX").arg(0).arg(conversation.to_string());
+        zadd.arg(load_key(tenant, op, channel)).arg("XX").arg(score).arg(conversation.to_string());
         self.run(&zadd).await
     }
 

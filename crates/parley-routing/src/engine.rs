@@ -1008,21 +1008,19 @@ impl Engine {
         Ok(models.iter().zip(snapshots).map(|(o, s)| view(o, s, &settings, channel, now)).collect())
     }
 
-    /// A page of an availability index as views, read in one round trip (operators the
-    /// configuration no longer has are left out).
+    /// Ranks `from..from + count` of an availability index as views, read in one round
+    /// trip, and how many the index listed (operators the configuration no longer has are
+    /// left out of the views).
     async fn page_views(
         &self,
         tenant: &TenantId,
         channel: Channel,
         index: Option<&SkillId>,
-        page: usize,
+        (from, count): (usize, usize),
         now: Timestamp,
     ) -> Result<(usize, Vec<OperatorView>), EngineError> {
         let settings = self.cache.routing_settings(tenant);
-        let page = self
-            .redis
-            .shortlist_snapshot(tenant, channel, index, page * SHORTLIST, SHORTLIST, now, weights(&settings))
-            .await?;
+        let page = self.redis.shortlist_snapshot(tenant, channel, index, from, count, now, weights(&settings)).await?;
         let listed = page.len();
         let views = page
             .into_iter()
@@ -1045,14 +1043,8 @@ impl Engine {
     ) -> Result<Vec<OperatorView>, EngineError> {
         let models: Vec<Arc<Operator>> = match request.only.is_empty() {
             false => self.only_models(tenant, request),
-            true => {
-                if self.cache.operator_count(tenant) <= max {
-                    self.cache.operator_models(tenant)
-                } else {
-                    let ids = self.redis.shortlist(tenant, request.channel, None, 0, max).await?;
-                    self.cache.operator_models_of(tenant, &ids)
-                }
-            }
+            true if self.cache.operator_count(tenant) <= max => self.cache.operator_models(tenant),
+            true => return Ok(self.page_views(tenant, request.channel, None, (0, max), now).await?.1),
         };
         self.views(tenant, &models, request.channel, now).await
     }
@@ -1094,7 +1086,8 @@ impl Engine {
         };
         let mut last = (decide(request, &[]), Vec::new());
         for page in 0..MAX_PAGES {
-            let (listed, views) = self.page_views(tenant, request.channel, index.as_ref(), page, now).await?;
+            let ranks = (page * SHORTLIST, SHORTLIST);
+            let (listed, views) = self.page_views(tenant, request.channel, index.as_ref(), ranks, now).await?;
             if listed == 0 {
                 break;
             }
@@ -1709,13 +1702,8 @@ impl Engine {
                             released += 1;
                         }
                     }
-                }
-            }
-            // Only what operators hold weighs differently as time passes (idle
-            // conversations): the availability of those holding nothing stays as it is.
-            for channel in Channel::ALL {
-                for op in self.redis.holders(&tenant, channel).await? {
-                    let seat = self.seat(&tenant, &op, channel);
+                    // Only what operators hold weighs differently as time passes (idle
+                    // conversations): the availability of those holding nothing stays.
                     if give_way() {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
