@@ -1,7 +1,10 @@
-//! Provider webhooks end to end: Telegram, WhatsApp, Viber and Twilio SMS callbacks posted
-//! over plain HTTP to ingest's public listener, signed here independently (hmac, sha2, sha1)
-//! with the real fixtures, reach an operator's desk exactly once; forged, unsigned, foreign
-//! and malformed ones are refused with a JSON error and publish nothing.
+//! Provider channels end to end. In: Telegram, WhatsApp, Viber and Twilio SMS callbacks
+//! posted over plain HTTP to ingest's public listener, signed here independently (hmac,
+//! sha2, sha1) with the real fixtures, reach an operator's desk exactly once; forged,
+//! unsigned, foreign and malformed ones are refused with a JSON error and publish nothing.
+//! Out: replies reach the test kit's provider double once each, in the providers' request
+//! formats with their credentials, through throttling and outages, and come back to the desk
+//! and history as delivery states.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -176,6 +179,28 @@ async fn tenant(app: &App, id: &str, ops: &[&str]) -> TenantFixture {
     fx
 }
 
+/// A fresh Parley with tenant acme and anna online at her desk (kept alive).
+async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive) {
+    let app = App::spawn().await;
+    let fx = tenant(&app, "acme", &["anna"]).await;
+    let desk = online(&app, &fx, "anna").await;
+    let alive = desk.keep_alive();
+    (app, fx, desk, alive)
+}
+
+/// A WhatsApp Cloud API webhook carrying these `statuses`, as Meta posts it.
+fn wa_statuses(statuses: serde_json::Value) -> Vec<u8> {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "statuses": statuses}}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// A signed request for a config, as its provider would send `body`.
 fn signed(c: &v1::ChannelConfig, body: &[u8]) -> Vec<(&'static str, String)> {
     match c.settings.as_ref().expect("settings") {
@@ -235,10 +260,7 @@ async fn assigned_text(desk: &mut Desk) -> (v1::Conversation, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_provider_s_message_reaches_the_desk_once_however_often_it_is_posted() {
-    let app = App::spawn().await;
-    let fx = tenant(&app, "acme", &["anna"]).await;
-    let mut desk = online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
+    let (app, _fx, mut desk, _alive) = start().await;
 
     let twilio_text = form_urlencoded::parse(&fixture("twilio_sms.form"))
         .find(|(k, _)| k == "Body")
@@ -438,28 +460,17 @@ async fn bad_webhooks_are_refused_with_json_errors_and_publish_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whatsapp_statuses_become_delivery_receipts_and_routing_goes_on() {
-    let app = App::spawn().await;
-    let fx = tenant(&app, "acme", &["anna"]).await;
-    let mut desk = online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
+    let (app, _fx, mut desk, _alive) = start().await;
 
     // Real-shaped statuses of one message Parley sent: sent, delivered, then another failed
     // outside the 24-hour window.
-    let statuses = serde_json::json!({
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
-            "statuses": [
-                {"id": "wamid.OUT1", "status": "sent", "timestamp": "1763801000", "recipient_id": "79161234567"},
-                {"id": "wamid.OUT1", "status": "delivered", "timestamp": "1763801100", "recipient_id": "79161234567"},
-                {"id": "wamid.OUT2", "status": "failed", "timestamp": "1763801200", "recipient_id": "79161234567",
-                 "errors": [{"code": 131047, "title": "Re-engagement message",
-                             "message": "Re-engagement message", "error_data": {"details": "more than 24 hours"}}]}
-            ]}}]}]
-    })
-    .to_string()
-    .into_bytes();
+    let statuses = wa_statuses(serde_json::json!([
+        {"id": "wamid.OUT1", "status": "sent", "timestamp": "1763801000", "recipient_id": "79161234567"},
+        {"id": "wamid.OUT1", "status": "delivered", "timestamp": "1763801100", "recipient_id": "79161234567"},
+        {"id": "wamid.OUT2", "status": "failed", "timestamp": "1763801200", "recipient_id": "79161234567",
+         "errors": [{"code": 131047, "title": "Re-engagement message",
+                     "message": "Re-engagement message", "error_data": {"details": "more than 24 hours"}}]}
+    ]));
     let before = app.stream_len("PARLEY_INBOUND").await;
     let answer = post_when_known(&app, "/webhooks/acme/wa", &signed(&whatsapp(), &statuses), &statuses).await;
     assert_eq!(answer.0, 200, "{}", answer.1);
@@ -497,4 +508,339 @@ async fn whatsapp_statuses_become_delivery_receipts_and_routing_goes_on() {
     assert_eq!(text, "Does it come in another color?");
     assert_eq!(conversation.channel, v1::Channel::Whatsapp as i32);
     app.stop().await;
+}
+
+// ---- replies out: the notification service's senders ---------------------------------------
+
+/// Waits for the desk to hear that a message reached `state`; returns the failure reason.
+async fn delivery_state(desk: &mut Desk, message_id: &str, state: v1::DeliveryState) -> String {
+    loop {
+        if let Some(v1::desk_event::Kind::Delivery(d)) = desk.event(WAIT).await.kind
+            && d.message_id == message_id
+        {
+            if d.state == state as i32 {
+                return d.failure_reason;
+            }
+            assert!(
+                d.state != v1::DeliveryState::Failed as i32,
+                "expected {state:?}, the message failed: {}",
+                d.failure_reason
+            );
+        }
+    }
+}
+
+fn accepted(frame: parley_proto::v1::open_session_response::Frame) -> v1::ReplyAccepted {
+    match frame {
+        parley_proto::v1::open_session_response::Frame::ReplyAccepted(a) => a,
+        other => panic!("expected the reply accepted, got {other:?}"),
+    }
+}
+
+/// The history's delivery state of one message of a conversation.
+async fn stored_state(app: &App, fx: &TenantFixture, conversation: &str, message_id: &str) -> i32 {
+    let messages = app
+        .history_client(&fx.supervisor_token)
+        .await
+        .list_messages(v1::ListMessagesRequest { conversation_id: conversation.into(), ..Default::default() })
+        .await
+        .expect("list messages")
+        .into_inner()
+        .messages;
+    messages.iter().find(|m| m.id == message_id).map_or(-1, |m| m.delivery_state)
+}
+
+/// Waits until the senders' consumer has nothing delivered or waiting.
+async fn senders_idle(app: &App) {
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    eventually(WAIT, "the senders have handled everything", || async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            js.get_consumer_from_stream("notification-senders", "PARLEY_OUTBOUND").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_go_out_once_on_each_provider_and_come_back_as_delivery_states() {
+    let (app, fx, mut desk, _alive) = start().await;
+
+    let cases = [
+        (telegram(), "telegram_text.json", "telegram"),
+        (whatsapp(), "whatsapp_text.min.json", "whatsapp"),
+        (viber(), "viber_message.min.json", "viber"),
+        (sms(), "twilio_sms.form", "twilio"),
+    ];
+    let reply = "Здравствуйте! Проверили списание — деньги вернутся за 3 дня.";
+    let mut sent = Vec::new();
+    for (c, file, provider) in cases {
+        let body = fixture(file);
+        let answer = post_when_known(&app, &format!("/webhooks/acme/{}", c.id), &signed(&c, &body), &body).await;
+        assert_eq!(answer.0, 200, "{file}: {}", answer.1);
+        let (conversation, _) = assigned_text(&mut desk).await;
+        let ok = accepted(desk.reply(&conversation.id, &format!("r-{provider}"), reply).await);
+        // The SMS reply's cost is shown before it goes: Cyrillic needs UCS-2, 61 characters
+        // fit one segment.
+        if provider == "twilio" {
+            assert_eq!((ok.sms_segments, ok.sms_encoding.as_str()), (1, "UCS-2"));
+        } else {
+            assert_eq!((ok.sms_segments, ok.sms_encoding.as_str()), (0, ""));
+        }
+        delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+
+        let got = app.providers.received(provider);
+        assert_eq!(got.len(), 1, "{provider}: exactly one request");
+        let r = &got[0];
+        match provider {
+            "telegram" => {
+                assert_eq!(r.path, "bot123:bot/sendMessage");
+                assert_eq!((r.json()["chat_id"].as_i64(), r.json()["text"].as_str()), (Some(5123456789), Some(reply)));
+            }
+            "whatsapp" => {
+                assert_eq!(r.path, "106540352242922/messages");
+                assert_eq!(r.credential.as_deref(), Some("Bearer graph-token"));
+                assert_eq!(
+                    (r.json()["to"].as_str(), r.json()["text"]["body"].as_str()),
+                    (Some("16505551234"), Some(reply))
+                );
+            }
+            "viber" => {
+                assert_eq!(r.path, "send_message");
+                assert_eq!(r.credential.as_deref(), Some(VIBER_TOKEN));
+                assert_eq!(
+                    (r.json()["receiver"].as_str(), r.json()["text"].as_str()),
+                    (Some("01234567890A="), Some(reply))
+                );
+            }
+            _ => {
+                assert_eq!(r.path, "2010-04-01/Accounts/ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX/Messages.json");
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX:{TWILIO_TOKEN}"));
+                assert_eq!(r.credential.as_deref(), Some(format!("Basic {basic}").as_str()));
+                let form = r.form();
+                let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+                assert_eq!(
+                    (field("To"), field("From"), field("Body")),
+                    (Some("+14155550123"), Some("+14155550100"), Some(reply))
+                );
+            }
+        }
+        sent.push((conversation.id, ok.message_id));
+    }
+
+    // WhatsApp's own statuses for the message it took (by the id it answered with) move
+    // the reply on: delivered, then read — a late "delivered" changes nothing.
+    let answered: serde_json::Value =
+        serde_json::from_str(&app.providers.received("whatsapp")[0].answer).expect("a JSON answer");
+    let provider_id = answered["messages"][0]["id"].as_str().expect("the wamid").to_owned();
+    let (wa_conversation, wa_message) = sent[1].clone();
+    let status = |state: &str, ts: u64| {
+        wa_statuses(serde_json::json!([{"id": provider_id, "status": state, "timestamp": ts.to_string(),
+                                        "recipient_id": "16505551234"}]))
+    };
+    for (state, ts) in [("delivered", 1_764_400_100), ("read", 1_764_400_200), ("delivered", 1_764_400_100)] {
+        let body = status(state, ts);
+        let answer = post(&app, "/webhooks/acme/wa", &signed(&whatsapp(), &body), &body).await;
+        assert_eq!(answer.0, 200, "{}", answer.1);
+    }
+    delivery_state(&mut desk, &wa_message, v1::DeliveryState::Delivered).await;
+    delivery_state(&mut desk, &wa_message, v1::DeliveryState::Read).await;
+    eventually(WAIT, "history keeps each reply's furthest state", || async {
+        let wa = stored_state(&app, &fx, &wa_conversation, &wa_message).await;
+        let mut others = Vec::new();
+        for (c, m) in [&sent[0], &sent[2], &sent[3]] {
+            others.push(stored_state(&app, &fx, c, m).await);
+        }
+        (wa == v1::DeliveryState::Read as i32 && others.iter().all(|s| *s == v1::DeliveryState::Sent as i32))
+            .then_some(())
+    })
+    .await;
+    // The states are the tenant's alone: a session without a tenant sees none of them.
+    assert!(app.table_rows("message_deliveries").await >= 4);
+    let db = parley_pg::Db::connect(&app.infra.db.url(), 1, "parley_app").unwrap();
+    assert_eq!(db.count_without_tenant("message_deliveries").await.unwrap(), 0);
+    // Nothing was sent twice, and the late "delivered" after "read" reached nobody.
+    senders_idle(&app).await;
+    for provider in ["telegram", "whatsapp", "viber", "twilio"] {
+        assert_eq!(app.providers.received(provider).len(), 1, "{provider}");
+    }
+    desk.expect_quiet(Duration::from_millis(1000)).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttled_failing_and_refusing_providers_send_once_retry_in_time_and_report_failures() {
+    let (app, fx, mut desk, _alive) = start().await;
+
+    // Telegram throttles (its documented 429 with `retry_after`), then has a bad gateway,
+    // then takes the message.
+    app.providers.script(
+        "telegram",
+        429,
+        serde_json::json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                           "parameters": {"retry_after": 1}}),
+        None,
+    );
+    app.providers.script(
+        "telegram",
+        502,
+        serde_json::json!({"ok": false, "error_code": 502, "description": "Bad Gateway"}),
+        None,
+    );
+    let body = fixture("telegram_text.json");
+    let answer = post_when_known(&app, "/webhooks/acme/tg", &signed(&telegram(), &body), &body).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let (tg, _) = assigned_text(&mut desk).await;
+    let ok = accepted(desk.reply(&tg.id, "r-1", "Проверяем").await);
+    delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let tries = app.providers.received("telegram");
+    assert_eq!(tries.iter().map(|r| r.status).collect::<Vec<_>>(), [429, 502, 200]);
+    let waited = tries[1].at.duration_since(tries[0].at);
+    assert!(waited >= Duration::from_millis(950), "retry_after 1 s honoured, waited {waited:?}");
+
+    // WhatsApp refuses for good (undeliverable): one request, FAILED with Meta's code on the
+    // desk and in history.
+    app.providers.script(
+        "whatsapp",
+        400,
+        serde_json::json!({"error": {"message": "(#131026) Message undeliverable", "type": "OAuthException",
+                                     "code": 131026, "error_data": {"messaging_product": "whatsapp",
+                                     "details": "Message Undeliverable."}, "fbtrace_id": "AbCdEfGh"}}),
+        None,
+    );
+    let body = fixture("whatsapp_text.min.json");
+    let answer = post(&app, "/webhooks/acme/wa", &signed(&whatsapp(), &body), &body).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let (wa, _) = assigned_text(&mut desk).await;
+    let ok = accepted(desk.reply(&wa.id, "r-2", "Hello").await);
+    let reason = delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Failed).await;
+    assert!(reason.contains("131026") && reason.contains("Undeliverable"), "{reason}");
+    eventually(WAIT, "history shows the failure", || async {
+        (stored_state(&app, &fx, &wa.id, &ok.message_id).await == v1::DeliveryState::Failed as i32).then_some(())
+    })
+    .await;
+    assert_eq!(app.providers.received("whatsapp").len(), 1, "a refusal is not retried");
+
+    // A send redelivered after the provider took it (a replica died before its ack) is not
+    // sent again: the same reply, published once more under another stream id.
+    let body = fixture("twilio_sms.form");
+    let answer = post(&app, "/webhooks/acme/sms", &signed(&sms(), &body), &body).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let (text_conversation, _) = assigned_text(&mut desk).await;
+    let ok = accepted(desk.reply(&text_conversation.id, "r-3", &"a".repeat(200)).await);
+    assert_eq!((ok.sms_segments, ok.sms_encoding.as_str()), (2, "GSM-7"), "200 GSM-7 characters are two parts");
+    delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    let stream = js.get_stream("PARLEY_OUTBOUND").await.expect("stream");
+    let last = stream.get_last_raw_message_by_subject("parley.outbound.acme.sms.>").await.expect("the reply");
+    let envelope = events::OutboundEnvelope::decode(last.payload).expect("an outbound envelope");
+    parley_nats::Publisher::new(js)
+        .publish(last.subject.to_string(), "redelivered-copy", &envelope.customer_id, &envelope)
+        .await
+        .expect("publish");
+    senders_idle(&app).await;
+    assert_eq!(app.providers.received("twilio").len(), 1, "sent once, though delivered twice");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whatsapp_replies_outside_the_24_hour_window_are_refused_before_sending() {
+    let (app, _fx, mut desk, _alive) = start().await;
+    // Created through the admin API, the config is what the senders read; give its cache
+    // time to see it.
+    let body = fixture("whatsapp_text.min.json");
+    let _ = post_when_known(&app, "/webhooks/acme/wa", &signed(&whatsapp(), &body), &body).await;
+    let (fresh, _) = assigned_text(&mut desk).await;
+
+    // A customer whose last message Parley took 25 hours ago (a backlog delivered late).
+    let tenant_id = parley_domain::TenantId::parse("acme").unwrap();
+    let customer = parley_domain::CustomerId::derive(&tenant_id, parley_domain::Channel::WhatsApp, "79161234567");
+    let message = parley_domain::MessageId::derive(&tenant_id, "channel:wa", "wamid.OLD");
+    let then = parley_domain::Timestamp::from_millis(parley_kit::clock::now().as_millis() - 25 * 3600 * 1000);
+    let envelope = events::InboundEnvelope {
+        kind: Some(events::inbound_envelope::Kind::CustomerMessage(events::CustomerMessage {
+            message_id: message.to_string(),
+            tenant_id: "acme".into(),
+            channel: v1::Channel::Whatsapp as i32,
+            channel_config_id: "wa".into(),
+            customer_id: customer.to_string(),
+            customer_address: "79161234567".into(),
+            customer_display_name: "Ivan".into(),
+            text: "Где мой заказ?".into(),
+            channel_message_id: "wamid.OLD".into(),
+            receive_time: Some(parley_proto::convert::timestamp(then)),
+            ..Default::default()
+        })),
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    parley_nats::Publisher::new(js)
+        .publish(
+            parley_nats::topology::inbound_subject(&tenant_id, parley_domain::Channel::WhatsApp),
+            &message.to_string(),
+            &customer.to_string(),
+            &envelope,
+        )
+        .await
+        .expect("publish");
+    let (stale, _) = match desk.event(WAIT).await.kind.expect("event kind") {
+        v1::desk_event::Kind::Assigned(a) => {
+            // The desk is told when the window closed, so it can warn before anyone types.
+            let closes = a.reply_window_close_time.expect("a WhatsApp conversation has a reply window");
+            assert_eq!(closes.seconds * 1000, then.as_millis() / 1000 * 1000 + 24 * 3600 * 1000);
+            (a.conversation.expect("conversation"), ())
+        }
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    match desk.reply(&stale.id, "late-1", "Sorry for the wait").await {
+        parley_proto::v1::open_session_response::Frame::ReplyRejected(r) => {
+            assert_eq!(r.code, "FAILED_PRECONDITION");
+            assert!(r.message.contains("24-hour window"), "{}", r.message);
+        }
+        other => panic!("expected the reply refused, got {other:?}"),
+    }
+    // Inside the window, replies go.
+    let ok = accepted(desk.reply(&fresh.id, "in-time-1", "Sure, in blue too").await);
+    delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    senders_idle(&app).await;
+    assert_eq!(app.providers.received("whatsapp").len(), 1, "only the reply inside the window went out");
+    app.stop().await;
+}
+
+/// The senders' rate limiter, on a real Redis: a channel configuration's burst goes at once,
+/// then sends are spaced by its rate; the tenant's own rate bounds all its configurations
+/// together; another tenant is not held up by either.
+#[tokio::test]
+async fn send_rates_hold_per_channel_and_per_tenant_across_replicas() {
+    let infra = parley_testkit::Infra::start().await.expect("infrastructure");
+    // Two coordinators: two notification replicas sharing the limits.
+    let a = parley_redis::Coordinator::connect(&infra.redis.url(), Duration::from_secs(5)).await.unwrap();
+    let b = parley_redis::Coordinator::connect(&infra.redis.url(), Duration::from_secs(5)).await.unwrap();
+    let acme = parley_domain::TenantId::parse("acme").unwrap();
+    let globex = parley_domain::TenantId::parse("globex").unwrap();
+    let tenant_rate = parley_redis::Rate { per_second: 10.0, burst: 5 };
+    let channel_rate = parley_redis::Rate { per_second: 2.0, burst: 3 };
+    let now = 1_000_000;
+    // The channel's burst of 3, split between the replicas, then a wait of one interval.
+    for (i, c) in [&a, &b, &a].into_iter().enumerate() {
+        assert_eq!(c.take_rate(&acme, "tg", tenant_rate, channel_rate, now).await.unwrap(), None, "send {i}");
+    }
+    let wait = b.take_rate(&acme, "tg", tenant_rate, channel_rate, now).await.unwrap().expect("over the burst");
+    assert_eq!(wait, Duration::from_millis(500), "one send per 500 ms at 2 a second");
+    // The tenant has used 3 of its burst of 5 (the refused send took nothing): another
+    // configuration gets 2, then waits for the tenant's rate (100 ms at 10 a second), not
+    // its own.
+    let roomy = parley_redis::Rate { per_second: 1000.0, burst: 1000 };
+    for _ in 0..2 {
+        assert_eq!(a.take_rate(&acme, "wa", tenant_rate, roomy, now).await.unwrap(), None);
+    }
+    let wait = b.take_rate(&acme, "wa", tenant_rate, roomy, now).await.unwrap().expect("tenant's rate");
+    assert_eq!(wait, Duration::from_millis(100));
+    // At the time the first refusal named, the channel has room for one more.
+    assert_eq!(a.take_rate(&acme, "tg", tenant_rate, channel_rate, now + 500).await.unwrap(), None);
+    assert!(a.take_rate(&acme, "tg", tenant_rate, channel_rate, now + 500).await.unwrap().is_some());
+    // Another tenant's same-named configuration is untouched by all that.
+    for _ in 0..3 {
+        assert_eq!(a.take_rate(&globex, "tg", tenant_rate, channel_rate, now).await.unwrap(), None);
+    }
 }

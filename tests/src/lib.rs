@@ -256,5 +256,6 @@ pub fn describe(event: &v1::DeskEvent) -> (String, &'static str) {
         Kind::Assigned(a) => (a.conversation.as_ref().expect("conversation").id.clone(), "assigned"),
         Kind::Message(m) => (m.conversation_id.clone(), "message"),
         Kind::Released(r) => (r.conversation_id.clone(), "released"),
+        Kind::Delivery(d) => (d.conversation_id.clone(), "delivery"),
     }
 }

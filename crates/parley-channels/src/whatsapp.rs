@@ -346,7 +346,7 @@ pub enum WindowState {
 }
 
 /// The customer service window: open for 24 hours after the customer's last message.
-pub const WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+pub const WINDOW: Duration = parley_domain::conversation::WHATSAPP_REPLY_WINDOW;
 
 /// Whether the window is open at `now`, given when the customer last wrote (Unix ms).
 pub fn customer_service_window(last_customer_message_at: Option<i64>, now: i64) -> WindowState {

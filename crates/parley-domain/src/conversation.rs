@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use crate::routing::Requirements;
 use crate::{
-    Channel, ChannelConfigId, ConversationId, CustomerId, Message, MessageId, OperatorId, QueueId, Sender, SkillLevel,
-    TenantId, Timestamp,
+    Channel, ChannelConfigId, ConversationId, CustomerId, DeliveryState, Message, MessageId, OperatorId, QueueId,
+    Sender, SkillLevel, TenantId, Timestamp,
 };
 
 /// How many message ids a conversation remembers to recognise redeliveries. Redeliveries
@@ -99,6 +99,8 @@ pub struct Conversation {
     /// Who wrote last, and when.
     pub last_sender: Sender,
     pub last_activity: Timestamp,
+    /// When the customer last wrote (the WhatsApp customer-service window runs from it).
+    pub last_customer_message: Option<Timestamp>,
 }
 
 /// Why a conversation waits for one operator.
@@ -246,6 +248,9 @@ pub enum Command {
     /// An operator's reply, already on its way to the customer: it is recorded whatever
     /// the state now is (the check was made when it was sent).
     RecordOperatorMessage(Message),
+    /// A message sent to the customer got further, or failed for good: recorded whatever
+    /// the state now is (a receipt can come after the conversation closed).
+    RecordDelivery(DeliveryChange),
     /// Offer to an operator whose capacity the caller has reserved.
     Offer {
         operator: OperatorId,
@@ -298,6 +303,7 @@ pub enum Event {
     Offered { operator: OperatorId, expires: Timestamp },
     Assigned { operator: OperatorId, reason: AssignReason, note: String },
     Closed { by: String, reason: String },
+    Delivery(DeliveryChange),
 }
 
 /// Something an operator's desk must show.
@@ -310,6 +316,18 @@ pub enum DeskEvent {
     Assigned,
     Message(Message),
     Released(ReleaseReason),
+    Delivery(DeliveryChange),
+}
+
+/// A message's new delivery state, as its sender or the provider reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryChange {
+    pub message: MessageId,
+    pub state: DeliveryState,
+    /// Why it failed, for `Failed`.
+    pub reason: String,
+    /// When the state was reached, as reported.
+    pub at: Timestamp,
 }
 
 /// Something the customer is told.
@@ -382,7 +400,23 @@ pub struct Opening {
     pub preference: Option<Preference>,
 }
 
+/// WhatsApp's customer-service window: free-form replies for 24 hours after the customer
+/// last wrote; after that, only approved templates.
+pub const WHATSAPP_REPLY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl Conversation {
+    /// On WhatsApp, until when a free-form reply may be sent; `None` on other channels, and
+    /// when the customer's last message time is unknown.
+    pub fn reply_window_closes(&self) -> Option<Timestamp> {
+        if self.channel != Channel::WhatsApp {
+            return None;
+        }
+        // Conversations recorded before the customer's own time was kept fall back to the
+        // last activity, when the customer spoke last.
+        let last = self.last_customer_message.or((self.last_sender == Sender::Customer).then_some(self.last_activity));
+        last.map(|t| t.saturating_add(WHATSAPP_REPLY_WINDOW))
+    }
+
     /// Opens a conversation with its first customer message: it is logged, queued, and the
     /// customer told.
     pub fn open(opening: Opening, first: Message, now: Timestamp) -> Transition {
@@ -410,6 +444,7 @@ impl Conversation {
             queue_enter: now,
             last_sender: Sender::Customer,
             last_activity: now,
+            last_customer_message: None,
         };
         let mut t = conversation.with_message(first.clone(), now);
         t.effects = vec![
@@ -435,6 +470,9 @@ impl Conversation {
         next.updated = now;
         next.last_sender = message.sender;
         next.last_activity = now;
+        if message.sender == Sender::Customer {
+            next.last_customer_message = Some(message.created);
+        }
         next.message_count = next.message_count.saturating_add(1);
         next.recent_message_ids.push(message.id);
         if next.recent_message_ids.len() > RECENT_IDS {
@@ -456,6 +494,7 @@ impl Conversation {
         match command {
             Command::CustomerMessage(message) => self.customer_message(message, now),
             Command::RecordOperatorMessage(message) => Ok(self.operator_message(message, now)),
+            Command::RecordDelivery(change) => Ok(self.delivery(change)),
             Command::Offer { operator, timeout } => self.offer(operator, timeout, now),
             Command::Assign { operator } => {
                 self.expect_queued("queued")?;
@@ -553,6 +592,32 @@ impl Conversation {
             t.effects.push(Effect::Desk { operator: author.clone(), event: DeskEvent::Message(message) });
         }
         t
+    }
+
+    /// Records a delivery state. A message still among the recent ones keeps its state, and a
+    /// report that does not move it forward (a repeat, `delivered` after `read`) changes
+    /// nothing; an older message's report is recorded as it comes (history keeps the
+    /// furthest state). The operator holding the conversation — or, with nobody holding it,
+    /// the message's author — sees it.
+    fn delivery(&self, change: DeliveryChange) -> Transition {
+        let mut next = self.clone();
+        let mut author = None;
+        if let Some(m) = next.recent_messages.iter_mut().find(|m| m.id == change.message) {
+            if change.state <= m.delivery {
+                return self.unchanged();
+            }
+            m.delivery = change.state;
+            author = m.operator.clone();
+        }
+        let mut effects = vec![Effect::Log(Event::Delivery(change.clone()))];
+        let owner = match &self.status {
+            Status::Assigned { operator } => Some(operator.clone()),
+            _ => None,
+        };
+        if let Some(operator) = owner.or(author) {
+            effects.push(Effect::Desk { operator, event: DeskEvent::Delivery(change) });
+        }
+        Transition { next, effects, duplicate: false }
     }
 
     fn offer(&self, operator: OperatorId, timeout: Duration, now: Timestamp) -> Result<Transition, Rejected> {
@@ -769,7 +834,6 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::DeliveryState;
 
     fn op(s: &str) -> OperatorId {
         OperatorId::parse(s).unwrap()
@@ -973,6 +1037,48 @@ mod tests {
             let taken = moved.apply(Command::Assign { operator: op("boris") }, at(4_000)).unwrap().next;
             assert!(taken.declined_by.is_empty(), "forgotten once someone takes it");
         }
+    }
+
+    #[test]
+    fn delivery_states_only_move_forward_and_reach_the_owner() {
+        let assigned = opened().apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        assert_eq!(assigned.last_customer_message, Some(at(100)), "the opening message's time");
+        let reply = msg(104, Sender::Operator);
+        let replied = assigned.apply(Command::RecordOperatorMessage(reply.clone()), at(3_000)).unwrap().next;
+        assert_eq!(replied.last_customer_message, Some(at(100)), "an operator's reply does not move it");
+        let change = |state, ms| DeliveryChange { message: reply.id, state, reason: String::new(), at: at(ms) };
+        let sent = replied.apply(Command::RecordDelivery(change(DeliveryState::Sent, 3_100)), at(3_100)).unwrap();
+        assert!(!sent.duplicate);
+        assert_eq!(sent.next.recent_messages.last().unwrap().delivery, DeliveryState::Sent);
+        assert_eq!(
+            sent.effects,
+            vec![
+                Effect::Log(Event::Delivery(change(DeliveryState::Sent, 3_100))),
+                Effect::Desk { operator: op("anna"), event: DeskEvent::Delivery(change(DeliveryState::Sent, 3_100)) },
+            ]
+        );
+        let read = sent.next.apply(Command::RecordDelivery(change(DeliveryState::Read, 3_300)), at(3_300)).unwrap();
+        assert_eq!(read.next.recent_messages.last().unwrap().delivery, DeliveryState::Read);
+        // A repeat, or a report that comes late (delivered after read), changes nothing.
+        for late in [DeliveryState::Read, DeliveryState::Delivered, DeliveryState::Sent] {
+            let t = read.next.apply(Command::RecordDelivery(change(late, 3_400)), at(3_400)).unwrap();
+            assert!(t.duplicate && t.effects.is_empty(), "{late:?} after read");
+        }
+        // After close, the author still hears about it; a message no longer among the recent
+        // ones is recorded as reported.
+        let closed = read
+            .next
+            .apply(Command::Close { by: Actor::Operator(op("anna")), reason: String::new() }, at(4_000))
+            .unwrap()
+            .next;
+        let failed = closed.apply(Command::RecordDelivery(change(DeliveryState::Failed, 4_100)), at(4_100)).unwrap();
+        assert!(failed.effects.contains(&Effect::Desk {
+            operator: op("anna"),
+            event: DeskEvent::Delivery(change(DeliveryState::Failed, 4_100))
+        }));
+        let old = DeliveryChange { message: msg(7, Sender::Operator).id, ..change(DeliveryState::Delivered, 4_200) };
+        let t = closed.apply(Command::RecordDelivery(old.clone()), at(4_200)).unwrap();
+        assert_eq!(t.effects, vec![Effect::Log(Event::Delivery(old))], "nobody holds it, the author is unknown");
     }
 
     #[test]

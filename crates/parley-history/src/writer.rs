@@ -15,7 +15,7 @@ use parley_kit::telemetry::Metrics;
 use parley_kit::telemetry::prometheus_client::metrics::counter::Counter;
 use parley_kit::telemetry::prometheus_client::metrics::family::Family;
 use parley_nats::consume::{Delivery, Handler, Outcome};
-use parley_pg::{AssignmentRow, ConversationRow, CustomerRow, Db, DecisionRow, MessageRow, TenantBatch};
+use parley_pg::{AssignmentRow, ConversationRow, CustomerRow, Db, DecisionRow, DeliveryRow, MessageRow, TenantBatch};
 use parley_proto::{convert, events, v1};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -150,8 +150,13 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
                     requirements_json: serde_json::to_string(&requirements).expect("requirements serialize"),
                 });
             }
-            Some(Kind::Queued(_)) | Some(Kind::Offered(_)) | Some(Kind::Closed(_)) | Some(Kind::Delivery(_)) | None => {
-            }
+            Some(Kind::Delivery(u)) => batch.deliveries.push(DeliveryRow {
+                message_id: uuid::Uuid::parse_str(&u.message_id).map_err(|e| format!("delivery message_id: {e}"))?,
+                state: convert::from_delivery_state(u.state),
+                failure_reason: u.failure_reason.clone(),
+                updated_at: convert::from_timestamp(u.update_time.as_ref()),
+            }),
+            Some(Kind::Queued(_)) | Some(Kind::Offered(_)) | Some(Kind::Closed(_)) | None => {}
         }
     }
     debug_assert!(batch.messages.iter().all(|m| Sender::parse(&m.sender).is_some()));
@@ -231,11 +236,7 @@ async fn batcher(
             waiters.push(done);
             let merged =
                 by_tenant.entry(batch.tenant.to_string()).or_insert_with(|| TenantBatch::new(batch.tenant.clone()));
-            merged.customers.extend(batch.customers);
-            merged.conversations.extend(batch.conversations);
-            merged.messages.extend(batch.messages);
-            merged.assignments.extend(batch.assignments);
-            merged.decisions.extend(batch.decisions);
+            merged.absorb(batch);
         }
         let batches: Vec<TenantBatch> = by_tenant.into_values().collect();
         let result = db.write(&batches).await.map_err(|e| e.to_string());

@@ -98,6 +98,9 @@ pub fn receipt(source: Source<'_>, r: &DeliveryReceipt, now: Timestamp) -> Publi
         recipient: r.recipient.clone().unwrap_or_default(),
         state_time: Some(convert::timestamp(Timestamp::from_millis(r.at))),
         receive_time: Some(convert::timestamp(now)),
+        // The provider names only its own id; routing maps it back.
+        conversation_id: String::new(),
+        message_id: String::new(),
     };
     Publication {
         subject: topology::inbound_subject(tenant, channel),

@@ -48,6 +48,8 @@ pub mod consumers {
     pub const ROUTING_FANOUT: &str = "routing-fanout";
     /// History writes the conversation log to PostgreSQL.
     pub const HISTORY_EVENTS: &str = "history-events";
+    /// Notification sends replies to the customers' providers.
+    pub const NOTIFICATION_SENDERS: &str = "notification-senders";
 }
 
 /// Key-value buckets.

@@ -1,12 +1,14 @@
-//! Parley's notification service: delivery to operators.
+//! Parley's notification service: delivery to operators, and replies to customers.
 //!
 //! Operator desks hold an `OpenSession` stream ([`session`]) on any replica; each session
 //! follows the operator's subject in `PARLEY_DESK` from the sequence the desk last saw, so a
 //! desk that reconnects to another replica after a drop or a replica's death catches up with
 //! no gaps and no repeats. The frames a desk sends keep its session alive in Redis, which is
 //! what makes the operator `connected` for routing. Replies go from here to
-//! `PARLEY_OUTBOUND`, from where channels deliver them and routing records them.
+//! `PARLEY_OUTBOUND`, from where the [`senders`] deliver them to the customers' providers
+//! and routing records them.
 
+pub mod senders;
 pub mod session;
 
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use parley_kit::auth::{Authenticator, TokenKey};
 use parley_kit::config::{AuthConfig, NatsConfig, RedisConfig, ServerConfig, TelemetryConfig, Validate};
 use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
-use parley_nats::{ConfigCache, Nats};
+use parley_nats::consume::{self, ConsumerSpec};
+use parley_nats::{ConfigCache, Nats, topology};
 use parley_proto::v1::operator_session_service_server::OperatorSessionServiceServer;
 use parley_redis::Coordinator;
 use serde::{Deserialize, Serialize};
@@ -32,6 +35,7 @@ pub struct NotificationConfig {
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
     pub sessions: SessionsSection,
+    pub senders: senders::SendersSection,
 }
 
 /// Desk session timing.
@@ -59,6 +63,7 @@ impl Default for NotificationConfig {
             auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
             sessions: SessionsSection::default(),
+            senders: senders::SendersSection::default(),
         }
     }
 }
@@ -74,7 +79,7 @@ impl Validate for NotificationConfig {
         if s.ttl_secs < 2 * s.heartbeat_interval_secs || s.ttl_secs > 600 {
             return Err("sessions.ttl_secs must be at least twice the heartbeat interval and at most 600".into());
         }
-        Ok(())
+        self.senders.validate()
     }
 }
 
@@ -92,9 +97,9 @@ pub async fn start(
 ) -> anyhow::Result<ServiceHandle> {
     let wait = Duration::from_secs(30);
     let nats = Nats::connect(&config.nats, "parley-notification", wait).await?;
-    let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
+    let cache = Arc::new(ConfigCache::start(nats.config_kv().await?, token.clone()).await?);
     let redis = Coordinator::connect(&config.redis.url, wait).await?;
-    let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache));
+    let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), cache.clone());
     let sessions = Arc::new(session::Sessions {
         js: nats.js.clone(),
         log: nats.conversations().await?,
@@ -104,9 +109,23 @@ pub async fn start(
         session_ttl: Duration::from_secs(config.sessions.ttl_secs),
         token: token.clone(),
     });
-    let routes = tonic::service::Routes::new(OperatorSessionServiceServer::new(session::SessionApi(sessions)));
+    let routes = tonic::service::Routes::new(OperatorSessionServiceServer::new(session::SessionApi(sessions.clone())));
 
-    let tasks = tokio::task::JoinSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if config.senders.enabled {
+        let spec = ConsumerSpec {
+            ack_wait: config.senders.ack_wait(),
+            ..ConsumerSpec::new(topology::OUTBOUND, topology::consumers::NOTIFICATION_SENDERS)
+        };
+        let senders = senders::Senders {
+            http: senders::http_client(&config.senders)?,
+            settings: config.senders.clone(),
+            cache,
+            redis: sessions.redis.clone(),
+            publisher: nats.publisher(),
+        };
+        tasks.spawn(consume::run(nats.js.clone(), spec, Arc::new(senders), metrics.clone(), token.clone()));
+    }
     runtime::launch(
         "notification",
         &config.server,

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use parley_channels::segments::{self, SegmentCount, SmsEncoding};
 use parley_domain::Status as ConversationStatus;
-use parley_domain::{ConversationId, MessageId, OperatorId, Role, TenantId, check_text};
+use parley_domain::{Channel, ConversationId, MessageId, OperatorId, Role, TenantId, check_text};
 use parley_kit::auth::{principal, require};
 use parley_kit::clock;
 use parley_kit::error::ApiError;
@@ -181,10 +182,16 @@ impl Sessions {
     async fn reply(&self, tenant: &TenantId, operator: &OperatorId, r: v1::SendReply) -> open_session_response::Frame {
         let client_message_id = r.client_message_id.clone();
         match self.send_reply(tenant, operator, r).await {
-            Ok(message_id) => open_session_response::Frame::ReplyAccepted(v1::ReplyAccepted {
+            Ok((message_id, sms)) => open_session_response::Frame::ReplyAccepted(v1::ReplyAccepted {
                 client_message_id,
                 message_id: message_id.to_string(),
                 accept_time: Some(convert::timestamp(clock::now())),
+                sms_segments: sms.map_or(0, |s| s.segments as u32),
+                sms_encoding: match sms.map(|s| s.encoding) {
+                    Some(SmsEncoding::Gsm7) => "GSM-7".into(),
+                    Some(SmsEncoding::Ucs2) => "UCS-2".into(),
+                    None => String::new(),
+                },
             }),
             Err(e) => {
                 let status: Status = e.into();
@@ -202,7 +209,7 @@ impl Sessions {
         tenant: &TenantId,
         operator: &OperatorId,
         r: v1::SendReply,
-    ) -> Result<MessageId, ApiError> {
+    ) -> Result<(MessageId, Option<SegmentCount>), ApiError> {
         let id = ConversationId::parse(&r.conversation_id)
             .map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
         if r.client_message_id.is_empty()
@@ -224,8 +231,15 @@ impl Sessions {
             ConversationStatus::Closed => return Err(ApiError::precondition("conversation is closed")),
             _ => return Err(ApiError::precondition("conversation is not assigned to you")),
         }
-        let message_id = MessageId::derive(tenant, &format!("reply:{operator}"), &r.client_message_id);
         let now = clock::now();
+        if c.channel == Channel::WhatsApp && c.reply_window_closes().is_none_or(|closes| now >= closes) {
+            return Err(ApiError::precondition(
+                "the WhatsApp 24-hour window is closed (the customer last wrote more than 24 hours ago): \
+                 only an approved template message may be sent",
+            ));
+        }
+        let sms = (c.channel == Channel::Sms).then(|| segments::count(&r.text));
+        let message_id = MessageId::derive(tenant, &format!("reply:{operator}"), &r.client_message_id);
         let message = v1::Message {
             id: message_id.to_string(),
             conversation_id: id.to_string(),
@@ -252,6 +266,6 @@ impl Sessions {
         self.publisher.publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope).await.map_err(
             |e| ApiError::Unavailable(format!("reply not sent ({e}); resend with the same client_message_id")),
         )?;
-        Ok(message_id)
+        Ok((message_id, sms))
     }
 }

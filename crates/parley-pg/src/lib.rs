@@ -10,7 +10,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
-use parley_domain::{TenantId, Timestamp};
+use parley_domain::{DeliveryState, TenantId, Timestamp};
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
@@ -137,8 +137,15 @@ impl Db {
     /// isolation test uses this).
     pub async fn count_without_tenant(&self, table: &str) -> Result<i64> {
         let c = self.pool.get().await?;
-        let allowed =
-            ["customers", "customer_identities", "conversations", "messages", "assignments", "routing_decisions"];
+        let allowed = [
+            "customers",
+            "customer_identities",
+            "conversations",
+            "messages",
+            "assignments",
+            "routing_decisions",
+            "message_deliveries",
+        ];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
         }
@@ -231,6 +238,16 @@ pub struct TenantBatch {
     pub messages: Vec<MessageRow>,
     pub assignments: Vec<AssignmentRow>,
     pub decisions: Vec<DecisionRow>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// A message's delivery state as a receipt reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    pub message_id: Uuid,
+    pub state: DeliveryState,
+    pub failure_reason: String,
+    pub updated_at: Timestamp,
 }
 
 impl TenantBatch {
@@ -242,7 +259,21 @@ impl TenantBatch {
             messages: Vec::new(),
             assignments: Vec::new(),
             decisions: Vec::new(),
+            deliveries: Vec::new(),
         }
+    }
+
+    /// Takes another batch's rows (of the same tenant). Every field is named, so a new kind
+    /// of row cannot be forgotten here.
+    pub fn absorb(&mut self, other: TenantBatch) {
+        let TenantBatch { tenant, customers, conversations, messages, assignments, decisions, deliveries } = other;
+        debug_assert_eq!(tenant, self.tenant);
+        self.customers.extend(customers);
+        self.conversations.extend(conversations);
+        self.messages.extend(messages);
+        self.assignments.extend(assignments);
+        self.decisions.extend(decisions);
+        self.deliveries.extend(deliveries);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -251,6 +282,7 @@ impl TenantBatch {
             && self.messages.is_empty()
             && self.assignments.is_empty()
             && self.decisions.is_empty()
+            && self.deliveries.is_empty()
     }
 }
 
@@ -431,6 +463,27 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         )
         .await?;
     }
+    if !b.deliveries.is_empty() {
+        // The furthest state per message in the batch; the table keeps the furthest ever.
+        let mut d = b.deliveries.clone();
+        d.sort_by(|a, b| a.message_id.cmp(&b.message_id).then(b.state.cmp(&a.state)));
+        d.dedup_by_key(|d| d.message_id);
+        let ids: Vec<Uuid> = d.iter().map(|d| d.message_id).collect();
+        let states: Vec<&str> = d.iter().map(|d| d.state.as_str()).collect();
+        let ranks: Vec<i16> = d.iter().map(|d| d.state as i16).collect();
+        let reasons: Vec<&str> = d.iter().map(|d| d.failure_reason.as_str()).collect();
+        let at = times(d.iter().map(|d| d.updated_at));
+        tx.execute(
+            "INSERT INTO message_deliveries (tenant_id, message_id, state, rank, failure_reason, updated_at)
+             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::timestamptz[])
+             ON CONFLICT (tenant_id, message_id) DO UPDATE SET
+               state = EXCLUDED.state, rank = EXCLUDED.rank, failure_reason = EXCLUDED.failure_reason,
+               updated_at = EXCLUDED.updated_at
+             WHERE message_deliveries.rank < EXCLUDED.rank",
+            &[&tenant, &ids, &states, &ranks, &reasons, &at],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -476,8 +529,11 @@ fn message_row(r: &Row) -> MessageRow {
 }
 
 const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id, queue_id, status, operator_id, priority, created_at, updated_at, closed_at";
+/// A message's delivery state is its row's, or the furthest a receipt took it.
 const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
-     quoted_channel_message_id, quoted_text, delivery_state, channel_message_id, created_at";
+     quoted_channel_message_id, quoted_text, COALESCE(d.state, m.delivery_state) AS delivery_state,
+     channel_message_id, created_at
+     FROM messages m LEFT JOIN message_deliveries d ON d.tenant_id = m.tenant_id AND d.message_id = m.id";
 
 /// A customer with their identities.
 #[derive(Debug, Clone, PartialEq)]
@@ -534,14 +590,14 @@ impl Db {
                 let rows = match after {
                     None => {
                         let sql = format!(
-                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+                            "SELECT {MESSAGE_COLUMNS} WHERE conversation_id = $1
                              ORDER BY created_at {order}, id {order} LIMIT $2"
                         );
                         tx.query(&sql, &[&conversation, &limit]).await?
                     }
                     Some(c) => {
                         let sql = format!(
-                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+                            "SELECT {MESSAGE_COLUMNS} WHERE conversation_id = $1
                                AND (created_at, id) {cmp} ($2, $3)
                              ORDER BY created_at {order}, id {order} LIMIT $4"
                         );
@@ -567,14 +623,14 @@ impl Db {
                 let rows = match before {
                     None => {
                         let sql = format!(
-                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE customer_id = $1
+                            "SELECT {MESSAGE_COLUMNS} WHERE customer_id = $1
                              ORDER BY created_at DESC, id DESC LIMIT $2"
                         );
                         tx.query(&sql, &[&customer, &limit]).await?
                     }
                     Some(c) => {
                         let sql = format!(
-                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE customer_id = $1
+                            "SELECT {MESSAGE_COLUMNS} WHERE customer_id = $1
                                AND (created_at, id) < ($2, $3)
                              ORDER BY created_at DESC, id DESC LIMIT $4"
                         );

@@ -325,6 +325,7 @@ pub fn conversation_state(c: &Conversation) -> events::ConversationState {
         queue_enter_time: Some(timestamp(c.queue_enter)),
         last_sender: sender(c.last_sender) as i32,
         last_activity_time: Some(timestamp(c.last_activity)),
+        last_customer_message_time: opt_timestamp(c.last_customer_message),
     }
 }
 
@@ -394,6 +395,7 @@ pub fn from_conversation_state(s: &events::ConversationState) -> Result<Conversa
         queue_enter: from_timestamp(s.queue_enter_time.as_ref().or(s.wait_start_time.as_ref())),
         last_sender: from_sender("last_sender", s.last_sender).unwrap_or(Sender::Customer),
         last_activity: from_timestamp(s.last_activity_time.as_ref().or(s.update_time.as_ref())),
+        last_customer_message: s.last_customer_message_time.as_ref().map(|t| from_timestamp(Some(t))),
     })
 }
 

@@ -36,12 +36,16 @@
 //! The weight rule lives twice, here in Lua and in `RoutingSettings::weight_milli`; the
 //! tests of this crate check they agree.
 
+mod outbound;
+
 use std::time::Duration;
 
 use parley_domain::{
     Channel, ConversationId, CustomerId, OperatorId, OperatorStatus, QueueId, SkillId, TenantId, Timestamp,
 };
 use redis::aio::ConnectionManager;
+
+pub use outbound::{Rate, SENT_TTL};
 
 /// A Redis failure; routing treats every one as transient.
 #[derive(Debug, thiserror::Error)]
@@ -385,6 +389,7 @@ pub struct Coordinator {
     drop_due: redis::Script,
     end_session: redis::Script,
     shortlist: redis::Script,
+    take_rate: redis::Script,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -460,6 +465,7 @@ impl Coordinator {
             drop_due: redis::Script::new(DROP_DUE),
             end_session: redis::Script::new(END_SESSION),
             shortlist: redis::Script::new(SHORTLIST),
+            take_rate: outbound::take_rate_script(),
         })
     }
 

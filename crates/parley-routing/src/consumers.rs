@@ -1,6 +1,6 @@
 //! Routing's three stream consumers:
 //! - inbound customer messages → conversations (lanes keyed by customer); delivery receipts
-//!   on the same stream are acknowledged and not acted on yet;
+//!   on the same stream → the message's delivery state in its conversation's log;
 //! - operator replies on `PARLEY_OUTBOUND` → recorded in the conversation log;
 //! - the fan-out: each conversation record's desk and customer parts → `PARLEY_DESK` and
 //!   `PARLEY_OUTBOUND`, with dedupe ids derived from the record, so a redelivered record
@@ -59,17 +59,7 @@ impl Handler for Inbound {
                 outcome(self.engine.customer_message(&m).await, d.delivered)
             }
             Some(events::inbound_envelope::Kind::DeliveryReceipt(r)) => {
-                // Receipts share the stream so one consumer sees a channel's traffic in order;
-                // routing does not act on them yet (message delivery states come later), and
-                // acking keeps them from being redelivered.
-                tracing::debug!(
-                    tenant = %r.tenant_id,
-                    channel_config = %r.channel_config_id,
-                    provider_message = %r.provider_message_id,
-                    state = r.state,
-                    "delivery receipt not acted on yet"
-                );
-                Outcome::Ack
+                outcome(self.engine.delivery_receipt(&r).await.map(|_| ()), d.delivered)
             }
             None => Outcome::Term("inbound envelope without content".into()),
         }

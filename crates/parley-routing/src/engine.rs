@@ -19,7 +19,8 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use parley_domain::conversation::{
-    Actor, Command, CustomerRef, Opening, Preference, PreferenceReason, QueueReason, Rejected, Transition,
+    Actor, Command, CustomerRef, DeliveryChange, Opening, Preference, PreferenceReason, QueueReason, Rejected,
+    Transition,
 };
 use parley_domain::routing::{Requirements, RoutingSettings, Selection};
 use parley_domain::{
@@ -891,6 +892,58 @@ impl Engine {
         let id = message.conversation;
         self.apply(tenant, id, None, |_| Ok(Some(Command::RecordOperatorMessage(message.clone())))).await?;
         Ok(())
+    }
+
+    /// Records a report on a message Parley sent. Parley's sender names the message; a
+    /// provider's report names only the provider's id, mapped back through the sender's
+    /// record of it — a report on a message Parley did not send (or whose record is gone)
+    /// is dropped with a note. Returns whether it was recorded.
+    pub async fn delivery_receipt(&self, r: &events::DeliveryReceipt) -> Result<bool, EngineError> {
+        let invalid = |e: &dyn std::fmt::Display| EngineError::Invalid(format!("delivery receipt: {e}"));
+        let tenant = TenantId::parse(&r.tenant_id).map_err(|e| invalid(&e))?;
+        let state = match v1::DeliveryState::try_from(r.state) {
+            Ok(v1::DeliveryState::Unspecified) | Err(_) => return Err(invalid(&format!("state {}", r.state))),
+            Ok(s) => convert::from_delivery_state(s as i32),
+        };
+        let (conversation, message) = if r.message_id.is_empty() {
+            match self.redis.provider_message(&tenant, &r.channel_config_id, &r.provider_message_id).await? {
+                Some(found) => found,
+                None => {
+                    tracing::info!(
+                        tenant = %tenant,
+                        channel_config = %r.channel_config_id,
+                        provider_message = %r.provider_message_id,
+                        "receipt for a message Parley has no record of sending; dropped"
+                    );
+                    return Ok(false);
+                }
+            }
+        } else {
+            (
+                ConversationId::parse(&r.conversation_id).map_err(|e| invalid(&e))?,
+                MessageId::parse(&r.message_id).map_err(|e| invalid(&e))?,
+            )
+        };
+        let reason = match (r.error_code.is_empty(), r.error_description.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => r.error_code.clone(),
+            (true, false) => r.error_description.clone(),
+            (false, false) => format!("{}: {}", r.error_code, r.error_description),
+        };
+        let at = r
+            .state_time
+            .as_ref()
+            .or(r.receive_time.as_ref())
+            .map_or_else(clock::now, |t| convert::from_timestamp(Some(t)));
+        let change = DeliveryChange { message, state, reason, at };
+        match self.apply(&tenant, conversation, None, |_| Ok(Some(Command::RecordDelivery(change.clone())))).await {
+            Ok(_) => Ok(true),
+            Err(EngineError::NotFound(id)) => {
+                tracing::warn!(conversation = %id, "receipt for a conversation routing does not know; dropped");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A queue's configuration in domain form (a missing one requires nothing).
@@ -1890,6 +1943,11 @@ fn upkeep_took(step: &str, started: tokio::time::Instant) {
 fn message_record_id(conversation: ConversationId, command: &Command) -> Option<uuid::Uuid> {
     let message = match command {
         Command::CustomerMessage(m) | Command::RecordOperatorMessage(m) => m.id,
+        // The same report redelivered makes the same record, which the log's deduplication drops.
+        Command::RecordDelivery(d) => {
+            let parts = ["delivery-record", &conversation.to_string(), &d.message.to_string(), d.state.as_str()];
+            return Some(parley_domain::EventId::derive(&parts).as_uuid());
+        }
         _ => return None,
     };
     Some(parley_domain::EventId::derive(&["message-record", &conversation.to_string(), &message.to_string()]).as_uuid())

@@ -2,7 +2,7 @@
 //! new state, the events for history, the desk and customer deliveries for the fan-out.
 //! What is left over (Redis effects) is returned for the engine to carry out.
 
-use parley_domain::conversation::{CustomerNotice, DeskEvent, Effect, Event};
+use parley_domain::conversation::{CustomerNotice, DeliveryChange, DeskEvent, Effect, Event};
 use parley_domain::{Conversation, EventId, OperatorId, Timestamp};
 use parley_nats::ConfigCache;
 use parley_proto::{convert, events, v1};
@@ -47,12 +47,14 @@ pub fn build(
                         customer_display_name: next.customer.display_name.clone(),
                         transfer_note: next.transfer_note.clone(),
                         recent_messages: next.recent_messages.iter().map(convert::message).collect(),
+                        reply_window_close_time: next.reply_window_closes().map(convert::timestamp),
                     }),
                     DeskEvent::Message(m) => v1::desk_event::Kind::Message(convert::message(&m)),
                     DeskEvent::Released(reason) => v1::desk_event::Kind::Released(v1::ConversationReleased {
                         conversation_id: conversation_id.clone(),
                         reason: reason.as_str().to_owned(),
                     }),
+                    DeskEvent::Delivery(change) => v1::desk_event::Kind::Delivery(delivery_update(next, change)),
                 };
                 desk.push(events::DeskDelivery {
                     operator_id: operator.to_string(),
@@ -166,6 +168,17 @@ fn event_kind(event: Event, c: &Conversation) -> events::conversation_event::Kin
             transfer_note: note,
         }),
         Event::Closed { by, reason } => Kind::Closed(events::ConversationClosed { closed_by: by, reason }),
+        Event::Delivery(change) => Kind::Delivery(delivery_update(c, change)),
+    }
+}
+
+fn delivery_update(c: &Conversation, change: DeliveryChange) -> v1::DeliveryUpdate {
+    v1::DeliveryUpdate {
+        message_id: change.message.to_string(),
+        conversation_id: c.id.to_string(),
+        state: convert::delivery_state(change.state) as i32,
+        failure_reason: change.reason,
+        update_time: Some(convert::timestamp(change.at)),
     }
 }
 

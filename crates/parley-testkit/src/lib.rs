@@ -5,10 +5,13 @@
 //! - [`App`]: the four services started in-process on free ports against that
 //!   infrastructure, with a random signing key, and typed, authenticated clients.
 //! - [`ServiceProcess`]: a service binary as a child process, for `kill -9` tests.
+//! - [`providers::Providers`]: the messaging providers' send APIs, as a local double that
+//!   every [`App`]'s notification service sends to.
 //! - [`eventually`]: polls a condition instead of sleeping.
 //!
 //! Logs are silent unless `PARLEY_TEST_LOG` is set (to a `tracing` filter, e.g. `info`).
 
+pub mod providers;
 pub mod servers;
 
 use std::future::Future;
@@ -131,6 +134,8 @@ pub struct App {
     pub routing: Option<ServiceHandle>,
     pub history: Option<ServiceHandle>,
     pub notification: Option<ServiceHandle>,
+    /// Where the notification service's senders send (Telegram, WhatsApp, Viber, Twilio).
+    pub providers: providers::Providers,
     addrs: Addrs,
 }
 
@@ -199,6 +204,7 @@ impl App {
         let history = parley_history::start(history_config, Metrics::new("history"), CancellationToken::new())
             .await
             .expect("history starts");
+        let providers = providers::Providers::start().await.expect("provider double starts");
         let notification_config = parley_notification::NotificationConfig {
             server: any_port(),
             nats,
@@ -208,6 +214,14 @@ impl App {
             sessions: parley_notification::SessionsSection {
                 heartbeat_interval_secs: options.heartbeat_interval_secs,
                 ttl_secs: options.session_ttl_secs,
+            },
+            senders: parley_notification::senders::SendersSection {
+                telegram_api: providers.base("telegram"),
+                whatsapp_api: providers.base("whatsapp"),
+                viber_api: providers.base("viber"),
+                twilio_api: providers.base("twilio"),
+                request_timeout_secs: 5,
+                ..Default::default()
             },
         };
         let notification =
@@ -228,6 +242,7 @@ impl App {
             routing,
             history: Some(history),
             notification: Some(notification),
+            providers,
             addrs,
         }
     }

@@ -99,6 +99,11 @@ pub async fn run(e: &Endpoints, args: DeskArgs) -> anyhow::Result<()> {
                             Some(desk_event::Kind::Released(r)) => {
                                 println!("#{} [{at}] conversation {} left the desk: {}", ev.sequence, r.conversation_id, r.reason);
                             }
+                            Some(desk_event::Kind::Delivery(d)) => {
+                                let state = v1::DeliveryState::try_from(d.state).map_or("unknown", |s| s.as_str_name());
+                                let why = if d.failure_reason.is_empty() { String::new() } else { format!(" ({})", d.failure_reason) };
+                                println!("#{} [{at}] reply {} in conversation {}: {state}{why}", ev.sequence, d.message_id, d.conversation_id);
+                            }
                             None => {}
                         }
                     }
