@@ -6,10 +6,14 @@
 //! 2. **routing** ([`routing`]): bare Redis `EVALSHA` of an empty script vs routing's
 //!    assignments per second and "capacity freed → offered" latency with 100, 1 000 and
 //!    10 000 operators online over a backlog of 100 000 waiting conversations;
-//! 3. **policy** ([`policy`]): the pure policy's decisions per second.
+//! 3. **policy** ([`policy`]): the pure policy's decisions per second;
+//! 4. **channels** ([`channels`]): a trivial axum handler and a bare JetStream publish vs
+//!    a Telegram webhook until JetStream acked it; a bare HTTP client vs the senders, both
+//!    against the same local provider double.
 //!
 //! The numbers go into `BENCHMARKS.md`.
 
+mod channels;
 mod e2e;
 mod policy;
 mod routing;
@@ -65,6 +69,12 @@ pub struct Args {
     /// `parley-routing` process.
     #[arg(long)]
     routing_in_process: bool,
+    /// Channels: webhook requests and replies sent.
+    #[arg(long, default_value_t = 20_000)]
+    channel_requests: usize,
+    /// Channels: webhook clients at once.
+    #[arg(long, default_value_t = 64)]
+    channel_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,6 +82,7 @@ enum Section {
     E2e,
     Routing,
     Policy,
+    Channels,
 }
 
 /// Rows of the summary table: measure, value.
@@ -154,6 +165,11 @@ async fn main() -> anyhow::Result<()> {
                 format!("{:.0} decisions/s", f.decisions_per_second),
             ));
         }
+    }
+    if runs(Section::Channels) {
+        println!("\n== channels: webhooks in, provider sends out");
+        let spec = channels::Spec { requests: args.channel_requests, concurrency: args.channel_concurrency };
+        rows.extend(channels::run(spec).await?);
     }
     println!("\n== summary (paste into BENCHMARKS.md)");
     println!("| measure | value |");

@@ -95,6 +95,9 @@ pub struct AppOptions {
     pub ack_wait_secs: u64,
     pub heartbeat_interval_secs: u64,
     pub session_ttl_secs: u64,
+    /// Replaces every send rate of the notification service's senders (tenant and each
+    /// channel) with this many a second (and as large a burst), for benchmarks.
+    pub send_rate: Option<f64>,
 }
 
 impl Default for AppOptions {
@@ -106,6 +109,7 @@ impl Default for AppOptions {
             ack_wait_secs: 3,
             heartbeat_interval_secs: 1,
             session_ttl_secs: 3,
+            send_rate: None,
         }
     }
 }
@@ -121,6 +125,7 @@ impl AppOptions {
             ack_wait_secs: routing.ack_wait_secs,
             heartbeat_interval_secs: sessions.heartbeat_interval_secs,
             session_ttl_secs: sessions.ttl_secs,
+            send_rate: None,
         }
     }
 }
@@ -205,6 +210,19 @@ impl App {
             .await
             .expect("history starts");
         let providers = providers::Providers::start().await.expect("provider double starts");
+        let mut senders = parley_notification::senders::SendersSection {
+            telegram_api: providers.base("telegram"),
+            whatsapp_api: providers.base("whatsapp"),
+            viber_api: providers.base("viber"),
+            twilio_api: providers.base("twilio"),
+            request_timeout_secs: 5,
+            ..Default::default()
+        };
+        if let Some(per_second) = options.send_rate {
+            let rate = parley_notification::senders::RateSetting { per_second, burst: per_second as u32 };
+            senders.tenant_rate = rate;
+            senders.channel_rates.values_mut().for_each(|r| *r = rate);
+        }
         let notification_config = parley_notification::NotificationConfig {
             server: any_port(),
             nats,
@@ -215,14 +233,7 @@ impl App {
                 heartbeat_interval_secs: options.heartbeat_interval_secs,
                 ttl_secs: options.session_ttl_secs,
             },
-            senders: parley_notification::senders::SendersSection {
-                telegram_api: providers.base("telegram"),
-                whatsapp_api: providers.base("whatsapp"),
-                viber_api: providers.base("viber"),
-                twilio_api: providers.base("twilio"),
-                request_timeout_secs: 5,
-                ..Default::default()
-            },
+            senders,
         };
         let notification =
             parley_notification::start(notification_config, Metrics::new("notification"), CancellationToken::new())
