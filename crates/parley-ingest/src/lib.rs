@@ -1,18 +1,21 @@
 //! Parley's ingest service: the edge where customer messages come in.
 //!
-//! Two edges, one rule. The generic API channel (gRPC `ApiChannelService`, [`api`]): an
+//! Three edges, one rule. The generic API channel (gRPC `ApiChannelService`, [`api`]): an
 //! integrator submits a customer message with an idempotency key and follows what Parley
 //! sends back to that customer. Provider webhooks ([`webhooks`], a public HTTP listener
 //! apart from the ops port): Telegram, WhatsApp, Viber and Twilio-style SMS post customer
 //! messages and delivery receipts, verified by their signatures and parsed by
-//! `parley-channels`, normalised by [`normalise`]. Either way every message is validated,
-//! normalised into a `CustomerMessage` (or a `DeliveryReceipt`) and published to
-//! `PARLEY_INBOUND` with its dedupe id; the caller gets an answer only after JetStream
-//! acknowledged it, so an acknowledged message is never lost, and a retry with the same key
-//! or provider id is recognised instead of stored twice.
+//! `parley-channels`, normalised by [`normalise`]. An SMTP listener ([`smtp`], public as
+//! well): mail servers deliver customers' email to the tenants' support addresses. Every
+//! way, each message is validated, normalised into a `CustomerMessage` (or a
+//! `DeliveryReceipt`) and published to `PARLEY_INBOUND` with its dedupe id; the sender gets
+//! an answer only after JetStream acknowledged it, so an acknowledged message is never
+//! lost, and a retry with the same key, provider id or `Message-ID` is recognised instead
+//! of stored twice.
 
 pub mod api;
 pub mod normalise;
+pub mod smtp;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -38,6 +41,7 @@ pub struct IngestConfig {
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
     pub webhooks: WebhooksConfig,
+    pub smtp: SmtpConfig,
 }
 
 /// The public listener for provider webhooks.
@@ -59,6 +63,41 @@ impl Default for WebhooksConfig {
 /// The name of the webhook listener on the service handle ([`ServiceHandle::listener`]).
 pub const WEBHOOKS_LISTENER: &str = "webhooks";
 
+/// The SMTP listener for the email channel's inbound mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Off: no SMTP listener, and email channel configs take no mail in.
+    pub enabled: bool,
+    /// Where mail servers deliver (plain SMTP; TLS, if any, ends before it).
+    pub addr: SocketAddr,
+    /// The name this server gives in its greeting (the MX host name mail is sent to).
+    pub hostname: String,
+    /// Larger messages are refused with 552 (announced as `SIZE`, checked while reading).
+    pub max_message_bytes: usize,
+    /// Connections served at once; more are told 421 (try later) and closed. Each holds at
+    /// most `max_message_bytes` of message.
+    pub max_connections: usize,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: SocketAddr::from(([0, 0, 0, 0], 2525)),
+            hostname: "localhost".into(),
+            max_message_bytes: 25 * 1024 * 1024,
+            max_connections: 100,
+        }
+    }
+}
+
+/// The name of the SMTP listener on the service handle ([`ServiceHandle::listener`]).
+pub const SMTP_LISTENER: &str = "smtp";
+
+/// The largest `smtp.max_message_bytes` accepted: messages are held in memory while read.
+const MAX_SMTP_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
@@ -67,6 +106,7 @@ impl Default for IngestConfig {
             auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
             webhooks: WebhooksConfig::default(),
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -81,6 +121,22 @@ impl Validate for IngestConfig {
                 parley_channels::MAX_WEBHOOK_BYTES,
                 self.webhooks.max_body_bytes
             ));
+        }
+        let smtp = &self.smtp;
+        if !(1024..=MAX_SMTP_MESSAGE_BYTES).contains(&smtp.max_message_bytes) {
+            return Err(format!(
+                "smtp.max_message_bytes must be 1024 to {MAX_SMTP_MESSAGE_BYTES}, got {}",
+                smtp.max_message_bytes
+            ));
+        }
+        if !(1..=10_000).contains(&smtp.max_connections) {
+            return Err(format!("smtp.max_connections must be 1 to 10000, got {}", smtp.max_connections));
+        }
+        // It goes into every greeting line: one word of visible ASCII (a host name or an
+        // address literal such as `[192.0.2.1]`).
+        if smtp.hostname.is_empty() || smtp.hostname.len() > 255 || !smtp.hostname.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!("smtp.hostname must be a host name of visible ASCII, got {:?}", smtp.hostname));
         }
         Ok(())
     }
@@ -102,6 +158,11 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         publisher: nats.publisher(),
         max_body_bytes: config.webhooks.max_body_bytes,
     };
+    let postmaster = smtp::Postmaster {
+        cache: cache.clone(),
+        publisher: nats.publisher(),
+        max_message_bytes: config.smtp.max_message_bytes,
+    };
     let api = api::ApiChannel { cache, publisher: nats.publisher(), js: nats.js.clone(), token: token.clone() };
     let routes = tonic::service::Routes::new(ApiChannelServiceServer::new(api));
 
@@ -112,8 +173,66 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(runtime::serve_http(listener, webhooks::router(hooks), token.clone()));
     tracing::info!(%webhooks_addr, "webhooks listening");
+    // Public too, and a protocol of its own.
+    let smtp_addr = if config.smtp.enabled {
+        let listener = runtime::bind(config.smtp.addr).await?;
+        let addr = listener.local_addr()?;
+        let settings = smtp::Settings {
+            hostname: config.smtp.hostname.clone(),
+            max_message_bytes: config.smtp.max_message_bytes,
+            max_recipients: smtp::MAX_RECIPIENTS,
+        };
+        let (limits, max_connections) = (smtp::Limits::default(), config.smtp.max_connections);
+        tasks.spawn(smtp::serve(listener, postmaster, settings, limits, max_connections, token.clone()));
+        tracing::info!(smtp_addr = %addr, "smtp listening");
+        Some(addr)
+    } else {
+        None
+    };
     let handle =
         runtime::launch("ingest", &config.server, routes, parley_kit::axum::Router::new(), auth, metrics, token, tasks)
             .await?;
-    Ok(handle.with_listener(WEBHOOKS_LISTENER, webhooks_addr))
+    let handle = handle.with_listener(WEBHOOKS_LISTENER, webhooks_addr);
+    Ok(match smtp_addr {
+        Some(addr) => handle.with_listener(SMTP_LISTENER, addr),
+        None => handle,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_kit::config::Secret;
+
+    use super::*;
+
+    fn valid() -> IngestConfig {
+        let mut c = IngestConfig::default();
+        c.auth.signing_key = Secret::new("k".repeat(32));
+        c
+    }
+
+    #[test]
+    fn smtp_settings_are_validated_and_named() {
+        assert_eq!(valid().validate(), Ok(()));
+        /// A change to the section, and the key its error must name.
+        type Case = (fn(&mut SmtpConfig), &'static str);
+        let cases: [Case; 6] = [
+            (|s| s.max_message_bytes = 1023, "smtp.max_message_bytes"),
+            (|s| s.max_message_bytes = MAX_SMTP_MESSAGE_BYTES + 1, "smtp.max_message_bytes"),
+            (|s| s.max_connections = 0, "smtp.max_connections"),
+            (|s| s.hostname = String::new(), "smtp.hostname"),
+            (|s| s.hostname = "mx.example.com\r\n250 forged".into(), "smtp.hostname"),
+            (|s| s.hostname = "почта.example".into(), "smtp.hostname"),
+        ];
+        for (change, key) in cases {
+            let mut c = valid();
+            change(&mut c.smtp);
+            let err = c.validate().expect_err(key);
+            assert!(err.starts_with(key), "{err}");
+        }
+        // An address literal is a name too.
+        let mut c = valid();
+        c.smtp.hostname = "[192.0.2.25]".into();
+        assert_eq!(c.validate(), Ok(()));
+    }
 }

@@ -5,8 +5,11 @@
 //! Keys: `<tenant>.tenant`, `<tenant>.operator.<id>`, `<tenant>.queue.<id>`,
 //! `<tenant>.skill.<id>`, `<tenant>.channel.<id>`, `<tenant>.token.<id>`. Values are the
 //! protobuf resources of `parley.v1` (tokens: `parley.events.v1.TokenRecord`).
+//!
+//! Besides the entries, the cache keeps one index across tenants: email channel configs by
+//! their address ([`ConfigCache::email_recipients`]), for the SMTP listener.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv;
@@ -168,7 +171,57 @@ pub struct TenantConfig {
     pub settings_model: RoutingSettings,
 }
 
-type Snapshot = HashMap<String, TenantConfig>;
+/// What the cache holds: every tenant's entries, and the indexes across tenants.
+#[derive(Debug, Default)]
+struct Snapshot {
+    tenants: HashMap<String, TenantConfig>,
+    mail: MailIndex,
+}
+
+/// Email channel configs by address: the lowercase address → the (tenant, channel config id)
+/// of every email channel config with that address, enabled or not (readers check; a
+/// tenant's record changes without its configs being rewritten).
+#[derive(Debug, Default)]
+struct MailIndex(HashMap<String, BTreeSet<(String, String)>>);
+
+/// An address as the index keys it: mail systems treat addresses case-insensitively in
+/// practice, whatever RFC 5321 allows for the local part.
+fn mail_key(address: &str) -> String {
+    address.trim().to_lowercase()
+}
+
+/// The address of an email channel config, if it is one and has an address.
+fn email_address(config: &v1::ChannelConfig) -> Option<String> {
+    match &config.settings {
+        Some(v1::channel_config::Settings::Email(s)) if !s.address.trim().is_empty() => Some(mail_key(&s.address)),
+        _ => None,
+    }
+}
+
+impl MailIndex {
+    /// Moves a config from the address it had (if any) to the one it has now (if any).
+    fn update(&mut self, tenant: &str, id: &str, old: Option<String>, new: Option<String>) {
+        if old == new {
+            return;
+        }
+        let entry = (tenant.to_owned(), id.to_owned());
+        if let Some(old) = old
+            && let Some(set) = self.0.get_mut(&old)
+        {
+            set.remove(&entry);
+            if set.is_empty() {
+                self.0.remove(&old);
+            }
+        }
+        if let Some(new) = new {
+            self.0.entry(new).or_default().insert(entry);
+        }
+    }
+
+    fn get(&self, address: &str) -> impl Iterator<Item = &(String, String)> {
+        self.0.get(&mail_key(address)).into_iter().flatten()
+    }
+}
 
 /// Every service's read view of the configuration, kept current by a watch on the bucket.
 /// Cheap to clone.
@@ -189,7 +242,7 @@ impl ConfigCache {
     /// Loads the whole bucket, then keeps watching it until the token fires. Returns once
     /// the initial load is complete.
     pub async fn start(kv: kv::Store, token: CancellationToken) -> anyhow::Result<Self> {
-        let inner = Arc::new(RwLock::new(Snapshot::new()));
+        let inner = Arc::new(RwLock::new(Snapshot::default()));
         let (tx, rx) = watch::channel(0u64);
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
         let empty = kv.status().await.map_err(|e| anyhow::anyhow!("config bucket: {e}"))?.values() == 0;
@@ -246,13 +299,13 @@ impl ConfigCache {
     /// Reads one tenant's configuration.
     pub fn with_tenant<T>(&self, tenant: &TenantId, f: impl FnOnce(Option<&TenantConfig>) -> T) -> T {
         let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        f(guard.get(tenant.as_str()).filter(|t| t.tenant.is_some()))
+        f(guard.tenants.get(tenant.as_str()).filter(|t| t.tenant.is_some()))
     }
 
     /// Every tenant record.
     pub fn tenants(&self) -> Vec<v1::Tenant> {
         let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<v1::Tenant> = guard.values().filter_map(|t| t.tenant.clone()).collect();
+        let mut v: Vec<v1::Tenant> = guard.tenants.values().filter_map(|t| t.tenant.clone()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -313,6 +366,24 @@ impl ConfigCache {
         self.with_tenant(tenant, |t| t.and_then(|t| t.fast_track.get(code).cloned()))
     }
 
+    /// Where mail to `address` goes (compared case-insensitively): every enabled email
+    /// channel config with that address of an enabled tenant, as (tenant, channel config
+    /// id), in a stable order. Usually one; nothing stops two configs from sharing an
+    /// address, and then each gets the mail.
+    pub fn email_recipients(&self, address: &str) -> Vec<(TenantId, String)> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .mail
+            .get(address)
+            .filter(|(tenant, id)| {
+                let Some(t) = guard.tenants.get(tenant) else { return false };
+                t.tenant.as_ref().is_some_and(|r| !r.disabled)
+                    && t.channels.get(id).is_some_and(|c| !c.disabled && c.channel == v1::Channel::Email as i32)
+            })
+            .filter_map(|(tenant, id)| Some((TenantId::parse(tenant).ok()?, id.clone())))
+            .collect()
+    }
+
     /// Reads an entry from the store when the cache does not have it yet (created a moment
     /// ago through another replica).
     async fn read_through<P: prost::Message + Default>(&self, key: &str) -> Option<P> {
@@ -366,7 +437,8 @@ fn apply(inner: &RwLock<Snapshot>, entry: kv::Entry) {
     let id_copy = id.clone();
     let put = entry.operation == kv::Operation::Put;
     let mut guard = inner.write().unwrap_or_else(|p| p.into_inner());
-    let t = guard.entry(tenant.to_owned()).or_default();
+    let Snapshot { tenants, mail } = &mut *guard;
+    let t = tenants.entry(tenant.to_owned()).or_default();
     let revision = entry.revision;
     let value = entry.value;
     macro_rules! upsert {
@@ -422,7 +494,11 @@ fn apply(inner: &RwLock<Snapshot>, entry: kv::Entry) {
         }
         "ftcode" => upsert!(t.fast_track, events::FastTrackRecord, |_: &mut events::FastTrackRecord, _| ()),
         "skill" => upsert!(t.skills, v1::Skill, |_: &mut v1::Skill, _| ()),
-        "channel" => upsert!(t.channels, v1::ChannelConfig, |v: &mut v1::ChannelConfig, r| v.revision = r),
+        "channel" => {
+            let old = t.channels.get(&id).and_then(email_address);
+            upsert!(t.channels, v1::ChannelConfig, |v: &mut v1::ChannelConfig, r| v.revision = r);
+            mail.update(tenant, &id_copy, old, t.channels.get(&id_copy).and_then(email_address));
+        }
         "token" => upsert!(t.tokens, events::TokenRecord, |_: &mut events::TokenRecord, _| ()),
         other => tracing::warn!(key = %entry.key, kind = other, "ignoring config entry of unknown kind"),
     }
@@ -460,12 +536,66 @@ impl Directory for ConfigCache {
             // tenant record.
             let revoked = {
                 let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-                guard.get(tenant.as_str()).and_then(|t| t.tokens.get(&principal.token_id)).is_some_and(|r| r.revoked)
+                guard
+                    .tenants
+                    .get(tenant.as_str())
+                    .and_then(|t| t.tokens.get(&principal.token_id))
+                    .is_some_and(|r| r.revoked)
             };
             if revoked {
                 return Err(AuthError::Revoked);
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(index: &MailIndex, address: &str) -> Vec<(String, String)> {
+        index.get(address).cloned().collect()
+    }
+
+    fn pair(tenant: &str, id: &str) -> (String, String) {
+        (tenant.to_owned(), id.to_owned())
+    }
+
+    #[test]
+    fn the_mail_index_follows_address_changes_case_insensitively() {
+        let mut index = MailIndex::default();
+        index.update("acme", "mail", None, Some(mail_key(" Support@Acme.Example ")));
+        assert_eq!(found(&index, "support@acme.example"), [pair("acme", "mail")]);
+        assert_eq!(found(&index, "SUPPORT@ACME.EXAMPLE"), [pair("acme", "mail")]);
+        // Another tenant's config with the same address: both get the mail, in a stable order.
+        index.update("globex", "inbox", None, Some(mail_key("support@acme.example")));
+        assert_eq!(found(&index, "support@acme.example"), [pair("acme", "mail"), pair("globex", "inbox")]);
+        // A changed address moves the config; a deleted config leaves no empty entry behind.
+        index.update("acme", "mail", Some(mail_key("support@acme.example")), Some(mail_key("help@acme.example")));
+        assert_eq!(found(&index, "support@acme.example"), [pair("globex", "inbox")]);
+        assert_eq!(found(&index, "help@acme.example"), [pair("acme", "mail")]);
+        index.update("globex", "inbox", Some(mail_key("support@acme.example")), None);
+        assert!(found(&index, "support@acme.example").is_empty());
+        assert_eq!(index.0.len(), 1);
+    }
+
+    #[test]
+    fn only_email_configs_with_an_address_are_indexed() {
+        let email = |address: &str| v1::ChannelConfig {
+            channel: v1::Channel::Email as i32,
+            settings: Some(v1::channel_config::Settings::Email(v1::EmailSettings {
+                address: address.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(email_address(&email("Help@Acme.Example")).as_deref(), Some("help@acme.example"));
+        assert_eq!(email_address(&email("  ")), None);
+        let telegram = v1::ChannelConfig {
+            settings: Some(v1::channel_config::Settings::Telegram(v1::TelegramSettings::default())),
+            ..Default::default()
+        };
+        assert_eq!(email_address(&telegram), None);
     }
 }

@@ -190,6 +190,11 @@ impl App {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 ..Default::default()
             },
+            smtp: parley_ingest::SmtpConfig {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                hostname: "mx.parley.test".into(),
+                ..Default::default()
+            },
         };
         let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new())
             .await
@@ -274,6 +279,14 @@ impl App {
             .as_ref()
             .and_then(|i| i.listener(parley_ingest::WEBHOOKS_LISTENER))
             .expect("ingest runs with its webhook listener")
+    }
+
+    /// Where ingest's SMTP listener is bound.
+    pub fn smtp_addr(&self) -> std::net::SocketAddr {
+        self.ingest
+            .as_ref()
+            .and_then(|i| i.listener(parley_ingest::SMTP_LISTENER))
+            .expect("ingest runs with its SMTP listener")
     }
 
     /// Points the routing clients at a routing service started elsewhere.
@@ -579,9 +592,10 @@ impl ServiceProcess {
         let mut cmd = Command::new(binary(bin));
         cmd.env("PARLEY_SERVER__GRPC_ADDR", grpc_addr.to_string())
             .env("PARLEY_SERVER__HTTP_ADDR", format!("127.0.0.1:{http}"))
-            // Ingest's public webhook listener (other services ignore the section): a free
-            // port, so test processes never race for the default one.
+            // Ingest's public webhook and SMTP listeners (other services ignore the
+            // sections): free ports, so test processes never race for the default ones.
             .env("PARLEY_WEBHOOKS__ADDR", format!("127.0.0.1:{}", servers::free_port()))
+            .env("PARLEY_SMTP__ADDR", format!("127.0.0.1:{}", servers::free_port()))
             .env("PARLEY_TELEMETRY__LOG_FILTER", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

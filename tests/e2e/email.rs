@@ -1,0 +1,407 @@
+//! The email channel end to end: the real `.eml` fixtures delivered over SMTP (a client
+//! written here from RFC 5321, over plain TCP) to ingest's listener reach an operator's
+//! desk once, with their Cyrillic text; automatic, misaddressed, oversized and unreadable
+//! mail gets the answer a sending server acts on and publishes nothing; mail JetStream did
+//! not take is deferred (451) so the sending server retries.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use parley_e2e::{Desk, online};
+use parley_proto::prost::Message as _;
+use parley_proto::v1::channel_config::Settings;
+use parley_proto::{events, v1};
+use parley_testkit::{App, TenantFixture, eventually};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const KOI8R_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ 4711, ещё не пришёл.\r\nС уважением, Олег";
+const CP1251_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ №4711, ещё не пришёл.\r\nС уважением, Олег";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../crates/parley-channels/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// A message as DATA carries it: every line starting with a dot gets another
+/// (RFC 5321 § 4.5.2), a final line end, then the line with a single dot.
+fn stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 8);
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// One SMTP client connection.
+struct Smtp {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Smtp {
+    /// Connects and reads the greeting.
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect to the smtp listener");
+        let (r, w) = stream.into_split();
+        let mut smtp = Self { reader: BufReader::new(r), writer: w };
+        let (code, text) = smtp.reply().await;
+        assert_eq!((code, text.as_str()), (220, "mx.parley.test ESMTP Parley"));
+        smtp
+    }
+
+    /// Connects and says EHLO; returns the message size limit the server announced.
+    async fn ehlo(addr: SocketAddr) -> (Self, usize) {
+        let mut smtp = Self::connect(addr).await;
+        let (code, text) = smtp.command("EHLO client.example.org").await;
+        assert_eq!(code, 250, "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        for ext in ["8BITMIME", "PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"] {
+            assert!(lines.contains(&ext), "{ext} not announced: {text}");
+        }
+        let size = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("SIZE ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no SIZE announced: {text}"));
+        (smtp, size)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write to the smtp listener");
+    }
+
+    /// The next reply: its code and its lines' text (after the code), one per line.
+    async fn reply(&mut self) -> (u16, String) {
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+                .await
+                .expect("a reply in time")
+                .expect("read a reply");
+            assert!(n > 0, "the server closed the connection");
+            let line = line.trim_end_matches(['\r', '\n']);
+            assert!(line.len() >= 4, "short reply line {line:?}");
+            text.push(line[4..].to_owned());
+            if line.as_bytes()[3] == b' ' {
+                return (line[..3].parse().expect("a reply code"), text.join("\n"));
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// MAIL, one RCPT per recipient (each must be accepted), DATA and the message; returns
+    /// the answer to the end of the data.
+    async fn mail(&mut self, from: &str, to: &[&str], message: &[u8]) -> (u16, String) {
+        assert_eq!(self.command(&format!("MAIL FROM:<{from}>")).await.0, 250);
+        for rcpt in to {
+            let (code, text) = self.command(&format!("RCPT TO:<{rcpt}>")).await;
+            assert_eq!(code, 250, "{rcpt}: {text}");
+        }
+        assert_eq!(self.command("DATA").await.0, 354);
+        self.send(&stuffed(message)).await;
+        self.reply().await
+    }
+}
+
+/// Delivers one message on a connection of its own, as a sending server would.
+async fn deliver(app: &App, from: &str, to: &[&str], message: &[u8]) -> (u16, String) {
+    let (mut smtp, _) = Smtp::ehlo(app.smtp_addr()).await;
+    let answer = smtp.mail(from, to, message).await;
+    assert_eq!(smtp.command("QUIT").await.0, 221);
+    answer
+}
+
+/// The answer to `RCPT TO:<address>` on a connection of its own (nothing is sent).
+async fn rcpt_code(app: &App, address: &str) -> u16 {
+    let (mut smtp, _) = Smtp::ehlo(app.smtp_addr()).await;
+    assert_eq!(smtp.command("MAIL FROM:<probe@example.org>").await.0, 250);
+    let code = smtp.command(&format!("RCPT TO:<{address}>")).await.0;
+    assert_eq!(smtp.command("QUIT").await.0, 221);
+    code
+}
+
+/// Waits until ingest answers `code` to a recipient (its config cache follows the admin
+/// API within milliseconds).
+async fn until_rcpt(app: &App, address: &str, code: u16) {
+    eventually(WAIT, &format!("RCPT TO:<{address}> answered {code}"), || async move {
+        (rcpt_code(app, address).await == code).then_some(())
+    })
+    .await;
+}
+
+fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
+    v1::ChannelConfig {
+        id: id.into(),
+        channel: v1::Channel::Email as i32,
+        display_name: id.into(),
+        default_queue_id: "default".into(),
+        settings: Some(Settings::Email(v1::EmailSettings {
+            address: address.into(),
+            smtp_relay_host: "smtp.example.com".into(),
+            smtp_relay_port: 587,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A tenant whose operators take email conversations, with one email channel config.
+async fn tenant(app: &App, id: &str, ops: &[&str], address: &str) -> TenantFixture {
+    let fx = app.tenant(id, ops).await;
+    for op in ops {
+        fx.edit_operator(app, op, |o| {
+            o.capacity.push(v1::ChannelCapacity { channel: v1::Channel::Email as i32, max_conversations: 5 });
+        })
+        .await;
+    }
+    app.admin(&fx.admin_token)
+        .await
+        .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(email_config("mail", address)) })
+        .await
+        .expect("create the email channel config");
+    fx
+}
+
+/// The customer messages `PARLEY_INBOUND` holds after sequence `after`.
+async fn inbound_after(app: &App, after: u64) -> Vec<events::CustomerMessage> {
+    let client = async_nats::connect(app.infra.nats.url()).await.expect("nats");
+    let stream = async_nats::jetstream::new(client).get_stream("PARLEY_INBOUND").await.expect("stream");
+    let last = app.stream_len("PARLEY_INBOUND").await;
+    let mut out = Vec::new();
+    for seq in after + 1..=last {
+        let m = stream.get_raw_message(seq).await.expect("stored message");
+        match events::InboundEnvelope::decode(m.payload).expect("an inbound envelope").kind {
+            Some(events::inbound_envelope::Kind::CustomerMessage(m)) => out.push(m),
+            other => panic!("expected a customer message, got {other:?}"),
+        }
+    }
+    out
+}
+
+async fn assigned_text(desk: &mut Desk) -> (v1::Conversation, String) {
+    match desk.event(WAIT).await.kind.expect("event kind") {
+        v1::desk_event::Kind::Assigned(a) => {
+            let text = a.recent_messages.first().map(|m| m.text.clone()).unwrap_or_default();
+            (a.conversation.expect("conversation"), text)
+        }
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn koi8r_and_cp1251_mail_reaches_the_desk_once_however_often_it_is_delivered() {
+    let app = App::spawn().await;
+    let fx = tenant(&app, "acme", &["anna"], "support@acme.example").await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+    let before = app.stream_len("PARLEY_INBOUND").await;
+
+    // The recipient in other letters than configured: addresses match case-insensitively.
+    let koi8r = fixture("email_koi8r.eml");
+    let answer = deliver(&app, "oleg@example.ru", &["Support@ACME.example"], &koi8r).await;
+    assert_eq!(answer, (250, "2.0.0 message accepted".to_owned()));
+    let (conversation, text) = assigned_text(&mut desk).await;
+    assert_eq!(text, KOI8R_TEXT);
+    assert_eq!((conversation.channel, conversation.operator_id.as_str()), (v1::Channel::Email as i32, "anna"));
+
+    // The sending server delivers it again (it never saw the 250, say): stored once.
+    for _ in 0..2 {
+        assert_eq!(deliver(&app, "oleg@example.ru", &["support@acme.example"], &koi8r).await.0, 250);
+    }
+    assert_eq!(app.stream_len("PARLEY_INBOUND").await, before + 1, "a redelivery stores nothing");
+
+    // The same customer writes again in cp1251: into the same conversation.
+    let cp1251 = fixture("email_cp1251.eml");
+    assert_eq!(deliver(&app, "oleg@example.ru", &["support@acme.example"], &cp1251).await.0, 250);
+    match desk.event(WAIT).await.kind.expect("event kind") {
+        v1::desk_event::Kind::Message(m) => {
+            assert_eq!((m.conversation_id.as_str(), m.text.as_str()), (conversation.id.as_str(), CP1251_TEXT));
+        }
+        other => panic!("expected the second mail as a message, got {other:?}"),
+    }
+
+    let stored = inbound_after(&app, before).await;
+    let seen: Vec<_> = stored
+        .iter()
+        .map(|m| {
+            (
+                m.channel,
+                m.channel_config_id.as_str(),
+                m.customer_address.as_str(),
+                m.customer_display_name.as_str(),
+                m.channel_message_id.as_str(),
+            )
+        })
+        .collect();
+    let email = v1::Channel::Email as i32;
+    assert_eq!(
+        seen,
+        [
+            (email, "mail", "oleg@example.ru", "Олег Сидоров", "koi8-r-1@example.ru"),
+            (email, "mail", "oleg@example.ru", "Олег Сидоров", "windows-1251-1@example.ru"),
+        ]
+    );
+    assert_eq!(stored[0].customer_id, stored[1].customer_id, "one customer, from the sender's address");
+    desk.expect_quiet(Duration::from_millis(1500)).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_pipelined_mail_to_two_tenants_reaches_each_unstuffed() {
+    let app = App::spawn().await;
+    let acme = tenant(&app, "acme", &["anna"], "support@acme.example").await;
+    let globex = tenant(&app, "globex", &["boris"], "help@globex.example").await;
+    let mut anna = online(&app, &acme, "anna").await;
+    let _anna_alive = anna.keep_alive();
+    let mut boris = online(&app, &globex, "boris").await;
+    let _boris_alive = boris.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+    until_rcpt(&app, "help@globex.example", 250).await;
+    let before = app.stream_len("PARLEY_INBOUND").await;
+
+    // Lines that start with a dot, one of them a lone dot, which would end the data if it
+    // were not stuffed.
+    let body = "Добрый день!\r\n.\r\n.hidden by a dot\r\n..two dots\r\nКонец";
+    let message = format!(
+        "From: =?utf-8?B?0JjQstCw0L0=?= <Ivan@Example.org>\r\nTo: support@acme.example, help@globex.example\r\n\
+         Subject: dots\r\nMessage-ID: <dots-1@example.org>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n"
+    );
+    let (mut smtp, _) = Smtp::ehlo(app.smtp_addr()).await;
+    // The whole envelope in one write (RFC 2920), an unknown recipient among them; the
+    // replies come in order.
+    smtp.send(
+        b"MAIL FROM:<ivan@example.org> BODY=8BITMIME\r\nRCPT TO:<support@acme.example>\r\n\
+          RCPT TO:<nobody@acme.example>\r\nRCPT TO:<HELP@globex.example>\r\nDATA\r\n",
+    )
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(smtp.reply().await.0);
+    }
+    assert_eq!(codes, [250, 250, 550, 250, 354]);
+    smtp.send(&stuffed(message.as_bytes())).await;
+    assert_eq!(smtp.reply().await, (250, "2.0.0 message accepted".to_owned()));
+    assert_eq!(smtp.command("QUIT").await.0, 221);
+
+    for desk in [&mut anna, &mut boris] {
+        let (conversation, text) = assigned_text(desk).await;
+        assert_eq!(text, body);
+        assert_eq!(conversation.channel, v1::Channel::Email as i32);
+    }
+    let stored = inbound_after(&app, before).await;
+    let mut seen: Vec<_> =
+        stored.iter().map(|m| (m.tenant_id.as_str(), m.channel_config_id.as_str(), m.text.as_str())).collect();
+    seen.sort();
+    assert_eq!(seen, [("acme", "mail", body), ("globex", "mail", body)], "one copy per recipient config");
+    assert!(stored.iter().all(|m| m.customer_address == "ivan@example.org" && m.customer_display_name == "Иван"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn automatic_misaddressed_oversized_and_unreadable_mail_publish_nothing() {
+    let app = App::spawn().await;
+    let fx = tenant(&app, "acme", &["anna"], "support@acme.example").await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+    let before = app.stream_len("PARLEY_INBOUND").await;
+    let to = ["support@acme.example"];
+
+    // A mail transaction before the greeting.
+    let mut smtp = Smtp::connect(app.smtp_addr()).await;
+    let (code, text) = smtp.command("MAIL FROM:<oleg@example.ru>").await;
+    assert_eq!((code, text.as_str()), (503, "5.5.1 send EHLO or HELO first"));
+    assert_eq!(smtp.command("RCPT TO:<support@acme.example>").await.0, 503);
+    assert_eq!(smtp.command("HELO client.example.org").await.0, 250);
+    assert_eq!(smtp.command("MAIL FROM:<oleg@example.ru>").await.0, 250);
+    // Unknown recipients, and an address that is no email channel's.
+    for rcpt in ["nobody@acme.example", "support@globex.example", "postmaster@mx.parley.test"] {
+        let (code, text) = smtp.command(&format!("RCPT TO:<{rcpt}>")).await;
+        assert_eq!(code, 550, "{rcpt}: {text}");
+        assert!(text.starts_with("5.1.1 "), "{text}");
+    }
+    assert_eq!(smtp.command("DATA").await.0, 554, "no recipient was accepted");
+    assert_eq!(smtp.command("QUIT").await.0, 221);
+
+    // An auto-reply (Auto-Submitted) and a bounce (null sender): accepted, not passed on.
+    let auto = fixture("email_auto_reply.eml");
+    assert_eq!(deliver(&app, "ivan@example.org", &to, &auto).await.0, 250);
+    let bounce = b"From: MAILER-DAEMON@example.org\r\nSubject: Undelivered Mail\r\nMessage-ID: <b-1@example.org>\r\n\r\nIt bounced.\r\n";
+    let (mut smtp, limit) = Smtp::ehlo(app.smtp_addr()).await;
+    assert_eq!(smtp.mail("", &to, bounce).await.0, 250);
+
+    // Over the size limit: announced at MAIL, or found while reading.
+    let (code, text) = smtp.command(&format!("MAIL FROM:<oleg@example.ru> SIZE={}", limit + 1)).await;
+    assert_eq!((code, text), (552, format!("5.3.4 message exceeds the fixed maximum size of {limit} bytes")));
+    let mut big = b"From: oleg@example.ru\r\nMessage-ID: <big-1@example.ru>\r\n\r\n".to_vec();
+    let line = format!("{}\r\n", "x".repeat(998));
+    while big.len() <= limit {
+        big.extend_from_slice(line.as_bytes());
+    }
+    assert_eq!(smtp.mail("oleg@example.ru", &to, &big).await.0, 552);
+    // Not a message Parley can read: no sender.
+    let (code, text) = smtp.mail("oleg@example.ru", &to, b"Subject: who?\r\n\r\nNo From header.\r\n").await;
+    assert_eq!(code, 554, "{text}");
+    assert!(text.starts_with("5.6.0 "), "{text}");
+    // The connection is still in step after all of that.
+    assert_eq!(smtp.command("NOOP").await.0, 250);
+    assert_eq!(smtp.command("QUIT").await.0, 221);
+    assert_eq!(app.stream_len("PARLEY_INBOUND").await, before, "nothing refused or automatic was published");
+
+    // A disabled config takes no more mail.
+    let mut disabled = email_config("mail", "support@acme.example");
+    disabled.disabled = true;
+    app.admin(&fx.admin_token)
+        .await
+        .update_channel_config(v1::UpdateChannelConfigRequest { channel_config: Some(disabled) })
+        .await
+        .expect("disable the email config");
+    until_rcpt(&app, "support@acme.example", 550).await;
+
+    // Enabled again, a genuine mail is the first thing the desk ever gets.
+    app.admin(&fx.admin_token)
+        .await
+        .update_channel_config(v1::UpdateChannelConfigRequest {
+            channel_config: Some(email_config("mail", "support@acme.example")),
+        })
+        .await
+        .expect("enable the email config");
+    until_rcpt(&app, "support@acme.example", 250).await;
+    assert_eq!(deliver(&app, "oleg@example.ru", &to, &fixture("email_koi8r.eml")).await.0, 250);
+    assert_eq!(assigned_text(&mut desk).await.1, KOI8R_TEXT);
+    assert_eq!(app.stream_len("PARLEY_INBOUND").await, before + 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mail_jetstream_did_not_take_is_deferred_for_a_retry() {
+    let mut app = App::spawn().await;
+    tenant(&app, "acme", &["anna"], "support@acme.example").await;
+    until_rcpt(&app, "support@acme.example", 250).await;
+    let (mut smtp, _) = Smtp::ehlo(app.smtp_addr()).await;
+    // The recipient is known from the config cache; only the publish can fail now.
+    app.infra.nats.kill();
+    let (code, text) = smtp.mail("oleg@example.ru", &["support@acme.example"], &fixture("email_koi8r.eml")).await;
+    assert_eq!((code, text.as_str()), (451, "4.3.0 message not stored, try again later"));
+    // The connection goes on: the sending server may retry on it or on another.
+    assert_eq!(smtp.command("NOOP").await.0, 250);
+    assert_eq!(smtp.command("QUIT").await.0, 221);
+    // No orderly stop without NATS: the services end with the test's runtime.
+}
