@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use parley_e2e::{Desk, online};
+use parley_e2e::{Desk, delivery_state, online};
 use parley_proto::prost::Message as _;
 use parley_proto::v1::channel_config::Settings;
 use parley_proto::{events, v1};
@@ -18,8 +18,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-const KOI8R_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ 4711, ещё не пришёл.\r\nС уважением, Олег";
-const CP1251_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ №4711, ещё не пришёл.\r\nС уважением, Олег";
+const KOI8R_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ 4711, ещё не пришёл.\nС уважением, Олег";
+const CP1251_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ №4711, ещё не пришёл.\nС уважением, Олег";
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/../crates/parley-channels/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -145,6 +145,10 @@ async fn until_rcpt(app: &App, address: &str, code: u16) {
 }
 
 fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
+    relayed_config(id, address, "smtp.example.com", 587)
+}
+
+fn relayed_config(id: &str, address: &str, relay_host: &str, relay_port: u32) -> v1::ChannelConfig {
     v1::ChannelConfig {
         id: id.into(),
         channel: v1::Channel::Email as i32,
@@ -152,8 +156,8 @@ fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
         default_queue_id: "default".into(),
         settings: Some(Settings::Email(v1::EmailSettings {
             address: address.into(),
-            smtp_relay_host: "smtp.example.com".into(),
-            smtp_relay_port: 587,
+            smtp_relay_host: relay_host.into(),
+            smtp_relay_port: relay_port,
             ..Default::default()
         })),
         ..Default::default()
@@ -162,6 +166,10 @@ fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
 
 /// A tenant whose operators take email conversations, with one email channel config.
 async fn tenant(app: &App, id: &str, ops: &[&str], address: &str) -> TenantFixture {
+    tenant_with(app, id, ops, email_config("mail", address)).await
+}
+
+async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfig) -> TenantFixture {
     let fx = app.tenant(id, ops).await;
     for op in ops {
         fx.edit_operator(app, op, |o| {
@@ -171,7 +179,7 @@ async fn tenant(app: &App, id: &str, ops: &[&str], address: &str) -> TenantFixtu
     }
     app.admin(&fx.admin_token)
         .await
-        .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(email_config("mail", address)) })
+        .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(config) })
         .await
         .expect("create the email channel config");
     fx
@@ -278,6 +286,8 @@ async fn one_pipelined_mail_to_two_tenants_reaches_each_unstuffed() {
     // Lines that start with a dot, one of them a lone dot, which would end the data if it
     // were not stuffed.
     let body = "Добрый день!\r\n.\r\n.hidden by a dot\r\n..two dots\r\nКонец";
+    // What the operator reads: unstuffed, with plain line ends.
+    let read = body.replace("\r\n", "\n");
     let message = format!(
         "From: =?utf-8?B?0JjQstCw0L0=?= <Ivan@Example.org>\r\nTo: support@acme.example, help@globex.example\r\n\
          Subject: dots\r\nMessage-ID: <dots-1@example.org>\r\nMIME-Version: 1.0\r\n\
@@ -302,14 +312,18 @@ async fn one_pipelined_mail_to_two_tenants_reaches_each_unstuffed() {
 
     for desk in [&mut anna, &mut boris] {
         let (conversation, text) = assigned_text(desk).await;
-        assert_eq!(text, body);
+        assert_eq!(text, read);
         assert_eq!(conversation.channel, v1::Channel::Email as i32);
     }
     let stored = inbound_after(&app, before).await;
     let mut seen: Vec<_> =
         stored.iter().map(|m| (m.tenant_id.as_str(), m.channel_config_id.as_str(), m.text.as_str())).collect();
     seen.sort();
-    assert_eq!(seen, [("acme", "mail", body), ("globex", "mail", body)], "one copy per recipient config");
+    assert_eq!(
+        seen,
+        [("acme", "mail", read.as_str()), ("globex", "mail", read.as_str())],
+        "one copy per recipient config"
+    );
     assert!(stored.iter().all(|m| m.customer_address == "ivan@example.org" && m.customer_display_name == "Иван"));
     app.stop().await;
 }
@@ -404,4 +418,92 @@ async fn mail_jetstream_did_not_take_is_deferred_for_a_retry() {
     assert_eq!(smtp.command("NOOP").await.0, 250);
     assert_eq!(smtp.command("QUIT").await.0, 221);
     // No orderly stop without NATS: the services end with the test's runtime.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn email_replies_go_through_the_tenant_s_relay_in_the_customer_s_thread() {
+    let app = App::spawn().await;
+    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
+    let config = relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
+    let fx = tenant_with(&app, "acme", &["anna"], config).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+
+    // The customer writes (KOI8-R, subject "Возврат денег"); the desk sees the subject.
+    let answer = deliver(&app, "oleg@example.ru", &["support@acme.example"], &fixture("email_koi8r.eml")).await;
+    assert_eq!(answer.0, 250, "{}", answer.1);
+    let assigned = match desk.event(WAIT).await.kind.expect("event kind") {
+        v1::desk_event::Kind::Assigned(a) => a,
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    let conversation = assigned.conversation.expect("conversation").id;
+    assert_eq!(assigned.recent_messages[0].subject, "Возврат денег");
+
+    let text = "Олег, добрый день! Деньги за заказ 4711 вернём до пятницы.";
+    let ok = match desk.reply(&conversation, "mail-r1", text).await {
+        parley_proto::v1::open_session_response::Frame::ReplyAccepted(a) => a,
+        other => panic!("expected the reply accepted, got {other:?}"),
+    };
+    delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+
+    // The relay got one mail, from the support address to the customer, that a mail client
+    // files in the customer's thread.
+    let mails = relay.mails();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(
+        (mails[0].sender.as_str(), mails[0].recipients.as_slice()),
+        ("support@acme.example", &["oleg@example.ru".to_owned()][..])
+    );
+    let parsed = mail_parser::MessageParser::default().parse(&mails[0].raw).expect("a readable mail");
+    assert_eq!(parsed.subject(), Some("Re: Возврат денег"));
+    assert_eq!(parsed.from().and_then(|f| f.first()).and_then(|a| a.address()), Some("support@acme.example"));
+    assert_eq!(parsed.in_reply_to().as_text(), Some("koi8-r-1@example.ru"));
+    assert_eq!(parsed.references().as_text(), Some("koi8-r-1@example.ru"));
+    assert_eq!(parsed.body_text(0).map(|t| t.trim_end().to_owned()).as_deref(), Some(text));
+    // Our Message-ID names the conversation (with a MAC the customer cannot forge).
+    let ours = parsed.message_id().expect("a Message-ID");
+    assert!(
+        ours.starts_with(&format!("pm1.{conversation}.{}.", ok.message_id)) && ours.ends_with("@acme.example"),
+        "{ours}"
+    );
+
+    // History keeps both subjects.
+    eventually(WAIT, "history has the subjects", || async {
+        let messages = app
+            .history_client(&fx.supervisor_token)
+            .await
+            .list_messages(v1::ListMessagesRequest { conversation_id: conversation.clone(), ..Default::default() })
+            .await
+            .ok()?
+            .into_inner()
+            .messages;
+        let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
+        (subjects == ["Возврат денег", "Re: Возврат денег"]).then_some(())
+    })
+    .await;
+
+    // A mailbox the relay refuses: the reply fails for good with the relay's answer.
+    // (The cp1251 fixture, its sender's address replaced byte for byte.)
+    let raw = fixture("email_cp1251.eml");
+    let (old, new) = (b"oleg@example.ru".as_slice(), b"nobody@example.ru".as_slice());
+    let mut bounce_prone = Vec::with_capacity(raw.len() + 16);
+    let mut rest = raw.as_slice();
+    while let Some(at) = rest.windows(old.len()).position(|w| w == old) {
+        bounce_prone.extend_from_slice(&rest[..at]);
+        bounce_prone.extend_from_slice(new);
+        rest = &rest[at + old.len()..];
+    }
+    bounce_prone.extend_from_slice(rest);
+    let answer = deliver(&app, "nobody@example.ru", &["support@acme.example"], &bounce_prone).await;
+    assert_eq!(answer.0, 250, "{}", answer.1);
+    let (second, _) = assigned_text(&mut desk).await;
+    let ok = match desk.reply(&second.id, "mail-r2", "Здравствуйте!").await {
+        parley_proto::v1::open_session_response::Frame::ReplyAccepted(a) => a,
+        other => panic!("expected the reply accepted, got {other:?}"),
+    };
+    let reason = delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Failed).await;
+    assert!(reason.starts_with("smtp_550"), "{reason}");
+    assert_eq!(relay.mails().len(), 1, "nothing more reached the relay");
+    app.stop().await;
 }

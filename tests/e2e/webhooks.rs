@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use parley_e2e::{Desk, online};
+use parley_e2e::{Desk, delivery_state, online};
 use parley_proto::prost::Message as _;
 use parley_proto::v1::channel_config::Settings;
 use parley_proto::{events, v1};
@@ -511,24 +511,6 @@ async fn whatsapp_statuses_become_delivery_receipts_and_routing_goes_on() {
 }
 
 // ---- replies out: the notification service's senders ---------------------------------------
-
-/// Waits for the desk to hear that a message reached `state`; returns the failure reason.
-async fn delivery_state(desk: &mut Desk, message_id: &str, state: v1::DeliveryState) -> String {
-    loop {
-        if let Some(v1::desk_event::Kind::Delivery(d)) = desk.event(WAIT).await.kind
-            && d.message_id == message_id
-        {
-            if d.state == state as i32 {
-                return d.failure_reason;
-            }
-            assert!(
-                d.state != v1::DeliveryState::Failed as i32,
-                "expected {state:?}, the message failed: {}",
-                d.failure_reason
-            );
-        }
-    }
-}
 
 fn accepted(frame: parley_proto::v1::open_session_response::Frame) -> v1::ReplyAccepted {
     match frame {

@@ -241,6 +241,25 @@ pub async fn set_status(app: &App, token: &str, status: v1::OperatorStatus) -> v
         .expect("presence")
 }
 
+/// Waits for the desk to hear that a message reached `state` (skipping other events);
+/// returns the failure reason. Fails if the message fails while another state is awaited.
+pub async fn delivery_state(desk: &mut Desk, message_id: &str, state: v1::DeliveryState) -> String {
+    loop {
+        if let Some(v1::desk_event::Kind::Delivery(d)) = desk.event(Duration::from_secs(10)).await.kind
+            && d.message_id == message_id
+        {
+            if d.state == state as i32 {
+                return d.failure_reason;
+            }
+            assert!(
+                d.state != v1::DeliveryState::Failed as i32,
+                "expected {state:?}, the message failed: {}",
+                d.failure_reason
+            );
+        }
+    }
+}
+
 /// Opens the operator's desk and puts them online.
 pub async fn online(app: &App, fx: &parley_testkit::TenantFixture, op: &str) -> Desk {
     let desk = Desk::open(app, fx.operator_token(op), 0).await.expect("desk opens");

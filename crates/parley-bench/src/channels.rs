@@ -274,6 +274,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<Rows> {
                             ..Default::default()
                         })),
                     }),
+                    references: Vec::new(),
                 };
                 publisher
                     .publish(

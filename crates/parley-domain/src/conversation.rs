@@ -852,6 +852,7 @@ mod tests {
             delivery: DeliveryState::Accepted,
             created: Timestamp::from_millis(n as i64),
             channel_message_id: format!("k{n}"),
+            subject: String::new(),
         }
     }
 

@@ -111,8 +111,10 @@ pub struct Message {
     pub quoted: Option<Quoted>,
     pub delivery: DeliveryState,
     pub created: Timestamp,
-    /// The provider's id or the caller's idempotency key.
+    /// The provider's id or the caller's idempotency key (an email's Message-ID).
     pub channel_message_id: String,
+    /// Email only: the subject line; empty elsewhere.
+    pub subject: String,
 }
 
 #[cfg(test)]

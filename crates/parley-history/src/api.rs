@@ -119,6 +119,7 @@ pub fn message(r: &MessageRow) -> v1::Message {
             .map_or(v1::DeliveryState::Unspecified as i32, |d| convert::delivery_state(d) as i32),
         create_time: Some(convert::timestamp(r.created_at)),
         channel_message_id: r.channel_message_id.clone(),
+        subject: r.subject.clone(),
     }
 }
 

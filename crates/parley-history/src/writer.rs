@@ -108,6 +108,7 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
                     quoted_text: m.quoted.as_ref().map(|q| q.text.clone()),
                     delivery_state: m.delivery.as_str().to_owned(),
                     channel_message_id: m.channel_message_id,
+                    subject: m.subject,
                     created_at: m.created,
                 });
             }

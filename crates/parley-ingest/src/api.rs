@@ -122,6 +122,7 @@ impl ApiChannelService for ApiChannel {
             required_skills,
             language: r.language,
             fast_track_code: r.fast_track_code,
+            subject: String::new(),
         };
         let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
         let subject = topology::inbound_subject(tenant, Channel::Api);

@@ -71,6 +71,8 @@ pub fn message(source: Source<'_>, m: &InboundMessage, now: Timestamp) -> Public
         required_skills: Vec::new(),
         language: m.sender.language.as_deref().and_then(iso_639_1).unwrap_or_default(),
         fast_track_code: String::new(),
+        // Set by the SMTP listener for email.
+        subject: String::new(),
     };
     Publication {
         subject: topology::inbound_subject(tenant, channel),
@@ -112,9 +114,10 @@ pub fn receipt(source: Source<'_>, r: &DeliveryReceipt, now: Timestamp) -> Publi
 }
 
 /// The text an operator sees: the text or caption; for a message without one, a short
-/// placeholder saying what it is; never blank, never longer than routing allows, no NUL.
+/// placeholder saying what it is; never blank, never longer than routing allows, no NUL,
+/// line breaks as `\n` (email bodies come with CRLF).
 pub fn text(m: &InboundMessage) -> String {
-    let mut text = without_nul(&m.text);
+    let mut text = without_nul(&m.text).replace("\r\n", "\n");
     if text.trim().is_empty() {
         text = placeholder(m);
     }
@@ -267,6 +270,8 @@ mod tests {
         let t = tenant();
         let m = customer_message(&message(source(&t), &inbound("a\0b"), Timestamp::from_millis(1))).clone();
         assert_eq!(m.text, "ab");
+        let crlf = message(source(&t), &inbound("Добрый день.\r\nКарта *1234"), Timestamp::from_millis(1));
+        assert_eq!(customer_message(&crlf).text, "Добрый день.\nКарта *1234");
         assert_eq!(m.customer_display_name, "Иван");
         assert_eq!(m.language, "ru");
         assert_eq!(m.channel, parley_proto::v1::Channel::Telegram as i32);

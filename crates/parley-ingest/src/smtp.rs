@@ -32,6 +32,7 @@ use parley_channels::email::{self, AutoReply};
 use parley_domain::{Channel, TenantId};
 use parley_kit::clock;
 use parley_nats::{ConfigCache, Publisher};
+use parley_proto::{convert, events};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -113,7 +114,10 @@ impl Postmaster {
         let mut duplicates = 0;
         for (tenant, config_id) in &envelope.routes {
             let source = Source { tenant, channel: Channel::Email, channel_config_id: config_id };
-            let publication = normalise::message(source, &parsed.message, now);
+            let mut publication = normalise::message(source, &parsed.message, now);
+            if let Some(events::inbound_envelope::Kind::CustomerMessage(m)) = &mut publication.envelope.kind {
+                m.subject = one_line(parsed.subject.as_deref().unwrap_or_default());
+            }
             match self
                 .publisher
                 .publish(publication.subject, &publication.dedupe_id, &publication.key, &publication.envelope)
@@ -131,6 +135,14 @@ impl Postmaster {
         tracing::info!(duplicates, "mail stored");
         Outcome::Stored
     }
+}
+
+/// A subject as kept: folded onto one line, control characters out, at most
+/// `convert::MAX_SUBJECT_CHARS`.
+fn one_line(subject: &str) -> String {
+    let words = subject.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty());
+    let folded = words.collect::<Vec<_>>().join(" ");
+    folded.chars().take(convert::MAX_SUBJECT_CHARS).collect()
 }
 
 /// Accepts connections until `token` fires, at most `max_connections` at a time (more are

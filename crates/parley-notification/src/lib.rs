@@ -8,6 +8,7 @@
 //! `PARLEY_OUTBOUND`, from where the [`senders`] deliver them to the customers' providers
 //! and routing records them.
 
+pub mod email;
 pub mod senders;
 pub mod session;
 
@@ -123,6 +124,7 @@ pub async fn start(
             cache,
             redis: sessions.redis.clone(),
             publisher: nats.publisher(),
+            thread_key: config.auth.signing_key.expose().as_bytes().to_vec(),
         };
         tasks.spawn(consume::run(nats.js.clone(), spec, Arc::new(senders), metrics.clone(), token.clone()));
     }

@@ -1,7 +1,8 @@
 //! Channel senders: replies on `PARLEY_OUTBOUND` go out to the customer's provider.
 //!
 //! One durable consumer, shared by every notification replica, takes the operator and bot
-//! messages bound for provider channels (Telegram, WhatsApp, Viber, SMS); the API channel's
+//! messages bound for provider channels (Telegram, WhatsApp, Viber, SMS, and email through
+//! the configuration's SMTP relay: [`crate::email`]); the API channel's
 //! streams and the web chat read the stream themselves. Per message:
 //!
 //! 1. already sent (a redelivery after a crash between the provider's answer and the ack)?
@@ -148,10 +149,18 @@ pub struct Senders {
     pub cache: Arc<ConfigCache>,
     pub redis: Coordinator,
     pub publisher: Publisher,
+    /// Keys the thread tokens in email replies' Message-IDs.
+    pub thread_key: Vec<u8>,
 }
 
 /// Why a message cannot be sent at all.
 struct Refused(String);
+
+/// A send ready to go.
+enum Plan {
+    Http(Call),
+    Email(Box<crate::email::EmailSend>),
+}
 
 /// A provider call ready to go: where, with which credentials.
 struct Call {
@@ -180,7 +189,27 @@ pub fn http_client(settings: &SendersSection) -> anyhow::Result<reqwest::Client>
 }
 
 impl Senders {
-    /// The provider call for a message on a channel configuration.
+    /// How to send a message on a channel configuration.
+    fn plan(&self, config: &v1::ChannelConfig, out: &Outgoing<'_>, m: &v1::Message) -> Result<Plan, Refused> {
+        use v1::channel_config::Settings;
+        if let Some(Settings::Email(e)) = config.settings.as_ref() {
+            let reply = crate::email::Reply {
+                conversation: out.conversation,
+                message: out.message,
+                to: &out.envelope.customer_address,
+                subject: &m.subject,
+                text: &m.text,
+                references: &out.envelope.references,
+            };
+            let timeout = Duration::from_secs(self.settings.request_timeout_secs);
+            return crate::email::prepare(config, e, &reply, &self.thread_key, timeout)
+                .map(|e| Plan::Email(Box::new(e)))
+                .map_err(Refused);
+        }
+        self.call(config, &out.envelope.customer_address, &m.text).map(Plan::Http)
+    }
+
+    /// The provider call for a message on an HTTP channel configuration.
     fn call(&self, config: &v1::ChannelConfig, to: &str, text: &str) -> Result<Call, Refused> {
         use v1::channel_config::Settings;
         let s = &self.settings;
@@ -241,10 +270,17 @@ impl Senders {
                     classify: twilio::classify_response,
                 })
             }
-            Some(Settings::Email(_)) => Err(Refused("email replies are not sent by this version of Parley".into())),
-            Some(Settings::Api(_)) | Some(Settings::Webchat(_)) | None => {
+            Some(Settings::Email(_)) | Some(Settings::Api(_)) | Some(Settings::Webchat(_)) | None => {
                 Err(Refused(format!("channel configuration {} has no provider to send to", config.id)))
             }
+        }
+    }
+
+    /// One attempt.
+    async fn attempt(&self, plan: &Plan) -> SendOutcome {
+        match plan {
+            Plan::Http(call) => self.send_once(call).await,
+            Plan::Email(email) => crate::email::send(email).await,
         }
     }
 
@@ -340,7 +376,7 @@ impl Senders {
         }
     }
 
-    async fn deliver(&self, out: Outgoing<'_>, text: &str, delivered: i64) -> Outcome {
+    async fn deliver(&self, out: Outgoing<'_>, m: &v1::Message, delivered: i64) -> Outcome {
         match self.redis.sent_mark(&out.tenant, out.message).await {
             // Sent before: report again (the report may be what was lost) and acknowledge.
             Ok(Some(provider_id)) => {
@@ -363,8 +399,8 @@ impl Senders {
             let why = format!("channel configuration {} is disabled", config.id);
             return self.fail(&out, "channel_disabled", &why, delivered).await;
         }
-        let call = match self.call(&config, &out.envelope.customer_address, text) {
-            Ok(c) => c,
+        let plan = match self.plan(&config, &out, m) {
+            Ok(p) => p,
             Err(Refused(why)) => return self.fail(&out, "cannot_send", &why, delivered).await,
         };
         let tenant_rate = Rate::from(self.settings.tenant_rate);
@@ -393,7 +429,7 @@ impl Senders {
                 }
             }
             attempt += 1;
-            match self.send_once(&call).await {
+            match self.attempt(&plan).await {
                 SendOutcome::Sent { provider_message_id } => {
                     let id = provider_message_id.unwrap_or_default();
                     // Marked before anything else, so no later delivery sends it again.
@@ -496,6 +532,6 @@ impl Handler for Senders {
             _ => return Outcome::Term("outbound message with an invalid tenant, conversation or message id".into()),
         };
         let out = Outgoing { tenant, channel, conversation, message, envelope: &envelope };
-        self.deliver(out, &m.text, d.delivered).await
+        self.deliver(out, m, d.delivered).await
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parley_channels::segments::{self, SegmentCount, SmsEncoding};
 use parley_domain::Status as ConversationStatus;
-use parley_domain::{Channel, ConversationId, MessageId, OperatorId, Role, TenantId, check_text};
+use parley_domain::{Channel, ConversationId, MessageId, OperatorId, Role, Sender, TenantId, check_text};
 use parley_kit::auth::{principal, require};
 use parley_kit::clock;
 use parley_kit::error::ApiError;
@@ -26,6 +26,28 @@ use parley_redis::Coordinator;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Where an email reply belongs: the customer's messages it answers and its subject.
+struct EmailThread {
+    /// Message-IDs of the customer's recent mails, oldest first.
+    references: Vec<String>,
+    subject: String,
+}
+
+impl EmailThread {
+    fn of(c: &parley_domain::Conversation) -> Self {
+        let customer = || c.recent_messages.iter().filter(|m| m.sender == Sender::Customer);
+        let references = customer().map(|m| m.channel_message_id.clone()).filter(|id| !id.is_empty()).collect();
+        let last = customer().rev().map(|m| m.subject.trim()).find(|s| !s.is_empty()).unwrap_or_default();
+        // One "Re:" however deep the thread is.
+        let mut base = last;
+        while let Some(rest) = base.get(..3).filter(|p| p.eq_ignore_ascii_case("re:")).map(|_| base[3..].trim_start()) {
+            base = rest;
+        }
+        let subject = if base.is_empty() { String::new() } else { format!("Re: {base}") };
+        EmailThread { references, subject: subject.chars().take(convert::MAX_SUBJECT_CHARS).collect() }
+    }
+}
 
 /// Shared by every session of a replica.
 pub struct Sessions {
@@ -239,6 +261,7 @@ impl Sessions {
             ));
         }
         let sms = (c.channel == Channel::Sms).then(|| segments::count(&r.text));
+        let email = (c.channel == Channel::Email).then(|| EmailThread::of(&c));
         let message_id = MessageId::derive(tenant, &format!("reply:{operator}"), &r.client_message_id);
         let message = v1::Message {
             id: message_id.to_string(),
@@ -252,6 +275,7 @@ impl Sessions {
             delivery_state: v1::DeliveryState::Accepted as i32,
             create_time: Some(convert::timestamp(now)),
             channel_message_id: r.client_message_id,
+            subject: email.as_ref().map(|e| e.subject.clone()).unwrap_or_default(),
         };
         let envelope = events::OutboundEnvelope {
             tenant_id: tenant.to_string(),
@@ -261,6 +285,7 @@ impl Sessions {
             customer_address: c.customer.address.clone(),
             conversation_id: id.to_string(),
             update: Some(v1::CustomerUpdate { kind: Some(v1::customer_update::Kind::Message(message)) }),
+            references: email.map(|e| e.references).unwrap_or_default(),
         };
         let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
         self.publisher.publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope).await.map_err(

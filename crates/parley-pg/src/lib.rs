@@ -201,6 +201,8 @@ pub struct MessageRow {
     pub delivery_state: String,
     pub channel_message_id: String,
     pub created_at: Timestamp,
+    /// Email only.
+    pub subject: String,
 }
 
 /// An operator getting a conversation.
@@ -383,13 +385,14 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let states: Vec<&str> = m.iter().map(|m| m.delivery_state.as_str()).collect();
         let channel_ids: Vec<&str> = m.iter().map(|m| m.channel_message_id.as_str()).collect();
         let created = times(m.iter().map(|m| m.created_at));
+        let subjects: Vec<&str> = m.iter().map(|m| m.subject.as_str()).collect();
         tx.execute(
             "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender, operator_id, body,
                                    quoted_message_id, quoted_channel_message_id, quoted_text, delivery_state,
-                                   channel_message_id, created_at)
+                                   channel_message_id, created_at, subject)
              SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                                       $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[],
-                                      $14::timestamptz[])
+                                      $14::timestamptz[], $15::text[])
              ON CONFLICT (tenant_id, id) DO NOTHING",
             &[
                 &tenant,
@@ -406,6 +409,7 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
                 &states,
                 &channel_ids,
                 &created,
+                &subjects,
             ],
         )
         .await?;
@@ -525,6 +529,7 @@ fn message_row(r: &Row) -> MessageRow {
         delivery_state: r.get("delivery_state"),
         channel_message_id: r.get("channel_message_id"),
         created_at: from_system_time(r.get("created_at")),
+        subject: r.get("subject"),
     }
 }
 
@@ -532,7 +537,7 @@ const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id,
 /// A message's delivery state is its row's, or the furthest a receipt took it.
 const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
      quoted_channel_message_id, quoted_text, COALESCE(d.state, m.delivery_state) AS delivery_state,
-     channel_message_id, created_at
+     channel_message_id, created_at, subject
      FROM messages m LEFT JOIN message_deliveries d ON d.tenant_id = m.tenant_id AND d.message_id = m.id";
 
 /// A customer with their identities.

@@ -246,7 +246,19 @@ pub fn message(m: &Message) -> v1::Message {
         delivery_state: delivery_state(m.delivery) as i32,
         create_time: Some(timestamp(m.created)),
         channel_message_id: m.channel_message_id.clone(),
+        subject: m.subject.clone(),
     }
+}
+
+/// The longest subject kept, in characters (RFC 5322 lines stop at 998 bytes).
+pub const MAX_SUBJECT_CHARS: usize = 998;
+
+/// A subject as kept: at most [`MAX_SUBJECT_CHARS`], on one line.
+pub fn subject(name: &str, s: &str) -> Result<String> {
+    if s.chars().count() > MAX_SUBJECT_CHARS || s.contains(['\r', '\n', '\0']) {
+        return Err(ConvertError::new(name, "must be one line of at most 998 characters"));
+    }
+    Ok(s.to_owned())
 }
 
 pub fn from_message(m: &v1::Message) -> Result<Message> {
@@ -266,6 +278,7 @@ pub fn from_message(m: &v1::Message) -> Result<Message> {
         delivery: from_delivery_state(m.delivery_state),
         created: from_timestamp(m.create_time.as_ref()),
         channel_message_id: m.channel_message_id.clone(),
+        subject: subject("message.subject", &m.subject)?,
     })
 }
 
@@ -656,6 +669,7 @@ mod tests {
             delivery: DeliveryState::Accepted,
             created: Timestamp::from_micros(1_700_000_000_123_456),
             channel_message_id: "k-1".into(),
+            subject: "Списание".into(),
         };
         let opening = Opening {
             id: conv,

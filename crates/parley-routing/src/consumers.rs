@@ -182,6 +182,7 @@ impl Fanout {
                 customer_address: route.customer_address.clone(),
                 conversation_id: record.conversation_id.clone(),
                 update: Some(update),
+                references: Vec::new(),
             };
             let subject = topology::outbound_subject(&tenant, channel, customer);
             let dedupe = format!("{}:c{i}", record.record_id);

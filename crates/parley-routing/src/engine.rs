@@ -625,6 +625,7 @@ impl Engine {
                 .map_err(|e| invalid(&e))?,
             language: (!m.language.is_empty()).then(|| m.language.clone()),
         };
+        let subject = convert::subject("subject", &m.subject).map_err(|e| invalid(&e))?;
         let message = |conversation: ConversationId| Message {
             id: message_id,
             conversation,
@@ -637,6 +638,7 @@ impl Engine {
             delivery: parley_domain::DeliveryState::Accepted,
             created: convert::from_timestamp(m.receive_time.as_ref()),
             channel_message_id: m.channel_message_id.clone(),
+            subject: subject.clone(),
         };
         // The conversation this message opened when another replica opened one for the same
         // customer at the same moment and won the customer's pointer. It is closed as merged

@@ -6,11 +6,13 @@
 //!   infrastructure, with a random signing key, and typed, authenticated clients.
 //! - [`ServiceProcess`]: a service binary as a child process, for `kill -9` tests.
 //! - [`providers::Providers`]: the messaging providers' send APIs, as a local double that
-//!   every [`App`]'s notification service sends to.
+//!   every [`App`]'s notification service sends to; [`mail::MailRelay`], an SMTP relay
+//!   for email replies.
 //! - [`eventually`]: polls a condition instead of sleeping.
 //!
 //! Logs are silent unless `PARLEY_TEST_LOG` is set (to a `tracing` filter, e.g. `info`).
 
+pub mod mail;
 pub mod providers;
 pub mod servers;
 
