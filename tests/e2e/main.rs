@@ -14,4 +14,5 @@ mod service;
 mod skeleton;
 mod tidy;
 mod tracing;
+mod webchat;
 mod webhooks;

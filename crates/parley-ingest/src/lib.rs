@@ -16,6 +16,7 @@
 pub mod api;
 pub mod normalise;
 pub mod smtp;
+pub mod webchat;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -163,6 +164,7 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         publisher: nats.publisher(),
         max_message_bytes: config.smtp.max_message_bytes,
     };
+    let cache_for_chat = cache.clone();
     let api = api::ApiChannel { cache, publisher: nats.publisher(), js: nats.js.clone(), token: token.clone() };
     let routes = tonic::service::Routes::new(ApiChannelServiceServer::new(api));
 
@@ -171,7 +173,15 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
     let listener = runtime::bind(config.webhooks.addr).await?;
     let webhooks_addr = listener.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(runtime::serve_http(listener, webhooks::router(hooks), token.clone()));
+    let chat = webchat::WebChat {
+        cache: cache_for_chat,
+        publisher: nats.publisher(),
+        js: nats.js.clone(),
+        token_key: webchat::token_key(config.auth.signing_key.expose().as_bytes()),
+        shutdown: token.clone(),
+    };
+    let public = webhooks::router(hooks).merge(webchat::router(chat));
+    tasks.spawn(runtime::serve_http(listener, public, token.clone()));
     tracing::info!(%webhooks_addr, "webhooks listening");
     // Public too, and a protocol of its own.
     let smtp_addr = if config.smtp.enabled {

@@ -1,0 +1,560 @@
+//! The web chat channel: what the widget on a tenant's site talks to, on ingest's public
+//! listener beside the webhooks.
+//!
+//! - `POST /webchat/{tenant}/{channel_config_id}/sessions` opens a visitor session: a new
+//!   anonymous visitor, the same visitor again (`visitor_id` from an earlier session, kept
+//!   by the widget), or a user the tenant's site vouches for (`identity`: the user id and
+//!   `HMAC-SHA256(identity_secret, user_id)` in hex, computed by the site's server). The
+//!   answer's `token` is signed by Parley and names the tenant, the config and the customer,
+//!   so it cannot be moved to another; it expires after a day.
+//! - `GET …/ws?token=…&after=N`: a WebSocket. Parley sends every update for the customer
+//!   after stream sequence `N` (messages, queue position, operator joined, conversation
+//!   ended, delivery states), each with its `seq`; a widget that reconnects passes the last
+//!   `seq` it saw and gets exactly what it missed. The widget sends messages, each with its
+//!   own `client_id` (a resend with the same id is stored once), and pings.
+//! - Long-poll fallback for networks that break WebSockets: `GET …/updates?token=…&after=N`
+//!   (answers as soon as there is something, or after 25 s with nothing) and
+//!   `POST …/messages` with `Authorization: Bearer <token>`.
+//!
+//! Browsers are held to the config's `allowed_origins` (an empty list allows any origin).
+//! Errors are JSON, as the webhooks' are.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use parley_domain::{Channel, CustomerId, MessageId, TenantId, check_text};
+use parley_kit::axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use parley_kit::axum::extract::{Path, Query, State};
+use parley_kit::axum::http::{HeaderMap, StatusCode, header};
+use parley_kit::axum::response::{IntoResponse, Response};
+use parley_kit::axum::{Json, Router, routing};
+use parley_kit::clock;
+use parley_nats::{ConfigCache, Publisher, tail, topology};
+use parley_proto::v1::channel_config::Settings;
+use parley_proto::{convert, events, v1};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+type HmacSha256 = Hmac<sha2::Sha256>;
+
+/// How long a visitor token is good for.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a long poll waits for something to say.
+const POLL_WAIT: Duration = Duration::from_secs(25);
+/// The most updates one poll answers with.
+const POLL_BATCH: usize = 100;
+/// The largest frame or body the widget may send.
+const MAX_INPUT: usize = 64 * 1024;
+
+/// The web chat endpoints' shared state.
+#[derive(Clone)]
+pub struct WebChat {
+    pub cache: ConfigCache,
+    pub publisher: Publisher,
+    pub js: async_nats::jetstream::Context,
+    /// Signs visitor tokens (derived from the service's signing key).
+    pub token_key: Vec<u8>,
+    pub shutdown: CancellationToken,
+}
+
+/// The routes, to merge into the public router.
+pub fn router(chat: WebChat) -> Router {
+    Router::new()
+        .route("/webchat/{tenant}/{channel_config_id}/sessions", routing::post(open_session))
+        .route("/webchat/{tenant}/{channel_config_id}/ws", routing::get(socket))
+        .route("/webchat/{tenant}/{channel_config_id}/updates", routing::get(poll))
+        .route("/webchat/{tenant}/{channel_config_id}/messages", routing::post(post_message))
+        .with_state(Arc::new(chat))
+}
+
+/// The key visitor tokens are signed with, derived from the service's signing key (so a
+/// visitor token is never a valid API token, nor the other way round).
+pub fn token_key(signing_key: &[u8]) -> Vec<u8> {
+    mac(signing_key, b"parley web chat visitor tokens v1")
+}
+
+/// A refused request.
+#[derive(Debug)]
+pub struct ChatError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ChatError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no web chat at this address")
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+    fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    fn json(&self) -> Value {
+        json!({ "error": { "code": self.code, "message": self.message } })
+    }
+}
+
+impl IntoResponse for ChatError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.json())).into_response()
+    }
+}
+
+type ChatResult<T> = Result<T, ChatError>;
+
+/// A visitor as a verified token names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visitor {
+    pub tenant: TenantId,
+    pub channel_config_id: String,
+    /// `visitor:<id>` or `user:<id>`: the customer's address on the channel.
+    pub address: String,
+    pub display_name: String,
+    pub expires_ms: i64,
+}
+
+impl Visitor {
+    fn customer(&self) -> CustomerId {
+        CustomerId::derive(&self.tenant, Channel::WebChat, &self.address)
+    }
+}
+
+fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// `base64url(json).base64url(hmac)`.
+pub fn sign(v: &Visitor, key: &[u8]) -> String {
+    let payload = json!({
+        "t": v.tenant.as_str(), "c": v.channel_config_id, "a": v.address, "n": v.display_name, "e": v.expires_ms,
+    })
+    .to_string();
+    let body = B64.encode(payload.as_bytes());
+    let sig = B64.encode(mac(key, body.as_bytes()));
+    format!("{body}.{sig}")
+}
+
+/// The visitor a token names, if Parley signed it and it has not expired.
+pub fn verify(token: &str, key: &[u8], now_ms: i64) -> Option<Visitor> {
+    let (body, sig) = token.split_once('.')?;
+    let sig = B64.decode(sig).ok()?;
+    if !bool::from(mac(key, body.as_bytes()).ct_eq(&sig)) {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
+    let visitor = Visitor {
+        tenant: TenantId::parse(v["t"].as_str()?).ok()?,
+        channel_config_id: v["c"].as_str()?.to_owned(),
+        address: v["a"].as_str()?.to_owned(),
+        display_name: v["n"].as_str()?.to_owned(),
+        expires_ms: v["e"].as_i64()?,
+    };
+    (visitor.expires_ms > now_ms).then_some(visitor)
+}
+
+/// An id no one can guess: 128 random bits, base64url.
+fn new_visitor_id() -> String {
+    B64.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+fn valid_visitor_id(id: &str) -> bool {
+    (16..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl WebChat {
+    /// The enabled web chat config at this address, with its settings.
+    fn config(&self, tenant: &str, id: &str) -> ChatResult<(TenantId, v1::WebChatSettings)> {
+        let tenant = TenantId::parse(tenant).map_err(|_| ChatError::not_found())?;
+        let found = self.cache.with_tenant(&tenant, |t| {
+            let t = t?;
+            if t.tenant.as_ref().is_none_or(|t| t.disabled) {
+                return None;
+            }
+            let c = t.channels.get(id).filter(|c| !c.disabled && c.channel == v1::Channel::Webchat as i32)?;
+            match c.settings.as_ref() {
+                Some(Settings::Webchat(s)) => Some(s.clone()),
+                _ => None,
+            }
+        });
+        found.map(|s| (tenant, s)).ok_or_else(ChatError::not_found)
+    }
+
+    /// A browser's request must come from one of the config's origins.
+    fn check_origin(settings: &v1::WebChatSettings, headers: &HeaderMap) -> ChatResult<()> {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return Ok(()); // Not a browser: the token is what counts.
+        };
+        if settings.allowed_origins.is_empty()
+            || settings.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+        {
+            Ok(())
+        } else {
+            Err(ChatError::new(StatusCode::FORBIDDEN, "permission_denied", format!("origin {origin} is not allowed")))
+        }
+    }
+
+    /// The visitor of a request: its token verified, for this tenant and config.
+    fn visitor(&self, tenant: &str, config: &str, token: Option<&str>, headers: &HeaderMap) -> ChatResult<Visitor> {
+        let (_, settings) = self.config(tenant, config)?;
+        Self::check_origin(&settings, headers)?;
+        let token = token.ok_or_else(|| ChatError::unauthenticated("a visitor token is required"))?;
+        let visitor = verify(token, &self.token_key, clock::now().as_millis())
+            .ok_or_else(|| ChatError::unauthenticated("the visitor token is invalid or expired; open a new session"))?;
+        if visitor.tenant.as_str() != tenant || visitor.channel_config_id != config {
+            return Err(ChatError::unauthenticated("the visitor token is for another chat"));
+        }
+        Ok(visitor)
+    }
+
+    /// Stores a visitor's message; the same `client_id` again is the same message.
+    async fn submit(&self, v: &Visitor, client_id: &str, text: &str) -> ChatResult<(MessageId, bool)> {
+        if client_id.is_empty() || client_id.len() > 128 || !client_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(ChatError::bad("client_id must be 1 to 128 printable ASCII characters"));
+        }
+        check_text(text).map_err(|e| ChatError::bad(e.to_string()))?;
+        let customer = v.customer();
+        let key = format!("{}:{client_id}", v.address);
+        let message_id = MessageId::derive(&v.tenant, &format!("webchat:{}", v.channel_config_id), &key);
+        let message = events::CustomerMessage {
+            message_id: message_id.to_string(),
+            tenant_id: v.tenant.to_string(),
+            channel: v1::Channel::Webchat as i32,
+            channel_config_id: v.channel_config_id.clone(),
+            customer_id: customer.to_string(),
+            customer_address: v.address.clone(),
+            customer_display_name: v.display_name.clone(),
+            text: text.to_owned(),
+            channel_message_id: client_id.to_owned(),
+            receive_time: Some(convert::timestamp(clock::now())),
+            ..Default::default()
+        };
+        let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
+        let published = self
+            .publisher
+            .publish(
+                topology::inbound_subject(&v.tenant, Channel::WebChat),
+                &message_id.to_string(),
+                &customer.to_string(),
+                &envelope,
+            )
+            .await
+            .map_err(|e| {
+                ChatError::unavailable(format!("message not stored ({e}); send it again with the same client_id"))
+            })?;
+        Ok((message_id, published.duplicate))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenSession {
+    /// From an earlier session, to be the same visitor again.
+    visitor_id: Option<String>,
+    name: Option<String>,
+    identity: Option<Identity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Identity {
+    user_id: String,
+    /// Hex HMAC-SHA256 of `user_id` with the config's identity secret.
+    signature: String,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ChatResult<T> {
+    if body.len() > MAX_INPUT {
+        return Err(ChatError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the body is larger than 64 KiB"));
+    }
+    serde_json::from_slice(body).map_err(|e| ChatError::bad(format!("malformed JSON: {e}")))
+}
+
+async fn open_session(
+    State(chat): State<Arc<WebChat>>,
+    Path((tenant, config)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: parley_kit::axum::body::Bytes,
+) -> ChatResult<Json<Value>> {
+    let (tenant_id, settings) = chat.config(&tenant, &config)?;
+    WebChat::check_origin(&settings, &headers)?;
+    let req: OpenSession = parse_json(&body)?;
+    let name = req.name.unwrap_or_default();
+    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ChatError::bad("name must be at most 200 characters without control characters"));
+    }
+    let (address, visitor_id, verified) = match (req.identity, req.visitor_id) {
+        (Some(id), _) => {
+            if settings.identity_secret.is_empty() {
+                return Err(ChatError::bad("this chat does not verify identities"));
+            }
+            if id.user_id.is_empty() || id.user_id.len() > 256 || id.user_id.chars().any(char::is_control) {
+                return Err(ChatError::bad("identity.user_id must be 1 to 256 bytes without control characters"));
+            }
+            let expected = hex::encode(mac(settings.identity_secret.as_bytes(), id.user_id.as_bytes()));
+            if !bool::from(expected.as_bytes().ct_eq(id.signature.to_ascii_lowercase().as_bytes())) {
+                return Err(ChatError::unauthenticated("identity.signature does not match identity.user_id"));
+            }
+            (format!("user:{}", id.user_id), None, true)
+        }
+        (None, Some(v)) if valid_visitor_id(&v) => (format!("visitor:{v}"), Some(v), false),
+        (None, Some(_)) => return Err(ChatError::bad("visitor_id must be the one an earlier session returned")),
+        (None, None) => {
+            let v = new_visitor_id();
+            (format!("visitor:{v}"), Some(v), false)
+        }
+    };
+    let expires_ms = clock::now().as_millis() + TOKEN_TTL.as_millis() as i64;
+    let visitor = Visitor { tenant: tenant_id, channel_config_id: config, address, display_name: name, expires_ms };
+    Ok(Json(json!({
+        "token": sign(&visitor, &chat.token_key),
+        "customer_id": visitor.customer().to_string(),
+        "visitor_id": visitor_id,
+        "verified": verified,
+        "expires_at_ms": expires_ms,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct FeedQuery {
+    token: Option<String>,
+    #[serde(default)]
+    after: u64,
+}
+
+async fn socket(
+    State(chat): State<Arc<WebChat>>,
+    Path((tenant, config)): Path<(String, String)>,
+    Query(q): Query<FeedQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> ChatResult<Response> {
+    let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
+    let subject = topology::outbound_subject(&visitor.tenant, Channel::WebChat, visitor.customer());
+    let feed = tail::follow(&chat.js, topology::OUTBOUND, subject, q.after)
+        .await
+        .map_err(|e| ChatError::unavailable(e.to_string()))?;
+    Ok(upgrade.max_message_size(MAX_INPUT).on_upgrade(move |ws| converse(chat, visitor, feed, ws)))
+}
+
+/// One WebSocket: updates down, messages up, until either side ends it.
+async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws: WebSocket) {
+    let (mut tx, mut rx) = ws.split();
+    let hello = json!({"type": "welcome", "after": feed.resume_after, "customer_id": visitor.customer().to_string()});
+    if tx.send(WsMessage::Text(hello.to_string().into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = chat.shutdown.cancelled() => {
+                let _ = tx.send(WsMessage::Close(None)).await;
+                return;
+            }
+            next = feed.messages.next() => {
+                let frame = match next {
+                    Some(Ok(d)) => match update_frame(&d) {
+                        Some(f) => f,
+                        None => continue,
+                    },
+                    Some(Err(e)) => json!({"type": "error", "code": "unavailable",
+                                           "message": format!("{e}; reconnect with the last seq")}),
+                    None => return,
+                };
+                if tx.send(WsMessage::Text(frame.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = rx.next() => {
+                let text = match incoming {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue, // pings are answered by the library; binary is ignored
+                };
+                let answer = match serde_json::from_str::<Value>(&text) {
+                    Err(e) => json!({"type": "error", "code": "invalid_argument", "message": format!("malformed JSON: {e}")}),
+                    Ok(v) => match v["type"].as_str() {
+                        Some("message") => {
+                            let client_id = v["client_id"].as_str().unwrap_or_default();
+                            let text = v["text"].as_str().unwrap_or_default();
+                            match chat.submit(&visitor, client_id, text).await {
+                                Ok((id, duplicate)) => json!({"type": "accepted", "client_id": client_id,
+                                                              "message_id": id.to_string(), "duplicate": duplicate}),
+                                Err(e) => json!({"type": "error", "client_id": client_id,
+                                                 "code": e.code, "message": e.message}),
+                            }
+                        }
+                        Some("ping") => json!({"type": "pong"}),
+                        other => json!({"type": "error", "code": "invalid_argument",
+                                        "message": format!("unknown frame type {other:?}; send \"message\" or \"ping\"")}),
+                    },
+                };
+                if tx.send(WsMessage::Text(answer.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn poll(
+    State(chat): State<Arc<WebChat>>,
+    Path((tenant, config)): Path<(String, String)>,
+    Query(q): Query<FeedQuery>,
+    headers: HeaderMap,
+) -> ChatResult<Json<Value>> {
+    let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
+    let subject = topology::outbound_subject(&visitor.tenant, Channel::WebChat, visitor.customer());
+    let mut feed = tail::follow(&chat.js, topology::OUTBOUND, subject, q.after)
+        .await
+        .map_err(|e| ChatError::unavailable(e.to_string()))?;
+    let mut updates = Vec::new();
+    let mut last = q.after;
+    // Wait for the first update; then take what is already there, without waiting.
+    let deadline = tokio::time::Instant::now() + POLL_WAIT;
+    while updates.len() < POLL_BATCH {
+        let wait = if updates.is_empty() { deadline } else { tokio::time::Instant::now() + Duration::from_millis(20) };
+        match tokio::time::timeout_at(wait, feed.messages.next()).await {
+            Ok(Some(Ok(d))) => {
+                last = d.stream_sequence;
+                if let Some(f) = update_frame(&d) {
+                    updates.push(f);
+                }
+            }
+            Ok(Some(Err(e))) if updates.is_empty() => return Err(ChatError::unavailable(e.to_string())),
+            Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(Json(json!({"updates": updates, "last_seq": last})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostMessage {
+    client_id: String,
+    text: String,
+}
+
+async fn post_message(
+    State(chat): State<Arc<WebChat>>,
+    Path((tenant, config)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: parley_kit::axum::body::Bytes,
+) -> ChatResult<Json<Value>> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let visitor = chat.visitor(&tenant, &config, bearer, &headers)?;
+    let m: PostMessage = parse_json(&body)?;
+    let (id, duplicate) = chat.submit(&visitor, &m.client_id, &m.text).await?;
+    Ok(Json(json!({"message_id": id.to_string(), "duplicate": duplicate})))
+}
+
+fn time_ms(t: Option<&parley_proto::prost_types::Timestamp>) -> i64 {
+    convert::from_timestamp(t).as_millis()
+}
+
+fn state_name(state: i32) -> &'static str {
+    match v1::DeliveryState::try_from(state) {
+        Ok(v1::DeliveryState::Sent) => "sent",
+        Ok(v1::DeliveryState::Delivered) => "delivered",
+        Ok(v1::DeliveryState::Read) => "read",
+        Ok(v1::DeliveryState::Failed) => "failed",
+        _ => "accepted",
+    }
+}
+
+/// An outbound update as the widget reads it; `None` for what the widget does not show.
+fn update_frame(d: &parley_nats::consume::Delivery) -> Option<Value> {
+    let envelope: events::OutboundEnvelope = match d.decode() {
+        Ok(e) => e,
+        Err(why) => {
+            tracing::warn!(seq = d.stream_sequence, why, "skipping undecodable outbound message");
+            return None;
+        }
+    };
+    use v1::customer_update::Kind;
+    let update = match envelope.update?.kind? {
+        Kind::Message(m) => json!({
+            "kind": "message", "message_id": m.id, "text": m.text,
+            "from": match v1::SenderKind::try_from(m.sender_kind) {
+                Ok(v1::SenderKind::Operator) => "operator",
+                Ok(v1::SenderKind::Bot) => "bot",
+                Ok(v1::SenderKind::Customer) => "customer",
+                _ => "system",
+            },
+            "at_ms": time_ms(m.create_time.as_ref()),
+        }),
+        Kind::Queued(q) => json!({"kind": "queued", "position": q.position,
+                                  "estimated_wait_seconds": q.estimated_wait_seconds}),
+        Kind::OperatorJoined(o) => json!({"kind": "operator_joined", "operator_name": o.operator_display_name}),
+        Kind::Ended(e) => json!({"kind": "ended", "reason": e.reason}),
+        Kind::Delivery(u) => json!({"kind": "delivery", "message_id": u.message_id, "state": state_name(u.state)}),
+        Kind::Closed(c) => {
+            json!({"kind": "queue_closed", "opens_at_ms": c.open_time.as_ref().map(|t| time_ms(Some(t)))})
+        }
+        Kind::WaitingForOperator(w) => json!({"kind": "waiting_for_operator", "operator_name": w.operator_display_name,
+                                              "until_ms": time_ms(w.until_time.as_ref())}),
+    };
+    Some(
+        json!({"type": "update", "seq": d.stream_sequence, "conversation_id": envelope.conversation_id, "update": update}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visitor(expires_ms: i64) -> Visitor {
+        Visitor {
+            tenant: TenantId::parse("acme").unwrap(),
+            channel_config_id: "site".into(),
+            address: "visitor:AAAAAAAAAAAAAAAAAAAAAA".into(),
+            display_name: "Иван".into(),
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn tokens_verify_only_unchanged_unexpired_and_with_the_key() {
+        let key = b"k".repeat(32);
+        let v = visitor(2_000);
+        let token = sign(&v, &key);
+        assert_eq!(verify(&token, &key, 1_000), Some(v.clone()));
+        assert_eq!(verify(&token, &key, 2_000), None, "expired");
+        assert_eq!(verify(&token, b"another key", 1_000), None);
+        // Another visitor's body under this signature.
+        let other = sign(&Visitor { address: "user:42".into(), ..v }, &key);
+        let forged = format!("{}.{}", other.split_once('.').unwrap().0, token.split_once('.').unwrap().1);
+        assert_eq!(verify(&forged, &key, 1_000), None);
+        for junk in ["", ".", "abc", "a.b", "%%%.%%%"] {
+            assert_eq!(verify(junk, &key, 1_000), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn visitor_ids_are_unguessable_and_checked() {
+        let (a, b) = (new_visitor_id(), new_visitor_id());
+        assert_ne!(a, b);
+        assert!(valid_visitor_id(&a) && a.len() == 22);
+        assert!(!valid_visitor_id("short"));
+        assert!(!valid_visitor_id("has space in it, long enough"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The web chat channel end to end, as the widget speaks it: a visitor session over HTTP,
+//! then a WebSocket (tokio-tungstenite, a real client) to ingest's public listener; the
+//! operator's desk gets the visitor's messages once, the visitor gets the operator's
+//! replies, and a visitor who drops and reconnects with the last `seq` gets exactly what
+//! was missed. The long-poll fallback carries the same. Forged, foreign and expired tokens,
+//! wrong origins and bad identity signatures are refused with JSON errors.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use parley_e2e::{Desk, online};
+use parley_proto::v1;
+use parley_proto::v1::channel_config::Settings;
+use parley_testkit::{App, TenantFixture, eventually};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+const WAIT: Duration = Duration::from_secs(10);
+const ORIGIN: &str = "https://shop.example";
+const IDENTITY_SECRET: &str = "site-identity-secret-0123456789";
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn tenant(app: &App) -> TenantFixture {
+    let fx = app.tenant("acme", &["anna"]).await;
+    fx.edit_operator(app, "anna", |o| {
+        o.capacity.push(v1::ChannelCapacity { channel: v1::Channel::Webchat as i32, max_conversations: 5 });
+    })
+    .await;
+    app.admin(&fx.admin_token)
+        .await
+        .create_channel_config(v1::CreateChannelConfigRequest {
+            channel_config: Some(v1::ChannelConfig {
+                id: "site".into(),
+                channel: v1::Channel::Webchat as i32,
+                display_name: "Shop chat".into(),
+                default_queue_id: "default".into(),
+                settings: Some(Settings::Webchat(v1::WebChatSettings {
+                    allowed_origins: vec![ORIGIN.into()],
+                    identity_secret: IDENTITY_SECRET.into(),
+                })),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create the web chat config");
+    fx
+}
+
+fn url(app: &App, path: &str) -> String {
+    format!("http://{}/webchat/acme/site/{path}", app.webhooks_addr())
+}
+
+/// A POST as a browser on the tenant's site sends it; (status, JSON body).
+async fn post(app: &App, path: &str, origin: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(url(app, path))
+        .header("Origin", origin)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = bearer {
+        r = r.bearer_auth(t);
+    }
+    let answer = r.send().await.expect("ingest answers");
+    let status = answer.status().as_u16();
+    (status, serde_json::from_slice(&answer.bytes().await.expect("a body")).expect("a JSON body"))
+}
+
+/// Opens a session once ingest knows the config; the answer's JSON.
+async fn session(app: &App, body: Value) -> Value {
+    eventually(WAIT, "ingest knows the web chat config", || {
+        let body = body.clone();
+        async move {
+            let (status, v) = post(app, "sessions", ORIGIN, None, body).await;
+            (status == 200).then_some(v)
+        }
+    })
+    .await
+}
+
+async fn connect(app: &App, token: &str, after: u64) -> Socket {
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/webchat/acme/site/ws?token={token}&after={after}",
+        app.webhooks_addr()
+    ))
+    .expect("a request");
+    request.headers_mut().insert("Origin", ORIGIN.parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("the socket opens");
+    socket
+}
+
+async fn frame(socket: &mut Socket) -> Value {
+    loop {
+        let m = tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time").expect("open").expect("ok");
+        if let tungstenite::Message::Text(t) = m {
+            return serde_json::from_str(&t).expect("a JSON frame");
+        }
+    }
+}
+
+/// The next frame of `type`, skipping others.
+async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let f = frame(socket).await;
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
+/// The next update of `kind` (skipping other updates); returns it with its seq.
+async fn update_of(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let f = next_of(socket, "update").await;
+        if f["update"]["kind"] == kind {
+            return f;
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(tungstenite::Message::Text(frame.to_string().into())).await.expect("send a frame");
+}
+
+async fn assigned(desk: &mut Desk) -> v1::ConversationAssigned {
+    match desk.event(WAIT).await.kind.expect("event kind") {
+        v1::desk_event::Kind::Assigned(a) => a,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visitor_chats_with_an_operator_and_misses_nothing_across_a_reconnect() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+
+    let s = session(&app, json!({"name": "Иван"})).await;
+    let token = s["token"].as_str().expect("a token").to_owned();
+    let visitor_id = s["visitor_id"].as_str().expect("a visitor id").to_owned();
+    assert_eq!(visitor_id.len(), 22, "128 random bits");
+    let mut ws = connect(&app, &token, 0).await;
+    assert_eq!(next_of(&mut ws, "welcome").await["customer_id"], s["customer_id"]);
+
+    send(&mut ws, json!({"type": "message", "client_id": "m1", "text": "Здравствуйте! Где мой заказ?"})).await;
+    let ok = next_of(&mut ws, "accepted").await;
+    assert_eq!((ok["client_id"].as_str(), ok["duplicate"].as_bool()), (Some("m1"), Some(false)));
+    // A resend after a doubtful network is the same message.
+    send(&mut ws, json!({"type": "message", "client_id": "m1", "text": "Здравствуйте! Где мой заказ?"})).await;
+    assert_eq!(next_of(&mut ws, "accepted").await["duplicate"], true);
+
+    let a = assigned(&mut desk).await;
+    let conversation = a.conversation.expect("conversation");
+    assert_eq!(a.customer_display_name, "Иван");
+    assert_eq!(a.recent_messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["Здравствуйте! Где мой заказ?"]);
+    // The visitor sees who joined, then the reply.
+    assert_eq!(update_of(&mut ws, "operator_joined").await["update"]["operator_name"], "Operator anna");
+    let accepted = desk.reply(&conversation.id, "r1", "Добрый день! Заказ в пути.").await;
+    assert!(matches!(accepted, v1::open_session_response::Frame::ReplyAccepted(_)), "{accepted:?}");
+    let reply = update_of(&mut ws, "message").await;
+    assert_eq!(
+        (reply["update"]["text"].as_str(), reply["update"]["from"].as_str()),
+        (Some("Добрый день! Заказ в пути."), Some("operator"))
+    );
+    let seen = reply["seq"].as_u64().expect("a seq");
+
+    // The network drops; two replies go out meanwhile.
+    drop(ws);
+    for (id, text) in [("r2", "Номер отслеживания: 4711."), ("r3", "Что-нибудь ещё?")] {
+        let accepted = desk.reply(&conversation.id, id, text).await;
+        assert!(matches!(accepted, v1::open_session_response::Frame::ReplyAccepted(_)), "{accepted:?}");
+    }
+    // Reconnecting from the last seq seen: exactly the two, in order, nothing repeated.
+    let mut ws = connect(&app, &token, seen).await;
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let f = next_of(&mut ws, "update").await;
+        assert!(f["seq"].as_u64().unwrap() > seen, "nothing before the resume point: {f}");
+        if f["update"]["kind"] == "message" {
+            texts.push(f["update"]["text"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(texts, ["Номер отслеживания: 4711.", "Что-нибудь ещё?"]);
+
+    // The same visitor in a new session (the widget kept its id) is the same customer.
+    let again = session(&app, json!({"visitor_id": visitor_id})).await;
+    assert_eq!(again["customer_id"], s["customer_id"]);
+
+    // The long-poll fallback: a message posted, and the feed from the same point.
+    let (status, posted) =
+        post(&app, "messages", ORIGIN, Some(&token), json!({"client_id": "m2", "text": "Спасибо!"})).await;
+    assert_eq!(status, 200, "{posted}");
+    // (The desk also hears its own replies as recorded; the visitor's message is next.)
+    let thanks = loop {
+        if let Some(v1::desk_event::Kind::Message(m)) = desk.event(WAIT).await.kind
+            && m.sender_kind == v1::SenderKind::Customer as i32
+        {
+            break m.text;
+        }
+    };
+    assert_eq!(thanks, "Спасибо!");
+    let polled = reqwest::Client::new()
+        .get(url(&app, &format!("updates?token={token}&after={seen}")))
+        .header("Origin", ORIGIN)
+        .send()
+        .await
+        .expect("poll")
+        .bytes()
+        .await
+        .expect("a body");
+    let polled: Value = serde_json::from_slice(&polled).expect("JSON");
+    let texts: Vec<&str> = polled["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .filter(|u| u["update"]["kind"] == "message")
+        .map(|u| u["update"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["Номер отслеживания: 4711.", "Что-нибудь ещё?"]);
+    assert!(polled["last_seq"].as_u64().unwrap() > seen);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_foreign_and_unverified_visitors_are_refused() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let _ = &fx;
+    let s = session(&app, json!({})).await;
+    let token = s["token"].as_str().unwrap().to_owned();
+
+    // A site-verified identity: the right signature is a verified customer, a wrong one 401.
+    let good = hex::encode({
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(IDENTITY_SECRET.as_bytes()).unwrap();
+        m.update(b"crm-42");
+        m.finalize().into_bytes()
+    });
+    let (status, v) =
+        post(&app, "sessions", ORIGIN, None, json!({"identity": {"user_id": "crm-42", "signature": good}})).await;
+    assert_eq!((status, v["verified"].as_bool()), (200, Some(true)), "{v}");
+    let (status, v) =
+        post(&app, "sessions", ORIGIN, None, json!({"identity": {"user_id": "crm-43", "signature": good}})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("unauthenticated")), "{v}");
+
+    // Another site's page may not open it.
+    let (status, v) = post(&app, "sessions", "https://evil.example", None, json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("permission_denied")), "{v}");
+    // Malformed input, unknown fields, a made-up visitor id.
+    for (body, why) in [
+        (json!({"nmae": "typo"}), "unknown field"),
+        (json!({"visitor_id": "x"}), "short visitor id"),
+        (json!({"name": "a\u{0}b"}), "control character"),
+    ] {
+        let (status, v) = post(&app, "sessions", ORIGIN, None, body).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_argument")), "{why}: {v}");
+    }
+    // Unknown tenant or config: one 404.
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/webchat/nobody/site/sessions", app.webhooks_addr()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 404);
+
+    // Tokens: forged, tampered, missing, or used on the wrong path.
+    let (body, sig) = token.split_once('.').unwrap();
+    let tampered = format!("{body}x.{sig}");
+    for (t, why) in [("nonsense", "forged"), (tampered.as_str(), "tampered")] {
+        let (status, v) = post(&app, "messages", ORIGIN, Some(t), json!({"client_id": "m", "text": "hi"})).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (401, Some("unauthenticated")), "{why}: {v}");
+    }
+    let (status, _) = post(&app, "messages", ORIGIN, None, json!({"client_id": "m", "text": "hi"})).await;
+    assert_eq!(status, 401);
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/webchat/acme/other/updates?token={token}", app.webhooks_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 404, "another config's path");
+    // A socket with a bad token is refused before the upgrade.
+    let request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/webchat/acme/site/ws?token=nonsense",
+        app.webhooks_addr()
+    ))
+    .unwrap();
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // Bad messages with a good token: nothing stored.
+    let before = app.stream_len("PARLEY_INBOUND").await;
+    for (body, why) in [
+        (json!({"client_id": "", "text": "hi"}), "empty client id"),
+        (json!({"client_id": "m", "text": ""}), "empty text"),
+        (json!({"client_id": "m", "text": "x".repeat(5000)}), "too long"),
+    ] {
+        let (status, v) = post(&app, "messages", ORIGIN, Some(&token), body).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_argument")), "{why}: {v}");
+    }
+    assert_eq!(app.stream_len("PARLEY_INBOUND").await, before, "nothing refused was stored");
+    app.stop().await;
+}
