@@ -155,8 +155,15 @@ async fn a_visitor_chats_with_an_operator_and_misses_nothing_across_a_reconnect(
     let conversation = a.conversation.expect("conversation");
     assert_eq!(a.customer_display_name, "Иван");
     assert_eq!(a.recent_messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["Здравствуйте! Где мой заказ?"]);
-    // The visitor sees who joined, then the reply.
-    assert_eq!(update_of(&mut ws, "operator_joined").await["update"]["operator_name"], "Operator anna");
+    // The visitor sees who joined, then the reply; status updates carry their
+    // conversation's version, newer after older.
+    let queued = update_of(&mut ws, "queued").await;
+    let joined = update_of(&mut ws, "operator_joined").await;
+    assert_eq!(joined["update"]["operator_name"], "Operator anna");
+    assert!(
+        joined["version"].as_u64() > queued["version"].as_u64() && queued["version"].as_u64() > Some(0),
+        "{queued} {joined}"
+    );
     let accepted = desk.reply(&conversation.id, "r1", "Добрый день! Заказ в пути.").await;
     assert!(matches!(accepted, v1::open_session_response::Frame::ReplyAccepted(_)), "{accepted:?}");
     let reply = update_of(&mut ws, "message").await;

@@ -275,6 +275,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<Rows> {
                         })),
                     }),
                     references: Vec::new(),
+                    conversation_version: 0,
                 };
                 publisher
                     .publish(

@@ -166,6 +166,8 @@ impl ApiChannelService for ApiChannel {
                     Ok(envelope) => Some(Ok(v1::StreamCustomerUpdatesResponse {
                         sequence: d.stream_sequence,
                         update: envelope.update,
+                        conversation_id: envelope.conversation_id,
+                        conversation_version: envelope.conversation_version,
                     })),
                     Err(why) => {
                         tracing::warn!(seq = d.stream_sequence, why, "skipping undecodable outbound message");

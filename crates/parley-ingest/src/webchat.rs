@@ -10,7 +10,8 @@
 //! - `GET …/ws?token=…&after=N`: a WebSocket. Parley sends every update for the customer
 //!   after stream sequence `N` (messages, queue position, operator joined, conversation
 //!   ended, delivery states), each with its `seq`; a widget that reconnects passes the last
-//!   `seq` it saw and gets exactly what it missed. The widget sends messages, each with its
+//!   `seq` it saw and gets exactly what it missed. Each update also has its conversation's
+//!   `version`: the widget ignores a status update older than one it applied. The widget sends messages, each with its
 //!   own `client_id` (a resend with the same id is stored once), and pings.
 //! - Long-poll fallback for networks that break WebSockets: `GET …/updates?token=…&after=N`
 //!   (answers as soon as there is something, or after 25 s with nothing) and
@@ -513,9 +514,8 @@ fn update_frame(d: &parley_nats::consume::Delivery) -> Option<Value> {
         Kind::WaitingForOperator(w) => json!({"kind": "waiting_for_operator", "operator_name": w.operator_display_name,
                                               "until_ms": time_ms(w.until_time.as_ref())}),
     };
-    Some(
-        json!({"type": "update", "seq": d.stream_sequence, "conversation_id": envelope.conversation_id, "update": update}),
-    )
+    Some(json!({"type": "update", "seq": d.stream_sequence, "conversation_id": envelope.conversation_id,
+               "version": envelope.conversation_version, "update": update}))
 }
 
 #[cfg(test)]

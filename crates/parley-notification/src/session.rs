@@ -286,6 +286,7 @@ impl Sessions {
             conversation_id: id.to_string(),
             update: Some(v1::CustomerUpdate { kind: Some(v1::customer_update::Kind::Message(message)) }),
             references: email.map(|e| e.references).unwrap_or_default(),
+            conversation_version: 0,
         };
         let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
         self.publisher.publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope).await.map_err(

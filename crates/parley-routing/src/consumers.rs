@@ -183,6 +183,7 @@ impl Fanout {
                 conversation_id: record.conversation_id.clone(),
                 update: Some(update),
                 references: Vec::new(),
+                conversation_version: version,
             };
             let subject = topology::outbound_subject(&tenant, channel, customer);
             let dedupe = format!("{}:c{i}", record.record_id);
