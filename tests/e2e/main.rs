@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod email;
 mod isolation;
+mod media;
 mod race;
 mod routing;
 mod routing_people;

@@ -14,6 +14,7 @@
 //! of stored twice.
 
 pub mod api;
+pub mod media;
 pub mod normalise;
 pub mod smtp;
 pub mod webchat;
