@@ -182,14 +182,33 @@ async fn a_visitor_chats_with_an_operator_and_misses_nothing_across_a_reconnect(
     // Reconnecting from the last seq seen: exactly the two, in order, nothing repeated.
     let mut ws = connect(&app, &token, seen).await;
     let mut texts = Vec::new();
+    let mut ids = Vec::new();
     while texts.len() < 2 {
         let f = next_of(&mut ws, "update").await;
         assert!(f["seq"].as_u64().unwrap() > seen, "nothing before the resume point: {f}");
         if f["update"]["kind"] == "message" {
             texts.push(f["update"]["text"].as_str().unwrap().to_owned());
+            ids.push(f["update"]["message_id"].as_str().unwrap().to_owned());
         }
     }
     assert_eq!(texts, ["Номер отслеживания: 4711.", "Что-нибудь ещё?"]);
+
+    // Another visitor cannot mark this visitor's replies read; the visitor can.
+    let other = session(&app, json!({})).await;
+    let mut intruder = connect(&app, other["token"].as_str().unwrap(), 0).await;
+    send(&mut intruder, json!({"type": "read", "conversation_id": conversation.id, "message_id": ids[0]})).await;
+    next_of(&mut intruder, "read_noted").await;
+    send(&mut ws, json!({"type": "read", "conversation_id": conversation.id, "message_id": ids[1]})).await;
+    next_of(&mut ws, "read_noted").await;
+    loop {
+        if let Some(v1::desk_event::Kind::Delivery(d)) = desk.event(WAIT).await.kind {
+            assert_ne!(d.message_id, ids[0], "the intruder's read was recorded");
+            if d.message_id == ids[1] && d.state == v1::DeliveryState::Read as i32 {
+                break;
+            }
+        }
+    }
+    desk.expect_quiet(Duration::from_millis(1000)).await;
 
     // The same visitor in a new session (the widget kept its id) is the same customer.
     let again = session(&app, json!({"visitor_id": visitor_id})).await;

@@ -12,7 +12,8 @@
 //!   ended, delivery states), each with its `seq`; a widget that reconnects passes the last
 //!   `seq` it saw and gets exactly what it missed. Each update also has its conversation's
 //!   `version`: the widget ignores a status update older than one it applied. The widget sends messages, each with its
-//!   own `client_id` (a resend with the same id is stored once), and pings.
+//!   own `client_id` (a resend with the same id is stored once), `read` for a message the
+//!   visitor has seen (the operator's desk sees the reply become `READ`), and pings.
 //! - Long-poll fallback for networks that break WebSockets: `GET …/updates?token=…&after=N`
 //!   (answers as soon as there is something, or after 25 s with nothing) and
 //!   `POST …/messages` with `Authorization: Bearer <token>`.
@@ -26,7 +27,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
-use parley_domain::{Channel, CustomerId, MessageId, TenantId, check_text};
+use parley_domain::{Channel, ConversationId, CustomerId, MessageId, TenantId, check_text};
 use parley_kit::axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use parley_kit::axum::extract::{Path, Query, State};
 use parley_kit::axum::http::{HeaderMap, StatusCode, header};
@@ -224,6 +225,38 @@ impl WebChat {
         Ok(visitor)
     }
 
+    /// Notes that the visitor has read a message of their conversation: a `READ` delivery
+    /// state for routing to record (it checks the conversation is the visitor's).
+    async fn read(&self, v: &Visitor, conversation: &str, message: &str) -> ChatResult<()> {
+        let conversation =
+            ConversationId::parse(conversation).map_err(|e| ChatError::bad(format!("conversation_id: {e}")))?;
+        let message = MessageId::parse(message).map_err(|e| ChatError::bad(format!("message_id: {e}")))?;
+        let now = Some(convert::timestamp(clock::now()));
+        let receipt = events::DeliveryReceipt {
+            tenant_id: v.tenant.to_string(),
+            channel: v1::Channel::Webchat as i32,
+            channel_config_id: v.channel_config_id.clone(),
+            state: v1::DeliveryState::Read as i32,
+            recipient: v.address.clone(),
+            state_time: now,
+            receive_time: now,
+            conversation_id: conversation.to_string(),
+            message_id: message.to_string(),
+            ..Default::default()
+        };
+        let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::DeliveryReceipt(receipt)) };
+        self.publisher
+            .publish(
+                topology::inbound_subject(&v.tenant, Channel::WebChat),
+                &format!("webchat-read:{}:{message}", v.address),
+                &format!("receipt:{message}"),
+                &envelope,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| ChatError::unavailable(format!("not noted ({e}); send it again")))
+    }
+
     /// Stores a visitor's message; the same `client_id` again is the same message.
     async fn submit(&self, v: &Visitor, client_id: &str, text: &str) -> ChatResult<(MessageId, bool)> {
         if client_id.is_empty() || client_id.len() > 128 || !client_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
@@ -400,9 +433,19 @@ async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws
                                                  "code": e.code, "message": e.message}),
                             }
                         }
+                        Some("read") => {
+                            let (conversation, message) = (
+                                v["conversation_id"].as_str().unwrap_or_default(),
+                                v["message_id"].as_str().unwrap_or_default(),
+                            );
+                            match chat.read(&visitor, conversation, message).await {
+                                Ok(()) => json!({"type": "read_noted", "message_id": message}),
+                                Err(e) => json!({"type": "error", "code": e.code, "message": e.message}),
+                            }
+                        }
                         Some("ping") => json!({"type": "pong"}),
                         other => json!({"type": "error", "code": "invalid_argument",
-                                        "message": format!("unknown frame type {other:?}; send \"message\" or \"ping\"")}),
+                                        "message": format!("unknown frame type {other:?}; send \"message\", \"read\" or \"ping\"")}),
                     },
                 };
                 if tx.send(WsMessage::Text(answer.to_string().into())).await.is_err() {

@@ -938,7 +938,17 @@ impl Engine {
             .or(r.receive_time.as_ref())
             .map_or_else(clock::now, |t| convert::from_timestamp(Some(t)));
         let change = DeliveryChange { message, state, reason, at };
-        match self.apply(&tenant, conversation, None, |_| Ok(Some(Command::RecordDelivery(change.clone())))).await {
+        // A report that names the message itself (Parley's sender, the web chat's reader)
+        // also names its recipient: it must be the conversation's customer, so one visitor
+        // cannot mark another's messages read.
+        let recipient = (!r.message_id.is_empty() && !r.recipient.is_empty()).then_some(r.recipient.as_str());
+        let record = |c: &Conversation| match recipient {
+            Some(to) if to != c.customer.address => {
+                Err(invalid(&format!("recipient {to:?} is not the customer of conversation {}", c.id)))
+            }
+            _ => Ok(Some(Command::RecordDelivery(change.clone()))),
+        };
+        match self.apply(&tenant, conversation, None, record).await {
             Ok(_) => Ok(true),
             Err(EngineError::NotFound(id)) => {
                 tracing::warn!(conversation = %id, "receipt for a conversation routing does not know; dropped");
