@@ -173,6 +173,18 @@ async fn a_visitor_chats_with_an_operator_and_misses_nothing_across_a_reconnect(
     );
     let seen = reply["seq"].as_u64().expect("a seq");
 
+    // Typing, both ways: the visitor's reaches the desk, the operator's the widget.
+    send(&mut ws, json!({"type": "typing", "conversation_id": conversation.id})).await;
+    loop {
+        if let Some(v1::desk_event::Kind::Typing(t)) = desk.event(WAIT).await.kind {
+            assert_eq!(t.conversation_id, conversation.id);
+            break;
+        }
+    }
+    desk.send(v1::open_session_request::Frame::Typing(v1::DeskTyping { conversation_id: conversation.id.clone() }))
+        .await;
+    assert_eq!(update_of(&mut ws, "typing").await["conversation_id"], conversation.id.as_str());
+
     // The network drops; two replies go out meanwhile.
     drop(ws);
     for (id, text) in [("r2", "Номер отслеживания: 4711."), ("r3", "Что-нибудь ещё?")] {

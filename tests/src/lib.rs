@@ -276,5 +276,6 @@ pub fn describe(event: &v1::DeskEvent) -> (String, &'static str) {
         Kind::Message(m) => (m.conversation_id.clone(), "message"),
         Kind::Released(r) => (r.conversation_id.clone(), "released"),
         Kind::Delivery(d) => (d.conversation_id.clone(), "delivery"),
+        Kind::Typing(t) => (t.conversation_id.clone(), "typing"),
     }
 }

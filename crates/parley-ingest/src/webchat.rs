@@ -13,7 +13,9 @@
 //!   `seq` it saw and gets exactly what it missed. Each update also has its conversation's
 //!   `version`: the widget ignores a status update older than one it applied. The widget sends messages, each with its
 //!   own `client_id` (a resend with the same id is stored once), `read` for a message the
-//!   visitor has seen (the operator's desk sees the reply become `READ`), and pings.
+//!   visitor has seen (the operator's desk sees the reply become `READ`), `typing` (passed on
+//!   to the operator at most every 2 s; the operator's typing comes down as an update), and
+//!   pings.
 //! - Long-poll fallback for networks that break WebSockets: `GET …/updates?token=…&after=N`
 //!   (answers as soon as there is something, or after 25 s with nothing) and
 //!   `POST …/messages` with `Authorization: Bearer <token>`.
@@ -50,6 +52,8 @@ const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// The most updates one poll answers with.
 const POLL_BATCH: usize = 100;
+/// A visitor's typing is passed on at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// The largest frame or body the widget may send.
 const MAX_INPUT: usize = 64 * 1024;
 
@@ -225,6 +229,29 @@ impl WebChat {
         Ok(visitor)
     }
 
+    /// Tells the operator of the visitor's conversation that the visitor is typing.
+    async fn typing(&self, v: &Visitor, conversation: &str) -> ChatResult<()> {
+        let conversation =
+            ConversationId::parse(conversation).map_err(|e| ChatError::bad(format!("conversation_id: {e}")))?;
+        let typing = events::CustomerTyping {
+            tenant_id: v.tenant.to_string(),
+            conversation_id: conversation.to_string(),
+            customer_address: v.address.clone(),
+            time: Some(convert::timestamp(clock::now())),
+        };
+        let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerTyping(typing)) };
+        self.publisher
+            .publish(
+                topology::inbound_subject(&v.tenant, Channel::WebChat),
+                &uuid::Uuid::new_v4().to_string(),
+                &v.customer().to_string(),
+                &envelope,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| ChatError::unavailable(e.to_string()))
+    }
+
     /// Notes that the visitor has read a message of their conversation: a `READ` delivery
     /// state for routing to record (it checks the conversation is the visitor's).
     async fn read(&self, v: &Visitor, conversation: &str, message: &str) -> ChatResult<()> {
@@ -390,6 +417,7 @@ async fn socket(
 /// One WebSocket: updates down, messages up, until either side ends it.
 async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws: WebSocket) {
     let (mut tx, mut rx) = ws.split();
+    let mut last_typing: Option<std::time::Instant> = None;
     let hello = json!({"type": "welcome", "after": feed.resume_after, "customer_id": visitor.customer().to_string()});
     if tx.send(WsMessage::Text(hello.to_string().into())).await.is_err() {
         return;
@@ -442,6 +470,17 @@ async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws
                                 Ok(()) => json!({"type": "read_noted", "message_id": message}),
                                 Err(e) => json!({"type": "error", "code": e.code, "message": e.message}),
                             }
+                        }
+                        Some("typing") => {
+                            let conversation = v["conversation_id"].as_str().unwrap_or_default();
+                            let now = std::time::Instant::now();
+                            if last_typing.is_none_or(|at| now.duration_since(at) >= TYPING_EVERY) {
+                                last_typing = Some(now);
+                                if let Err(e) = chat.typing(&visitor, conversation).await {
+                                    tracing::debug!(error = %e.message, "typing not passed on");
+                                }
+                            }
+                            continue;
                         }
                         Some("ping") => json!({"type": "pong"}),
                         other => json!({"type": "error", "code": "invalid_argument",
@@ -554,6 +593,7 @@ fn update_frame(d: &parley_nats::consume::Delivery) -> Option<Value> {
         Kind::Closed(c) => {
             json!({"kind": "queue_closed", "opens_at_ms": c.open_time.as_ref().map(|t| time_ms(Some(t)))})
         }
+        Kind::Typing(t) => json!({"kind": "typing", "name": t.display_name}),
         Kind::WaitingForOperator(w) => json!({"kind": "waiting_for_operator", "operator_name": w.operator_display_name,
                                               "until_ms": time_ms(w.until_time.as_ref())}),
     };

@@ -49,6 +49,9 @@ impl EmailThread {
     }
 }
 
+/// A desk's typing is passed on at most this often per conversation.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+
 /// Shared by every session of a replica.
 pub struct Sessions {
     pub js: async_nats::jetstream::Context,
@@ -126,6 +129,8 @@ impl Sessions {
             return;
         }
         self.alive(&tenant, &operator, &session).await;
+        // When this desk last passed on typing, per conversation (see `TYPING_EVERY`).
+        let mut typing_sent: std::collections::HashMap<String, std::time::Instant> = Default::default();
         loop {
             tokio::select! {
                 _ = self.token.cancelled() => {
@@ -168,6 +173,17 @@ impl Sessions {
                     self.alive(&tenant, &operator, &session).await;
                     let reply = match request.frame {
                         Some(open_session_request::Frame::Reply(r)) => Some(self.reply(&tenant, &operator, r).await),
+                        Some(open_session_request::Frame::Typing(t)) => {
+                            let now = std::time::Instant::now();
+                            let due = typing_sent.get(&t.conversation_id).is_none_or(|at| now.duration_since(*at) >= TYPING_EVERY);
+                            if due {
+                                typing_sent.insert(t.conversation_id.clone(), now);
+                                if let Err(e) = self.typing(&tenant, &operator, &t.conversation_id).await {
+                                    tracing::debug!(error = %e, "typing not passed on");
+                                }
+                            }
+                            None
+                        }
                         Some(open_session_request::Frame::Heartbeat(_)) => {
                             Some(open_session_response::Frame::Heartbeat(v1::Heartbeat {}))
                         }
@@ -224,6 +240,43 @@ impl Sessions {
                 })
             }
         }
+    }
+
+    /// Tells the customer of a conversation the operator owns that they are typing.
+    async fn typing(&self, tenant: &TenantId, operator: &OperatorId, conversation: &str) -> Result<(), ApiError> {
+        let id = ConversationId::parse(conversation).map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
+        let loaded = self
+            .log
+            .load(tenant, id)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .ok_or_else(|| ApiError::not_found(format!("conversation {id} not found")))?;
+        let c = loaded.conversation;
+        if !matches!(&c.status, ConversationStatus::Assigned { operator: owner } if owner == operator) {
+            return Err(ApiError::precondition("conversation is not assigned to you"));
+        }
+        let envelope = events::OutboundEnvelope {
+            tenant_id: tenant.to_string(),
+            channel: convert::channel(c.channel) as i32,
+            channel_config_id: c.channel_config.to_string(),
+            customer_id: c.customer.id.to_string(),
+            customer_address: c.customer.address.clone(),
+            conversation_id: id.to_string(),
+            update: Some(v1::CustomerUpdate {
+                kind: Some(v1::customer_update::Kind::Typing(v1::Typing {
+                    conversation_id: id.to_string(),
+                    display_name: String::new(),
+                })),
+            }),
+            references: Vec::new(),
+            conversation_version: loaded.sequence,
+        };
+        let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
+        self.publisher
+            .publish(subject, &clock::new_id().to_string(), &c.customer.id.to_string(), &envelope)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
     }
 
     async fn send_reply(

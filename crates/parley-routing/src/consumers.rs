@@ -61,6 +61,9 @@ impl Handler for Inbound {
             Some(events::inbound_envelope::Kind::DeliveryReceipt(r)) => {
                 outcome(self.engine.delivery_receipt(&r).await.map(|_| ()), d.delivered)
             }
+            Some(events::inbound_envelope::Kind::CustomerTyping(t)) => {
+                outcome(self.engine.customer_typing(&t).await, d.delivered)
+            }
             None => Outcome::Term("inbound envelope without content".into()),
         }
     }

@@ -958,6 +958,41 @@ impl Engine {
         }
     }
 
+    /// Tells the owner of a conversation that its customer is typing (nothing is recorded:
+    /// it is a passing state). The desk event carries the conversation's current version, so
+    /// a desk that orders events by it does not drop it.
+    pub async fn customer_typing(&self, t: &events::CustomerTyping) -> Result<(), EngineError> {
+        let invalid = |e: &dyn std::fmt::Display| EngineError::Invalid(format!("customer typing: {e}"));
+        let tenant = TenantId::parse(&t.tenant_id).map_err(|e| invalid(&e))?;
+        let id = ConversationId::parse(&t.conversation_id).map_err(|e| invalid(&e))?;
+        let (c, version) = match self.memory.state(&tenant, id) {
+            Some(known) => known,
+            None => match self.log.load(&tenant, id).await? {
+                Some(l) => (l.conversation, l.sequence),
+                None => return Ok(()),
+            },
+        };
+        if c.customer.address != t.customer_address {
+            return Err(invalid(&format!("{:?} is not the customer of conversation {id}", t.customer_address)));
+        }
+        let Status::Assigned { operator } = &c.status else { return Ok(()) };
+        let event = v1::DeskEvent {
+            sequence: 0,
+            event_time: t.time,
+            conversation_version: version,
+            kind: Some(v1::desk_event::Kind::Typing(v1::Typing {
+                conversation_id: id.to_string(),
+                display_name: String::new(),
+            })),
+        };
+        let subject = parley_nats::topology::desk_subject(&tenant, operator);
+        self.publisher
+            .publish(subject, &clock::new_id().to_string(), operator.as_str(), &event)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
     /// A queue's configuration in domain form (a missing one requires nothing).
     pub fn queue_config(&self, tenant: &TenantId, queue: &QueueId) -> Arc<Queue> {
         self.cache.queue_model(tenant, queue.as_str()).unwrap_or_else(|| {

@@ -104,6 +104,9 @@ pub async fn run(e: &Endpoints, args: DeskArgs) -> anyhow::Result<()> {
                                 let why = if d.failure_reason.is_empty() { String::new() } else { format!(" ({})", d.failure_reason) };
                                 println!("#{} [{at}] reply {} in conversation {}: {state}{why}", ev.sequence, d.message_id, d.conversation_id);
                             }
+                            Some(desk_event::Kind::Typing(t)) => {
+                                println!("#{} [{at}] the customer is typing in {}", ev.sequence, t.conversation_id);
+                            }
                             None => {}
                         }
                     }

@@ -1129,6 +1129,7 @@ pub fn describe_update(kind: Option<v1::customer_update::Kind>) -> String {
                 time(w.until_time.as_ref())
             )
         }
+        Some(Kind::Typing(_)) => "the operator is typing…".into(),
         None => "(empty update)".into(),
     }
 }
