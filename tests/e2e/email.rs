@@ -507,3 +507,51 @@ async fn email_replies_go_through_the_tenant_s_relay_in_the_customer_s_thread() 
     assert_eq!(relay.mails().len(), 1, "nothing more reached the relay");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn email_and_web_chat_configs_are_checked_when_created() {
+    let app = App::spawn().await;
+    let acme = tenant(&app, "acme", &["anna"], "support@acme.example").await;
+    let globex = app.tenant("globex", &["boris"]).await;
+    let create = |fx: &TenantFixture, c: v1::ChannelConfig| {
+        let (app, token) = (&app, fx.admin_token.clone());
+        async move {
+            app.admin(&token)
+                .await
+                .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(c) })
+                .await
+                .map(|_| ())
+        }
+    };
+    for bad in ["", "support", "@acme.example", "support@", "a b@acme.example", "x@y@z", "Support <s@acme.example>"] {
+        let e = create(&acme, email_config("mail2", bad)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(e.message().contains("settings.email.address"), "{}", e.message());
+    }
+    // Another tenant cannot take an address in use (in any letter case): its mail would be
+    // stored twice, for both.
+    let taken = eventually(WAIT, "the cache knows acme's address", || async {
+        let e = create(&globex, email_config("mail", "SUPPORT@acme.example")).await.err()?;
+        (e.code() == tonic::Code::AlreadyExists).then_some(e)
+    })
+    .await;
+    assert!(taken.message().contains("already used"), "{}", taken.message());
+    create(&globex, email_config("mail", "support@globex.example")).await.expect("a free address");
+    // A web chat's origins are origins.
+    for bad in ["shop.example", "https://shop.example/", "https://shop.example/path", "ftp://shop.example"] {
+        let c = v1::ChannelConfig {
+            id: "site".into(),
+            channel: v1::Channel::Webchat as i32,
+            display_name: "Site".into(),
+            default_queue_id: "default".into(),
+            settings: Some(Settings::Webchat(v1::WebChatSettings {
+                allowed_origins: vec![bad.into()],
+                identity_secret: String::new(),
+            })),
+            ..Default::default()
+        };
+        let e = create(&acme, c).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    }
+    app.stop().await;
+}

@@ -370,6 +370,12 @@ impl ConfigCache {
     /// channel config with that address of an enabled tenant, as (tenant, channel config
     /// id), in a stable order. Usually one; nothing stops two configs from sharing an
     /// address, and then each gets the mail.
+    /// The channel configs (of any tenant, enabled or not) that use an email address.
+    pub fn email_address_users(&self, address: &str) -> Vec<(String, String)> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        guard.mail.get(address).cloned().collect()
+    }
+
     pub fn email_recipients(&self, address: &str) -> Vec<(TenantId, String)> {
         let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
         guard

@@ -212,6 +212,47 @@ impl AdminApi {
                 settings_channel(settings)
             )));
         }
+        match settings {
+            Settings::Email(e) => {
+                let field = "channel_config.settings.email.address";
+                let a = e.address.trim();
+                let ok = a.len() <= 254
+                    && a.split_once('@').is_some_and(|(local, domain)| {
+                        !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !domain.starts_with('.')
+                    })
+                    && !a.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ','));
+                if !ok {
+                    return Err(ApiError::invalid(format!(
+                        "{field} must be one email address (local@domain), got {a:?}"
+                    )));
+                }
+                // Mail to an address goes to one configuration: a second would make the
+                // listener store every mail twice, for two tenants.
+                if self.cache.email_address_users(a).iter().any(|(t, id)| t != tenant.as_str() || *id != c.id) {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "{field} {a:?} is already used by another channel configuration"
+                    )));
+                }
+                if e.smtp_relay_port > 65_535 {
+                    return Err(ApiError::invalid(
+                        "channel_config.settings.email.smtp_relay_port must be at most 65535",
+                    ));
+                }
+            }
+            Settings::Webchat(w) => {
+                for o in &w.allowed_origins {
+                    let valid = (o.starts_with("https://") || o.starts_with("http://"))
+                        && !o.ends_with('/')
+                        && o.split_once("://").is_some_and(|(_, host)| !host.is_empty() && !host.contains('/'));
+                    if !valid {
+                        return Err(ApiError::invalid(format!(
+                            "channel_config.settings.webchat.allowed_origins: {o:?} is not an origin (scheme://host[:port], no path)"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
         if self.cache.queue(tenant, &c.default_queue_id).is_none() {
             return Err(ApiError::invalid(format!(
                 "channel_config.default_queue_id: queue {:?} does not exist",
