@@ -7,8 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use parley_e2e::{Desk, delivery_state, online};
-use parley_proto::prost::Message as _;
+use parley_e2e::{Desk, accepted, assigned, assigned_text, delivery_state, fixture, inbound_after, online};
 use parley_proto::v1::channel_config::Settings;
 use parley_proto::{events, v1};
 use parley_testkit::{App, TenantFixture, eventually};
@@ -20,11 +19,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 const KOI8R_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ 4711, ещё не пришёл.\nС уважением, Олег";
 const CP1251_TEXT: &str = "Здравствуйте! Прошу вернуть деньги за заказ №4711, ещё не пришёл.\nС уважением, Олег";
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../crates/parley-channels/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
-}
 
 /// A message as DATA carries it: every line starting with a dot gets another
 /// (RFC 5321 § 4.5.2), a final line end, then the line with a single dot.
@@ -149,19 +143,13 @@ fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
 }
 
 fn relayed_config(id: &str, address: &str, relay_host: &str, relay_port: u32) -> v1::ChannelConfig {
-    v1::ChannelConfig {
-        id: id.into(),
-        channel: v1::Channel::Email as i32,
-        display_name: id.into(),
-        default_queue_id: "default".into(),
-        settings: Some(Settings::Email(v1::EmailSettings {
-            address: address.into(),
-            smtp_relay_host: relay_host.into(),
-            smtp_relay_port: relay_port,
-            ..Default::default()
-        })),
+    let settings = Settings::Email(v1::EmailSettings {
+        address: address.into(),
+        smtp_relay_host: relay_host.into(),
+        smtp_relay_port: relay_port,
         ..Default::default()
-    }
+    });
+    parley_testkit::channel_config(id, v1::Channel::Email, settings)
 }
 
 /// A tenant whose operators take email conversations, with one email channel config.
@@ -177,47 +165,36 @@ async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfi
         })
         .await;
     }
-    app.admin(&fx.admin_token)
-        .await
-        .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(config) })
-        .await
-        .expect("create the email channel config");
+    fx.create_channel_config(app, config).await;
     fx
 }
 
-/// The customer messages `PARLEY_INBOUND` holds after sequence `after`.
-async fn inbound_after(app: &App, after: u64) -> Vec<events::CustomerMessage> {
-    let client = async_nats::connect(app.infra.nats.url()).await.expect("nats");
-    let stream = async_nats::jetstream::new(client).get_stream("PARLEY_INBOUND").await.expect("stream");
-    let last = app.stream_len("PARLEY_INBOUND").await;
-    let mut out = Vec::new();
-    for seq in after + 1..=last {
-        let m = stream.get_raw_message(seq).await.expect("stored message");
-        match events::InboundEnvelope::decode(m.payload).expect("an inbound envelope").kind {
-            Some(events::inbound_envelope::Kind::CustomerMessage(m)) => out.push(m),
-            other => panic!("expected a customer message, got {other:?}"),
-        }
-    }
-    out
+/// A fresh Parley with tenant acme (support@acme.example) and anna online at her desk,
+/// once ingest takes mail for the address.
+async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive) {
+    let app = App::spawn().await;
+    let fx = tenant(&app, "acme", &["anna"], "support@acme.example").await;
+    let desk = online(&app, &fx, "anna").await;
+    let alive = desk.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+    (app, fx, desk, alive)
 }
 
-async fn assigned_text(desk: &mut Desk) -> (v1::Conversation, String) {
-    match desk.event(WAIT).await.kind.expect("event kind") {
-        v1::desk_event::Kind::Assigned(a) => {
-            let text = a.recent_messages.first().map(|m| m.text.clone()).unwrap_or_default();
-            (a.conversation.expect("conversation"), text)
-        }
-        other => panic!("expected an assignment, got {other:?}"),
-    }
+/// The customer messages `PARLEY_INBOUND` holds after sequence `after`.
+async fn messages_after(app: &App, after: u64) -> Vec<events::CustomerMessage> {
+    inbound_after(app, after)
+        .await
+        .into_iter()
+        .map(|e| match e.kind {
+            Some(events::inbound_envelope::Kind::CustomerMessage(m)) => m,
+            other => panic!("expected a customer message, got {other:?}"),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn koi8r_and_cp1251_mail_reaches_the_desk_once_however_often_it_is_delivered() {
-    let app = App::spawn().await;
-    let fx = tenant(&app, "acme", &["anna"], "support@acme.example").await;
-    let mut desk = online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
-    until_rcpt(&app, "support@acme.example", 250).await;
+    let (app, _fx, mut desk, _alive) = start().await;
     let before = app.stream_len("PARLEY_INBOUND").await;
 
     // The recipient in other letters than configured: addresses match case-insensitively.
@@ -244,7 +221,7 @@ async fn koi8r_and_cp1251_mail_reaches_the_desk_once_however_often_it_is_deliver
         other => panic!("expected the second mail as a message, got {other:?}"),
     }
 
-    let stored = inbound_after(&app, before).await;
+    let stored = messages_after(&app, before).await;
     let seen: Vec<_> = stored
         .iter()
         .map(|m| {
@@ -315,7 +292,7 @@ async fn one_pipelined_mail_to_two_tenants_reaches_each_unstuffed() {
         assert_eq!(text, read);
         assert_eq!(conversation.channel, v1::Channel::Email as i32);
     }
-    let stored = inbound_after(&app, before).await;
+    let stored = messages_after(&app, before).await;
     let mut seen: Vec<_> =
         stored.iter().map(|m| (m.tenant_id.as_str(), m.channel_config_id.as_str(), m.text.as_str())).collect();
     seen.sort();
@@ -330,11 +307,7 @@ async fn one_pipelined_mail_to_two_tenants_reaches_each_unstuffed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn automatic_misaddressed_oversized_and_unreadable_mail_publish_nothing() {
-    let app = App::spawn().await;
-    let fx = tenant(&app, "acme", &["anna"], "support@acme.example").await;
-    let mut desk = online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
-    until_rcpt(&app, "support@acme.example", 250).await;
+    let (app, fx, mut desk, _alive) = start().await;
     let before = app.stream_len("PARLEY_INBOUND").await;
     let to = ["support@acme.example"];
 
@@ -433,18 +406,12 @@ async fn email_replies_go_through_the_tenant_s_relay_in_the_customer_s_thread() 
     // The customer writes (KOI8-R, subject "Возврат денег"); the desk sees the subject.
     let answer = deliver(&app, "oleg@example.ru", &["support@acme.example"], &fixture("email_koi8r.eml")).await;
     assert_eq!(answer.0, 250, "{}", answer.1);
-    let assigned = match desk.event(WAIT).await.kind.expect("event kind") {
-        v1::desk_event::Kind::Assigned(a) => a,
-        other => panic!("expected an assignment, got {other:?}"),
-    };
+    let assigned = assigned(&mut desk).await;
     let conversation = assigned.conversation.expect("conversation").id;
     assert_eq!(assigned.recent_messages[0].subject, "Возврат денег");
 
     let text = "Олег, добрый день! Деньги за заказ 4711 вернём до пятницы.";
-    let ok = match desk.reply(&conversation, "mail-r1", text).await {
-        parley_proto::v1::open_session_response::Frame::ReplyAccepted(a) => a,
-        other => panic!("expected the reply accepted, got {other:?}"),
-    };
+    let ok = accepted(desk.reply(&conversation, "mail-r1", text).await);
     delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
 
     // The relay got one mail, from the support address to the customer, that a mail client
@@ -498,10 +465,7 @@ async fn email_replies_go_through_the_tenant_s_relay_in_the_customer_s_thread() 
     let answer = deliver(&app, "nobody@example.ru", &["support@acme.example"], &bounce_prone).await;
     assert_eq!(answer.0, 250, "{}", answer.1);
     let (second, _) = assigned_text(&mut desk).await;
-    let ok = match desk.reply(&second.id, "mail-r2", "Здравствуйте!").await {
-        parley_proto::v1::open_session_response::Frame::ReplyAccepted(a) => a,
-        other => panic!("expected the reply accepted, got {other:?}"),
-    };
+    let ok = accepted(desk.reply(&second.id, "mail-r2", "Здравствуйте!").await);
     let reason = delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Failed).await;
     assert!(reason.starts_with("smtp_550"), "{reason}");
     assert_eq!(relay.mails().len(), 1, "nothing more reached the relay");

@@ -1271,23 +1271,11 @@ async fn telegram(app: &App, tenant: &str, chat: &str, text: &str) -> String {
 async fn capacity_is_per_channel_a_full_channel_takes_nothing_more_while_another_still_takes_work() {
     let app = spawn(long_sessions()).await;
     let fx = app.tenant("acme", &["anna", "vera"]).await;
-    app.admin(&fx.admin_token)
-        .await
-        .create_channel_config(v1::CreateChannelConfigRequest {
-            channel_config: Some(v1::ChannelConfig {
-                id: "tg".into(),
-                channel: v1::Channel::Telegram as i32,
-                display_name: "Telegram".into(),
-                default_queue_id: "default".into(),
-                settings: Some(v1::channel_config::Settings::Telegram(v1::TelegramSettings {
-                    bot_token: "123:abc".into(),
-                    webhook_secret: "s3cret".into(),
-                })),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("telegram channel");
+    let settings = v1::channel_config::Settings::Telegram(v1::TelegramSettings {
+        bot_token: "123:abc".into(),
+        webhook_secret: "s3cret".into(),
+    });
+    fx.create_channel_config(&app, parley_testkit::channel_config("tg", v1::Channel::Telegram, settings)).await;
     // Anna: one API chat and one Telegram chat. Vera: Telegram only.
     fx.edit_operator(&app, "anna", |o| {
         o.capacity = vec![capacity(v1::Channel::Api, 1), capacity(v1::Channel::Telegram, 1)];

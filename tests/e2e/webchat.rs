@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
-use parley_e2e::{Desk, online};
+use parley_e2e::{assigned, online};
 use parley_proto::v1;
 use parley_proto::v1::channel_config::Settings;
 use parley_testkit::{App, TenantFixture, eventually};
@@ -28,23 +28,11 @@ async fn tenant(app: &App) -> TenantFixture {
         o.capacity.push(v1::ChannelCapacity { channel: v1::Channel::Webchat as i32, max_conversations: 5 });
     })
     .await;
-    app.admin(&fx.admin_token)
-        .await
-        .create_channel_config(v1::CreateChannelConfigRequest {
-            channel_config: Some(v1::ChannelConfig {
-                id: "site".into(),
-                channel: v1::Channel::Webchat as i32,
-                display_name: "Shop chat".into(),
-                default_queue_id: "default".into(),
-                settings: Some(Settings::Webchat(v1::WebChatSettings {
-                    allowed_origins: vec![ORIGIN.into()],
-                    identity_secret: IDENTITY_SECRET.into(),
-                })),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("create the web chat config");
+    let settings = Settings::Webchat(v1::WebChatSettings {
+        allowed_origins: vec![ORIGIN.into()],
+        identity_secret: IDENTITY_SECRET.into(),
+    });
+    fx.create_channel_config(app, parley_testkit::channel_config("site", v1::Channel::Webchat, settings)).await;
     fx
 }
 
@@ -121,13 +109,6 @@ async fn update_of(socket: &mut Socket, kind: &str) -> Value {
 
 async fn send(socket: &mut Socket, frame: Value) {
     socket.send(tungstenite::Message::Text(frame.to_string().into())).await.expect("send a frame");
-}
-
-async fn assigned(desk: &mut Desk) -> v1::ConversationAssigned {
-    match desk.event(WAIT).await.kind.expect("event kind") {
-        v1::desk_event::Kind::Assigned(a) => a,
-        other => panic!("expected an assignment, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

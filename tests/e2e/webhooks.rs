@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use parley_e2e::{Desk, delivery_state, online};
+use parley_e2e::{Desk, accepted, assigned_text, delivery_state, fixture, inbound_after, online};
 use parley_proto::prost::Message as _;
 use parley_proto::v1::channel_config::Settings;
 use parley_proto::{events, v1};
-use parley_testkit::{App, TenantFixture, eventually};
+use parley_testkit::{App, TenantFixture, channel_config as config, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,11 +28,6 @@ const TWILIO_TOKEN: &str = "test-auth-token";
 const TWILIO_URL: &str = "https://example.com/webhooks/twilio/sms";
 /// The body limit ingest runs with in the test kit (the default, 4 MiB).
 const LIMIT: usize = 4 * 1024 * 1024;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../crates/parley-channels/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
-}
 
 fn hmac_sha256_hex(key: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
@@ -99,17 +94,6 @@ fn refused(answer: (u16, String), status: u16, code: &str) {
     }
 }
 
-fn config(id: &str, channel: v1::Channel, settings: Settings) -> v1::ChannelConfig {
-    v1::ChannelConfig {
-        id: id.into(),
-        channel: channel as i32,
-        display_name: id.into(),
-        default_queue_id: "default".into(),
-        settings: Some(settings),
-        ..Default::default()
-    }
-}
-
 fn telegram() -> v1::ChannelConfig {
     config(
         "tg",
@@ -152,14 +136,6 @@ fn sms() -> v1::ChannelConfig {
     )
 }
 
-async fn create_config(app: &App, fx: &TenantFixture, c: v1::ChannelConfig) {
-    app.admin(&fx.admin_token)
-        .await
-        .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(c) })
-        .await
-        .expect("create channel config");
-}
-
 /// A tenant whose operators take conversations on every webhook channel.
 async fn tenant(app: &App, id: &str, ops: &[&str]) -> TenantFixture {
     let fx = app.tenant(id, ops).await;
@@ -174,7 +150,7 @@ async fn tenant(app: &App, id: &str, ops: &[&str]) -> TenantFixture {
         .await;
     }
     for c in [telegram(), whatsapp(), viber(), sms()] {
-        create_config(app, &fx, c).await;
+        fx.create_channel_config(app, c).await;
     }
     fx
 }
@@ -232,30 +208,6 @@ async fn post_when_known(app: &App, path: &str, headers: &[(&str, String)], body
         (answer.0 != 404).then_some(answer)
     })
     .await
-}
-
-/// The envelopes `PARLEY_INBOUND` holds after sequence `after`.
-async fn inbound_after(app: &App, after: u64) -> Vec<events::InboundEnvelope> {
-    let client = async_nats::connect(app.infra.nats.url()).await.expect("nats");
-    let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("PARLEY_INBOUND").await.expect("stream");
-    let last = app.stream_len("PARLEY_INBOUND").await;
-    let mut out = Vec::new();
-    for seq in after + 1..=last {
-        let m = stream.get_raw_message(seq).await.expect("stored message");
-        out.push(events::InboundEnvelope::decode(m.payload).expect("an inbound envelope"));
-    }
-    out
-}
-
-async fn assigned_text(desk: &mut Desk) -> (v1::Conversation, String) {
-    match desk.event(WAIT).await.kind.expect("event kind") {
-        v1::desk_event::Kind::Assigned(a) => {
-            let text = a.recent_messages.first().map(|m| m.text.clone()).unwrap_or_default();
-            (a.conversation.expect("conversation"), text)
-        }
-        other => panic!("expected an assignment, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -323,7 +275,7 @@ async fn bad_webhooks_are_refused_with_json_errors_and_publish_nothing() {
         bot_token: "456:bot".into(),
         webhook_secret: "globex-secret-9876543210".into(),
     }));
-    create_config(&app, &other, globex_tg.clone()).await;
+    other.create_channel_config(&app, globex_tg.clone()).await;
 
     let tg_body = fixture("telegram_text.json");
     let wa_body = fixture("whatsapp_text.min.json");
@@ -511,13 +463,6 @@ async fn whatsapp_statuses_become_delivery_receipts_and_routing_goes_on() {
 }
 
 // ---- replies out: the notification service's senders ---------------------------------------
-
-fn accepted(frame: parley_proto::v1::open_session_response::Frame) -> v1::ReplyAccepted {
-    match frame {
-        parley_proto::v1::open_session_response::Frame::ReplyAccepted(a) => a,
-        other => panic!("expected the reply accepted, got {other:?}"),
-    }
-}
 
 /// The history's delivery state of one message of a conversation.
 async fn stored_state(app: &App, fx: &TenantFixture, conversation: &str, message_id: &str) -> i32 {

@@ -241,6 +241,49 @@ pub async fn set_status(app: &App, token: &str, status: v1::OperatorStatus) -> v
         .expect("presence")
 }
 
+/// A channel fixture's bytes (`crates/parley-channels/tests/fixtures`).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../crates/parley-channels/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// The desk's next event, which must be an assignment.
+pub async fn assigned(desk: &mut Desk) -> v1::ConversationAssigned {
+    match desk.event(Duration::from_secs(10)).await.kind.expect("event kind") {
+        v1::desk_event::Kind::Assigned(a) => a,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+/// The desk's next event, an assignment: its conversation and first message's text.
+pub async fn assigned_text(desk: &mut Desk) -> (v1::Conversation, String) {
+    let a = assigned(desk).await;
+    let text = a.recent_messages.first().map(|m| m.text.clone()).unwrap_or_default();
+    (a.conversation.expect("conversation"), text)
+}
+
+/// The answer to a reply, which must have been accepted.
+pub fn accepted(frame: open_session_response::Frame) -> v1::ReplyAccepted {
+    match frame {
+        open_session_response::Frame::ReplyAccepted(a) => a,
+        other => panic!("expected the reply accepted, got {other:?}"),
+    }
+}
+
+/// The envelopes `PARLEY_INBOUND` holds after sequence `after`.
+pub async fn inbound_after(app: &App, after: u64) -> Vec<parley_proto::events::InboundEnvelope> {
+    use parley_proto::prost::Message as _;
+    let client = async_nats::connect(app.infra.nats.url()).await.expect("nats");
+    let stream = async_nats::jetstream::new(client).get_stream("PARLEY_INBOUND").await.expect("stream");
+    let last = app.stream_len("PARLEY_INBOUND").await;
+    let mut out = Vec::new();
+    for seq in after + 1..=last {
+        let m = stream.get_raw_message(seq).await.expect("stored message");
+        out.push(parley_proto::events::InboundEnvelope::decode(m.payload).expect("an inbound envelope"));
+    }
+    out
+}
+
 /// Waits for the desk to hear that a message reached `state` (skipping other events);
 /// returns the failure reason. Fails if the message fails while another state is awaited.
 pub async fn delivery_state(desk: &mut Desk, message_id: &str, state: v1::DeliveryState) -> String {

@@ -178,22 +178,9 @@ pub async fn run(spec: Spec) -> anyhow::Result<Rows> {
         parley_testkit::AppOptions { send_rate: Some(1_000_000.0), ..parley_testkit::AppOptions::production() };
     let app = App::spawn_with(infra, true, options).await;
     let fx = app.tenant(TENANT, &["anna"]).await;
-    app.admin(&fx.admin_token)
-        .await
-        .create_channel_config(v1::CreateChannelConfigRequest {
-            channel_config: Some(v1::ChannelConfig {
-                id: "tg".into(),
-                channel: v1::Channel::Telegram as i32,
-                display_name: "Telegram".into(),
-                default_queue_id: "default".into(),
-                settings: Some(Settings::Telegram(v1::TelegramSettings {
-                    bot_token: "123:bench".into(),
-                    webhook_secret: SECRET.into(),
-                })),
-                ..Default::default()
-            }),
-        })
-        .await?;
+    let settings =
+        Settings::Telegram(v1::TelegramSettings { bot_token: "123:bench".into(), webhook_secret: SECRET.into() });
+    fx.create_channel_config(&app, parley_testkit::channel_config("tg", v1::Channel::Telegram, settings)).await;
     let hook = format!("http://{}/webhooks/{TENANT}/tg", app.webhooks_addr());
     // The config reaches ingest's cache within milliseconds.
     eventually(Duration::from_secs(10), "ingest knows the channel config", || {

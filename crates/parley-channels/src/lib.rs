@@ -27,6 +27,8 @@ pub mod inbound;
 pub mod outbound;
 pub mod segments;
 mod sig;
+
+pub use sig::{ct_eq, hmac_sha256, verify_hex_sha256};
 pub mod telegram;
 pub mod twilio;
 pub mod viber;

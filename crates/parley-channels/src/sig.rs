@@ -6,7 +6,7 @@ use subtle::ConstantTimeEq;
 
 use crate::ChannelError;
 
-pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     // `new_from_slice` accepts keys of any length for HMAC, so this cannot fail.
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
     mac.update(data);
@@ -22,12 +22,12 @@ pub(crate) fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
     mac.finalize().into_bytes().into()
 }
 
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
 /// Checks a hex-encoded HMAC-SHA256 header (case-insensitive hex) against the raw body.
-pub(crate) fn verify_hex_sha256(key: &[u8], body: &[u8], header: Option<&str>) -> Result<(), ChannelError> {
+pub fn verify_hex_sha256(key: &[u8], body: &[u8], header: Option<&str>) -> Result<(), ChannelError> {
     let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(ChannelError::MissingSignature)?;
     let given = hex::decode(header).map_err(|_| ChannelError::BadSignature)?;
     if ct_eq(&given, &hmac_sha256(key, body)) { Ok(()) } else { Err(ChannelError::BadSignature) }

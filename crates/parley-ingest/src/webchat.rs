@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use hmac::{Hmac, Mac};
+use parley_channels::{ct_eq, hmac_sha256, verify_hex_sha256};
 use parley_domain::{Channel, ConversationId, CustomerId, MessageId, TenantId, check_text};
 use parley_kit::axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use parley_kit::axum::extract::{Path, Query, State};
@@ -41,10 +41,7 @@ use parley_proto::v1::channel_config::Settings;
 use parley_proto::{convert, events, v1};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
-
-type HmacSha256 = Hmac<sha2::Sha256>;
 
 /// How long a visitor token is good for.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -81,7 +78,7 @@ pub fn router(chat: WebChat) -> Router {
 /// The key visitor tokens are signed with, derived from the service's signing key (so a
 /// visitor token is never a valid API token, nor the other way round).
 pub fn token_key(signing_key: &[u8]) -> Vec<u8> {
-    mac(signing_key, b"parley web chat visitor tokens v1")
+    hmac_sha256(signing_key, b"parley web chat visitor tokens v1").to_vec()
 }
 
 /// A refused request.
@@ -138,12 +135,6 @@ impl Visitor {
     }
 }
 
-fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
-}
-
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// `base64url(json).base64url(hmac)`.
@@ -153,7 +144,7 @@ pub fn sign(v: &Visitor, key: &[u8]) -> String {
     })
     .to_string();
     let body = B64.encode(payload.as_bytes());
-    let sig = B64.encode(mac(key, body.as_bytes()));
+    let sig = B64.encode(hmac_sha256(key, body.as_bytes()));
     format!("{body}.{sig}")
 }
 
@@ -161,7 +152,7 @@ pub fn sign(v: &Visitor, key: &[u8]) -> String {
 pub fn verify(token: &str, key: &[u8], now_ms: i64) -> Option<Visitor> {
     let (body, sig) = token.split_once('.')?;
     let sig = B64.decode(sig).ok()?;
-    if !bool::from(mac(key, body.as_bytes()).ct_eq(&sig)) {
+    if !ct_eq(&hmac_sha256(key, body.as_bytes()), &sig) {
         return None;
     }
     let v: Value = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
@@ -229,6 +220,26 @@ impl WebChat {
         Ok(visitor)
     }
 
+    /// Puts something of a visitor's on `PARLEY_INBOUND`, acknowledged by JetStream.
+    async fn publish(
+        &self,
+        v: &Visitor,
+        kind: events::inbound_envelope::Kind,
+        dedupe_id: &str,
+        key: &str,
+    ) -> Result<parley_nats::publish::Published, parley_nats::publish::PublishError> {
+        let envelope = events::InboundEnvelope { kind: Some(kind) };
+        self.publisher.publish(topology::inbound_subject(&v.tenant, Channel::WebChat), dedupe_id, key, &envelope).await
+    }
+
+    /// The visitor's updates after stream sequence `after`, as they come.
+    async fn feed(&self, v: &Visitor, after: u64) -> ChatResult<tail::Tail> {
+        let subject = topology::outbound_subject(&v.tenant, Channel::WebChat, v.customer());
+        tail::follow(&self.js, topology::OUTBOUND, subject, after)
+            .await
+            .map_err(|e| ChatError::unavailable(e.to_string()))
+    }
+
     /// Tells the operator of the visitor's conversation that the visitor is typing.
     async fn typing(&self, v: &Visitor, conversation: &str) -> ChatResult<()> {
         let conversation =
@@ -239,14 +250,8 @@ impl WebChat {
             customer_address: v.address.clone(),
             time: Some(convert::timestamp(clock::now())),
         };
-        let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerTyping(typing)) };
-        self.publisher
-            .publish(
-                topology::inbound_subject(&v.tenant, Channel::WebChat),
-                &uuid::Uuid::new_v4().to_string(),
-                &v.customer().to_string(),
-                &envelope,
-            )
+        let kind = events::inbound_envelope::Kind::CustomerTyping(typing);
+        self.publish(v, kind, &uuid::Uuid::new_v4().to_string(), &v.customer().to_string())
             .await
             .map(|_| ())
             .map_err(|e| ChatError::unavailable(e.to_string()))
@@ -271,14 +276,8 @@ impl WebChat {
             message_id: message.to_string(),
             ..Default::default()
         };
-        let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::DeliveryReceipt(receipt)) };
-        self.publisher
-            .publish(
-                topology::inbound_subject(&v.tenant, Channel::WebChat),
-                &format!("webchat-read:{}:{message}", v.address),
-                &format!("receipt:{message}"),
-                &envelope,
-            )
+        let kind = events::inbound_envelope::Kind::DeliveryReceipt(receipt);
+        self.publish(v, kind, &format!("webchat-read:{}:{message}", v.address), &format!("receipt:{message}"))
             .await
             .map(|_| ())
             .map_err(|e| ChatError::unavailable(format!("not noted ({e}); send it again")))
@@ -306,19 +305,10 @@ impl WebChat {
             receive_time: Some(convert::timestamp(clock::now())),
             ..Default::default()
         };
-        let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
-        let published = self
-            .publisher
-            .publish(
-                topology::inbound_subject(&v.tenant, Channel::WebChat),
-                &message_id.to_string(),
-                &customer.to_string(),
-                &envelope,
-            )
-            .await
-            .map_err(|e| {
-                ChatError::unavailable(format!("message not stored ({e}); send it again with the same client_id"))
-            })?;
+        let kind = events::inbound_envelope::Kind::CustomerMessage(message);
+        let published = self.publish(v, kind, &message_id.to_string(), &customer.to_string()).await.map_err(|e| {
+            ChatError::unavailable(format!("message not stored ({e}); send it again with the same client_id"))
+        })?;
         Ok((message_id, published.duplicate))
     }
 }
@@ -368,8 +358,9 @@ async fn open_session(
             if id.user_id.is_empty() || id.user_id.len() > 256 || id.user_id.chars().any(char::is_control) {
                 return Err(ChatError::bad("identity.user_id must be 1 to 256 bytes without control characters"));
             }
-            let expected = hex::encode(mac(settings.identity_secret.as_bytes(), id.user_id.as_bytes()));
-            if !bool::from(expected.as_bytes().ct_eq(id.signature.to_ascii_lowercase().as_bytes())) {
+            // The same check as a provider's hex HMAC-SHA256 webhook signature.
+            let secret = settings.identity_secret.as_bytes();
+            if verify_hex_sha256(secret, id.user_id.as_bytes(), Some(&id.signature)).is_err() {
                 return Err(ChatError::unauthenticated("identity.signature does not match identity.user_id"));
             }
             (format!("user:{}", id.user_id), None, true)
@@ -407,10 +398,7 @@ async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> ChatResult<Response> {
     let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
-    let subject = topology::outbound_subject(&visitor.tenant, Channel::WebChat, visitor.customer());
-    let feed = tail::follow(&chat.js, topology::OUTBOUND, subject, q.after)
-        .await
-        .map_err(|e| ChatError::unavailable(e.to_string()))?;
+    let feed = chat.feed(&visitor, q.after).await?;
     Ok(upgrade.max_message_size(MAX_INPUT).on_upgrade(move |ws| converse(chat, visitor, feed, ws)))
 }
 
@@ -502,10 +490,7 @@ async fn poll(
     headers: HeaderMap,
 ) -> ChatResult<Json<Value>> {
     let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
-    let subject = topology::outbound_subject(&visitor.tenant, Channel::WebChat, visitor.customer());
-    let mut feed = tail::follow(&chat.js, topology::OUTBOUND, subject, q.after)
-        .await
-        .map_err(|e| ChatError::unavailable(e.to_string()))?;
+    let mut feed = chat.feed(&visitor, q.after).await?;
     let mut updates = Vec::new();
     let mut last = q.after;
     // Wait for the first update; then take what is already there, without waiting.

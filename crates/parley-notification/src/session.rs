@@ -49,6 +49,21 @@ impl EmailThread {
     }
 }
 
+/// An update for a conversation's customer, on its channel.
+fn outbound(c: &parley_domain::Conversation, kind: v1::customer_update::Kind) -> events::OutboundEnvelope {
+    events::OutboundEnvelope {
+        tenant_id: c.tenant.to_string(),
+        channel: convert::channel(c.channel) as i32,
+        channel_config_id: c.channel_config.to_string(),
+        customer_id: c.customer.id.to_string(),
+        customer_address: c.customer.address.clone(),
+        conversation_id: c.id.to_string(),
+        update: Some(v1::CustomerUpdate { kind: Some(kind) }),
+        references: Vec::new(),
+        conversation_version: 0,
+    }
+}
+
 /// A desk's typing is passed on at most this often per conversation.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
@@ -242,34 +257,36 @@ impl Sessions {
         }
     }
 
-    /// Tells the customer of a conversation the operator owns that they are typing.
-    async fn typing(&self, tenant: &TenantId, operator: &OperatorId, conversation: &str) -> Result<(), ApiError> {
-        let id = ConversationId::parse(conversation).map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
+    /// A conversation the operator owns now, with its version (read from the log).
+    async fn owned(
+        &self,
+        tenant: &TenantId,
+        operator: &OperatorId,
+        id: ConversationId,
+    ) -> Result<(parley_domain::Conversation, u64), ApiError> {
         let loaded = self
             .log
             .load(tenant, id)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?
             .ok_or_else(|| ApiError::not_found(format!("conversation {id} not found")))?;
-        let c = loaded.conversation;
-        if !matches!(&c.status, ConversationStatus::Assigned { operator: owner } if owner == operator) {
-            return Err(ApiError::precondition("conversation is not assigned to you"));
+        match &loaded.conversation.status {
+            ConversationStatus::Assigned { operator: owner } if owner == operator => {
+                Ok((loaded.conversation, loaded.sequence))
+            }
+            ConversationStatus::Closed => Err(ApiError::precondition("conversation is closed")),
+            _ => Err(ApiError::precondition("conversation is not assigned to you")),
         }
+    }
+
+    /// Tells the customer of a conversation the operator owns that they are typing.
+    async fn typing(&self, tenant: &TenantId, operator: &OperatorId, conversation: &str) -> Result<(), ApiError> {
+        let id = ConversationId::parse(conversation).map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
+        let (c, version) = self.owned(tenant, operator, id).await?;
+        let typing = v1::Typing { conversation_id: id.to_string(), display_name: String::new() };
         let envelope = events::OutboundEnvelope {
-            tenant_id: tenant.to_string(),
-            channel: convert::channel(c.channel) as i32,
-            channel_config_id: c.channel_config.to_string(),
-            customer_id: c.customer.id.to_string(),
-            customer_address: c.customer.address.clone(),
-            conversation_id: id.to_string(),
-            update: Some(v1::CustomerUpdate {
-                kind: Some(v1::customer_update::Kind::Typing(v1::Typing {
-                    conversation_id: id.to_string(),
-                    display_name: String::new(),
-                })),
-            }),
-            references: Vec::new(),
-            conversation_version: loaded.sequence,
+            conversation_version: version,
+            ..outbound(&c, v1::customer_update::Kind::Typing(typing))
         };
         let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
         self.publisher
@@ -294,18 +311,7 @@ impl Sessions {
             return Err(ApiError::invalid("client_message_id must be 1 to 128 printable ASCII characters"));
         }
         check_text(&r.text).map_err(|e| ApiError::invalid(e.to_string()))?;
-        let loaded = self
-            .log
-            .load(tenant, id)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?
-            .ok_or_else(|| ApiError::not_found(format!("conversation {id} not found")))?;
-        let c = loaded.conversation;
-        match &c.status {
-            ConversationStatus::Assigned { operator: owner } if owner == operator => {}
-            ConversationStatus::Closed => return Err(ApiError::precondition("conversation is closed")),
-            _ => return Err(ApiError::precondition("conversation is not assigned to you")),
-        }
+        let (c, _) = self.owned(tenant, operator, id).await?;
         let now = clock::now();
         if c.channel == Channel::WhatsApp && c.reply_window_closes().is_none_or(|closes| now >= closes) {
             return Err(ApiError::precondition(
@@ -331,15 +337,8 @@ impl Sessions {
             subject: email.as_ref().map(|e| e.subject.clone()).unwrap_or_default(),
         };
         let envelope = events::OutboundEnvelope {
-            tenant_id: tenant.to_string(),
-            channel: convert::channel(c.channel) as i32,
-            channel_config_id: c.channel_config.to_string(),
-            customer_id: c.customer.id.to_string(),
-            customer_address: c.customer.address.clone(),
-            conversation_id: id.to_string(),
-            update: Some(v1::CustomerUpdate { kind: Some(v1::customer_update::Kind::Message(message)) }),
             references: email.map(|e| e.references).unwrap_or_default(),
-            conversation_version: 0,
+            ..outbound(&c, v1::customer_update::Kind::Message(message))
         };
         let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
         self.publisher.publish(subject, &message_id.to_string(), &c.customer.id.to_string(), &envelope).await.map_err(

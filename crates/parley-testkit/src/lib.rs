@@ -451,6 +451,18 @@ async fn start_routing(
     parley_routing::start(config, Metrics::new(name), CancellationToken::new()).await
 }
 
+/// A channel config named by its id, waiting in the `default` queue.
+pub fn channel_config(id: &str, channel: v1::Channel, settings: v1::channel_config::Settings) -> v1::ChannelConfig {
+    v1::ChannelConfig {
+        id: id.into(),
+        channel: channel as i32,
+        display_name: id.into(),
+        default_queue_id: "default".into(),
+        settings: Some(settings),
+        ..Default::default()
+    }
+}
+
 /// A tenant made by [`App::tenant`], with a token per role.
 #[derive(Debug, Clone)]
 pub struct TenantFixture {
@@ -464,6 +476,15 @@ pub struct TenantFixture {
 impl TenantFixture {
     pub fn operator_token(&self, op: &str) -> &str {
         &self.operator_tokens.iter().find(|(o, _)| o == op).expect("operator of the fixture").1
+    }
+
+    /// Creates a channel config in the tenant (see [`channel_config`]).
+    pub async fn create_channel_config(&self, app: &App, config: v1::ChannelConfig) {
+        app.admin(&self.admin_token)
+            .await
+            .create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(config) })
+            .await
+            .expect("create channel config");
     }
 
     /// Creates a skill in the tenant.
