@@ -113,7 +113,7 @@ impl Smtp {
 }
 
 /// Delivers one message on a connection of its own, as a sending server would.
-async fn deliver(app: &App, from: &str, to: &[&str], message: &[u8]) -> (u16, String) {
+pub(crate) async fn deliver(app: &App, from: &str, to: &[&str], message: &[u8]) -> (u16, String) {
     let (mut smtp, _) = Smtp::ehlo(app.smtp_addr()).await;
     let answer = smtp.mail(from, to, message).await;
     assert_eq!(smtp.command("QUIT").await.0, 221);
@@ -171,7 +171,7 @@ async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfi
 
 /// A fresh Parley with tenant acme (support@acme.example) and anna online at her desk,
 /// once ingest takes mail for the address.
-async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive) {
+pub(crate) async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive) {
     let app = App::spawn().await;
     let fx = tenant(&app, "acme", &["anna"], "support@acme.example").await;
     let desk = online(&app, &fx, "anna").await;

@@ -1,6 +1,7 @@
 //! Parley's end-to-end tests, one binary: the four services against real NATS, Redis and
 //! PostgreSQL, each test on infrastructure of its own.
 
+mod attachments;
 mod bad_input;
 mod cli;
 mod crash;

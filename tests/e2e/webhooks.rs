@@ -18,7 +18,7 @@ use parley_proto::{events, v1};
 use parley_testkit::{App, TenantFixture, channel_config as config, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 const TG_SECRET: &str = "tg-webhook-secret-0123456789";
 const WA_SECRET: &str = "test-app-secret";
@@ -50,7 +50,13 @@ fn twilio_signature(token: &str, url: &str, form: &[u8]) -> String {
 }
 
 /// One HTTP/1.1 exchange over a fresh connection; returns (status, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+pub(crate) async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to webhooks");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -73,16 +79,16 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, Stri
     (status, body)
 }
 
-async fn post(app: &App, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+pub(crate) async fn post(app: &App, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
     http(app.webhooks_addr(), "POST", path, headers, body).await
 }
 
-fn json(body: &str) -> serde_json::Value {
+pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("json body expected ({e}): {body:?}"))
 }
 
 /// Asserts a JSON error answer with that status and code.
-fn refused(answer: (u16, String), status: u16, code: &str) {
+pub(crate) fn refused(answer: (u16, String), status: u16, code: &str) {
     assert_eq!(answer.0, status, "{}", answer.1);
     let v = json(&answer.1);
     assert_eq!(v["error"]["code"], code, "{v}");
@@ -94,7 +100,7 @@ fn refused(answer: (u16, String), status: u16, code: &str) {
     }
 }
 
-fn telegram() -> v1::ChannelConfig {
+pub(crate) fn telegram() -> v1::ChannelConfig {
     config(
         "tg",
         v1::Channel::Telegram,
@@ -102,7 +108,7 @@ fn telegram() -> v1::ChannelConfig {
     )
 }
 
-fn whatsapp() -> v1::ChannelConfig {
+pub(crate) fn whatsapp() -> v1::ChannelConfig {
     config(
         "wa",
         v1::Channel::Whatsapp,
@@ -115,7 +121,7 @@ fn whatsapp() -> v1::ChannelConfig {
     )
 }
 
-fn viber() -> v1::ChannelConfig {
+pub(crate) fn viber() -> v1::ChannelConfig {
     config(
         "viber",
         v1::Channel::Viber,
@@ -123,7 +129,7 @@ fn viber() -> v1::ChannelConfig {
     )
 }
 
-fn sms() -> v1::ChannelConfig {
+pub(crate) fn sms() -> v1::ChannelConfig {
     config(
         "sms",
         v1::Channel::Sms,
@@ -137,7 +143,7 @@ fn sms() -> v1::ChannelConfig {
 }
 
 /// A tenant whose operators take conversations on every webhook channel.
-async fn tenant(app: &App, id: &str, ops: &[&str]) -> TenantFixture {
+pub(crate) async fn tenant(app: &App, id: &str, ops: &[&str]) -> TenantFixture {
     let fx = app.tenant(id, ops).await;
     for op in ops {
         fx.edit_operator(app, op, |o| {
@@ -156,7 +162,7 @@ async fn tenant(app: &App, id: &str, ops: &[&str]) -> TenantFixture {
 }
 
 /// A fresh Parley with tenant acme and anna online at her desk (kept alive).
-async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive) {
+pub(crate) async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive) {
     let app = App::spawn().await;
     let fx = tenant(&app, "acme", &["anna"]).await;
     let desk = online(&app, &fx, "anna").await;
@@ -178,7 +184,7 @@ fn wa_statuses(statuses: serde_json::Value) -> Vec<u8> {
 }
 
 /// A signed request for a config, as its provider would send `body`.
-fn signed(c: &v1::ChannelConfig, body: &[u8]) -> Vec<(&'static str, String)> {
+pub(crate) fn signed(c: &v1::ChannelConfig, body: &[u8]) -> Vec<(&'static str, String)> {
     match c.settings.as_ref().expect("settings") {
         Settings::Telegram(s) => vec![
             ("Content-Type", "application/json".into()),
@@ -464,16 +470,10 @@ async fn whatsapp_statuses_become_delivery_receipts_and_routing_goes_on() {
 
 // ---- replies out: the notification service's senders ---------------------------------------
 
-/// The history's delivery state of one message of a conversation.
+/// The history's delivery state of one message of a conversation; -1 while history does not
+/// have the message (or its conversation: the writer may not have caught up yet).
 async fn stored_state(app: &App, fx: &TenantFixture, conversation: &str, message_id: &str) -> i32 {
-    let messages = app
-        .history_client(&fx.supervisor_token)
-        .await
-        .list_messages(v1::ListMessagesRequest { conversation_id: conversation.into(), ..Default::default() })
-        .await
-        .expect("list messages")
-        .into_inner()
-        .messages;
+    let messages = parley_e2e::history_messages(app, &fx.supervisor_token, conversation).await.unwrap_or_default();
     messages.iter().find(|m| m.id == message_id).map_or(-1, |m| m.delivery_state)
 }
 
@@ -672,8 +672,8 @@ async fn throttled_failing_and_refusing_providers_send_once_retry_in_time_and_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn whatsapp_replies_outside_the_24_hour_window_are_refused_before_sending() {
-    let (app, _fx, mut desk, _alive) = start().await;
+async fn whatsapp_replies_outside_the_24_hour_window_are_refused_and_templates_go() {
+    let (app, fx, mut desk, _alive) = start().await;
     // Created through the admin API, the config is what the senders read; give its cache
     // time to see it.
     let body = fixture("whatsapp_text.min.json");
@@ -731,6 +731,55 @@ async fn whatsapp_replies_outside_the_24_hour_window_are_refused_before_sending(
     delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
     senders_idle(&app).await;
     assert_eq!(app.providers.received("whatsapp").len(), 1, "only the reply inside the window went out");
+
+    // Outside it, an approved template goes; the desk and history show its name and values.
+    let template = |name: &str, params: &[&str]| v1::WhatsAppTemplate {
+        name: name.into(),
+        language: "ru".into(),
+        body_parameters: params.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    let reply = |id: &str, client: &str, t: v1::WhatsAppTemplate| v1::SendReply {
+        conversation_id: id.into(),
+        client_message_id: client.into(),
+        text: String::new(),
+        template: Some(t),
+    };
+    match desk.send_reply(reply(&stale.id, "late-2", template("Order Update", &[]))).await {
+        parley_proto::v1::open_session_response::Frame::ReplyRejected(r) => {
+            assert_eq!(r.code, "INVALID_ARGUMENT");
+            assert!(r.message.starts_with("template.name"), "{}", r.message);
+        }
+        other => panic!("expected a malformed template refused, got {other:?}"),
+    }
+    let ok = accepted(desk.send_reply(reply(&stale.id, "late-3", template("order_update", &["4711", "завтра"]))).await);
+    delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let sent = app.providers.received("whatsapp");
+    assert_eq!(sent.len(), 2);
+    let body = sent[1].json();
+    assert_eq!((body["type"].as_str(), body["to"].as_str()), (Some("template"), Some("79161234567")));
+    assert_eq!(
+        body["template"],
+        serde_json::json!({"name": "order_update", "language": {"code": "ru"}, "components": [{"type": "body",
+            "parameters": [{"type": "text", "text": "4711"}, {"type": "text", "text": "завтра"}]}]})
+    );
+    let shown = eventually(WAIT, "history has the template reply", || async {
+        let messages = parley_e2e::history_messages(&app, fx.operator_token("anna"), &stale.id).await?;
+        messages.into_iter().find(|m| m.id == ok.message_id).map(|m| m.text)
+    })
+    .await;
+    assert_eq!(shown, "[template order_update] 4711 · завтра");
+
+    // Templates are WhatsApp's: on another channel the reply is refused.
+    let tg = fixture("telegram_text.json");
+    let _ = post_when_known(&app, "/webhooks/acme/tg", &signed(&telegram(), &tg), &tg).await;
+    let (telegram_chat, _) = assigned_text(&mut desk).await;
+    match desk.send_reply(reply(&telegram_chat.id, "tg-1", template("order_update", &[]))).await {
+        parley_proto::v1::open_session_response::Frame::ReplyRejected(r) => {
+            assert_eq!(r.code, "INVALID_ARGUMENT");
+            assert!(r.message.contains("WhatsApp only"), "{}", r.message);
+        }
+        other => panic!("expected the template refused on Telegram, got {other:?}"),
+    }
     app.stop().await;
 }
 

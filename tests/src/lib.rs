@@ -80,12 +80,18 @@ impl Desk {
 
     /// Sends a reply and waits for its answer.
     pub async fn reply(&mut self, conversation: &str, client_id: &str, text: &str) -> open_session_response::Frame {
-        self.send(open_session_request::Frame::Reply(v1::SendReply {
+        self.send_reply(v1::SendReply {
             conversation_id: conversation.into(),
             client_message_id: client_id.into(),
             text: text.into(),
-        }))
-        .await;
+            template: None,
+        })
+        .await
+    }
+
+    /// Sends a reply as given and waits for its answer.
+    pub async fn send_reply(&mut self, reply: v1::SendReply) -> open_session_response::Frame {
+        self.send(open_session_request::Frame::Reply(reply)).await;
         loop {
             match self.frame(Duration::from_secs(10)).await {
                 f @ (open_session_response::Frame::ReplyAccepted(_)
@@ -321,4 +327,12 @@ pub fn describe(event: &v1::DeskEvent) -> (String, &'static str) {
         Kind::Delivery(d) => (d.conversation_id.clone(), "delivery"),
         Kind::Typing(t) => (t.conversation_id.clone(), "typing"),
     }
+}
+
+/// A conversation's messages as history lists them (oldest first), or `None` while history
+/// cannot answer.
+pub async fn history_messages(app: &App, token: &str, conversation: &str) -> Option<Vec<v1::Message>> {
+    let request = v1::ListMessagesRequest { conversation_id: conversation.to_owned(), ..Default::default() };
+    let response = app.history_client(token).await.list_messages(request).await.ok()?;
+    Some(response.into_inner().messages)
 }

@@ -61,40 +61,8 @@ pub struct InboundMessage {
     pub sent_at: i64,
 }
 
-/// What kind of media an attachment is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaKind {
-    Image,
-    Document,
-    Audio,
-    Video,
-    Voice,
-    Sticker,
-}
-
-impl MediaKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image",
-            MediaKind::Document => "document",
-            MediaKind::Audio => "audio",
-            MediaKind::Video => "video",
-            MediaKind::Voice => "voice",
-            MediaKind::Sticker => "sticker",
-        }
-    }
-
-    /// The kind a MIME type suggests, for channels that only give the MIME type (MMS, email).
-    pub fn from_mime(mime: &str) -> MediaKind {
-        let top = mime.split('/').next().unwrap_or_default().trim().to_ascii_lowercase();
-        match top.as_str() {
-            "image" => MediaKind::Image,
-            "audio" => MediaKind::Audio,
-            "video" => MediaKind::Video,
-            _ => MediaKind::Document,
-        }
-    }
-}
+/// What kind of media an attachment is: the domain's kinds.
+pub use parley_domain::AttachmentKind as MediaKind;
 
 /// An attachment, by the provider's reference: the bytes are fetched later by the ingest
 /// service (Telegram `getFile`, WhatsApp media endpoint, a URL).

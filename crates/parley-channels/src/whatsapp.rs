@@ -422,6 +422,45 @@ pub fn document_message(
     OutboundRequest::json(path(phone_number_id), &body)
 }
 
+/// The most body parameters a template takes here.
+pub const MAX_TEMPLATE_PARAMETERS: usize = 20;
+
+/// Checks a template reference before it is sent, by the rules of the Cloud API: a name of
+/// lowercase letters, digits and `_` (at most 512), a language code such as `ru` or `en_US`,
+/// and at most [`MAX_TEMPLATE_PARAMETERS`] non-empty body parameters of at most 1024
+/// characters without line breaks, tabs or more than four spaces in a row (which WhatsApp
+/// refuses with error 132018). The error names the part at fault.
+pub fn check_template(name: &str, language: &str, parameters: &[String]) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 512
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err("template.name must be 1 to 512 lowercase letters, digits and '_'".into());
+    }
+    let mut parts = language.split('_');
+    let lang_ok = parts.next().is_some_and(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts.all(|p| (2..=4).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !lang_ok {
+        return Err("template.language must be a language code such as \"ru\" or \"en_US\"".into());
+    }
+    if parameters.len() > MAX_TEMPLATE_PARAMETERS {
+        return Err(format!("template.body_parameters: at most {MAX_TEMPLATE_PARAMETERS}"));
+    }
+    for (i, p) in parameters.iter().enumerate() {
+        let bad = p.trim().is_empty()
+            || p.chars().count() > 1024
+            || p.contains(['\n', '\r', '\t', '\0'])
+            || p.contains("     ");
+        if bad {
+            return Err(format!(
+                "template.body_parameters[{i}] must be 1 to 1024 characters on one line, without tabs or runs of \
+                 more than four spaces"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A template message (the only kind allowed outside the window), with positional body
 /// parameters.
 pub fn template_message(

@@ -445,6 +445,29 @@ fn whatsapp_outbound_bodies() {
 }
 
 #[test]
+fn template_references_are_checked_by_the_cloud_api_s_rules() {
+    let params = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(whatsapp::check_template("order_update", "ru", &params(&["4711", "завтра с 10 до 14"])), Ok(()));
+    assert_eq!(whatsapp::check_template("hello_world", "en_US", &[]), Ok(()));
+    assert_eq!(whatsapp::check_template("hello_world", "zh_Hant_HK", &[]), Ok(()));
+    let refused = [
+        ("", "ru", params(&[]), "template.name"),
+        ("Order-Update", "ru", params(&[]), "template.name"),
+        ("order_update", "", params(&[]), "template.language"),
+        ("order_update", "RU", params(&[]), "template.language"),
+        ("order_update", "ru-RU", params(&[]), "template.language"),
+        ("order_update", "ru", params(&["a\nb"]), "template.body_parameters[0]"),
+        ("order_update", "ru", params(&["ok", "  "]), "template.body_parameters[1]"),
+        ("order_update", "ru", params(&["a     b"]), "template.body_parameters[0]"),
+        ("order_update", "ru", vec!["x".to_owned(); whatsapp::MAX_TEMPLATE_PARAMETERS + 1], "template.body_parameters"),
+    ];
+    for (name, language, parameters, field) in refused {
+        let err = whatsapp::check_template(name, language, &parameters).expect_err(field);
+        assert!(err.starts_with(field), "{err}");
+    }
+}
+
+#[test]
 fn whatsapp_response_classification() {
     let resp = |status, body: &'static [u8]| HttpResponse { status, body, retry_after: None };
     let ok = br#"{"messaging_product":"whatsapp","contacts":[{"input":"+79161234567","wa_id":"79161234567"}],"messages":[{"id":"wamid.HBgLNzkxNjEyMzQ1NjcVAgARGBJPSw=="}]}"#;

@@ -853,6 +853,7 @@ mod tests {
             created: Timestamp::from_millis(n as i64),
             channel_message_id: format!("k{n}"),
             subject: String::new(),
+            attachments: Vec::new(),
         }
     }
 

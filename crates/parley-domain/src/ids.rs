@@ -176,6 +176,11 @@ uuid_id!(
     EventId,
     "event id"
 );
+uuid_id!(
+    /// A file sent with a message; its bytes live in the media store under the tenant.
+    AttachmentId,
+    "attachment id"
+);
 
 /// The namespace of every name-based (v5) UUID Parley derives.
 const PARLEY_NAMESPACE: Uuid = Uuid::from_u128(0x7061_726c_6579_4000_8000_0000_0000_0001);
@@ -207,6 +212,14 @@ impl ConversationId {
     /// a crash finds the conversation it already created.
     pub fn opened_by(message: MessageId) -> Self {
         Self(derive(&["conversation", &message.to_string()]))
+    }
+}
+
+impl AttachmentId {
+    /// The id of a message's attachment at a position: a redelivered message names the
+    /// same files.
+    pub fn derive(message: MessageId, position: usize) -> Self {
+        Self(derive(&["attachment", &message.to_string(), &position.to_string()]))
     }
 }
 

@@ -25,9 +25,12 @@ pub mod time;
 pub use channel::{Channel, UnknownChannel};
 pub use conversation::{Conversation, CustomerRef, Status};
 pub use ids::{
-    ChannelConfigId, ConversationId, CustomerId, EventId, InvalidId, MessageId, OperatorId, QueueId, SkillId, TeamId,
-    TenantId,
+    AttachmentId, ChannelConfigId, ConversationId, CustomerId, EventId, InvalidId, MessageId, OperatorId, QueueId,
+    SkillId, TeamId, TenantId,
 };
-pub use message::{DeliveryState, InvalidText, MAX_TEXT_CHARS, Message, Quoted, Sender, check_text};
+pub use message::{
+    Attachment, AttachmentKind, DeliveryState, InvalidAttachment, InvalidText, MAX_ATTACHMENTS, MAX_TEXT_CHARS,
+    Message, Quoted, Sender, check_attachment, check_text,
+};
 pub use operator::{InvalidConfig, Operator, OperatorStatus, Queue, Role, SkillLevel, check_display_name};
 pub use time::Timestamp;

@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use parley_domain::{Channel, DeliveryState, Role, Sender, TenantId, Timestamp};
+use parley_domain::{AttachmentKind, Channel, DeliveryState, Role, Sender, TenantId, Timestamp};
 use parley_kit::auth::{principal, require};
 use parley_kit::error::{ApiError, ApiResult};
 use parley_pg::{ConversationRow, Cursor, Db, DbError, MessageRow};
@@ -120,6 +120,19 @@ pub fn message(r: &MessageRow) -> v1::Message {
         create_time: Some(convert::timestamp(r.created_at)),
         channel_message_id: r.channel_message_id.clone(),
         subject: r.subject.clone(),
+        attachments: r
+            .attachments
+            .iter()
+            .map(|a| v1::Attachment {
+                id: a.id.to_string(),
+                kind: AttachmentKind::parse(&a.kind)
+                    .map_or(v1::AttachmentKind::Unspecified as i32, |k| convert::attachment_kind(k) as i32),
+                mime_type: a.mime_type.clone(),
+                file_name: a.file_name.clone(),
+                size_bytes: u64::try_from(a.size_bytes).unwrap_or(0),
+            })
+            .collect(),
+        template: None,
     }
 }
 

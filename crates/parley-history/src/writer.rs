@@ -15,7 +15,9 @@ use parley_kit::telemetry::Metrics;
 use parley_kit::telemetry::prometheus_client::metrics::counter::Counter;
 use parley_kit::telemetry::prometheus_client::metrics::family::Family;
 use parley_nats::consume::{Delivery, Handler, Outcome};
-use parley_pg::{AssignmentRow, ConversationRow, CustomerRow, Db, DecisionRow, DeliveryRow, MessageRow, TenantBatch};
+use parley_pg::{
+    AssignmentRow, AttachmentRow, ConversationRow, CustomerRow, Db, DecisionRow, DeliveryRow, MessageRow, TenantBatch,
+};
 use parley_proto::{convert, events, v1};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -110,6 +112,17 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
                     channel_message_id: m.channel_message_id,
                     subject: m.subject,
                     created_at: m.created,
+                    attachments: m
+                        .attachments
+                        .iter()
+                        .map(|a| AttachmentRow {
+                            id: a.id.as_uuid(),
+                            kind: a.kind.as_str().to_owned(),
+                            mime_type: a.mime.clone(),
+                            file_name: a.file_name.clone(),
+                            size_bytes: i64::try_from(a.size).unwrap_or(i64::MAX),
+                        })
+                        .collect(),
                 });
             }
             Some(Kind::Assigned(a)) => batch.assignments.push(AssignmentRow {

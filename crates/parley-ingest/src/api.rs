@@ -123,6 +123,7 @@ impl ApiChannelService for ApiChannel {
             language: r.language,
             fast_track_code: r.fast_track_code,
             subject: String::new(),
+            attachments: Vec::new(),
         };
         let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
         let subject = topology::inbound_subject(tenant, Channel::Api);

@@ -14,6 +14,7 @@
 //! of stored twice.
 
 pub mod api;
+pub mod attachments;
 pub mod media;
 pub mod normalise;
 pub mod smtp;
@@ -29,7 +30,8 @@ use parley_kit::auth::{Authenticator, TokenKey};
 use parley_kit::config::{AuthConfig, NatsConfig, ServerConfig, TelemetryConfig, Validate};
 use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
-use parley_nats::{ConfigCache, Nats};
+use parley_nats::consume::{self, ConsumerSpec};
+use parley_nats::{ConfigCache, MediaStore, Nats, ObjectMedia, topology};
 use parley_proto::v1::api_channel_service_server::ApiChannelServiceServer;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,7 @@ pub struct IngestConfig {
     pub telemetry: TelemetryConfig,
     pub webhooks: WebhooksConfig,
     pub smtp: SmtpConfig,
+    pub media: attachments::MediaConfig,
 }
 
 /// The public listener for provider webhooks.
@@ -109,6 +112,7 @@ impl Default for IngestConfig {
             telemetry: TelemetryConfig::default(),
             webhooks: WebhooksConfig::default(),
             smtp: SmtpConfig::default(),
+            media: attachments::MediaConfig::default(),
         }
     }
 }
@@ -124,6 +128,7 @@ impl Validate for IngestConfig {
                 self.webhooks.max_body_bytes
             ));
         }
+        self.media.validate()?;
         let smtp = &self.smtp;
         if !(1024..=MAX_SMTP_MESSAGE_BYTES).contains(&smtp.max_message_bytes) {
             return Err(format!(
@@ -155,6 +160,7 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
     let nats = Nats::connect(&config.nats, "parley-ingest", Duration::from_secs(30)).await?;
     let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
     let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache.clone()));
+    let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
     let hooks = webhooks::Webhooks {
         cache: cache.clone(),
         publisher: nats.publisher(),
@@ -163,9 +169,11 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
     let postmaster = smtp::Postmaster {
         cache: cache.clone(),
         publisher: nats.publisher(),
+        store: store.clone(),
         max_message_bytes: config.smtp.max_message_bytes,
     };
     let cache_for_chat = cache.clone();
+    let cache_for_media = cache.clone();
     let api = api::ApiChannel { cache, publisher: nats.publisher(), js: nats.js.clone(), token: token.clone() };
     let routes = tonic::service::Routes::new(ApiChannelServiceServer::new(api));
 
@@ -181,7 +189,18 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         token_key: webchat::token_key(config.auth.signing_key.expose().as_bytes()),
         shutdown: token.clone(),
     };
-    let public = webhooks::router(hooks).merge(webchat::router(chat));
+    let serving = attachments::Serving { auth: auth.clone(), store: store.clone() };
+    let public = webhooks::router(hooks).merge(webchat::router(chat)).merge(attachments::router(serving));
+    if config.media.enabled {
+        let spec = ConsumerSpec {
+            lanes: 8,
+            max_ack_pending: 1_000,
+            ack_wait: config.media.ack_wait(),
+            ..ConsumerSpec::new(topology::INBOUND, topology::consumers::INGEST_MEDIA)
+        };
+        let worker = attachments::MediaWorker::new(cache_for_media, store.clone(), config.media.clone())?;
+        tasks.spawn(consume::run(nats.js.clone(), spec, Arc::new(worker), metrics.clone(), token.clone()));
+    }
     tasks.spawn(runtime::serve_http(listener, public, token.clone()));
     tracing::info!(%webhooks_addr, "webhooks listening");
     // Public too, and a protocol of its own.

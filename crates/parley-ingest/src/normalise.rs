@@ -7,7 +7,10 @@
 //! would refuse afterwards would be lost with nobody told.
 
 use parley_channels::{DeliveryReceipt, InboundMessage, MediaKind};
-use parley_domain::{Channel, CustomerId, EventId, MAX_TEXT_CHARS, MessageId, TenantId, Timestamp};
+use parley_domain::{
+    Attachment, AttachmentId, Channel, CustomerId, EventId, MAX_ATTACHMENTS, MAX_TEXT_CHARS, MessageId, TenantId,
+    Timestamp,
+};
 use parley_nats::topology;
 use parley_proto::{convert, events};
 
@@ -73,6 +76,7 @@ pub fn message(source: Source<'_>, m: &InboundMessage, now: Timestamp) -> Public
         fast_track_code: String::new(),
         // Set by the SMTP listener for email.
         subject: String::new(),
+        attachments: attachments(message_id, m),
     };
     Publication {
         subject: topology::inbound_subject(tenant, channel),
@@ -80,6 +84,38 @@ pub fn message(source: Source<'_>, m: &InboundMessage, now: Timestamp) -> Public
         key: customer_id.to_string(),
         envelope: events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) },
     }
+}
+
+/// The attachments of a message as routing will accept them: at most [`MAX_ATTACHMENTS`]
+/// (the rest are named in the text by the placeholder's count), file names without control
+/// characters and cut to length, a MIME type only when it is one. Each keeps the provider's
+/// reference, for the media worker to fetch it by.
+pub fn attachments(message: MessageId, m: &InboundMessage) -> Vec<events::InboundAttachment> {
+    m.attachments
+        .iter()
+        .take(MAX_ATTACHMENTS)
+        .enumerate()
+        .map(|(position, r)| {
+            let mut a = Attachment {
+                id: AttachmentId::derive(message, position),
+                kind: r.kind,
+                mime: r.mime.clone().unwrap_or_default().trim().to_ascii_lowercase(),
+                file_name: r
+                    .file_name
+                    .as_deref()
+                    .map(|n| truncate(without_controls(n).trim(), parley_domain::message::MAX_FILE_NAME_CHARS))
+                    .unwrap_or_default(),
+                size: r.size.unwrap_or(0),
+            };
+            if parley_domain::check_attachment(&a).is_err() {
+                a.mime.clear();
+            }
+            events::InboundAttachment {
+                attachment: Some(convert::attachment(&a)),
+                provider_ref: r.provider_ref.clone(),
+            }
+        })
+        .collect()
 }
 
 /// A delivery receipt. Its dedupe id is derived from the config, the provider's message id
@@ -276,6 +312,38 @@ mod tests {
         assert_eq!(m.language, "ru");
         assert_eq!(m.channel, parley_proto::v1::Channel::Telegram as i32);
         assert_eq!(m.channel_message_id, "42:7");
+    }
+
+    #[test]
+    fn attachments_carry_stable_ids_clean_names_and_the_provider_s_reference() {
+        let t = tenant();
+        let mut m = inbound("");
+        let mut bad_mime = media(MediaKind::Image, Some("фото\r\n.jpg"));
+        bad_mime.mime = Some("image/jpeg\r\nX-Evil: 1".into());
+        let mut good = media(MediaKind::Document, Some(&"д".repeat(300)));
+        good.mime = Some(" Application/PDF ".into());
+        good.size = Some(4096);
+        m.attachments = vec![bad_mime, good];
+        let p = message(source(&t), &m, Timestamp::from_millis(1));
+        let cm = customer_message(&p);
+        assert_eq!(cm.attachments.len(), 2);
+        let id = MessageId::parse(&cm.message_id).unwrap();
+        let first = cm.attachments[0].attachment.clone().unwrap();
+        assert_eq!(first.id, AttachmentId::derive(id, 0).to_string());
+        assert_eq!(first.file_name, "фото.jpg");
+        assert_eq!(first.mime_type, "", "a MIME type that is not one is dropped");
+        assert_eq!(cm.attachments[0].provider_ref, "f");
+        let second = cm.attachments[1].attachment.clone().unwrap();
+        assert_eq!(second.mime_type, "application/pdf");
+        assert_eq!(second.size_bytes, 4096);
+        assert_eq!(second.file_name.chars().count(), parley_domain::message::MAX_FILE_NAME_CHARS);
+        // What routing will decode.
+        let list: Vec<_> = cm.attachments.iter().map(|a| a.attachment.clone().unwrap()).collect();
+        assert!(convert::from_attachments("attachments", &list).is_ok());
+        // More than routing allows: the first ones are kept.
+        m.attachments = (0..MAX_ATTACHMENTS + 5).map(|_| media(MediaKind::Image, None)).collect();
+        let p = message(source(&t), &m, Timestamp::from_millis(1));
+        assert_eq!(customer_message(&p).attachments.len(), MAX_ATTACHMENTS);
     }
 
     #[test]

@@ -27,11 +27,12 @@ pub mod protocol;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parley_channels::ChannelError;
 use parley_channels::email::{self, AutoReply};
-use parley_domain::{Channel, TenantId};
+use parley_domain::{AttachmentId, Channel, TenantId};
 use parley_kit::clock;
-use parley_nats::{ConfigCache, Publisher};
+use parley_nats::{ConfigCache, MediaStore, Publisher, StoredFile};
 use parley_proto::{convert, events};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,13 +46,20 @@ use crate::normalise::{self, Source};
 /// Recipients accepted per mail: what RFC 5321 § 4.5.3.1.8 asks a server to take at least.
 pub const MAX_RECIPIENTS: usize = 100;
 
-/// The mailroom of the running service: recipients from the config cache, delivery to
-/// `PARLEY_INBOUND`.
-#[derive(Debug, Clone)]
+/// The mailroom of the running service: recipients from the config cache, attachments to
+/// the media store, delivery to `PARLEY_INBOUND`.
+#[derive(Clone)]
 pub struct Postmaster {
     pub cache: ConfigCache,
     pub publisher: Publisher,
+    pub store: Arc<dyn MediaStore>,
     pub max_message_bytes: usize,
+}
+
+impl std::fmt::Debug for Postmaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postmaster").field("max_message_bytes", &self.max_message_bytes).finish_non_exhaustive()
+    }
 }
 
 impl Mailroom for Postmaster {
@@ -117,6 +125,12 @@ impl Postmaster {
             let mut publication = normalise::message(source, &parsed.message, now);
             if let Some(events::inbound_envelope::Kind::CustomerMessage(m)) = &mut publication.envelope.kind {
                 m.subject = one_line(parsed.subject.as_deref().unwrap_or_default());
+                // The files are here: stored before the mail is accepted, so the media
+                // worker has nothing to fetch.
+                if let Err(e) = self.store_attachments(tenant, m, &parsed.attachments).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "mail attachments not stored");
+                    return Outcome::NotStored;
+                }
             }
             match self
                 .publisher
@@ -134,6 +148,38 @@ impl Postmaster {
         }
         tracing::info!(duplicates, "mail stored");
         Outcome::Stored
+    }
+}
+
+impl Postmaster {
+    /// Stores each attachment of a mail the message names (`part:{i}`) under its id, unless
+    /// stored before (a retried delivery), and clears its reference.
+    async fn store_attachments(
+        &self,
+        tenant: &TenantId,
+        m: &mut events::CustomerMessage,
+        parts: &[email::EmailAttachment],
+    ) -> Result<(), String> {
+        for a in &mut m.attachments {
+            let part =
+                a.provider_ref.strip_prefix("part:").and_then(|i| i.parse::<usize>().ok()).and_then(|i| parts.get(i));
+            let (Some(part), Some(meta)) = (part, a.attachment.as_ref()) else { continue };
+            let id = AttachmentId::parse(&meta.id).map_err(|e| e.to_string())?;
+            if self.store.head(tenant, id).await.map_err(|e| e.to_string())?.is_none() {
+                let file = StoredFile {
+                    mime: part.mime.clone(),
+                    file_name: meta.file_name.clone(),
+                    size: part.bytes.len() as u64,
+                    digest: String::new(),
+                };
+                self.store
+                    .put(tenant, id, file, Bytes::copy_from_slice(&part.bytes))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            a.provider_ref.clear();
+        }
+        Ok(())
     }
 }
 

@@ -55,15 +55,20 @@ pub fn router(webhooks: Webhooks) -> Router {
         .with_state(Arc::new(webhooks))
 }
 
-/// A refused request: its status, a stable code and a message for the caller.
+/// A refused request: its status, a stable code and a message for the caller (the JSON
+/// error of every route on the public listener).
 #[derive(Debug)]
-struct WebhookError {
+pub(crate) struct WebhookError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl WebhookError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
     fn not_found() -> Self {
         Self { status: StatusCode::NOT_FOUND, code: "not_found", message: "no webhook endpoint at this address".into() }
     }

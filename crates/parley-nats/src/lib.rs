@@ -6,6 +6,7 @@
 //! - [`consume`]: durable pull consumers, lanes ordered by key, ack / retry / term.
 //! - [`tail`]: resumable feeds of one subject (desk sessions, customer streams).
 //! - [`config_store`]: tenant configuration (writes) and the watched cache (reads, auth).
+//! - [`media`]: attachments' bytes in the Object Store, behind the `MediaStore` trait.
 //! - [`conversations`]: the conversation log (state by compare-and-set appends) and
 //!   open-conversation pointers.
 //!
@@ -15,6 +16,7 @@
 pub mod config_store;
 pub mod consume;
 pub mod conversations;
+pub mod media;
 pub mod publish;
 pub mod tail;
 pub mod topology;
@@ -27,6 +29,7 @@ use parley_kit::config::NatsConfig;
 pub use config_store::{ConfigCache, ConfigStore, StoreError};
 pub use consume::{ConsumerSpec, Delivery, Handler, Outcome};
 pub use conversations::{ConversationLog, Loaded};
+pub use media::{MediaStore, ObjectMedia, Stored, StoredFile};
 pub use publish::{Payload, Published, Publisher};
 
 /// A connection to NATS with its JetStream context.

@@ -3,7 +3,7 @@
 //!
 //! | stream | subjects | written by | read by |
 //! |---|---|---|---|
-//! | `PARLEY_INBOUND` | `parley.inbound.<tenant>.<channel>` | ingest | routing |
+//! | `PARLEY_INBOUND` | `parley.inbound.<tenant>.<channel>` | ingest | routing, ingest (media worker) |
 //! | `PARLEY_EVENTS` | `parley.events.<tenant>.<conversation>` | routing (one record per transition) | history, routing's fan-out |
 //! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>` | routing's fan-out | notification (per session) |
 //! | `PARLEY_OUTBOUND` | `parley.outbound.<tenant>.<channel>.<customer>` | notification | routing, channel senders, API streams |
@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use parley_domain::{Channel, ConversationId, CustomerId, OperatorId, TenantId};
 use parley_kit::config::NatsConfig;
 
@@ -50,6 +50,8 @@ pub mod consumers {
     pub const HISTORY_EVENTS: &str = "history-events";
     /// Notification sends replies to the customers' providers.
     pub const NOTIFICATION_SENDERS: &str = "notification-senders";
+    /// Ingest's media worker on `PARLEY_INBOUND`: fetches customers' attachments.
+    pub const INGEST_MEDIA: &str = "ingest-media";
 }
 
 /// Key-value buckets.
@@ -60,6 +62,8 @@ pub mod buckets {
     pub const CONVERSATIONS: &str = "parley_conversations";
     /// Operator statuses as last set (`<tenant>.<operator>`), from which Redis is rebuilt.
     pub const PRESENCE: &str = "parley_presence";
+    /// Attachments' bytes (object store, objects `<tenant>/<attachment>`).
+    pub const MEDIA: &str = "parley_media";
 }
 
 pub fn inbound_subject(tenant: &TenantId, channel: Channel) -> String {
@@ -122,6 +126,20 @@ pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Res
             {
                 anyhow::bail!("cannot create key-value bucket {bucket}: {e} (NATS 2.10 or newer is required)");
             }
+        }
+    }
+    if js.get_object_store(buckets::MEDIA).await.is_err() {
+        let cfg = object_store::Config {
+            bucket: buckets::MEDIA.to_owned(),
+            description: Some("Parley attachments".to_owned()),
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        if let Err(e) = js.create_object_store(cfg).await
+            && js.get_object_store(buckets::MEDIA).await.is_err()
+        {
+            anyhow::bail!("cannot create object store {}: {e}", buckets::MEDIA);
         }
     }
     Ok(())

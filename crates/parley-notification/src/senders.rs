@@ -206,11 +206,12 @@ impl Senders {
                 .map(|e| Plan::Email(Box::new(e)))
                 .map_err(Refused);
         }
-        self.call(config, &out.envelope.customer_address, &m.text).map(Plan::Http)
+        self.call(config, &out.envelope.customer_address, m).map(Plan::Http)
     }
 
     /// The provider call for a message on an HTTP channel configuration.
-    fn call(&self, config: &v1::ChannelConfig, to: &str, text: &str) -> Result<Call, Refused> {
+    fn call(&self, config: &v1::ChannelConfig, to: &str, m: &v1::Message) -> Result<Call, Refused> {
+        let text = m.text.as_str();
         use v1::channel_config::Settings;
         let s = &self.settings;
         let missing = |what: &str| Refused(format!("channel configuration {} has no {what}", config.id));
@@ -231,7 +232,13 @@ impl Senders {
                 if w.access_token.is_empty() || w.phone_number_id.is_empty() {
                     return Err(missing("access token or phone number id"));
                 }
-                let request = whatsapp::text_message(&w.phone_number_id, to, text, None);
+                let request = match &m.template {
+                    Some(t) => {
+                        let parameters: Vec<&str> = t.body_parameters.iter().map(String::as_str).collect();
+                        whatsapp::template_message(&w.phone_number_id, to, &t.name, &t.language, &parameters)
+                    }
+                    None => whatsapp::text_message(&w.phone_number_id, to, text, None),
+                };
                 Ok(Call {
                     url: format!("{}/{}", s.whatsapp_api, request.path),
                     auth: Auth::Bearer(w.access_token.clone()),

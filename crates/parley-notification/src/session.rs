@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use parley_channels::segments::{self, SegmentCount, SmsEncoding};
+use parley_channels::whatsapp;
 use parley_domain::Status as ConversationStatus;
 use parley_domain::{Channel, ConversationId, MessageId, OperatorId, Role, Sender, TenantId, check_text};
 use parley_kit::auth::{principal, require};
@@ -310,16 +311,33 @@ impl Sessions {
         {
             return Err(ApiError::invalid("client_message_id must be 1 to 128 printable ASCII characters"));
         }
-        check_text(&r.text).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let text = match &r.template {
+            Some(t) => {
+                whatsapp::check_template(&t.name, &t.language, &t.body_parameters).map_err(ApiError::invalid)?;
+                template_text(&r.text, t)
+            }
+            None => r.text.clone(),
+        };
+        check_text(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
         let (c, _) = self.owned(tenant, operator, id).await?;
+        if r.template.is_some() && c.channel != Channel::WhatsApp {
+            return Err(ApiError::invalid(format!(
+                "template: templates are sent on WhatsApp only, and this conversation is on {}",
+                c.channel
+            )));
+        }
         let now = clock::now();
-        if c.channel == Channel::WhatsApp && c.reply_window_closes().is_none_or(|closes| now >= closes) {
+        // A template is what may go after the window has closed.
+        if c.channel == Channel::WhatsApp
+            && r.template.is_none()
+            && c.reply_window_closes().is_none_or(|closes| now >= closes)
+        {
             return Err(ApiError::precondition(
                 "the WhatsApp 24-hour window is closed (the customer last wrote more than 24 hours ago): \
                  only an approved template message may be sent",
             ));
         }
-        let sms = (c.channel == Channel::Sms).then(|| segments::count(&r.text));
+        let sms = (c.channel == Channel::Sms).then(|| segments::count(&text));
         let email = (c.channel == Channel::Email).then(|| EmailThread::of(&c));
         let message_id = MessageId::derive(tenant, &format!("reply:{operator}"), &r.client_message_id);
         let message = v1::Message {
@@ -329,12 +347,15 @@ impl Sessions {
             channel: convert::channel(c.channel) as i32,
             sender_kind: v1::SenderKind::Operator as i32,
             operator_id: operator.to_string(),
-            text: r.text,
+            text,
             quoted: None,
             delivery_state: v1::DeliveryState::Accepted as i32,
             create_time: Some(convert::timestamp(now)),
             channel_message_id: r.client_message_id,
             subject: email.as_ref().map(|e| e.subject.clone()).unwrap_or_default(),
+            // Operators' replies carry text only so far.
+            attachments: Vec::new(),
+            template: r.template,
         };
         let envelope = events::OutboundEnvelope {
             references: email.map(|e| e.references).unwrap_or_default(),
@@ -346,4 +367,17 @@ impl Sessions {
         )?;
         Ok((message_id, sms))
     }
+}
+
+/// What the desk and history show of a template reply: the operator's own text, or the
+/// template's name and parameters.
+fn template_text(text: &str, t: &v1::WhatsAppTemplate) -> String {
+    if !text.trim().is_empty() {
+        return text.to_owned();
+    }
+    let shown = match t.body_parameters.is_empty() {
+        true => format!("[template {}]", t.name),
+        false => format!("[template {}] {}", t.name, t.body_parameters.join(" · ")),
+    };
+    shown.chars().take(parley_domain::MAX_TEXT_CHARS).collect()
 }

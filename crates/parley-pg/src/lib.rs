@@ -203,6 +203,18 @@ pub struct MessageRow {
     pub created_at: Timestamp,
     /// Email only.
     pub subject: String,
+    /// In the channel's order.
+    pub attachments: Vec<AttachmentRow>,
+}
+
+/// A file sent with a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachmentRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub mime_type: String,
+    pub file_name: String,
+    pub size_bytes: i64,
 }
 
 /// An operator getting a conversation.
@@ -413,6 +425,26 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
             ],
         )
         .await?;
+        let files: Vec<(Uuid, i16, &AttachmentRow)> =
+            m.iter().flat_map(|m| m.attachments.iter().enumerate().map(move |(i, a)| (m.id, i as i16, a))).collect();
+        if !files.is_empty() {
+            let messages: Vec<Uuid> = files.iter().map(|f| f.0).collect();
+            let positions: Vec<i16> = files.iter().map(|f| f.1).collect();
+            let ids: Vec<Uuid> = files.iter().map(|f| f.2.id).collect();
+            let kinds: Vec<&str> = files.iter().map(|f| f.2.kind.as_str()).collect();
+            let mimes: Vec<&str> = files.iter().map(|f| f.2.mime_type.as_str()).collect();
+            let names: Vec<&str> = files.iter().map(|f| f.2.file_name.as_str()).collect();
+            let sizes: Vec<i64> = files.iter().map(|f| f.2.size_bytes).collect();
+            tx.execute(
+                "INSERT INTO message_attachments (tenant_id, message_id, position, id, kind, mime_type, file_name,
+                                                  size_bytes)
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::int2[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                                          $8::int8[])
+                 ON CONFLICT DO NOTHING",
+                &[&tenant, &messages, &positions, &ids, &kinds, &mimes, &names, &sizes],
+            )
+            .await?;
+        }
     }
     if !b.assignments.is_empty() {
         let a = &b.assignments;
@@ -530,14 +562,47 @@ fn message_row(r: &Row) -> MessageRow {
         channel_message_id: r.get("channel_message_id"),
         created_at: from_system_time(r.get("created_at")),
         subject: r.get("subject"),
+        attachments: attachment_rows(r),
     }
+}
+
+/// The attachments of a message row, from the arrays [`MESSAGE_COLUMNS`] selects.
+fn attachment_rows(r: &Row) -> Vec<AttachmentRow> {
+    let ids: Vec<Uuid> = r.get("a_ids");
+    let kinds: Vec<String> = r.get("a_kinds");
+    let mimes: Vec<String> = r.get("a_mimes");
+    let names: Vec<String> = r.get("a_names");
+    let sizes: Vec<i64> = r.get("a_sizes");
+    ids.into_iter()
+        .zip(kinds)
+        .zip(mimes)
+        .zip(names)
+        .zip(sizes)
+        .map(|((((id, kind), mime_type), file_name), size_bytes)| AttachmentRow {
+            id,
+            kind,
+            mime_type,
+            file_name,
+            size_bytes,
+        })
+        .collect()
 }
 
 const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id, queue_id, status, operator_id, priority, created_at, updated_at, closed_at";
 /// A message's delivery state is its row's, or the furthest a receipt took it.
 const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
      quoted_channel_message_id, quoted_text, COALESCE(d.state, m.delivery_state) AS delivery_state,
-     channel_message_id, created_at, subject
+     channel_message_id, created_at, subject,
+     ARRAY(SELECT a.id FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
+           ORDER BY a.position) AS a_ids,
+     ARRAY(SELECT a.kind FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
+           ORDER BY a.position) AS a_kinds,
+     ARRAY(SELECT a.mime_type FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
+           ORDER BY a.position) AS a_mimes,
+     ARRAY(SELECT a.file_name FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
+           ORDER BY a.position) AS a_names,
+     ARRAY(SELECT a.size_bytes FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
+           ORDER BY a.position) AS a_sizes
      FROM messages m LEFT JOIN message_deliveries d ON d.tenant_id = m.tenant_id AND d.message_id = m.id";
 
 /// A customer with their identities.

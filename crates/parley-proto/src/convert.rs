@@ -6,8 +6,9 @@ use std::time::Duration;
 use parley_domain::conversation::{CustomerRef, Preference, PreferenceReason, Status};
 use parley_domain::routing::{BusinessHours, ExpansionStep, Requirements, RoutingSettings, Selection, Window};
 use parley_domain::{
-    Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, DeliveryState, Message, MessageId, Operator,
-    OperatorId, OperatorStatus, Queue, QueueId, Quoted, Role, Sender, SkillId, SkillLevel, TeamId, TenantId, Timestamp,
+    Attachment, AttachmentId, AttachmentKind, Channel, ChannelConfigId, Conversation, ConversationId, CustomerId,
+    DeliveryState, Message, MessageId, Operator, OperatorId, OperatorStatus, Queue, QueueId, Quoted, Role, Sender,
+    SkillId, SkillLevel, TeamId, TenantId, Timestamp,
 };
 
 use crate::{events, v1};
@@ -233,6 +234,66 @@ pub fn from_quoted(q: Option<&v1::QuotedMessage>) -> Result<Option<Quoted>> {
     Ok(Some(Quoted { message_id, channel_message_id: q.channel_message_id.clone(), text: q.text.clone() }))
 }
 
+pub fn attachment_kind(k: AttachmentKind) -> v1::AttachmentKind {
+    match k {
+        AttachmentKind::Image => v1::AttachmentKind::Image,
+        AttachmentKind::Document => v1::AttachmentKind::Document,
+        AttachmentKind::Audio => v1::AttachmentKind::Audio,
+        AttachmentKind::Video => v1::AttachmentKind::Video,
+        AttachmentKind::Voice => v1::AttachmentKind::Voice,
+        AttachmentKind::Sticker => v1::AttachmentKind::Sticker,
+    }
+}
+
+pub fn from_attachment_kind(name: &str, value: i32) -> Result<AttachmentKind> {
+    match v1::AttachmentKind::try_from(value) {
+        Ok(v1::AttachmentKind::Image) => Ok(AttachmentKind::Image),
+        Ok(v1::AttachmentKind::Document) => Ok(AttachmentKind::Document),
+        Ok(v1::AttachmentKind::Audio) => Ok(AttachmentKind::Audio),
+        Ok(v1::AttachmentKind::Video) => Ok(AttachmentKind::Video),
+        Ok(v1::AttachmentKind::Voice) => Ok(AttachmentKind::Voice),
+        Ok(v1::AttachmentKind::Sticker) => Ok(AttachmentKind::Sticker),
+        Ok(v1::AttachmentKind::Unspecified) => Err(ConvertError::new(name, "kind must be specified")),
+        Err(_) => Err(ConvertError::new(name, format!("unknown attachment kind {value}"))),
+    }
+}
+
+pub fn attachment(a: &Attachment) -> v1::Attachment {
+    v1::Attachment {
+        id: a.id.to_string(),
+        kind: attachment_kind(a.kind) as i32,
+        mime_type: a.mime.clone(),
+        file_name: a.file_name.clone(),
+        size_bytes: a.size,
+    }
+}
+
+/// Decodes a message's attachments: at most [`parley_domain::MAX_ATTACHMENTS`], each
+/// checked by [`parley_domain::check_attachment`].
+pub fn from_attachments(name: &str, list: &[v1::Attachment]) -> Result<Vec<Attachment>> {
+    if list.len() > parley_domain::MAX_ATTACHMENTS {
+        return Err(ConvertError::new(
+            name,
+            format!("has {} attachments, more than the {} allowed", list.len(), parley_domain::MAX_ATTACHMENTS),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let at = format!("{name}[{i}]");
+            let decoded = Attachment {
+                id: field(&format!("{at}.id"), AttachmentId::parse(&a.id))?,
+                kind: from_attachment_kind(&format!("{at}.kind"), a.kind)?,
+                mime: a.mime_type.clone(),
+                file_name: a.file_name.clone(),
+                size: a.size_bytes,
+            };
+            parley_domain::check_attachment(&decoded).map_err(|e| ConvertError::new(at, e.to_string()))?;
+            Ok(decoded)
+        })
+        .collect()
+}
+
 pub fn message(m: &Message) -> v1::Message {
     v1::Message {
         id: m.id.to_string(),
@@ -247,6 +308,9 @@ pub fn message(m: &Message) -> v1::Message {
         create_time: Some(timestamp(m.created)),
         channel_message_id: m.channel_message_id.clone(),
         subject: m.subject.clone(),
+        attachments: m.attachments.iter().map(attachment).collect(),
+        // Only a reply being sent carries one.
+        template: None,
     }
 }
 
@@ -279,6 +343,7 @@ pub fn from_message(m: &v1::Message) -> Result<Message> {
         created: from_timestamp(m.create_time.as_ref()),
         channel_message_id: m.channel_message_id.clone(),
         subject: subject("message.subject", &m.subject)?,
+        attachments: from_attachments("message.attachments", &m.attachments)?,
     })
 }
 
@@ -670,6 +735,13 @@ mod tests {
             created: Timestamp::from_micros(1_700_000_000_123_456),
             channel_message_id: "k-1".into(),
             subject: "Списание".into(),
+            attachments: vec![Attachment {
+                id: AttachmentId::derive(MessageId::from_uuid(Uuid::from_u128(9)), 0),
+                kind: AttachmentKind::Image,
+                mime: "image/jpeg".into(),
+                file_name: "чек.jpg".into(),
+                size: 48_213,
+            }],
         };
         let opening = Opening {
             id: conv,

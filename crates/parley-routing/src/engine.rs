@@ -626,6 +626,12 @@ impl Engine {
             language: (!m.language.is_empty()).then(|| m.language.clone()),
         };
         let subject = convert::subject("subject", &m.subject).map_err(|e| invalid(&e))?;
+        let attachments = m
+            .attachments
+            .iter()
+            .map(|a| a.attachment.clone().ok_or_else(|| EngineError::Invalid("attachments: an entry is empty".into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let attachments = convert::from_attachments("attachments", &attachments).map_err(|e| invalid(&e))?;
         let message = |conversation: ConversationId| Message {
             id: message_id,
             conversation,
@@ -639,6 +645,7 @@ impl Engine {
             created: convert::from_timestamp(m.receive_time.as_ref()),
             channel_message_id: m.channel_message_id.clone(),
             subject: subject.clone(),
+            attachments: attachments.clone(),
         };
         // The conversation this message opened when another replica opened one for the same
         // customer at the same moment and won the customer's pointer. It is closed as merged

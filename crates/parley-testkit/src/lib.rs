@@ -100,6 +100,8 @@ pub struct AppOptions {
     /// Replaces every send rate of the notification service's senders (tenant and each
     /// channel) with this many a second (and as large a burst), for benchmarks.
     pub send_rate: Option<f64>,
+    /// Deliveries after which ingest's media worker gives up on a file.
+    pub media_max_deliveries: i64,
 }
 
 impl Default for AppOptions {
@@ -112,6 +114,7 @@ impl Default for AppOptions {
             heartbeat_interval_secs: 1,
             session_ttl_secs: 3,
             send_rate: None,
+            media_max_deliveries: 3,
         }
     }
 }
@@ -128,6 +131,7 @@ impl AppOptions {
             heartbeat_interval_secs: sessions.heartbeat_interval_secs,
             session_ttl_secs: sessions.ttl_secs,
             send_rate: None,
+            media_max_deliveries: parley_ingest::attachments::MediaConfig::default().max_deliveries,
         }
     }
 }
@@ -183,6 +187,7 @@ impl App {
         } else {
             None
         };
+        let providers = providers::Providers::start().await.expect("provider double starts");
         let ingest_config = parley_ingest::IngestConfig {
             server: any_port(),
             nats: nats.clone(),
@@ -195,6 +200,16 @@ impl App {
             smtp: parley_ingest::SmtpConfig {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 hostname: "mx.parley.test".into(),
+                ..Default::default()
+            },
+            media: parley_ingest::attachments::MediaConfig {
+                telegram_api: providers.base("telegram"),
+                whatsapp_api: providers.base("whatsapp"),
+                fetch_timeout_secs: 5,
+                max_deliveries: options.media_max_deliveries,
+                // The provider double, and nothing else of the local network.
+                allow_http: true,
+                allow_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
                 ..Default::default()
             },
         };
@@ -216,7 +231,6 @@ impl App {
         let history = parley_history::start(history_config, Metrics::new("history"), CancellationToken::new())
             .await
             .expect("history starts");
-        let providers = providers::Providers::start().await.expect("provider double starts");
         let mut senders = parley_notification::senders::SendersSection {
             telegram_api: providers.base("telegram"),
             whatsapp_api: providers.base("whatsapp"),

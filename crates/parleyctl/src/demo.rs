@@ -181,6 +181,7 @@ pub async fn run(e: &Endpoints, args: DemoArgs) -> anyhow::Result<()> {
             conversation_id: conversation_id.clone(),
             client_message_id: format!("{customer}-r1"),
             text: "Добрый день, Иван! Вижу списание, сейчас заблокирую карту и открою спор.".into(),
+            template: None,
         })),
     })
     .await?;

@@ -130,6 +130,7 @@ async fn reply(
             conversation_id: conversation.into(),
             client_message_id: format!("desk-{}-{n}", uuid::Uuid::now_v7().simple()),
             text: text.into(),
+            template: None,
         })),
     })
     .await?;
