@@ -360,7 +360,10 @@ async fn bad_webhooks_are_refused_with_json_errors_and_publish_nothing() {
     let globex = post_when_known(&app, "/webhooks/globex/globex-tg", &signed(&globex_tg, &tg_body), &tg_body).await;
     assert_eq!(globex.0, 200, "{}", globex.1);
     let after_globex = app.stream_len("PARLEY_INBOUND").await;
-    assert_eq!(after_globex, before + 1);
+    if after_globex != before + 1 {
+        // Seen once under CI load: say what was published, to find out by whom.
+        panic!("expected one message after {before}, got {:#?}", inbound_after(&app, before).await);
+    }
 
     // A disabled config is no endpoint either.
     let mut disabled = viber();
