@@ -5,10 +5,13 @@
 //! behind basic auth redirecting to its CDN), and `GET /v1/attachments/{id}` serves it to
 //! the tenant's operators only. Files that cannot be had are served as failures with the
 //! reason; a provider's hiccup is retried. Mail brings its files along: they are stored
-//! before the SMTP listener accepts the mail.
+//! before the SMTP listener accepts the mail. The other way, an operator uploads a file
+//! and replies with it: the providers get a signed, expiring link to fetch it by (Telegram
+//! `sendPhoto`, WhatsApp's document message, MMS `MediaUrl`), an email carries it attached.
 
 use std::time::Duration;
 
+use mail_parser::MimeHeaders as _;
 use parley_e2e::{Desk, assigned, history_messages};
 use parley_proto::v1;
 use parley_testkit::{App, eventually};
@@ -297,5 +300,159 @@ async fn mail_attachments_and_inline_images_are_stored_before_the_mail_is_accept
     let (status, mime, body) = download(&app, &m.attachments[1].id, Some(&token)).await;
     assert_eq!((status, mime.as_str(), body.as_slice()), (200, "image/png", PNG));
     assert_eq!(m.attachments[1].kind, v1::AttachmentKind::Image as i32);
+    app.stop().await;
+}
+
+/// `POST /v1/attachments?name=…` with a token and a content type: status and JSON answer.
+async fn upload(app: &App, token: Option<&str>, mime: &str, name: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{}/v1/attachments", app.webhooks_addr()))
+        .query(&[("name", name)])
+        .header(reqwest::header::CONTENT_TYPE, mime)
+        .body(bytes.to_vec());
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await.expect("ingest answers");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("body");
+    (status, serde_json::from_slice(&body).expect("a JSON answer"))
+}
+
+fn file_reply(conversation: &str, client: &str, text: &str, files: &[&str]) -> v1::SendReply {
+    v1::SendReply {
+        conversation_id: conversation.into(),
+        client_message_id: client.into(),
+        text: text.into(),
+        template: None,
+        attachment_ids: files.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
+fn rejected(frame: v1::open_session_response::Frame) -> v1::ReplyRejected {
+    match frame {
+        v1::open_session_response::Frame::ReplyRejected(r) => r,
+        other => panic!("expected the reply refused, got {other:?}"),
+    }
+}
+
+/// The bytes behind a link, as a provider fetching it gets them.
+async fn fetch_link(link: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::get(link).await.expect("ingest answers the link");
+    (response.status().as_u16(), response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_send_files_that_providers_fetch_by_a_signed_link() {
+    let (app, fx, mut desk, _alive) = start().await;
+    let token = fx.operator_token("anna").to_owned();
+
+    // Uploads: the tenant's people only, the types customers may be sent, a name on one line.
+    let (status, photo) = upload(&app, Some(&token), "image/jpeg", "фото.jpg", JPEG).await;
+    assert_eq!(status, 201, "{photo}");
+    assert_eq!((photo["kind"].as_str(), photo["size_bytes"].as_u64()), (Some("image"), Some(JPEG.len() as u64)));
+    let (status, pdf) = upload(&app, Some(&token), "application/pdf", "договор.pdf", b"%PDF-1.4 contract").await;
+    assert_eq!(status, 201, "{pdf}");
+    let (photo, pdf) = (photo["id"].as_str().unwrap().to_owned(), pdf["id"].as_str().unwrap().to_owned());
+    let refusals = [
+        (upload(&app, None, "image/jpeg", "a.jpg", JPEG).await, 401, "unauthenticated"),
+        (upload(&app, Some(&token), "text/html", "a.html", b"<script>").await, 415, "unsupported_type"),
+        (upload(&app, Some(&token), "image/jpeg", "a.jpg", b"").await, 400, "invalid_argument"),
+        (upload(&app, Some(&token), "image/jpeg", "a\nb.jpg", JPEG).await, 400, "invalid_argument"),
+        (upload(&app, Some(&app.platform_token()), "image/jpeg", "a.jpg", JPEG).await, 403, "permission_denied"),
+    ];
+    for ((status, body), want, code) in refusals {
+        assert_eq!((status, body["error"]["code"].as_str()), (want, Some(code)), "{body}");
+    }
+
+    // Telegram: the photo by link, with its caption.
+    let tg = parley_e2e::fixture("telegram_text.json");
+    posted(&app, &telegram(), &tg).await;
+    let (chat, _) = assigned_message(&mut desk).await;
+    let tg_chat = chat.id.clone();
+    let ok = parley_e2e::accepted(desk.send_reply(file_reply(&chat.id, "f-1", "Ваш чек", &[&photo])).await);
+    parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let sent =
+        app.providers.received("telegram").into_iter().find(|r| r.path.ends_with("/sendPhoto")).expect("sendPhoto");
+    let body = sent.json();
+    assert_eq!(body["caption"], "Ваш чек");
+    let link = body["photo"].as_str().expect("the photo's link").to_owned();
+    assert_eq!(fetch_link(&link).await, (200, JPEG.to_vec()), "{link}");
+    // The link is the credential: altered, it opens nothing.
+    let forged = format!("{}0", &link[..link.len() - 1]);
+    assert_eq!(fetch_link(&forged).await.0, 403);
+    let elsewhere = link.replace("/acme/", "/globex/");
+    assert_eq!(fetch_link(&elsewhere).await.0, 403);
+
+    // WhatsApp: a document message by link, with the file's name.
+    let wa = parley_e2e::fixture("whatsapp_text.min.json");
+    posted(&app, &whatsapp(), &wa).await;
+    let (chat, _) = assigned_message(&mut desk).await;
+    let ok = parley_e2e::accepted(desk.send_reply(file_reply(&chat.id, "f-2", "", &[&pdf])).await);
+    parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let body = app.providers.received("whatsapp").last().expect("a send").json();
+    assert_eq!((body["type"].as_str(), body["document"]["filename"].as_str()), (Some("document"), Some("договор.pdf")));
+    assert!(body["document"].get("caption").is_none(), "no text, no caption: {body}");
+    let link = body["document"]["link"].as_str().expect("the document's link").to_owned();
+    assert_eq!(fetch_link(&link).await, (200, b"%PDF-1.4 contract".to_vec()));
+
+    // MMS: both files as MediaUrl.
+    let form = parley_e2e::fixture("twilio_sms.form");
+    posted(&app, &sms(), &form).await;
+    let (chat, _) = assigned_message(&mut desk).await;
+    let ok = parley_e2e::accepted(desk.send_reply(file_reply(&chat.id, "f-3", "Документы", &[&photo, &pdf])).await);
+    parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let form = app.providers.received("twilio").last().expect("a send").form();
+    let media: Vec<&str> = form.iter().filter(|(k, _)| k == "MediaUrl").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(media.len(), 2, "{form:?}");
+    assert_eq!(fetch_link(media[1]).await.1, b"%PDF-1.4 contract");
+
+    // What a channel cannot carry is refused before anything is sent.
+    let r = rejected(desk.send_reply(file_reply(&tg_chat, "f-4", "", &[&photo, &pdf])).await);
+    assert_eq!(r.code, "INVALID_ARGUMENT", "{}", r.message);
+    assert!(r.message.contains("at most 1"), "{}", r.message);
+    let r = rejected(desk.send_reply(file_reply(&chat.id, "f-5", "", &[&uuid::Uuid::now_v7().to_string()])).await);
+    assert_eq!(r.code, "NOT_FOUND", "{}", r.message);
+    let other = app.tenant("globex", &["boris"]).await;
+    let (_, theirs) = upload(&app, Some(other.operator_token("boris")), "image/jpeg", "x.jpg", JPEG).await;
+    let r = rejected(desk.send_reply(file_reply(&chat.id, "f-6", "", &[theirs["id"].as_str().unwrap()])).await);
+    assert_eq!(r.code, "NOT_FOUND", "another tenant's file is no file here: {}", r.message);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_replies_carry_the_operator_s_files_attached() {
+    let app = App::spawn().await;
+    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
+    let config =
+        crate::email::relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
+    let fx = crate::email::tenant_with(&app, "acme", &["anna"], config).await;
+    let mut desk = parley_e2e::online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    crate::email::until_rcpt(&app, "support@acme.example", 250).await;
+    let token = fx.operator_token("anna").to_owned();
+    let answer = crate::email::deliver(
+        &app,
+        "oleg@example.ru",
+        &["support@acme.example"],
+        &parley_e2e::fixture("email_koi8r.eml"),
+    )
+    .await;
+    assert_eq!(answer.0, 250, "{}", answer.1);
+    let (conversation, _) = assigned_message(&mut desk).await;
+
+    let (_, pdf) = upload(&app, Some(&token), "application/pdf", "акт сверки.pdf", b"%PDF-1.4 reconciliation").await;
+    let (_, scan) = upload(&app, Some(&token), "image/png", "", PNG).await;
+    let files = [pdf["id"].as_str().unwrap(), scan["id"].as_str().unwrap()];
+    let ok =
+        parley_e2e::accepted(desk.send_reply(file_reply(&conversation.id, "m-1", "Акт во вложении.", &files)).await);
+    parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let mails = relay.mails();
+    assert_eq!(mails.len(), 1);
+    let parsed = mail_parser::MessageParser::default().parse(&mails[0].raw).expect("a readable mail");
+    assert_eq!(parsed.body_text(0).map(|t| t.trim_end().to_owned()).as_deref(), Some("Акт во вложении."));
+    let attached: Vec<(Option<&str>, &[u8])> =
+        parsed.attachments().map(|a| (a.attachment_name(), a.contents())).collect();
+    assert_eq!(attached, [(Some("акт сверки.pdf"), &b"%PDF-1.4 reconciliation"[..]), (Some("attachment-2"), PNG)],);
     app.stop().await;
 }

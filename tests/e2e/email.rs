@@ -131,7 +131,7 @@ async fn rcpt_code(app: &App, address: &str) -> u16 {
 
 /// Waits until ingest answers `code` to a recipient (its config cache follows the admin
 /// API within milliseconds).
-async fn until_rcpt(app: &App, address: &str, code: u16) {
+pub(crate) async fn until_rcpt(app: &App, address: &str, code: u16) {
     eventually(WAIT, &format!("RCPT TO:<{address}> answered {code}"), || async move {
         (rcpt_code(app, address).await == code).then_some(())
     })
@@ -142,7 +142,7 @@ fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
     relayed_config(id, address, "smtp.example.com", 587)
 }
 
-fn relayed_config(id: &str, address: &str, relay_host: &str, relay_port: u32) -> v1::ChannelConfig {
+pub(crate) fn relayed_config(id: &str, address: &str, relay_host: &str, relay_port: u32) -> v1::ChannelConfig {
     let settings = Settings::Email(v1::EmailSettings {
         address: address.into(),
         smtp_relay_host: relay_host.into(),
@@ -157,7 +157,7 @@ async fn tenant(app: &App, id: &str, ops: &[&str], address: &str) -> TenantFixtu
     tenant_with(app, id, ops, email_config("mail", address)).await
 }
 
-async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfig) -> TenantFixture {
+pub(crate) async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfig) -> TenantFixture {
     let fx = app.tenant(id, ops).await;
     for op in ops {
         fx.edit_operator(app, op, |o| {

@@ -746,6 +746,7 @@ async fn whatsapp_replies_outside_the_24_hour_window_are_refused_and_templates_g
         client_message_id: client.into(),
         text: String::new(),
         template: Some(t),
+        attachment_ids: Vec::new(),
     };
     match desk.send_reply(reply(&stale.id, "late-2", template("Order Update", &[]))).await {
         parley_proto::v1::open_session_response::Frame::ReplyRejected(r) => {

@@ -85,6 +85,7 @@ impl Desk {
             client_message_id: client_id.into(),
             text: text.into(),
             template: None,
+            attachment_ids: Vec::new(),
         })
         .await
     }

@@ -38,7 +38,9 @@ pub use error::ChannelError;
 pub use inbound::{
     DeliveryReceipt, Identity, Inbound, InboundMessage, Location, MediaKind, MediaRef, ProviderError, Reaction,
 };
-pub use outbound::{HttpResponse, OutboundRequest, SendOutcome};
+pub use outbound::{
+    HttpResponse, MediaLinkError, OutboundRequest, SendOutcome, check_media_link, media_link, media_link_key,
+};
 
 /// The largest webhook body accepted from a provider (Meta documents payloads up to 3 MB);
 /// anything larger is refused before it is parsed.

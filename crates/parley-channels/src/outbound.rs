@@ -71,3 +71,71 @@ pub(crate) fn by_status(resp: &HttpResponse<'_>, description: &str) -> SendOutco
 pub(crate) fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
 }
+
+/// The key of media links, derived from the installation's signing key so that a link
+/// cannot be forged from anything else that key signs.
+pub fn media_link_key(signing_key: &[u8]) -> [u8; 32] {
+    crate::sig::hmac_sha256(signing_key, b"parley media links v1")
+}
+
+fn media_link_mac(key: &[u8], tenant: &str, id: &str, expires: i64) -> String {
+    let data = format!("{tenant}\u{1f}{id}\u{1f}{expires}");
+    hex::encode(&crate::sig::hmac_sha256(key, data.as_bytes())[..16])
+}
+
+/// The public, expiring address of a stored file of a reply, for providers that fetch the
+/// file themselves (Telegram, WhatsApp and Viber by link, Twilio's `MediaUrl`):
+/// `{base}/v1/media/{tenant}/{id}/{expires}/{mac}`, `expires` in Unix seconds.
+pub fn media_link(base: &str, key: &[u8], tenant: &str, id: &str, expires: i64) -> String {
+    format!("{base}/v1/media/{tenant}/{id}/{expires}/{}", media_link_mac(key, tenant, id, expires))
+}
+
+/// Why a media link is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MediaLinkError {
+    #[error("the link's signature is not valid")]
+    BadSignature,
+    #[error("the link has expired")]
+    Expired,
+}
+
+/// Checks a media link's parts (the signature in constant time), then its expiry.
+pub fn check_media_link(
+    key: &[u8],
+    tenant: &str,
+    id: &str,
+    expires: i64,
+    mac: &str,
+    now_secs: i64,
+) -> Result<(), MediaLinkError> {
+    if !crate::sig::ct_eq(mac.as_bytes(), media_link_mac(key, tenant, id, expires).as_bytes()) {
+        return Err(MediaLinkError::BadSignature);
+    }
+    if now_secs > expires {
+        return Err(MediaLinkError::Expired);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_links_hold_only_as_signed_and_until_they_expire() {
+        let key = media_link_key(b"signing key of at least thirty-two bytes");
+        let link = media_link("https://parley.example", &key, "acme", "0193-ab", 1_000);
+        let mac = link.rsplit('/').next().unwrap();
+        assert!(link.starts_with("https://parley.example/v1/media/acme/0193-ab/1000/"), "{link}");
+        assert_eq!(check_media_link(&key, "acme", "0193-ab", 1_000, mac, 1_000), Ok(()));
+        assert_eq!(check_media_link(&key, "acme", "0193-ab", 1_000, mac, 1_001), Err(MediaLinkError::Expired));
+        // Another tenant, file, expiry or key: refused, whatever the time.
+        for (tenant, id, expires) in
+            [("globex", "0193-ab", 1_000), ("acme", "0193-ac", 1_000), ("acme", "0193-ab", 9_999)]
+        {
+            assert_eq!(check_media_link(&key, tenant, id, expires, mac, 0), Err(MediaLinkError::BadSignature));
+        }
+        let other = media_link_key(b"another signing key of thirty-two bytes");
+        assert_eq!(check_media_link(&other, "acme", "0193-ab", 1_000, mac, 0), Err(MediaLinkError::BadSignature));
+    }
+}

@@ -24,6 +24,9 @@
 //!
 //! `GET /v1/attachments/{id}` on the public listener serves a file to a bearer of a token
 //! of the tenant it belongs to: any other tenant's token, like an unknown id, gets 404.
+//! Operators' own files go the other way: `POST /v1/attachments` stores one for a reply
+//! (the same types and size limit as customers' files), and the providers that fetch a
+//! reply's file themselves get it at a signed, expiring link, `GET /v1/media/…`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,9 +34,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parley_channels::telegram;
-use parley_domain::{AttachmentId, Role, TenantId};
+use parley_domain::{Attachment, AttachmentId, AttachmentKind, Role, TenantId};
 use parley_kit::auth::Authenticator;
-use parley_kit::axum::extract::{Path, State};
+use parley_kit::axum::extract::rejection::{BytesRejection, QueryRejection};
+use parley_kit::axum::extract::{DefaultBodyLimit, Path, Query, State};
 use parley_kit::axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use parley_kit::axum::response::{IntoResponse, Response};
 use parley_kit::axum::{Router, routing};
@@ -355,26 +359,31 @@ impl Handler for MediaWorker {
 
 // ---- serving ------------------------------------------------------------------------------
 
-/// What the serving route needs.
+/// What the serving routes need.
 #[derive(Clone)]
 pub struct Serving {
     pub auth: Authenticator,
     pub store: Arc<dyn MediaStore>,
+    /// Keys the public links of reply files ([`parley_channels::media_link`]).
+    pub link_key: [u8; 32],
+    /// What operators may upload: the types and size customers may send.
+    pub policy: FetchPolicy,
 }
 
-/// `GET /v1/attachments/{id}`.
+/// `POST /v1/attachments` (upload a reply's file), `GET /v1/attachments/{id}` (a tenant's
+/// file, by token) and `GET /v1/media/{tenant}/{id}/{expires}/{mac}` (a reply's file, by
+/// a signed link, for the provider that delivers it).
 pub fn router(serving: Serving) -> Router {
-    Router::new().route("/v1/attachments/{id}", routing::get(serve)).with_state(Arc::new(serving))
+    let limit = serving.policy.max_bytes;
+    Router::new()
+        .route("/v1/attachments", routing::post(upload).layer(DefaultBodyLimit::max(limit)))
+        .route("/v1/attachments/{id}", routing::get(serve))
+        .route("/v1/media/{tenant}/{id}/{expires}/{mac}", routing::get(linked))
+        .with_state(Arc::new(serving))
 }
 
-async fn serve(State(s): State<Arc<Serving>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    match serve_file(&s, &id, &headers).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn serve_file(s: &Serving, id: &str, headers: &HeaderMap) -> Result<Response, WebhookError> {
+/// The principal of a request's bearer token, if it is a tenant's.
+async fn tenant_principal(s: &Serving, headers: &HeaderMap) -> Result<parley_kit::auth::Principal, WebhookError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = s
         .auth
@@ -385,15 +394,102 @@ async fn serve_file(s: &Serving, id: &str, headers: &HeaderMap) -> Result<Respon
         return Err(WebhookError::new(
             StatusCode::FORBIDDEN,
             "permission_denied",
-            "attachments are served to the tenant's own people only",
+            "attachments belong to a tenant: use a token of the tenant",
         ));
     }
+    Ok(principal)
+}
+
+fn unavailable(e: parley_nats::media::MediaError) -> WebhookError {
+    tracing::warn!(error = %e, "media store unavailable");
+    WebhookError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the media store is unavailable; try again")
+}
+
+/// The `?name=` of an upload.
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    #[serde(default)]
+    name: String,
+}
+
+/// Stores a file an operator (or an integrator) will send with a reply; answers its
+/// attachment, whose id `SendReply.attachment_ids` names.
+async fn upload(
+    State(s): State<Arc<Serving>>,
+    headers: HeaderMap,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let stored = async {
+        let principal = tenant_principal(&s, &headers).await?;
+        let invalid = |m: String| WebhookError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
+        let Query(query) = query.map_err(|e| invalid(format!("query: {e}")))?;
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => WebhookError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the file is larger than {} bytes", s.policy.max_bytes),
+            ),
+            _ => invalid(format!("body: {e}")),
+        })?;
+        if body.is_empty() {
+            return Err(invalid("the file is empty".into()));
+        }
+        let mime = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        if !s.policy.type_allowed(&mime) {
+            return Err(WebhookError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+                format!(
+                    "content type {mime:?} is not one customers may be sent (pictures, sound, video, PDF, office documents, text, zip)"
+                ),
+            ));
+        }
+        let attachment = Attachment {
+            id: AttachmentId::from_uuid(uuid::Uuid::now_v7()),
+            kind: AttachmentKind::from_mime(&mime),
+            mime: mime.clone(),
+            file_name: query.name.trim().to_owned(),
+            size: body.len() as u64,
+        };
+        parley_domain::check_attachment(&attachment).map_err(|e| invalid(format!("name: {e}")))?;
+        let file =
+            StoredFile { mime, file_name: attachment.file_name.clone(), size: attachment.size, digest: String::new() };
+        s.store.put(&principal.tenant, attachment.id, file, body).await.map_err(unavailable)?;
+        tracing::info!(tenant = %principal.tenant, attachment = %attachment.id, by = %principal.subject, size = attachment.size, "file uploaded");
+        Ok::<_, WebhookError>(attachment)
+    };
+    match stored.await {
+        Ok(a) => (
+            StatusCode::CREATED,
+            parley_kit::axum::Json(serde_json::json!({
+                "id": a.id.to_string(),
+                "kind": a.kind.as_str(),
+                "mime_type": a.mime,
+                "file_name": a.file_name,
+                "size_bytes": a.size,
+            })),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve(State(s): State<Arc<Serving>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    match serve_file(&s, &id, &headers).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_file(s: &Serving, id: &str, headers: &HeaderMap) -> Result<Response, WebhookError> {
+    let principal = tenant_principal(s, headers).await?;
     let id = AttachmentId::parse(id)
         .map_err(|e| WebhookError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()))?;
-    let unavailable = |e: parley_nats::media::MediaError| {
-        tracing::warn!(error = %e, "media store unavailable");
-        WebhookError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the media store is unavailable; try again")
-    };
     let not_found =
         || WebhookError::new(StatusCode::NOT_FOUND, "not_found", "no such attachment, or it is not fetched yet");
     match s.store.get(&principal.tenant, id).await.map_err(unavailable)? {
@@ -406,6 +502,30 @@ async fn serve_file(s: &Serving, id: &str, headers: &HeaderMap) -> Result<Respon
             )),
             _ => Err(not_found()),
         },
+    }
+}
+
+/// A reply's file for the provider delivering it: the link's signature and expiry are the
+/// only credential.
+async fn linked(
+    State(s): State<Arc<Serving>>,
+    Path((tenant, id, expires, mac)): Path<(String, String, i64, String)>,
+) -> Response {
+    let refused = |e: parley_channels::MediaLinkError| {
+        WebhookError::new(StatusCode::FORBIDDEN, "bad_link", e.to_string()).into_response()
+    };
+    let now = clock::now().as_millis() / 1000;
+    if let Err(e) = parley_channels::check_media_link(&s.link_key, &tenant, &id, expires, &mac, now) {
+        return refused(e);
+    }
+    // Signed, so both parse; a link to nothing is still answered alike.
+    let (Ok(tenant), Ok(id)) = (TenantId::parse(&tenant), AttachmentId::parse(&id)) else {
+        return refused(parley_channels::MediaLinkError::BadSignature);
+    };
+    match s.store.get(&tenant, id).await {
+        Ok(Some((file, bytes))) => file_response(&file, bytes),
+        Ok(None) => WebhookError::new(StatusCode::NOT_FOUND, "not_found", "the file no longer exists").into_response(),
+        Err(e) => unavailable(e).into_response(),
     }
 }
 

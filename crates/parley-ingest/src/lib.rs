@@ -189,7 +189,12 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         token_key: webchat::token_key(config.auth.signing_key.expose().as_bytes()),
         shutdown: token.clone(),
     };
-    let serving = attachments::Serving { auth: auth.clone(), store: store.clone() };
+    let serving = attachments::Serving {
+        auth: auth.clone(),
+        store: store.clone(),
+        link_key: parley_channels::media_link_key(config.auth.signing_key.expose().as_bytes()),
+        policy: config.media.policy(),
+    };
     let public = webhooks::router(hooks).merge(webchat::router(chat)).merge(attachments::router(serving));
     if config.media.enabled {
         let spec = ConsumerSpec {

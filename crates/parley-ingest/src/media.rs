@@ -84,7 +84,7 @@ impl FetchPolicy {
         is_public(ip) || self.allow_addresses.contains(&ip)
     }
 
-    fn type_allowed(&self, mime: &str) -> bool {
+    pub fn type_allowed(&self, mime: &str) -> bool {
         let mime = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         self.types
             .iter()

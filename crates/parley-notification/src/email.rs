@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, Message};
+use lettre::message::{Attachment, Mailbox, Message, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -36,6 +36,15 @@ pub struct Reply<'a> {
     pub text: &'a str,
     /// The customer's Message-IDs this answers, oldest first.
     pub references: &'a [String],
+    /// Files to attach.
+    pub files: &'a [File],
+}
+
+/// A file attached to a reply.
+pub struct File {
+    pub name: String,
+    pub mime: String,
+    pub bytes: bytes::Bytes,
 }
 
 fn bracketed(id: &str) -> String {
@@ -62,18 +71,25 @@ pub fn prepare(
     let message_id = outgoing_message_id(reply.conversation, reply.message, domain, thread_key);
     let subject =
         if reply.subject.is_empty() { format!("Re: {}", config.display_name) } else { reply.subject.to_owned() };
-    let mut builder = Message::builder()
-        .from(from)
-        .to(to)
-        .subject(subject)
-        .message_id(Some(message_id.clone()))
-        .header(ContentType::TEXT_PLAIN);
+    let mut builder = Message::builder().from(from).to(to).subject(subject).message_id(Some(message_id.clone()));
     if let Some(last) = reply.references.last() {
         builder = builder.in_reply_to(bracketed(last));
         let all: Vec<String> = reply.references.iter().map(|r| bracketed(r)).collect();
         builder = builder.references(all.join(" "));
     }
-    let message = builder.body(reply.text.to_owned()).map_err(|e| format!("cannot build the email: {e}"))?;
+    let built = if reply.files.is_empty() {
+        builder.header(ContentType::TEXT_PLAIN).body(reply.text.to_owned())
+    } else {
+        let mut parts = MultiPart::mixed().singlepart(SinglePart::plain(reply.text.to_owned()));
+        for (i, f) in reply.files.iter().enumerate() {
+            let name = if f.name.is_empty() { format!("attachment-{}", i + 1) } else { f.name.clone() };
+            let mime =
+                ContentType::parse(&f.mime).unwrap_or(ContentType::parse("application/octet-stream").expect("a type"));
+            parts = parts.singlepart(Attachment::new(name).body(f.bytes.to_vec(), mime));
+        }
+        builder.multipart(parts)
+    };
+    let message = built.map_err(|e| format!("cannot build the email: {e}"))?;
 
     let host = settings.smtp_relay_host.trim();
     if host.is_empty() {

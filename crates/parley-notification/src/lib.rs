@@ -20,7 +20,7 @@ use parley_kit::config::{AuthConfig, NatsConfig, RedisConfig, ServerConfig, Tele
 use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
 use parley_nats::consume::{self, ConsumerSpec};
-use parley_nats::{ConfigCache, Nats, topology};
+use parley_nats::{ConfigCache, MediaStore, Nats, ObjectMedia, topology};
 use parley_proto::v1::operator_session_service_server::OperatorSessionServiceServer;
 use parley_redis::Coordinator;
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,7 @@ pub async fn start(
     let cache = Arc::new(ConfigCache::start(nats.config_kv().await?, token.clone()).await?);
     let redis = Coordinator::connect(&config.redis.url, wait).await?;
     let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), cache.clone());
+    let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
     let sessions = Arc::new(session::Sessions {
         js: nats.js.clone(),
         log: nats.conversations().await?,
@@ -109,6 +110,8 @@ pub async fn start(
         heartbeat: Duration::from_secs(config.sessions.heartbeat_interval_secs),
         session_ttl: Duration::from_secs(config.sessions.ttl_secs),
         token: token.clone(),
+        store: store.clone(),
+        media_links: !config.senders.public_media_url.is_empty(),
     });
     let routes = tonic::service::Routes::new(OperatorSessionServiceServer::new(session::SessionApi(sessions.clone())));
 
@@ -125,6 +128,8 @@ pub async fn start(
             redis: sessions.redis.clone(),
             publisher: nats.publisher(),
             thread_key: config.auth.signing_key.expose().as_bytes().to_vec(),
+            media_key: parley_channels::media_link_key(config.auth.signing_key.expose().as_bytes()),
+            store,
         };
         tasks.spawn(consume::run(nats.js.clone(), spec, Arc::new(senders), metrics.clone(), token.clone()));
     }

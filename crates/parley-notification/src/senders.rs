@@ -25,11 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parley_channels::outbound::{HttpResponse, OutboundRequest, SendOutcome};
+use parley_channels::whatsapp::MediaSource;
 use parley_channels::{telegram, twilio, viber, whatsapp};
-use parley_domain::{Channel, ConversationId, MessageId, TenantId};
+use parley_domain::{AttachmentId, Channel, ConversationId, MessageId, TenantId};
 use parley_kit::clock;
 use parley_nats::consume::{Delivery, Handler, Outcome};
-use parley_nats::{ConfigCache, Publisher, topology};
+use parley_nats::{ConfigCache, MediaStore, Publisher, topology};
 use parley_proto::{convert, events, v1};
 use parley_redis::{Coordinator, Rate};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,12 @@ pub struct SendersSection {
     pub whatsapp_api: String,
     pub viber_api: String,
     pub twilio_api: String,
+    /// Where providers reach ingest's public listener (`https://parley.example.com`, no
+    /// trailing slash), to fetch the files of replies by signed link; empty: replies with
+    /// files go only by email and the API channel.
+    pub public_media_url: String,
+    /// How long such a link holds.
+    pub media_link_secs: u64,
     /// One request's limit.
     pub request_timeout_secs: u64,
     /// How long a message may wait in place for a retry before it goes back to the stream
@@ -85,6 +92,8 @@ impl Default for SendersSection {
             whatsapp_api: "https://graph.facebook.com/v21.0".into(),
             viber_api: "https://chatapi.viber.com/pa".into(),
             twilio_api: "https://api.twilio.com".into(),
+            public_media_url: String::new(),
+            media_link_secs: 24 * 3600,
             request_timeout_secs: 15,
             wait_in_place_secs: 30,
             max_deliveries: 20,
@@ -110,6 +119,15 @@ impl SendersSection {
             if !(url.starts_with("https://") || url.starts_with("http://")) || url.ends_with('/') {
                 return Err(format!("senders.{name} must be an http(s) URL without a trailing slash"));
             }
+        }
+        if !self.public_media_url.is_empty()
+            && (!(self.public_media_url.starts_with("https://") || self.public_media_url.starts_with("http://"))
+                || self.public_media_url.ends_with('/'))
+        {
+            return Err("senders.public_media_url must be empty or an http(s) URL without a trailing slash".into());
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.media_link_secs) {
+            return Err("senders.media_link_secs must be 60 to 604800".into());
         }
         if !(1..=120).contains(&self.request_timeout_secs) {
             return Err("senders.request_timeout_secs must be 1 to 120".into());
@@ -151,6 +169,10 @@ pub struct Senders {
     pub publisher: Publisher,
     /// Keys the thread tokens in email replies' Message-IDs.
     pub thread_key: Vec<u8>,
+    /// Keys the links providers fetch reply files by.
+    pub media_key: [u8; 32],
+    /// Reply files (email attaches them).
+    pub store: Arc<dyn MediaStore>,
 }
 
 /// Why a message cannot be sent at all.
@@ -190,9 +212,23 @@ pub fn http_client(settings: &SendersSection) -> anyhow::Result<reqwest::Client>
 
 impl Senders {
     /// How to send a message on a channel configuration.
-    fn plan(&self, config: &v1::ChannelConfig, out: &Outgoing<'_>, m: &v1::Message) -> Result<Plan, Refused> {
+    async fn plan(&self, config: &v1::ChannelConfig, out: &Outgoing<'_>, m: &v1::Message) -> Result<Plan, Outcome> {
         use v1::channel_config::Settings;
         if let Some(Settings::Email(e)) = config.settings.as_ref() {
+            let mut files = Vec::with_capacity(m.attachments.len());
+            for a in &m.attachments {
+                let id = AttachmentId::parse(&a.id).map_err(|e| Outcome::Term(format!("attachment id: {e}")))?;
+                match self.store.get(&out.tenant, id).await {
+                    Ok(Some((file, bytes))) => {
+                        files.push(crate::email::File { name: file.file_name, mime: file.mime, bytes })
+                    }
+                    Ok(None) => return Err(Outcome::Term(format!("file {id} of the reply no longer exists"))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "media store unavailable; retrying");
+                        return Err(Outcome::Retry(Duration::from_secs(5)));
+                    }
+                }
+            }
             let reply = crate::email::Reply {
                 conversation: out.conversation,
                 message: out.message,
@@ -200,18 +236,32 @@ impl Senders {
                 subject: &m.subject,
                 text: &m.text,
                 references: &out.envelope.references,
+                files: &files,
             };
             let timeout = Duration::from_secs(self.settings.request_timeout_secs);
             return crate::email::prepare(config, e, &reply, &self.thread_key, timeout)
                 .map(|e| Plan::Email(Box::new(e)))
-                .map_err(Refused);
+                .map_err(Outcome::Term);
         }
-        self.call(config, &out.envelope.customer_address, m).map(Plan::Http)
+        self.call(config, out, m).map(Plan::Http).map_err(|Refused(why)| Outcome::Term(why))
+    }
+
+    /// The public link a provider fetches a reply's file by.
+    fn link(&self, tenant: &TenantId, a: &v1::Attachment) -> Result<String, Refused> {
+        let base = &self.settings.public_media_url;
+        if base.is_empty() {
+            return Err(Refused("no public media URL is configured (senders.public_media_url)".into()));
+        }
+        let expires = clock::now().as_millis() / 1000 + self.settings.media_link_secs as i64;
+        Ok(parley_channels::media_link(base, &self.media_key, tenant.as_str(), &a.id, expires))
     }
 
     /// The provider call for a message on an HTTP channel configuration.
-    fn call(&self, config: &v1::ChannelConfig, to: &str, m: &v1::Message) -> Result<Call, Refused> {
-        let text = m.text.as_str();
+    fn call(&self, config: &v1::ChannelConfig, out: &Outgoing<'_>, m: &v1::Message) -> Result<Call, Refused> {
+        let (to, text) = (out.envelope.customer_address.as_str(), m.text.as_str());
+        let caption = (!text.trim().is_empty()).then_some(text);
+        let links: Vec<String> = m.attachments.iter().map(|a| self.link(&out.tenant, a)).collect::<Result<_, _>>()?;
+        let image = |a: &v1::Attachment| a.kind == v1::AttachmentKind::Image as i32;
         use v1::channel_config::Settings;
         let s = &self.settings;
         let missing = |what: &str| Refused(format!("channel configuration {} has no {what}", config.id));
@@ -220,7 +270,11 @@ impl Senders {
                 if t.bot_token.is_empty() {
                     return Err(missing("bot token"));
                 }
-                let request = telegram::send_message(to, text, None);
+                let request = match (m.attachments.first(), links.first()) {
+                    (Some(a), Some(link)) if image(a) => telegram::send_photo(to, link, caption, None),
+                    (Some(_), Some(link)) => telegram::send_document(to, link, caption, None),
+                    _ => telegram::send_message(to, text, None),
+                };
                 Ok(Call {
                     url: format!("{}/bot{}/{}", s.telegram_api, t.bot_token, request.path),
                     auth: Auth::None,
@@ -237,7 +291,17 @@ impl Senders {
                         let parameters: Vec<&str> = t.body_parameters.iter().map(String::as_str).collect();
                         whatsapp::template_message(&w.phone_number_id, to, &t.name, &t.language, &parameters)
                     }
-                    None => whatsapp::text_message(&w.phone_number_id, to, text, None),
+                    None => match (m.attachments.first(), links.first()) {
+                        (Some(a), Some(link)) if image(a) => {
+                            whatsapp::image_message(&w.phone_number_id, to, MediaSource::Link(link), caption, None)
+                        }
+                        (Some(a), Some(link)) => {
+                            let name = (!a.file_name.is_empty()).then_some(a.file_name.as_str());
+                            let source = MediaSource::Link(link);
+                            whatsapp::document_message(&w.phone_number_id, to, source, name, caption, None)
+                        }
+                        _ => whatsapp::text_message(&w.phone_number_id, to, text, None),
+                    },
                 };
                 Ok(Call {
                     url: format!("{}/{}", s.whatsapp_api, request.path),
@@ -250,7 +314,14 @@ impl Senders {
                 if v.auth_token.is_empty() {
                     return Err(missing("auth token"));
                 }
-                let request = viber::send_message(to, &v.sender_name, viber::ViberContent::Text(text));
+                let content = match (m.attachments.first(), links.first()) {
+                    (Some(a), Some(url)) if image(a) => viber::ViberContent::Picture { url, caption: text },
+                    (Some(a), Some(url)) => {
+                        viber::ViberContent::File { url, size: a.size_bytes, file_name: &a.file_name }
+                    }
+                    _ => viber::ViberContent::Text(text),
+                };
+                let request = viber::send_message(to, &v.sender_name, content);
                 Ok(Call {
                     url: format!("{}/{}", s.viber_api, request.path),
                     auth: Auth::Header("X-Viber-Auth-Token", v.auth_token.clone()),
@@ -258,21 +329,22 @@ impl Senders {
                     classify: viber::classify_response,
                 })
             }
-            Some(Settings::Sms(m)) => {
-                if m.account_sid.is_empty() || m.auth_token.is_empty() || m.from_number.is_empty() {
+            Some(Settings::Sms(sms)) => {
+                if sms.account_sid.is_empty() || sms.auth_token.is_empty() || sms.from_number.is_empty() {
                     return Err(missing("account sid, auth token or sending number"));
                 }
+                let media: Vec<&str> = links.iter().map(String::as_str).collect();
                 let request = twilio::send_message(
-                    &m.account_sid,
+                    &sms.account_sid,
                     to,
-                    twilio::TwilioSender::From(&m.from_number),
-                    Some(text),
-                    &[],
+                    twilio::TwilioSender::From(&sms.from_number),
+                    caption,
+                    &media,
                     None,
                 );
                 Ok(Call {
                     url: format!("{}/{}", s.twilio_api, request.path),
-                    auth: Auth::Basic(m.account_sid.clone(), m.auth_token.clone()),
+                    auth: Auth::Basic(sms.account_sid.clone(), sms.auth_token.clone()),
                     request,
                     classify: twilio::classify_response,
                 })
@@ -406,9 +478,10 @@ impl Senders {
             let why = format!("channel configuration {} is disabled", config.id);
             return self.fail(&out, "channel_disabled", &why, delivered).await;
         }
-        let plan = match self.plan(&config, &out, m) {
+        let plan = match self.plan(&config, &out, m).await {
             Ok(p) => p,
-            Err(Refused(why)) => return self.fail(&out, "cannot_send", &why, delivered).await,
+            Err(Outcome::Term(why)) => return self.fail(&out, "cannot_send", &why, delivered).await,
+            Err(other) => return other,
         };
         let tenant_rate = Rate::from(self.settings.tenant_rate);
         let channel_rate =

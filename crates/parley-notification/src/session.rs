@@ -14,12 +14,15 @@ use futures_util::StreamExt;
 use parley_channels::segments::{self, SegmentCount, SmsEncoding};
 use parley_channels::whatsapp;
 use parley_domain::Status as ConversationStatus;
-use parley_domain::{Channel, ConversationId, MessageId, OperatorId, Role, Sender, TenantId, check_text};
+use parley_domain::{
+    AttachmentId, AttachmentKind, Channel, ConversationId, MAX_ATTACHMENTS, MessageId, OperatorId, Role, Sender,
+    TenantId, check_text,
+};
 use parley_kit::auth::{principal, require};
 use parley_kit::clock;
 use parley_kit::error::ApiError;
 use parley_kit::telemetry::code_name;
-use parley_nats::{ConversationLog, Publisher, tail, topology};
+use parley_nats::{ConversationLog, MediaStore, Publisher, Stored, tail, topology};
 use parley_proto::v1::operator_session_service_server::OperatorSessionService;
 use parley_proto::v1::{open_session_request, open_session_response};
 use parley_proto::{convert, events, v1};
@@ -77,6 +80,10 @@ pub struct Sessions {
     pub heartbeat: Duration,
     pub session_ttl: Duration,
     pub token: CancellationToken,
+    /// Where reply files are (uploaded through ingest).
+    pub store: Arc<dyn MediaStore>,
+    /// Whether providers can be given links to reply files (`senders.public_media_url` set).
+    pub media_links: bool,
 }
 
 type Frame = Result<v1::OpenSessionResponse, Status>;
@@ -297,6 +304,64 @@ impl Sessions {
             .map_err(|e| ApiError::Unavailable(e.to_string()))
     }
 
+    /// The stored files a reply names, as attachments: each a file of the tenant, once.
+    async fn reply_files(&self, tenant: &TenantId, ids: &[String]) -> Result<Vec<v1::Attachment>, ApiError> {
+        if ids.len() > MAX_ATTACHMENTS {
+            return Err(ApiError::invalid(format!("attachment_ids: at most {MAX_ATTACHMENTS}")));
+        }
+        let mut files = Vec::with_capacity(ids.len());
+        for (i, raw) in ids.iter().enumerate() {
+            let id = AttachmentId::parse(raw).map_err(|e| ApiError::invalid(format!("attachment_ids[{i}]: {e}")))?;
+            if ids[..i].contains(raw) {
+                return Err(ApiError::invalid(format!("attachment_ids[{i}]: named twice")));
+            }
+            let stored = self.store.head(tenant, id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let Some(Stored::File(file)) = stored else {
+                return Err(ApiError::NotFound(format!("attachment_ids[{i}]: no file {id} was uploaded")));
+            };
+            files.push(v1::Attachment {
+                id: id.to_string(),
+                kind: convert::attachment_kind(AttachmentKind::from_mime(&file.mime)) as i32,
+                mime_type: file.mime,
+                file_name: file.file_name,
+                size_bytes: file.size,
+            });
+        }
+        Ok(files)
+    }
+
+    /// What each channel can carry: one file a message on Telegram, WhatsApp and Viber (a
+    /// Viber file without text), ten on MMS, all on email and the API channel; the
+    /// providers fetch files by link, so those need the public media URL.
+    fn check_files_fit(&self, channel: Channel, files: &[v1::Attachment], text: &str) -> Result<(), ApiError> {
+        let max = match channel {
+            Channel::Telegram | Channel::WhatsApp | Channel::Viber => 1,
+            Channel::Sms => 10,
+            Channel::Email | Channel::Api => MAX_ATTACHMENTS,
+            Channel::WebChat => 0,
+        };
+        if files.len() > max {
+            return Err(ApiError::invalid(match max {
+                0 => format!("attachment_ids: replies on {channel} carry text only"),
+                _ => format!("attachment_ids: a reply on {channel} carries at most {max} file(s)"),
+            }));
+        }
+        let image = files.iter().all(|f| f.kind == v1::AttachmentKind::Image as i32);
+        if channel == Channel::Viber && !image && !text.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "attachment_ids: Viber sends a file without text; send the text as a reply of its own",
+            ));
+        }
+        let by_link = matches!(channel, Channel::Telegram | Channel::WhatsApp | Channel::Viber | Channel::Sms);
+        if by_link && !self.media_links {
+            return Err(ApiError::precondition(format!(
+                "files cannot be sent on {channel}: its provider fetches them by link, and no public media URL \
+                 is configured (senders.public_media_url)"
+            )));
+        }
+        Ok(())
+    }
+
     async fn send_reply(
         &self,
         tenant: &TenantId,
@@ -314,17 +379,27 @@ impl Sessions {
         let text = match &r.template {
             Some(t) => {
                 whatsapp::check_template(&t.name, &t.language, &t.body_parameters).map_err(ApiError::invalid)?;
+                if !r.attachment_ids.is_empty() {
+                    return Err(ApiError::invalid("attachment_ids: a template goes without files"));
+                }
                 template_text(&r.text, t)
             }
             None => r.text.clone(),
         };
-        check_text(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
+        // A file may go without text.
+        if !text.is_empty() || r.attachment_ids.is_empty() {
+            check_text(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
+        }
+        let files = self.reply_files(tenant, &r.attachment_ids).await?;
         let (c, _) = self.owned(tenant, operator, id).await?;
         if r.template.is_some() && c.channel != Channel::WhatsApp {
             return Err(ApiError::invalid(format!(
                 "template: templates are sent on WhatsApp only, and this conversation is on {}",
                 c.channel
             )));
+        }
+        if !files.is_empty() {
+            self.check_files_fit(c.channel, &files, &text)?;
         }
         let now = clock::now();
         // A template is what may go after the window has closed.
@@ -353,8 +428,7 @@ impl Sessions {
             create_time: Some(convert::timestamp(now)),
             channel_message_id: r.client_message_id,
             subject: email.as_ref().map(|e| e.subject.clone()).unwrap_or_default(),
-            // Operators' replies carry text only so far.
-            attachments: Vec::new(),
+            attachments: files,
             template: r.template,
         };
         let envelope = events::OutboundEnvelope {

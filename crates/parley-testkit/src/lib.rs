@@ -236,6 +236,11 @@ impl App {
             whatsapp_api: providers.base("whatsapp"),
             viber_api: providers.base("viber"),
             twilio_api: providers.base("twilio"),
+            // Ingest's public listener, where the providers fetch reply files.
+            public_media_url: format!(
+                "http://{}",
+                ingest.listener(parley_ingest::WEBHOOKS_LISTENER).expect("ingest's public listener")
+            ),
             request_timeout_secs: 5,
             ..Default::default()
         };

@@ -292,18 +292,31 @@ fn success(provider: &str, path: &str, body: &[u8], id: u64) -> Result<(u16, Val
     let json_body = || serde_json::from_slice::<Value>(body).map_err(|e| format!("body is not JSON: {e}"));
     match provider {
         "telegram" => {
-            if !path.starts_with("bot") || !path.ends_with("/sendMessage") {
-                return Err(format!("unexpected Telegram method {path}"));
+            let method = path.rsplit('/').next().unwrap_or_default();
+            if !path.starts_with("bot") {
+                return Err(format!("unexpected Telegram path {path}"));
             }
             let b = json_body()?;
             let chat = b["chat_id"].as_i64().ok_or("chat_id missing")?;
-            let text = b["text"].as_str().ok_or("text missing")?;
-            Ok((
-                200,
-                json!({"ok": true, "result": {
-                    "message_id": id, "from": {"id": 7_000_000_001_i64, "is_bot": true, "first_name": "Bank"},
-                    "chat": {"id": chat, "type": "private"}, "date": 1_764_400_000, "text": text}}),
-            ))
+            let mut result = json!({
+                "message_id": id, "from": {"id": 7_000_000_001_i64, "is_bot": true, "first_name": "Bank"},
+                "chat": {"id": chat, "type": "private"}, "date": 1_764_400_000});
+            match method {
+                "sendMessage" => result["text"] = json!(b["text"].as_str().ok_or("text missing")?),
+                "sendPhoto" => {
+                    b["photo"].as_str().ok_or("photo missing")?;
+                    result["photo"] = json!([{"file_id": format!("AgACAgIAAxk{id}"), "file_unique_id": "AQAD", "width": 1280, "height": 960}]);
+                }
+                "sendDocument" => {
+                    b["document"].as_str().ok_or("document missing")?;
+                    result["document"] = json!({"file_id": format!("BQACAgIAAxk{id}"), "file_unique_id": "AgAD"});
+                }
+                other => return Err(format!("unexpected Telegram method {other}")),
+            }
+            if let Some(c) = b["caption"].as_str() {
+                result["caption"] = json!(c);
+            }
+            Ok((200, json!({"ok": true, "result": result})))
         }
         "whatsapp" => {
             let b = json_body()?;

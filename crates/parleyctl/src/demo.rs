@@ -182,6 +182,7 @@ pub async fn run(e: &Endpoints, args: DemoArgs) -> anyhow::Result<()> {
             client_message_id: format!("{customer}-r1"),
             text: "Добрый день, Иван! Вижу списание, сейчас заблокирую карту и открою спор.".into(),
             template: None,
+            attachment_ids: Vec::new(),
         })),
     })
     .await?;

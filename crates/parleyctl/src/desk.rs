@@ -131,6 +131,7 @@ async fn reply(
             client_message_id: format!("desk-{}-{n}", uuid::Uuid::now_v7().simple()),
             text: text.into(),
             template: None,
+            attachment_ids: Vec::new(),
         })),
     })
     .await?;
