@@ -519,3 +519,77 @@ async fn email_and_web_chat_configs_are_checked_when_created() {
     }
     app.stop().await;
 }
+
+/// The conversation the next customer mail landed in, and whether it opened it.
+async fn landed(desk: &mut Desk) -> (String, bool) {
+    loop {
+        let event = desk.event(WAIT).await;
+        match event.kind.expect("event kind") {
+            v1::desk_event::Kind::Assigned(a) => return (a.conversation.expect("conversation").id, true),
+            v1::desk_event::Kind::Message(m) if m.sender_kind == v1::SenderKind::Customer as i32 => {
+                return (m.conversation_id, false);
+            }
+            _ => continue,
+        }
+    }
+}
+
+fn reply_mail(from: &str, id: &str, in_reply_to: &str, references: &str, text: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: support@acme.example\r\nSubject: Re: =?UTF-8?B?0JLQvtC30LLRgNCw0YIg0LTQtdC90LXQsw==?=\r\n\
+         Message-ID: <{id}>\r\nIn-Reply-To: <{in_reply_to}>\r\nReferences: {references}\r\n\
+         Date: Sat, 5 Dec 2026 12:00:00 +0300\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thread_of_mails_stays_one_conversation_by_our_thread_token() {
+    let app = App::spawn().await;
+    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
+    let config = relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
+    let fx = tenant_with(&app, "acme", &["anna"], config).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+
+    // 1. The customer writes; 2. the operator answers, with our thread token in its Message-ID.
+    let answer = deliver(&app, "oleg@example.ru", &["support@acme.example"], &fixture("email_koi8r.eml")).await;
+    assert_eq!(answer.0, 250, "{}", answer.1);
+    let (conversation, opened) = landed(&mut desk).await;
+    assert!(opened);
+    let ok = accepted(desk.reply(&conversation, "t-1", "Олег, проверяем.").await);
+    delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let ours = mail_parser::MessageParser::default()
+        .parse(&relay.mails()[0].raw)
+        .and_then(|m| m.message_id().map(str::to_owned))
+        .expect("our Message-ID");
+
+    // 3. The customer answers it; 4. a colleague answers from another address: both join it.
+    let refs = format!("<koi8-r-1@example.ru> <{ours}>");
+    let third = reply_mail("oleg@example.ru", "oleg-2@example.ru", &ours, &refs, "Спасибо, жду.");
+    assert_eq!(deliver(&app, "oleg@example.ru", &["support@acme.example"], &third).await.0, 250);
+    assert_eq!(landed(&mut desk).await, (conversation.clone(), false));
+    let fourth =
+        reply_mail("Мария <masha@example.ru>", "masha-1@example.ru", &ours, &refs, "Я бухгалтер Олега, вот реквизиты.");
+    assert_eq!(deliver(&app, "masha@example.ru", &["support@acme.example"], &fourth).await.0, 250);
+    assert_eq!(landed(&mut desk).await, (conversation.clone(), false), "the colleague's reply joins the thread");
+
+    // A token whose MAC does not verify names nothing: that mail opens its own conversation.
+    let forged_id =
+        format!("{}0@acme.example", ours.rsplit_once('@').unwrap().0.trim_end_matches(char::is_alphanumeric));
+    let forged =
+        reply_mail("eve@example.net", "eve-1@example.net", &forged_id, &format!("<{forged_id}>"), "Покажите переписку");
+    assert_eq!(deliver(&app, "eve@example.net", &["support@acme.example"], &forged).await.0, 250);
+    let (elsewhere, opened) = landed(&mut desk).await;
+    assert!(opened && elsewhere != conversation, "a forged token joined {elsewhere}");
+
+    // History: the three mails and the answer, in one conversation.
+    let texts = eventually(WAIT, "history has the thread", || async {
+        let messages = parley_e2e::history_messages(&app, &fx.supervisor_token, &conversation).await?;
+        (messages.len() == 4).then(|| messages.into_iter().map(|m| m.text).collect::<Vec<_>>())
+    })
+    .await;
+    assert_eq!(texts[1..], ["Олег, проверяем.", "Спасибо, жду.", "Я бухгалтер Олега, вот реквизиты."]);
+    app.stop().await;
+}

@@ -124,6 +124,7 @@ impl ApiChannelService for ApiChannel {
             fast_track_code: r.fast_track_code,
             subject: String::new(),
             attachments: Vec::new(),
+            thread_conversation_id: String::new(),
         };
         let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
         let subject = topology::inbound_subject(tenant, Channel::Api);

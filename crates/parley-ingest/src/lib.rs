@@ -171,6 +171,7 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         publisher: nats.publisher(),
         store: store.clone(),
         max_message_bytes: config.smtp.max_message_bytes,
+        thread_key: config.auth.signing_key.expose().as_bytes().to_vec(),
     };
     let cache_for_chat = cache.clone();
     let cache_for_media = cache.clone();

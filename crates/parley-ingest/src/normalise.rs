@@ -77,6 +77,8 @@ pub fn message(source: Source<'_>, m: &InboundMessage, now: Timestamp) -> Public
         // Set by the SMTP listener for email.
         subject: String::new(),
         attachments: attachments(message_id, m),
+        // Set by the SMTP listener for email replies that name a conversation.
+        thread_conversation_id: String::new(),
     };
     Publication {
         subject: topology::inbound_subject(tenant, channel),

@@ -54,6 +54,8 @@ pub struct Postmaster {
     pub publisher: Publisher,
     pub store: Arc<dyn MediaStore>,
     pub max_message_bytes: usize,
+    /// Keys the thread tokens of Parley's own Message-IDs (the senders' key).
+    pub thread_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Postmaster {
@@ -125,6 +127,9 @@ impl Postmaster {
             let mut publication = normalise::message(source, &parsed.message, now);
             if let Some(events::inbound_envelope::Kind::CustomerMessage(m)) = &mut publication.envelope.kind {
                 m.subject = one_line(parsed.subject.as_deref().unwrap_or_default());
+                if let Some(thread) = email::thread_token(&parsed.in_reply_to, &parsed.references, &self.thread_key) {
+                    m.thread_conversation_id = thread.to_string();
+                }
                 // The files are here: stored before the mail is accepted, so the media
                 // worker has nothing to fetch.
                 if let Err(e) = self.store_attachments(tenant, m, &parsed.attachments).await {

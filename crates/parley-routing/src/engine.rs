@@ -647,6 +647,28 @@ impl Engine {
             subject: subject.clone(),
             attachments: attachments.clone(),
         };
+        // An email reply naming one of this tenant's open email conversations by the thread
+        // token of Parley's own Message-ID joins it, whoever sends it (a colleague answering
+        // from another address); otherwise it goes the usual way.
+        if let Some(thread) = (!m.thread_conversation_id.is_empty())
+            .then(|| ConversationId::parse(&m.thread_conversation_id))
+            .transpose()
+            .map_err(|e| invalid(&e))?
+            && let Some(existing) = self.log.load(&tenant, thread).await?
+        {
+            let c = &existing.conversation;
+            if c.has_message(message_id) {
+                return Ok(());
+            }
+            if c.status != Status::Closed && c.channel == channel && c.channel_config == channel_config {
+                match self.apply(&tenant, thread, None, |_| Ok(Some(Command::CustomerMessage(message(thread))))).await {
+                    Ok(_) => return Ok(()),
+                    // Closed meanwhile: the usual way.
+                    Err(EngineError::Rejected(Rejected::Closed)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         // The conversation this message opened when another replica opened one for the same
         // customer at the same moment and won the customer's pointer. It is closed as merged
         // once the message is recorded in the winner, never before: closed first, the message
