@@ -379,7 +379,8 @@ async fn operators_send_files_that_providers_fetch_by_a_signed_link() {
     let link = body["photo"].as_str().expect("the photo's link").to_owned();
     assert_eq!(fetch_link(&link).await, (200, JPEG.to_vec()), "{link}");
     // The link is the credential: altered, it opens nothing.
-    let forged = format!("{}0", &link[..link.len() - 1]);
+    let last = if link.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &link[..link.len() - 1]);
     assert_eq!(fetch_link(&forged).await.0, 403);
     let elsewhere = link.replace("/acme/", "/globex/");
     assert_eq!(fetch_link(&elsewhere).await.0, 403);
@@ -411,6 +412,15 @@ async fn operators_send_files_that_providers_fetch_by_a_signed_link() {
     let r = rejected(desk.send_reply(file_reply(&tg_chat, "f-4", "", &[&photo, &pdf])).await);
     assert_eq!(r.code, "INVALID_ARGUMENT", "{}", r.message);
     assert!(r.message.contains("at most 1"), "{}", r.message);
+    let viber_body = parley_e2e::fixture("viber_message.min.json");
+    posted(&app, &viber(), &viber_body).await;
+    let (viber_chat, _) = assigned_message(&mut desk).await;
+    let r = rejected(desk.send_reply(file_reply(&viber_chat.id, "f-7", "see the contract", &[&pdf])).await);
+    assert!(r.code == "INVALID_ARGUMENT" && r.message.contains("Viber sends a file without text"), "{}", r.message);
+    let ok = parley_e2e::accepted(desk.send_reply(file_reply(&viber_chat.id, "f-8", "", &[&pdf])).await);
+    parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    let body = app.providers.received("viber").last().expect("a send").json();
+    assert_eq!((body["type"].as_str(), body["file_name"].as_str()), (Some("file"), Some("договор.pdf")), "{body}");
     let r = rejected(desk.send_reply(file_reply(&chat.id, "f-5", "", &[&uuid::Uuid::now_v7().to_string()])).await);
     assert_eq!(r.code, "NOT_FOUND", "{}", r.message);
     let other = app.tenant("globex", &["boris"]).await;
