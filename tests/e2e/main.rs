@@ -12,6 +12,7 @@ mod race;
 mod routing;
 mod routing_people;
 mod routing_queues;
+mod search;
 mod service;
 mod skeleton;
 mod tidy;

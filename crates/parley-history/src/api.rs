@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use parley_domain::{AttachmentKind, Channel, DeliveryState, Role, Sender, TenantId, Timestamp};
 use parley_kit::auth::{principal, require};
 use parley_kit::error::{ApiError, ApiResult};
-use parley_pg::{ConversationRow, Cursor, Db, DbError, MessageRow};
+use parley_pg::{ConversationRow, Cursor, Db, DbError, MessageRow, SearchFilter};
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
@@ -34,6 +34,41 @@ fn uuid(field: &str, value: &str) -> ApiResult<Uuid> {
         return Err(ApiError::invalid(format!("{field} must be a UUID in hyphenated form")));
     }
     Uuid::parse_str(value).map_err(|_| ApiError::invalid(format!("{field} must be a UUID in hyphenated form")))
+}
+
+/// The longest search query taken, in characters.
+const MAX_QUERY_CHARS: usize = 256;
+
+/// A search request's filter, each field checked and named when wrong.
+fn search_filter(r: &v1::SearchMessagesRequest) -> ApiResult<SearchFilter> {
+    let query = r.query.trim();
+    if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS || query.contains('\0') {
+        return Err(ApiError::invalid(format!("query must be 1 to {MAX_QUERY_CHARS} characters")));
+    }
+    let channel = match r.channel {
+        0 => None,
+        c => {
+            Some(convert::from_channel("channel", c).map_err(|e| ApiError::invalid(e.to_string()))?.as_str().to_owned())
+        }
+    };
+    let operator_id = match r.operator_id.as_str() {
+        "" => None,
+        id => Some(convert::operator_id("operator_id", id).map_err(|e| ApiError::invalid(e.to_string()))?.to_string()),
+    };
+    let sender = match r.sender_kind {
+        0 => None,
+        k => Some(
+            convert::from_sender("sender_kind", k).map_err(|e| ApiError::invalid(e.to_string()))?.as_str().to_owned(),
+        ),
+    };
+    let from = r.start_time.as_ref().map(|t| convert::from_timestamp(Some(t)));
+    let to = r.end_time.as_ref().map(|t| convert::from_timestamp(Some(t)));
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        return Err(ApiError::invalid("start_time must be before end_time"));
+    }
+    Ok(SearchFilter { query: query.to_owned(), channel, operator_id, sender, from, to })
 }
 
 fn page_size(requested: u32) -> ApiResult<i64> {
@@ -251,6 +286,30 @@ impl HistoryService for HistoryApi {
             conversations: conversations.iter().map(conversation).collect(),
             next_page_token,
         }))
+    }
+
+    async fn search_messages(
+        &self,
+        request: Request<v1::SearchMessagesRequest>,
+    ) -> Result<Response<v1::SearchMessagesResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let r = request.into_inner();
+        let filter = search_filter(&r)?;
+        let limit = page_size(r.page_size)?;
+        // The token holds to the same search only.
+        let scope = format!("s:{}", parley_domain::EventId::derive(&[&format!("{filter:?}")]));
+        let before = decode_token(&scope, &r.page_token)?;
+        let mut rows = self.db.search(&p.tenant, filter, before, limit + 1).await.map_err(db_error)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some((last, _))) => encode_token(&scope, Cursor { at: last.created_at, id: last.id }),
+            _ => String::new(),
+        };
+        let hits =
+            rows.iter().map(|(m, h)| v1::SearchHit { message: Some(message(m)), highlight: h.clone() }).collect();
+        Ok(Response::new(v1::SearchMessagesResponse { hits, next_page_token }))
     }
 
     async fn list_routing_decisions(

@@ -523,6 +523,19 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
     Ok(())
 }
 
+/// What a message search looks for; `None` filters nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchFilter {
+    /// Web-search syntax (`websearch_to_tsquery`), stemmed by the `russian` configuration.
+    pub query: String,
+    pub channel: Option<String>,
+    pub operator_id: Option<String>,
+    /// `customer`, `operator`, …
+    pub sender: Option<String>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
 /// A keyset position in a time-ordered listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -708,6 +721,56 @@ impl Db {
                     }
                 };
                 Ok(rows.iter().map(message_row).collect())
+            })
+        })
+        .await
+    }
+
+    /// A page of the messages matching a search, newest first, before `before`, each with
+    /// the passages that matched.
+    pub async fn search(
+        &self,
+        tenant: &TenantId,
+        filter: SearchFilter,
+        before: Option<Cursor>,
+        limit: i64,
+    ) -> Result<Vec<(MessageRow, String)>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT ts_headline('russian', body, websearch_to_tsquery('russian', $1),
+                              'MaxFragments=2, MaxWords=24, MinWords=6, StartSel=«, StopSel=»') AS headline,
+                            {MESSAGE_COLUMNS}
+                     WHERE search @@ websearch_to_tsquery('russian', $1)
+                       AND ($2::text IS NULL OR channel = $2)
+                       AND ($3::text IS NULL OR operator_id = $3)
+                       AND ($4::text IS NULL OR sender = $4)
+                       AND ($5::timestamptz IS NULL OR created_at >= $5)
+                       AND ($6::timestamptz IS NULL OR created_at < $6)
+                       AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
+                     ORDER BY created_at DESC, id DESC LIMIT $9"
+                );
+                let from = filter.from.map(to_system_time);
+                let to = filter.to.map(to_system_time);
+                let before_at = before.map(|c| to_system_time(c.at));
+                let before_id = before.map(|c| c.id);
+                let rows = tx
+                    .query(
+                        &sql,
+                        &[
+                            &filter.query,
+                            &filter.channel,
+                            &filter.operator_id,
+                            &filter.sender,
+                            &from,
+                            &to,
+                            &before_at,
+                            &before_id,
+                            &limit,
+                        ],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (message_row(r), r.get("headline"))).collect())
             })
         })
         .await

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "message_deliveries", include_str!("../migrations/0003_message_deliveries.sql")),
     (4, "message_subject", include_str!("../migrations/0004_message_subject.sql")),
     (5, "message_attachments", include_str!("../migrations/0005_message_attachments.sql")),
+    (6, "message_search", include_str!("../migrations/0006_message_search.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
