@@ -1,6 +1,7 @@
-//! Full-text search over history on real PostgreSQL: Russian and English words found in
-//! their other forms, the filters (channel, sender, time) and paging, one tenant's messages
-//! invisible to another, and bad searches refused with a message naming the field.
+//! History's reading tools on real PostgreSQL. Full-text search: Russian and English words
+//! found in their other forms, the filters (channel, sender, time) and paging, one tenant's
+//! messages invisible to another, and bad searches refused with a message naming the
+//! field. Transcripts: a conversation as text or JSON in the reader's zone and language.
 
 use std::time::Duration;
 
@@ -132,5 +133,80 @@ async fn messages_are_found_by_their_words_in_russian_and_english() {
         .into_inner();
     let other = v1::SearchMessagesRequest { page_token: first.next_page_token, ..search("refund") };
     assert_eq!(history.search_messages(other).await.expect_err("foreign token").code(), tonic::Code::InvalidArgument);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_exports_as_a_transcript_in_text_and_json() {
+    let app = App::spawn().await;
+    let acme = app.tenant("acme", &["anna"]).await;
+    let mut desk = parley_e2e::online(&app, &acme, "anna").await;
+    let _alive = desk.keep_alive();
+    let mut ingest = app.ingest_client(&acme.integrator_token).await;
+    ingest.submit_message(submit("crm-7", "Где мой заказ?\nНомер 4711", "t-1")).await.expect("submit");
+    let (conversation, _) = parley_e2e::assigned_text(&mut desk).await;
+    parley_e2e::accepted(desk.reply(&conversation.id, "r-1", "Уже в пути, будет завтра.").await);
+    let token = acme.supervisor_token.clone();
+    eventually(WAIT, "history has both messages", || async {
+        let messages = parley_e2e::history_messages(&app, &token, &conversation.id).await?;
+        (messages.len() == 2).then_some(())
+    })
+    .await;
+
+    let mut history = app.history_client(&token).await;
+    let request = |format: v1::TranscriptFormat, tz: &str, language: &str| v1::ExportTranscriptRequest {
+        conversation_id: conversation.id.clone(),
+        format: format as i32,
+        time_zone: tz.into(),
+        language: language.into(),
+    };
+    let text = history
+        .export_transcript(request(v1::TranscriptFormat::Text, "Europe/Moscow", "ru"))
+        .await
+        .expect("text transcript")
+        .into_inner();
+    assert_eq!(text.content_type, "text/plain; charset=utf-8");
+    assert_eq!(text.file_name, format!("transcript-{}.txt", conversation.id));
+    let lines: Vec<&str> = text.content.lines().collect();
+    assert!(lines[0].starts_with(&format!("Обращение {} (api), открыто ", conversation.id)), "{}", text.content);
+    assert!(lines[0].ends_with("[Europe/Moscow]"), "{}", lines[0]);
+    assert!(
+        lines.iter().any(|l| l.ends_with("Клиент (Customer crm-7): Где мой заказ?")
+            || l.contains("Клиент") && l.ends_with("Где мой заказ?")),
+        "{}",
+        text.content
+    );
+    assert!(lines.iter().any(|l| l.trim() == "Номер 4711"), "{}", text.content);
+    assert!(lines.iter().any(|l| l.ends_with("Оператор anna: Уже в пути, будет завтра.")), "{}", text.content);
+
+    let json = history.export_transcript(request(v1::TranscriptFormat::Json, "", "")).await.expect("json").into_inner();
+    assert_eq!(json.content_type, "application/json");
+    let v: serde_json::Value = serde_json::from_str(&json.content).expect("JSON");
+    let senders: Vec<&str> = v["messages"].as_array().unwrap().iter().map(|m| m["sender"].as_str().unwrap()).collect();
+    assert_eq!(senders, ["customer", "operator"]);
+    assert!(v["messages"][0]["time"].as_str().unwrap().ends_with("+00:00"), "{v}");
+
+    // Bad requests name the field; another tenant's conversation is not found.
+    for (r, field) in [
+        (request(v1::TranscriptFormat::Text, "Mars/Olympus", "ru"), "time_zone"),
+        (request(v1::TranscriptFormat::Text, "", "de"), "language"),
+        (v1::ExportTranscriptRequest { format: 9, ..request(v1::TranscriptFormat::Text, "", "") }, "format"),
+        (
+            v1::ExportTranscriptRequest { conversation_id: "x".into(), ..request(v1::TranscriptFormat::Text, "", "") },
+            "conversation_id",
+        ),
+    ] {
+        let status = history.export_transcript(r).await.expect_err(field);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "{field}: {}", status.message());
+    }
+    let globex = app.tenant("globex", &[]).await;
+    let status = app
+        .history_client(&globex.supervisor_token)
+        .await
+        .export_transcript(request(v1::TranscriptFormat::Text, "", ""))
+        .await
+        .expect_err("another tenant's");
+    assert_eq!(status.code(), tonic::Code::NotFound);
     app.stop().await;
 }

@@ -8,6 +8,8 @@ use parley_domain::{AttachmentKind, Channel, DeliveryState, Role, Sender, Tenant
 use parley_kit::auth::{principal, require};
 use parley_kit::error::{ApiError, ApiResult};
 use parley_pg::{ConversationRow, Cursor, Db, DbError, MessageRow, SearchFilter};
+
+use crate::transcript;
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
@@ -35,6 +37,9 @@ fn uuid(field: &str, value: &str) -> ApiResult<Uuid> {
     }
     Uuid::parse_str(value).map_err(|_| ApiError::invalid(format!("{field} must be a UUID in hyphenated form")))
 }
+
+/// The most messages one transcript takes.
+const MAX_TRANSCRIPT_MESSAGES: i64 = 20_000;
 
 /// The longest search query taken, in characters.
 const MAX_QUERY_CHARS: usize = 256;
@@ -310,6 +315,65 @@ impl HistoryService for HistoryApi {
         let hits =
             rows.iter().map(|(m, h)| v1::SearchHit { message: Some(message(m)), highlight: h.clone() }).collect();
         Ok(Response::new(v1::SearchMessagesResponse { hits, next_page_token }))
+    }
+
+    async fn export_transcript(
+        &self,
+        request: Request<v1::ExportTranscriptRequest>,
+    ) -> Result<Response<v1::ExportTranscriptResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let r = request.into_inner();
+        let id = uuid("conversation_id", &r.conversation_id)?;
+        let format = match v1::TranscriptFormat::try_from(r.format) {
+            Ok(v1::TranscriptFormat::Unspecified | v1::TranscriptFormat::Text) => transcript::Format::Text,
+            Ok(v1::TranscriptFormat::Json) => transcript::Format::Json,
+            Err(_) => return Err(ApiError::invalid(format!("format {} is unknown", r.format)).into()),
+        };
+        let time_zone = match r.time_zone.as_str() {
+            "" => jiff::tz::TimeZone::UTC,
+            name => jiff::tz::TimeZone::get(name)
+                .map_err(|_| ApiError::invalid(format!("time_zone {name:?} is not an IANA time zone")))?,
+        };
+        let language = match r.language.as_str() {
+            "" | "en" => transcript::Language::En,
+            "ru" => transcript::Language::Ru,
+            other => return Err(ApiError::invalid(format!("language {other:?} is not \"ru\" or \"en\"")).into()),
+        };
+        let (conversation, count) = self.existing_conversation(&p.tenant, id).await?;
+        if count > MAX_TRANSCRIPT_MESSAGES {
+            return Err(ApiError::precondition(format!(
+                "the conversation has {count} messages, more than the {MAX_TRANSCRIPT_MESSAGES} a transcript takes"
+            ))
+            .into());
+        }
+        let mut messages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.db.messages(&p.tenant, id, after, 500, false).await.map_err(db_error)?;
+            let full = page.len() == 500;
+            after = page.last().map(|m| Cursor { at: m.created_at, id: m.id });
+            messages.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let customer = self.db.customer(&p.tenant, conversation.customer_id).await.map_err(db_error)?;
+        let customer_name = customer.map(|c| c.display_name).unwrap_or_default();
+        let document = transcript::Transcript {
+            conversation: &conversation,
+            customer_name: &customer_name,
+            messages: &messages,
+            time_zone: &time_zone,
+            language,
+        };
+        let (content_type, content) = document.render(format);
+        let extension = if format == transcript::Format::Json { "json" } else { "txt" };
+        Ok(Response::new(v1::ExportTranscriptResponse {
+            content_type: content_type.to_owned(),
+            content,
+            file_name: format!("transcript-{id}.{extension}"),
+        }))
     }
 
     async fn list_routing_decisions(

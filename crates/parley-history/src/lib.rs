@@ -6,6 +6,7 @@
 //! transaction.
 
 pub mod api;
+pub mod transcript;
 pub mod writer;
 
 use std::sync::Arc;
