@@ -274,4 +274,17 @@ mod tests {
         assert_eq!(hashed.message_id, None);
         assert!(hashed.message.provider_message_id.starts_with("sha256:"));
     }
+
+    /// Found by fuzzing: mail-parser 0.11's quoted-printable decoder subtracts past zero on
+    /// a part that is only a soft line break before its boundary, a panic wherever overflow
+    /// checks are on (debug and test builds; the root Cargo.toml turns them off for
+    /// mail-parser, as release builds have them, where the subtraction wraps harmlessly).
+    #[test]
+    fn a_part_of_only_a_soft_line_break_is_read() {
+        let mail = "From: oleg@example.ru\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+                    Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=\r\n\
+                    --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nДа\r\n--b--\r\n";
+        let parsed = parse_email(mail.as_bytes(), 1 << 20, 0).unwrap();
+        assert!(parsed.message.text.contains("Да"), "{:?}", parsed.message.text);
+    }
 }
