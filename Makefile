@@ -4,6 +4,7 @@
 #   make test    lint (rustfmt, clippy -D warnings, buf lint) and every test, on real NATS,
 #                Redis and PostgreSQL
 #   make bench   the benchmark harness (raw JetStream anchor vs Parley end to end)
+#   make fuzz    every fuzz target on its corpus and FUZZ_ITERS seeded mutants (200 000)
 #   make lint    the lint part of `make test` alone
 #   make infra-up / infra-down   the local NATS and Redis of `make run`
 
@@ -15,7 +16,7 @@ CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 NEXTEST_PROFILE := $(if $(CI),ci,default)
 
-.PHONY: help run test lint fmt bench infra-up infra-down tools build
+.PHONY: help run test lint fmt bench fuzz infra-up infra-down tools build
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -45,6 +46,12 @@ test: lint
 bench: tools
 	$(CARGO) build --release --locked --bins -p parley-bench -p parley-routing
 	source .parley/test.env && target/release/parley-bench $(BENCH_ARGS)
+
+FUZZ_ITERS ?= 200000
+
+fuzz:
+	PARLEY_FUZZ_ITERS=$(FUZZ_ITERS) \
+	$(if $(NEXTEST),$(CARGO) nextest run -p parley-fuzz --locked --profile fuzz,$(CARGO) test -p parley-fuzz --locked)
 
 infra-up:
 	@deploy/local/infra.sh up

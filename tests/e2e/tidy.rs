@@ -20,7 +20,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn all_rust_files() -> Vec<PathBuf> {
     let root = parley_testkit::servers::workspace_root();
     let mut files = Vec::new();
-    for dir in ["crates", "tests"] {
+    for dir in ["crates", "tests", "fuzz"] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 30, "found only {} files; wrong root?", files.len());

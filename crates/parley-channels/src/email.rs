@@ -128,7 +128,9 @@ pub fn parse_email(raw: &[u8], max_bytes: usize, received_at: i64) -> Result<Ema
     let from =
         mailboxes(m.from()).into_iter().next().ok_or_else(|| ChannelError::malformed("email has no from address"))?;
     let to = mailboxes(m.to());
-    let message_id = m.message_id().map(|id| id.trim().to_owned()).filter(|id| !id.is_empty());
+    // One with control characters cannot be stored as a key: the bytes' hash stands in.
+    let message_id =
+        m.message_id().map(|id| id.trim().to_owned()).filter(|id| !id.is_empty() && !id.chars().any(char::is_control));
     let in_reply_to = id_list(m.in_reply_to());
     let references = id_list(m.references());
     let sent_at = m.date().filter(|d| d.is_valid()).map_or(received_at, |d| secs_to_ms(d.to_timestamp()));
@@ -175,7 +177,7 @@ pub fn parse_email(raw: &[u8], max_bytes: usize, received_at: i64) -> Result<Ema
         display_name: from.name.clone(),
         language: None,
     };
-    let mut message = InboundMessage::new(Channel::Email, provider_message_id, sender, sent_at);
+    let mut message = InboundMessage::new(Channel::Email, provider_message_id, sender, sent_at)?;
     message.account = to.first().map(|t| t.address.to_lowercase());
     message.text = text;
     message.quoted =
@@ -254,4 +256,35 @@ pub fn referenced_ids(in_reply_to: &[String], references: &[String]) -> Vec<Stri
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`parley-fuzz`): a NUL in the From address became a customer
+    /// address history cannot store; one in the Message-ID, a dedupe key it cannot store.
+    #[test]
+    fn control_characters_never_reach_the_sender_or_the_key() {
+        let mail = |from: &str, id: &str| format!("From: {from}\r\nMessage-ID: <{id}>\r\n\r\nhi\r\n").into_bytes();
+        let ok = parse_email(&mail("oleg@example.ru", "m-1@example.ru"), 1 << 20, 0).unwrap();
+        assert_eq!(ok.message.provider_message_id, "m-1@example.ru");
+        assert!(parse_email(&mail("ole\0g@example.ru", "m-1@example.ru"), 1 << 20, 0).is_err());
+        let hashed = parse_email(&mail("oleg@example.ru", "m-\x011@example.ru"), 1 << 20, 0).unwrap();
+        assert_eq!(hashed.message_id, None);
+        assert!(hashed.message.provider_message_id.starts_with("sha256:"));
+    }
+
+    /// Found by fuzzing: mail-parser 0.11's quoted-printable decoder subtracts past zero on
+    /// a part that is only a soft line break before its boundary, a panic wherever overflow
+    /// checks are on (debug and test builds; the root Cargo.toml turns them off for
+    /// mail-parser, as release builds have them, where the subtraction wraps harmlessly).
+    #[test]
+    fn a_part_of_only_a_soft_line_break_is_read() {
+        let mail = "From: oleg@example.ru\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+                    Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=\r\n\
+                    --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nДа\r\n--b--\r\n";
+        let parsed = parse_email(mail.as_bytes(), 1 << 20, 0).unwrap();
+        assert!(parsed.message.text.contains("Да"), "{:?}", parsed.message.text);
+    }
 }

@@ -51,8 +51,26 @@ impl ChannelError {
     }
 }
 
-/// Maps a JSON error to `Malformed`, keeping serde's position and reason (it never echoes the
-/// whole input) but not its suggestion-laden wording of our internal type names.
+/// At most the first 40 characters of a piece of input, for messages and `Ignored`
+/// reasons that name it.
+pub(crate) fn short(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// A message of at most 200 characters: a longer one keeps its start and its end, which is
+/// where serde says what was wrong and where (between them it may quote a string whole).
+fn clip(message: &str) -> String {
+    let n = message.chars().count();
+    if n <= 200 {
+        return message.to_owned();
+    }
+    let head: String = message.chars().take(100).collect();
+    let tail: String = message.chars().skip(n - 99).collect();
+    format!("{head}…{tail}")
+}
+
+/// Maps a JSON error to `Malformed`, keeping serde's position and reason, clipped (a value
+/// of the wrong type is quoted whole, and could be the whole input).
 impl From<serde_json::Error> for ChannelError {
     fn from(e: serde_json::Error) -> Self {
         use serde_json::error::Category;
@@ -60,9 +78,25 @@ impl From<serde_json::Error> for ChannelError {
             Category::Eof => {
                 ChannelError::Malformed(format!("truncated json at line {} column {}", e.line(), e.column()))
             }
-            Category::Syntax => ChannelError::Malformed(format!("invalid json: {e}")),
-            Category::Data => ChannelError::Malformed(format!("unexpected json shape: {e}")),
+            Category::Syntax => ChannelError::Malformed(format!("invalid json: {}", clip(&e.to_string()))),
+            Category::Data => ChannelError::Malformed(format!("unexpected json shape: {}", clip(&e.to_string()))),
             Category::Io => ChannelError::Malformed("unreadable json".to_owned()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`parley-fuzz`): serde quotes a string of the wrong type whole, so a
+    /// 4 MiB body came back in the 400 answer and the log line.
+    #[test]
+    fn json_errors_quote_a_short_piece_of_the_input() {
+        let body = format!(r#"{{"n": "{}"}}"#, "x".repeat(100_000));
+        let e: ChannelError = serde_json::from_str::<std::collections::HashMap<String, i64>>(&body).unwrap_err().into();
+        let message = e.to_string();
+        assert!(message.chars().count() < 300, "{message}");
+        assert!(message.contains("invalid type") && message.ends_with("at line 1 column 100008"), "{message}");
     }
 }

@@ -3,6 +3,8 @@
 use parley_domain::Channel;
 use parley_domain::message::{DeliveryState, Quoted};
 
+use crate::ChannelError;
+
 /// One event parsed out of a provider payload. A payload may batch several (WhatsApp), so
 /// parsers return `Vec<Inbound>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,11 +118,30 @@ pub struct DeliveryReceipt {
     pub at: i64,
 }
 
+/// Checks an id a parser hands on (a dedupe key, a sender, a receipt's message): not empty
+/// and without control characters. Everything downstream keys on these: an empty sender
+/// would make one customer of every such message, an empty dedupe key one message, and
+/// PostgreSQL cannot store a NUL.
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ChannelError> {
+    if id.is_empty() || id.chars().any(char::is_control) {
+        return Err(ChannelError::Malformed(format!("{what} is empty or holds control characters")));
+    }
+    Ok(())
+}
+
 impl InboundMessage {
-    /// A message with only the required fields set; parsers fill in the rest.
-    pub(crate) fn new(channel: Channel, provider_message_id: String, sender: Identity, sent_at: i64) -> Self {
+    /// A message with only the required fields set; parsers fill in the rest. Refused when
+    /// its dedupe key or its sender fails [`check_id`].
+    pub(crate) fn new(
+        channel: Channel,
+        provider_message_id: String,
+        sender: Identity,
+        sent_at: i64,
+    ) -> Result<Self, ChannelError> {
+        check_id(&format!("{} message id", channel.as_str()), &provider_message_id)?;
+        check_id(&format!("{} sender id", channel.as_str()), &sender.external_id)?;
         let reply_address = sender.external_id.clone();
-        InboundMessage {
+        Ok(InboundMessage {
             channel,
             provider_message_id,
             edit_of: None,
@@ -135,6 +156,6 @@ impl InboundMessage {
             reaction: None,
             reply_payload: None,
             sent_at,
-        }
+        })
     }
 }

@@ -6,6 +6,7 @@ use parley_domain::message::Quoted;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::error::short;
 use crate::outbound::{HttpResponse, OutboundRequest, SendOutcome, by_status, retry_after_header, snippet};
 use crate::sig::{check_size, ct_eq, json, secs_to_ms};
 use crate::{ChannelError, Identity, Inbound, InboundMessage, Location, MAX_WEBHOOK_BYTES, MediaKind, MediaRef};
@@ -123,7 +124,7 @@ pub fn parse_update(body: &[u8]) -> Result<Vec<Inbound>, ChannelError> {
         (Some(m), _) => (m, false),
         (None, Some(m)) => (m, true),
         (None, None) => {
-            let kind = update.other.keys().next().map(String::as_str).unwrap_or("empty");
+            let kind = update.other.keys().next().map_or_else(|| "empty".to_owned(), |k| short(k));
             return Ok(vec![Inbound::Ignored { reason: format!("telegram update kind {kind} is not handled") }]);
         }
     };
@@ -132,7 +133,7 @@ pub fn parse_update(body: &[u8]) -> Result<Vec<Inbound>, ChannelError> {
 
 fn normalise(m: Message, edited: bool) -> Result<Inbound, ChannelError> {
     if m.chat.kind != "private" {
-        return Ok(Inbound::Ignored { reason: format!("telegram {} chats are not handled", m.chat.kind) });
+        return Ok(Inbound::Ignored { reason: format!("telegram {} chats are not handled", short(&m.chat.kind)) });
     }
     let Some(from) = m.from else {
         return Ok(Inbound::Ignored { reason: "telegram message without a sender".to_owned() });
@@ -159,7 +160,7 @@ fn normalise(m: Message, edited: bool) -> Result<Inbound, ChannelError> {
     } else {
         (key, None, secs_to_ms(m.date))
     };
-    let mut out = InboundMessage::new(Channel::Telegram, provider_message_id, sender, sent_at);
+    let mut out = InboundMessage::new(Channel::Telegram, provider_message_id, sender, sent_at)?;
     out.edit_of = edit_of;
     out.reply_address = m.chat.id.to_string();
     out.text = m.text.or(m.caption).unwrap_or_default();
@@ -324,5 +325,26 @@ pub fn classify_response(resp: &HttpResponse<'_>) -> SendOutcome {
         429 | 500..=599 => SendOutcome::Retry { after: retry_after_header(resp.retry_after) },
         // 403: blocked by the user, kicked, or the user is deactivated: permanent.
         _ => SendOutcome::failed(code, description),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`parley-fuzz`): an unknown update kind or chat type was quoted
+    /// whole in the reason, however long.
+    #[test]
+    fn ignored_reasons_quote_a_short_piece_of_the_update() {
+        let long = "k".repeat(10_000);
+        let kind = format!(r#"{{"update_id":1,"{long}":{{}}}}"#);
+        let chat = format!(
+            r#"{{"update_id":1,"message":{{"message_id":1,"date":1,"chat":{{"id":1,"type":"{long}"}},"text":"hi"}}}}"#
+        );
+        for body in [kind, chat] {
+            let events = parse_update(body.as_bytes()).unwrap();
+            let [Inbound::Ignored { reason }] = &events[..] else { panic!("{events:?}") };
+            assert!(reason.chars().count() < 100, "{reason}");
+        }
     }
 }

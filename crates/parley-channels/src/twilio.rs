@@ -9,6 +9,7 @@ use parley_domain::message::DeliveryState;
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode, utf8_percent_encode};
 use serde::Deserialize;
 
+use crate::inbound::check_id;
 use crate::outbound::{FORM, HttpResponse, OutboundRequest, SendOutcome, by_status, retry_after_header, snippet};
 use crate::sig::{check_size, ct_eq, hmac_sha1};
 use crate::{
@@ -154,6 +155,7 @@ pub fn parse_webhook(params: &[(String, String)], received_at: i64) -> Result<Ve
     let sid = get(params, "MessageSid")
         .or_else(|| get(params, "SmsSid"))
         .ok_or_else(|| ChannelError::malformed("twilio form has no MessageSid"))?;
+    check_id("twilio MessageSid", sid)?;
     let status = get(params, "MessageStatus").or_else(|| get(params, "SmsStatus"));
     if let Some(status) = status.filter(|s| *s != "received") {
         let state = match status {
@@ -182,7 +184,7 @@ pub fn parse_webhook(params: &[(String, String)], received_at: i64) -> Result<Ve
     }
     let from = require(params, "From")?;
     let sender = Identity { channel: Channel::Sms, external_id: from.to_owned(), display_name: None, language: None };
-    let mut msg = InboundMessage::new(Channel::Sms, sid.to_owned(), sender, received_at);
+    let mut msg = InboundMessage::new(Channel::Sms, sid.to_owned(), sender, received_at)?;
     msg.account = Some(require(params, "To")?.to_owned());
     msg.provider_account = get(params, "AccountSid").map(str::to_owned);
     // Body is present but may be empty for a picture-only MMS.
@@ -261,7 +263,8 @@ pub fn classify_response(resp: &HttpResponse<'_>) -> SendOutcome {
         return by_status(resp, &snippet(resp.body));
     };
     if (200..300).contains(&resp.status) {
-        return SendOutcome::Sent { provider_message_id: parsed.sid };
+        // An empty sid is no sid: no receipt could name it.
+        return SendOutcome::Sent { provider_message_id: parsed.sid.filter(|sid| !sid.is_empty()) };
     }
     match parsed.code {
         // 20429: too many requests.
@@ -272,5 +275,31 @@ pub fn classify_response(resp: &HttpResponse<'_>) -> SendOutcome {
         // 21610: the recipient replied STOP; 21211/21614: not a (mobile) number.
         Some(code) => SendOutcome::failed(code, parsed.message.unwrap_or_default()),
         None => by_status(resp, &snippet(resp.body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`parley-fuzz`): `%00` decoded into a MessageSid or a From that
+    /// history cannot store.
+    #[test]
+    fn a_sid_or_sender_with_control_characters_is_malformed() {
+        let form = |sid: &str, from: &str| format!("MessageSid={sid}&From={from}&To=%2B14155550100&Body=hi");
+        let parse = |body: String| parse_webhook(&parse_form(body.as_bytes()).unwrap(), 0);
+        assert!(parse(form("SM1", "%2B14155550123")).is_ok());
+        for (sid, from) in [("SM%00", "%2B14155550123"), ("SM1", "%2B1415%00"), ("SM%0A1", "%2B14155550123")] {
+            assert!(matches!(parse(form(sid, from)), Err(ChannelError::Malformed(_))), "{sid} {from}");
+        }
+        let status = "MessageSid=SM%00&MessageStatus=delivered";
+        assert!(matches!(parse(status.to_owned()), Err(ChannelError::Malformed(_))));
+    }
+
+    /// Found by fuzzing: an empty sid in a 2xx answer was kept as the sent message's id.
+    #[test]
+    fn an_empty_sent_sid_is_no_sid() {
+        let resp = HttpResponse { status: 201, body: br#"{"sid":"","status":"queued"}"#, retry_after: None };
+        assert_eq!(classify_response(&resp), SendOutcome::Sent { provider_message_id: None });
     }
 }

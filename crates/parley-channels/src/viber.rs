@@ -6,6 +6,7 @@ use parley_domain::message::DeliveryState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::inbound::check_id;
 use crate::outbound::{HttpResponse, OutboundRequest, SendOutcome, by_status, snippet};
 use crate::sig::{check_size, json, verify_hex_sha256};
 use crate::{
@@ -76,8 +77,9 @@ fn token(value: Option<Value>) -> Result<String, ChannelError> {
     }
 }
 
-fn identity(user: User) -> Identity {
-    Identity { channel: Channel::Viber, external_id: user.id, display_name: user.name, language: user.language }
+fn identity(user: User) -> Result<Identity, ChannelError> {
+    check_id("viber user id", &user.id)?;
+    Ok(Identity { channel: Channel::Viber, external_id: user.id, display_name: user.name, language: user.language })
 }
 
 /// Parses one callback from the raw body.
@@ -88,12 +90,12 @@ pub fn parse_callback(body: &[u8]) -> Result<Vec<Inbound>, ChannelError> {
         "message" => message(cb)?,
         "subscribed" => {
             let user = cb.user.ok_or_else(|| ChannelError::malformed("viber subscribed without user"))?;
-            Inbound::Subscription { subscribed: true, identity: identity(user) }
+            Inbound::Subscription { subscribed: true, identity: identity(user)? }
         }
         "unsubscribed" => {
             let id = cb.user_id.ok_or_else(|| ChannelError::malformed("viber unsubscribed without user_id"))?;
             let user = User { id, name: None, language: None };
-            Inbound::Subscription { subscribed: false, identity: identity(user) }
+            Inbound::Subscription { subscribed: false, identity: identity(user)? }
         }
         "delivered" | "seen" | "failed" => {
             let (state, error) = match cb.event.as_str() {
@@ -127,7 +129,7 @@ pub fn parse_callback(body: &[u8]) -> Result<Vec<Inbound>, ChannelError> {
 fn message(cb: Callback) -> Result<Inbound, ChannelError> {
     let sender = cb.sender.ok_or_else(|| ChannelError::malformed("viber message without sender"))?;
     let m = cb.message.ok_or_else(|| ChannelError::malformed("viber message without message"))?;
-    let mut out = InboundMessage::new(Channel::Viber, token(cb.message_token)?, identity(sender), cb.timestamp);
+    let mut out = InboundMessage::new(Channel::Viber, token(cb.message_token)?, identity(sender)?, cb.timestamp)?;
     let media = |kind: MediaKind, m: &ViberMessage| -> Result<MediaRef, ChannelError> {
         let url = m.media.clone().ok_or_else(|| ChannelError::malformed("viber media message without media url"))?;
         Ok(MediaRef { kind, provider_ref: url, mime: None, file_name: m.file_name.clone(), size: m.size })
@@ -222,5 +224,31 @@ pub fn classify_response(resp: &HttpResponse<'_>) -> SendOutcome {
         12 => SendOutcome::Retry { after: None },
         // 5: receiver not registered, 6: not subscribed, 7/8/9/10: account trouble, …
         code => SendOutcome::failed(code, description),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`parley-fuzz`): an empty user id became one customer for every
+    /// such message, and a subscription of nobody.
+    #[test]
+    fn callbacks_without_a_usable_user_id_are_malformed() {
+        let message = |id: &str| {
+            format!(
+                r#"{{"event":"message","timestamp":1457764197627,"message_token":4912661846655238145,"sender":{{"id":"{id}"}},"message":{{"type":"text","text":"hi"}}}}"#
+            )
+        };
+        assert!(parse_callback(message("01234567890A=").as_bytes()).is_ok());
+        for bad in [
+            message(""),
+            message("0123\\u0000"),
+            r#"{"event":"subscribed","timestamp":1,"user":{"id":""}}"#.to_owned(),
+            r#"{"event":"unsubscribed","timestamp":1,"user_id":""}"#.to_owned(),
+        ] {
+            let err = parse_callback(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ChannelError::Malformed(_)), "{bad}: {err:?}");
+        }
     }
 }

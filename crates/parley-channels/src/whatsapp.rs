@@ -10,6 +10,8 @@ use parley_domain::message::{DeliveryState, Quoted};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::error::short;
+use crate::inbound::check_id;
 use crate::outbound::{HttpResponse, OutboundRequest, SendOutcome, by_status, retry_after_header, snippet};
 use crate::sig::{check_size, json, secs_to_ms, verify_hex_sha256};
 use crate::{
@@ -192,7 +194,7 @@ struct WaError {
 
 impl WaError {
     fn describe(&self) -> String {
-        format!("{} {}", self.code, self.title.as_deref().or(self.message.as_deref()).unwrap_or("no title"))
+        format!("{} {}", self.code, short(self.title.as_deref().or(self.message.as_deref()).unwrap_or("no title")))
     }
 }
 
@@ -224,10 +226,6 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Inbound>, ChannelError> {
     Ok(out)
 }
 
-fn short(s: &str) -> String {
-    s.chars().take(40).collect()
-}
-
 fn parse_value(waba: &str, value: MessagesValue, out: &mut Vec<Inbound>) -> Result<(), ChannelError> {
     let names: HashMap<&str, &str> =
         value.contacts.iter().filter_map(|c| Some((c.wa_id.as_str(), c.profile.as_ref()?.name.as_deref()?))).collect();
@@ -242,7 +240,7 @@ fn parse_value(waba: &str, value: MessagesValue, out: &mut Vec<Inbound>) -> Resu
             language: None,
         };
         let sent_at = timestamp_ms(&m.timestamp)?;
-        let mut msg = InboundMessage::new(Channel::WhatsApp, m.id, sender, sent_at);
+        let mut msg = InboundMessage::new(Channel::WhatsApp, m.id, sender, sent_at)?;
         msg.account = Some(value.metadata.phone_number_id.clone());
         msg.provider_account = Some(waba.to_owned());
         msg.quoted = m.context.and_then(|c| c.id).map(|id| Quoted {
@@ -320,6 +318,7 @@ fn parse_value(waba: &str, value: MessagesValue, out: &mut Vec<Inbound>) -> Resu
                 continue;
             }
         };
+        check_id("whatsapp status id", &s.id)?;
         let error = s.errors.first().map(|e| ProviderError {
             code: e.code.to_string(),
             description: e.title.clone().or_else(|| e.message.clone()),
@@ -518,7 +517,8 @@ pub fn classify_response(resp: &HttpResponse<'_>) -> SendOutcome {
     };
     if let Some(e) = parsed.error {
         let code = e.code.unwrap_or(i64::from(resp.status));
-        if THROTTLED.contains(&code) || TRANSIENT.contains(&code) || resp.status >= 500 {
+        // HTTP 429 is a rate limit whatever code the body gives, as for every provider.
+        if THROTTLED.contains(&code) || TRANSIENT.contains(&code) || resp.status == 429 || resp.status >= 500 {
             return SendOutcome::Retry { after: retry_after_header(resp.retry_after) };
         }
         let details = e.error_data.as_ref().and_then(|d| d.get("details")).and_then(Value::as_str);
@@ -526,7 +526,68 @@ pub fn classify_response(resp: &HttpResponse<'_>) -> SendOutcome {
         return SendOutcome::failed(code, details.map(str::to_owned).or(e.message).unwrap_or_default());
     }
     match (resp.status, parsed.messages.and_then(|m| m.into_iter().next())) {
-        (200..=299, Some(m)) => SendOutcome::Sent { provider_message_id: Some(m.id) },
+        // An empty id is no id: no receipt could name it.
+        (200..=299, Some(m)) => SendOutcome::Sent { provider_message_id: Some(m.id).filter(|id| !id.is_empty()) },
         _ => by_status(resp, &snippet(resp.body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(message: &str, status: &str) -> Vec<u8> {
+        format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"field":"messages","value":{{"metadata":{{"phone_number_id":"106540352242922"}},"messages":[{message}],"statuses":[{status}]}}}}]}}]}}"#
+        )
+        .into_bytes()
+    }
+
+    /// Found by fuzzing (`parley-fuzz`): an empty sender became one customer for every such
+    /// message, an empty id one dedupe key, a NUL an id history cannot store.
+    #[test]
+    fn messages_and_statuses_without_usable_ids_are_malformed() {
+        let text = |from: &str, id: &str| {
+            format!(r#"{{"from":"{from}","id":"{id}","timestamp":"1749416383","type":"text","text":{{"body":"hi"}}}}"#)
+        };
+        assert!(parse_webhook(&webhook(&text("16505551234", "wamid.A"), "")).is_ok());
+        for (from, id) in
+            [("", "wamid.A"), ("16505551234", ""), ("1650\\u0000", "wamid.A"), ("16505551234", "wamid.\\n")]
+        {
+            let err = parse_webhook(&webhook(&text(from, id), "")).unwrap_err();
+            assert!(matches!(err, ChannelError::Malformed(_)), "{from:?} {id:?}: {err:?}");
+        }
+        let status = r#"{"id":"","status":"delivered","timestamp":"1749416400"}"#;
+        assert!(matches!(parse_webhook(&webhook("", status)), Err(ChannelError::Malformed(_))));
+    }
+
+    /// Found by fuzzing: the reason quoted Meta's error title whole, however long.
+    #[test]
+    fn ignored_reasons_quote_a_short_piece_of_an_error_title() {
+        let title = "x".repeat(10_000);
+        let body = format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"metadata":{{"phone_number_id":"1"}},"errors":[{{"code":130429,"title":"{title}"}}]}}}}]}}]}}"#
+        );
+        let events = parse_webhook(body.as_bytes()).unwrap();
+        let [Inbound::Ignored { reason }] = &events[..] else { panic!("{events:?}") };
+        assert!(reason.chars().count() < 100, "{reason}");
+    }
+
+    /// Found by fuzzing: HTTP 429 with an error code outside the throttling list was a
+    /// permanent failure; every other provider's 429 is retried.
+    #[test]
+    fn http_429_is_retried_whatever_the_code() {
+        let body = br#"{"error":{"message":"(#131047) Re-engagement message","code":131047}}"#;
+        let resp = HttpResponse { status: 429, body, retry_after: Some("7") };
+        assert_eq!(classify_response(&resp), SendOutcome::Retry { after: Some(Duration::from_secs(7)) });
+        let resp = HttpResponse { status: 400, ..resp };
+        assert!(matches!(classify_response(&resp), SendOutcome::Failed { code, .. } if code == "131047"));
+    }
+
+    /// Found by fuzzing: an empty id in a 2xx answer was kept as the sent message's id.
+    #[test]
+    fn an_empty_sent_id_is_no_id() {
+        let resp = HttpResponse { status: 200, body: br#"{"messages":[{"id":""}]}"#, retry_after: None };
+        assert_eq!(classify_response(&resp), SendOutcome::Sent { provider_message_id: None });
     }
 }

@@ -1224,12 +1224,12 @@ mod never_panics {
 
 // ---------------------------------------------------------------- tidy
 
-/// Every source file of the crate (fuzz targets included) says what it is for.
+/// Every source file of the crate says what it is for.
 #[test]
 fn every_source_file_opens_with_a_doc_line() {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut checked = 0;
-    for dir in ["src", "tests", "fuzz/fuzz_targets"] {
+    for dir in ["src", "tests"] {
         for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "rs") {
@@ -1239,5 +1239,5 @@ fn every_source_file_opens_with_a_doc_line() {
             }
         }
     }
-    assert!(checked >= 19, "only {checked} files found");
+    assert!(checked >= 12, "only {checked} files found");
 }

@@ -52,6 +52,7 @@ pub fn message(source: Source<'_>, m: &InboundMessage, now: Timestamp) -> Public
     let quoted = m.quoted.as_ref().map(|q| {
         let mut q = convert::quoted(q);
         q.text = truncate(&without_nul(&q.text), MAX_TEXT_CHARS);
+        q.channel_message_id = without_nul(&q.channel_message_id);
         if q.channel_message_id.len() > MAX_QUOTED_ID_BYTES {
             q.channel_message_id.clear();
         }
@@ -133,9 +134,10 @@ pub fn receipt(source: Source<'_>, r: &DeliveryReceipt, now: Timestamp) -> Publi
         channel_config_id: channel_config_id.to_owned(),
         provider_message_id: r.provider_message_id.clone(),
         state: state as i32,
-        error_code: r.error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
-        error_description: r.error.as_ref().and_then(|e| e.description.clone()).unwrap_or_default(),
-        recipient: r.recipient.clone().unwrap_or_default(),
+        // The provider's words, kept as history's failure reason: no NUL.
+        error_code: r.error.as_ref().map(|e| without_nul(&e.code)).unwrap_or_default(),
+        error_description: r.error.as_ref().and_then(|e| e.description.as_deref()).map(without_nul).unwrap_or_default(),
+        recipient: r.recipient.as_deref().map(without_nul).unwrap_or_default(),
         state_time: Some(convert::timestamp(Timestamp::from_millis(r.at))),
         receive_time: Some(convert::timestamp(now)),
         // The provider names only its own id; routing maps it back.
@@ -379,6 +381,40 @@ mod tests {
         let mut edit = inbound(&exact);
         edit.edit_of = Some("42:7".into());
         assert!(check_text(&text(&edit)).is_ok());
+    }
+
+    /// Found by fuzzing (`parley-fuzz`): a provider's NUL in a quoted message's id or a
+    /// receipt's error reached history, which cannot store it (and retries the record).
+    #[test]
+    fn no_nul_reaches_history() {
+        let t = tenant();
+        let mut m = inbound("hi");
+        m.quoted = Some(parley_domain::Quoted {
+            message_id: None,
+            channel_message_id: "42:\u{0}6".into(),
+            text: "a\0".into(),
+        });
+        let published = message(source(&t), &m, Timestamp::from_millis(1));
+        let quoted = customer_message(&published).quoted.clone().expect("quoted");
+        assert_eq!((quoted.channel_message_id.as_str(), quoted.text.as_str()), ("42:6", "a"));
+        let r = DeliveryReceipt {
+            channel: Channel::Viber,
+            provider_message_id: "1".into(),
+            state: parley_domain::DeliveryState::Failed,
+            error: Some(parley_channels::ProviderError { code: "fa\0iled".into(), description: Some("no\0pe".into()) }),
+            recipient: Some("u\0".into()),
+            at: 1,
+        };
+        let s = Source { tenant: &t, channel: Channel::Viber, channel_config_id: "vb" };
+        let Some(events::inbound_envelope::Kind::DeliveryReceipt(r)) =
+            receipt(s, &r, Timestamp::from_millis(1)).envelope.kind
+        else {
+            panic!("expected a receipt")
+        };
+        assert_eq!(
+            (r.error_code.as_str(), r.error_description.as_str(), r.recipient.as_str()),
+            ("failed", "nope", "u")
+        );
     }
 
     #[test]

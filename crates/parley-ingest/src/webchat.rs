@@ -402,6 +402,33 @@ async fn socket(
     Ok(upgrade.max_message_size(MAX_INPUT).on_upgrade(move |ws| converse(chat, visitor, feed, ws)))
 }
 
+/// A text frame the widget sends on the WebSocket. Absent or non-string fields read as
+/// empty; what they must hold is checked where they are used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Message { client_id: String, text: String },
+    Read { conversation_id: String, message_id: String },
+    Typing { conversation_id: String },
+    Ping,
+}
+
+impl Frame {
+    /// Reads a frame; the error is the message of the `error` frame that answers it.
+    pub fn parse(text: &str) -> Result<Frame, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+        let field = |name: &str| v[name].as_str().unwrap_or_default().to_owned();
+        match v["type"].as_str() {
+            Some("message") => Ok(Frame::Message { client_id: field("client_id"), text: field("text") }),
+            Some("read") => {
+                Ok(Frame::Read { conversation_id: field("conversation_id"), message_id: field("message_id") })
+            }
+            Some("typing") => Ok(Frame::Typing { conversation_id: field("conversation_id") }),
+            Some("ping") => Ok(Frame::Ping),
+            other => Err(format!("unknown frame type {other:?}; send \"message\", \"read\" or \"ping\"")),
+        }
+    }
+}
+
 /// One WebSocket: updates down, messages up, until either side ends it.
 async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws: WebSocket) {
     let (mut tx, mut rx) = ws.split();
@@ -436,44 +463,30 @@ async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws
                     Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue, // pings are answered by the library; binary is ignored
                 };
-                let answer = match serde_json::from_str::<Value>(&text) {
-                    Err(e) => json!({"type": "error", "code": "invalid_argument", "message": format!("malformed JSON: {e}")}),
-                    Ok(v) => match v["type"].as_str() {
-                        Some("message") => {
-                            let client_id = v["client_id"].as_str().unwrap_or_default();
-                            let text = v["text"].as_str().unwrap_or_default();
-                            match chat.submit(&visitor, client_id, text).await {
-                                Ok((id, duplicate)) => json!({"type": "accepted", "client_id": client_id,
-                                                              "message_id": id.to_string(), "duplicate": duplicate}),
-                                Err(e) => json!({"type": "error", "client_id": client_id,
-                                                 "code": e.code, "message": e.message}),
-                            }
-                        }
-                        Some("read") => {
-                            let (conversation, message) = (
-                                v["conversation_id"].as_str().unwrap_or_default(),
-                                v["message_id"].as_str().unwrap_or_default(),
-                            );
-                            match chat.read(&visitor, conversation, message).await {
-                                Ok(()) => json!({"type": "read_noted", "message_id": message}),
-                                Err(e) => json!({"type": "error", "code": e.code, "message": e.message}),
-                            }
-                        }
-                        Some("typing") => {
-                            let conversation = v["conversation_id"].as_str().unwrap_or_default();
-                            let now = std::time::Instant::now();
-                            if last_typing.is_none_or(|at| now.duration_since(at) >= TYPING_EVERY) {
-                                last_typing = Some(now);
-                                if let Err(e) = chat.typing(&visitor, conversation).await {
-                                    tracing::debug!(error = %e.message, "typing not passed on");
-                                }
-                            }
-                            continue;
-                        }
-                        Some("ping") => json!({"type": "pong"}),
-                        other => json!({"type": "error", "code": "invalid_argument",
-                                        "message": format!("unknown frame type {other:?}; send \"message\", \"read\" or \"ping\"")}),
+                let answer = match Frame::parse(&text) {
+                    Err(message) => json!({"type": "error", "code": "invalid_argument", "message": message}),
+                    Ok(Frame::Message { client_id, text }) => match chat.submit(&visitor, &client_id, &text).await {
+                        Ok((id, duplicate)) => json!({"type": "accepted", "client_id": client_id,
+                                                      "message_id": id.to_string(), "duplicate": duplicate}),
+                        Err(e) => json!({"type": "error", "client_id": client_id, "code": e.code, "message": e.message}),
                     },
+                    Ok(Frame::Read { conversation_id, message_id }) => {
+                        match chat.read(&visitor, &conversation_id, &message_id).await {
+                            Ok(()) => json!({"type": "read_noted", "message_id": message_id}),
+                            Err(e) => json!({"type": "error", "code": e.code, "message": e.message}),
+                        }
+                    }
+                    Ok(Frame::Typing { conversation_id }) => {
+                        let now = std::time::Instant::now();
+                        if last_typing.is_none_or(|at| now.duration_since(at) >= TYPING_EVERY) {
+                            last_typing = Some(now);
+                            if let Err(e) = chat.typing(&visitor, &conversation_id).await {
+                                tracing::debug!(error = %e.message, "typing not passed on");
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Frame::Ping) => json!({"type": "pong"}),
                 };
                 if tx.send(WsMessage::Text(answer.to_string().into())).await.is_err() {
                     return;

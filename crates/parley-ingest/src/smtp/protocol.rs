@@ -117,9 +117,17 @@ fn too_big(settings: &Settings) -> Reply {
     Reply::new(552, "5.3.4", format!("message exceeds the fixed maximum size of {} bytes", settings.max_message_bytes))
 }
 
-/// Text a client sent, safe to put in a reply line (no line breaks, not too long).
+/// Text a client sent, safe to put in a reply line: no line breaks, and at most 200 bytes
+/// (not characters), so the line stays within RFC 5321's 512 octets whatever the script.
 fn one_line(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
+    let mut out = String::new();
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > 200 {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The state of one connection's conversation.
@@ -503,6 +511,19 @@ mod tests {
             Step::Close(r) => assert_eq!(r.encode(), "221 2.0.0 mx.parley.test closing connection\r\n"),
             other => panic!("expected QUIT to close, got {other:?}"),
         }
+    }
+
+    /// Found by fuzzing (`parley-fuzz`): 200 four-byte characters of a client's parameter
+    /// made an 842-octet reply line; RFC 5321 allows 512.
+    #[test]
+    fn a_client_text_never_stretches_a_reply_line_past_512_octets() {
+        let mut s = greeted();
+        let emoji = "😀".repeat(300);
+        for line in [format!("MAIL FROM:<a@b.c> {emoji}"), format!("EHLO {emoji}")] {
+            let encoded = reply(&mut s, &line).encode();
+            assert!(encoded.split_inclusive("\r\n").all(|l| l.len() <= 512), "{encoded}");
+        }
+        assert_eq!(one_line(&"я".repeat(150)), "я".repeat(100));
     }
 
     #[test]
