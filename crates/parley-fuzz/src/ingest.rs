@@ -196,6 +196,15 @@ fn check_customer_message(p: &Publication, channel: Channel) {
         storable("quoted.channel_message_id", &q.channel_message_id);
         storable("quoted.text", &q.text);
     }
+    // Routing decodes the attachments; history stores their names and types.
+    let attachments: Vec<_> = m.attachments.iter().map(|a| a.attachment.clone().expect("an attachment")).collect();
+    if let Err(e) = convert::from_attachments("attachments", &attachments) {
+        panic!("routing refuses the attachments ({e}): {attachments:.200?}");
+    }
+    for a in &attachments {
+        storable("attachment.file_name", &a.file_name);
+        storable("attachment.mime_type", &a.mime_type);
+    }
 }
 
 /// What routing maps back to a message and history stores.
