@@ -314,3 +314,71 @@ async fn a_retried_submission_is_one_message() {
     .await;
     app.stop().await;
 }
+
+/// A record on the conversation log no reader can decode is moved to `PARLEY_DEAD` by each
+/// consumer with its reason, blocks nothing behind it, and is stored once however often it
+/// is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_record_goes_to_the_dead_letters_and_blocks_nothing() {
+    use parley_nats::consume::{DEAD_REASON_HEADER, DEAD_STREAM_HEADER};
+    use parley_nats::publish::{KEY_HEADER, SCHEMA_HEADER};
+
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(SCHEMA_HEADER, "parley.events.v1.ConversationRecord");
+    headers.insert(KEY_HEADER, "poison");
+    let subject = format!("parley.events.acme.{}", uuid::Uuid::now_v7());
+    js.publish_with_headers(subject.clone(), headers, b"\xff\xfe not protobuf".as_slice().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    // What comes after it is written as usual.
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    let after = ingest.submit_message(submit("crm-1", "После яда", "k-1")).await.expect("submit").into_inner();
+    let history = app.history_client(&fx.supervisor_token).await;
+    parley_testkit::eventually(std::time::Duration::from_secs(15), "the next record is in history", || {
+        let mut history = history.clone();
+        let customer = after.customer_id.clone();
+        async move {
+            let timeline = history
+                .get_customer_timeline(v1::GetCustomerTimelineRequest { customer_id: customer, ..Default::default() })
+                .await
+                .ok()?
+                .into_inner();
+            (!timeline.messages.is_empty()).then_some(())
+        }
+    })
+    .await;
+
+    // Each reader of the log has its dead letter, with the reason and where it came from.
+    let dead = js.get_stream("PARLEY_DEAD").await.expect("dead letters");
+    let letter = |consumer: &'static str| {
+        let dead = dead.clone();
+        async move {
+            let m = dead.get_last_raw_message_by_subject(&format!("parley.dead.{consumer}")).await.ok()?;
+            Some(m)
+        }
+    };
+    let history_letter =
+        parley_testkit::eventually(std::time::Duration::from_secs(10), "history's dead letter", || {
+            letter("history-events")
+        })
+        .await;
+    assert_eq!(history_letter.payload.as_ref(), b"\xff\xfe not protobuf");
+    let h = &history_letter.headers;
+    assert_eq!(h.get(DEAD_STREAM_HEADER).map(|v| v.as_str()), Some("PARLEY_EVENTS"));
+    let reason = h.get(DEAD_REASON_HEADER).map(|v| v.as_str().to_owned()).unwrap_or_default();
+    assert!(reason.contains("decode"), "{reason}");
+    parley_testkit::eventually(std::time::Duration::from_secs(10), "the fan-out's dead letter", || {
+        letter("routing-fanout")
+    })
+    .await;
+    // One each, and nothing more comes.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.stream_len("PARLEY_DEAD").await, 2);
+    app.stop().await;
+}

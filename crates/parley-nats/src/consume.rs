@@ -3,7 +3,10 @@
 //! A consumer pulls from one durable JetStream consumer (shared by every replica of the
 //! service, which split the messages) and hands each message to a [`Handler`], which
 //! decides: [`Outcome::Ack`] (done), [`Outcome::Retry`] (a transient failure: redeliver
-//! after a delay) or [`Outcome::Term`] (poison: never redeliver, logged with the reason).
+//! after a delay) or [`Outcome::Term`] (poison: never redeliver). A poison message is copied
+//! to `PARLEY_DEAD` (subject `parley.dead.<consumer>`, its headers kept, the reason, stream,
+//! subject and sequence added) before it is terminated, so it blocks nothing and is not lost;
+//! if that copy cannot be stored, the message is retried instead.
 //!
 //! Messages run concurrently on `lanes`; messages with the same ordering key
 //! ([`crate::publish::KEY_HEADER`], e.g. the customer) always take the same lane, so they
@@ -144,9 +147,10 @@ pub async fn run<H: Handler>(
         let handler = handler.clone();
         let metrics = metrics.clone();
         let stream_name = spec.stream.name;
+        let dead = DeadLetters { js: js.clone(), consumer: spec.durable };
         workers.spawn(async move {
             while let Some(message) = rx.recv().await {
-                handle_one(&*handler, message, stream_name, &metrics).await;
+                handle_one(&*handler, message, stream_name, &metrics, &dead).await;
             }
         });
     }
@@ -203,7 +207,52 @@ fn lane_of(message: &jetstream::Message, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-async fn handle_one<H: Handler>(handler: &H, message: jetstream::Message, stream: &'static str, metrics: &Metrics) {
+/// Headers a dead letter carries besides the original's.
+pub const DEAD_REASON_HEADER: &str = "Parley-Dead-Reason";
+pub const DEAD_STREAM_HEADER: &str = "Parley-Dead-Stream";
+pub const DEAD_SUBJECT_HEADER: &str = "Parley-Dead-Subject";
+pub const DEAD_SEQUENCE_HEADER: &str = "Parley-Dead-Sequence";
+
+/// Where one consumer's poison messages go.
+struct DeadLetters {
+    js: jetstream::Context,
+    consumer: &'static str,
+}
+
+impl DeadLetters {
+    /// Copies a poison message with the reason; deduplicated by the consumer, stream and
+    /// sequence, so a redelivery after a crash is stored once (and each consumer's copy is
+    /// kept).
+    async fn store(
+        &self,
+        message: &jetstream::Message,
+        stream: &str,
+        sequence: u64,
+        reason: &str,
+    ) -> Result<(), String> {
+        let mut headers = message.headers.clone().unwrap_or_default();
+        let reason: String = reason.chars().filter(|c| !c.is_control()).take(1000).collect();
+        headers.insert(DEAD_REASON_HEADER, reason.as_str());
+        headers.insert(DEAD_STREAM_HEADER, stream);
+        headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+        headers.insert(DEAD_SEQUENCE_HEADER, sequence.to_string().as_str());
+        headers.insert("Nats-Msg-Id", format!("dead:{}:{stream}:{sequence}", self.consumer).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(crate::topology::dead_subject(self.consumer), headers, message.payload.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+async fn handle_one<H: Handler>(
+    handler: &H,
+    message: jetstream::Message,
+    stream: &'static str,
+    metrics: &Metrics,
+    dead: &DeadLetters,
+) {
     let started = Instant::now();
     let info = message.info().ok();
     let headers = message.headers.as_ref();
@@ -228,8 +277,17 @@ async fn handle_one<H: Handler>(handler: &H, message: jetstream::Message, stream
             (AckKind::Nak(Some(*delay)), "retry")
         }
         Outcome::Term(reason) => {
-            tracing::error!(parent: &span, reason = %reason, "poison message dropped");
-            (AckKind::Term, "term")
+            let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
+            match dead.store(&message, stream, sequence, reason).await {
+                Ok(()) => {
+                    tracing::error!(parent: &span, reason = %reason, "poison message moved to the dead letters");
+                    (AckKind::Term, "term")
+                }
+                Err(e) => {
+                    tracing::warn!(parent: &span, reason = %reason, error = %e, "poison message not stored as a dead letter; retrying");
+                    (AckKind::Nak(Some(Duration::from_secs(5))), "retry")
+                }
+            }
         }
     };
     if let Err(e) = message.ack_with(kind).await {

@@ -7,6 +7,7 @@
 //! | `PARLEY_EVENTS` | `parley.events.<tenant>.<conversation>` | routing (one record per transition) | history, routing's fan-out |
 //! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>` | routing's fan-out | notification (per session) |
 //! | `PARLEY_OUTBOUND` | `parley.outbound.<tenant>.<channel>.<customer>` | notification | routing, channel senders, API streams |
+//! | `PARLEY_DEAD` | `parley.dead.<consumer>` | every consumer (poison messages, with the reason) | people |
 //!
 //! Tenant ids and operator ids are slugs and the others UUIDs or channel names, so every
 //! token is safe in a subject (no `.`, `*`, `>` or spaces can appear).
@@ -36,7 +37,17 @@ pub const DESK: StreamDef =
 pub const OUTBOUND: StreamDef =
     StreamDef { name: "PARLEY_OUTBOUND", subjects: "parley.outbound.>", max_age: DAY.saturating_mul(7) };
 
-pub const STREAMS: [StreamDef; 4] = [INBOUND, EVENTS, DESK, OUTBOUND];
+/// Poison messages of every consumer, with the reason, kept for a month for an operator of
+/// the installation to look at (and republish once the cause is fixed).
+pub const DEAD: StreamDef =
+    StreamDef { name: "PARLEY_DEAD", subjects: "parley.dead.>", max_age: DAY.saturating_mul(30) };
+
+pub const STREAMS: [StreamDef; 5] = [INBOUND, EVENTS, DESK, OUTBOUND, DEAD];
+
+/// Where a consumer's poison messages go.
+pub fn dead_subject(consumer: &str) -> String {
+    format!("parley.dead.{consumer}")
+}
 
 /// Durable consumers (shared by all replicas of their service, which split the work).
 pub mod consumers {
