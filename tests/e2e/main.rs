@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod email;
+mod erasure;
 mod isolation;
 mod media;
 mod race;

@@ -1,25 +1,34 @@
 //! The history gRPC API: conversations, their messages (keyset pages), customers, a
-//! customer's timeline across channels and conversations, routing decisions. Every query
-//! runs under the caller's tenant, so another tenant's id is simply not found.
+//! customer's timeline across channels and conversations, routing decisions, search,
+//! transcripts, and a customer's erasure under legal holds. Every query runs under the
+//! caller's tenant, so another tenant's id is simply not found.
+
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use parley_domain::{AttachmentKind, Channel, DeliveryState, Role, Sender, TenantId, Timestamp};
+use parley_domain::{
+    AttachmentId, AttachmentKind, Channel, ConversationId, DeliveryState, Role, Sender, TenantId, Timestamp,
+};
 use parley_kit::auth::{principal, require};
+use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
-use parley_pg::{ConversationRow, Cursor, Db, DbError, MessageRow, SearchFilter};
-
-use crate::transcript;
+use parley_nats::{MediaStore, Nats, topology};
+use parley_pg::{ConversationRow, Cursor, Db, DbError, EraseRefusal, MessageRow, SearchFilter};
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::transcript;
 use crate::writer::{StoredCandidate, StoredRequirements};
 
 /// The gRPC service.
 pub struct HistoryApi {
     pub db: Db,
+    /// For erasure: the conversation log and reply streams, and the attachments' files.
+    pub nats: Nats,
+    pub store: Arc<dyn MediaStore>,
 }
 
 const READERS: [Role; 4] = [Role::Operator, Role::Supervisor, Role::Admin, Role::Integrator];
@@ -36,6 +45,15 @@ fn uuid(field: &str, value: &str) -> ApiResult<Uuid> {
         return Err(ApiError::invalid(format!("{field} must be a UUID in hyphenated form")));
     }
     Uuid::parse_str(value).map_err(|_| ApiError::invalid(format!("{field} must be a UUID in hyphenated form")))
+}
+
+/// A reason as kept on a receipt or a hold: 1 to 500 characters on one line.
+fn reason_text(reason: &str) -> ApiResult<String> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        return Err(ApiError::invalid("reason must be 1 to 500 characters on one line"));
+    }
+    Ok(reason.to_owned())
 }
 
 /// The most messages one transcript takes.
@@ -373,6 +391,116 @@ impl HistoryService for HistoryApi {
             content_type: content_type.to_owned(),
             content,
             file_name: format!("transcript-{id}.{extension}"),
+        }))
+    }
+
+    async fn erase_customer(
+        &self,
+        request: Request<v1::EraseCustomerRequest>,
+    ) -> Result<Response<v1::EraseCustomerResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin])?;
+        let r = request.into_inner();
+        let customer = uuid("customer_id", &r.customer_id)?;
+        let reason = reason_text(&r.reason)?;
+        let erased = self
+            .db
+            .erase_customer(&p.tenant, customer, p.subject.clone(), reason, clock::now())
+            .await
+            .map_err(db_error)?
+            .map_err(|refusal| match refusal {
+                EraseRefusal::NotFound => ApiError::not_found(format!("customer {customer} not found")),
+                EraseRefusal::Held(why) => {
+                    ApiError::precondition(format!("customer {customer} is under a legal hold ({why}); lift it first"))
+                }
+                EraseRefusal::Open(ids) => ApiError::precondition(format!(
+                    "customer {customer} has {} open conversation(s) ({}); close them first",
+                    ids.len(),
+                    ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+                )),
+            })?;
+        // The rows are gone; now what lives outside the database. Each step is idempotent:
+        // a failure is reported, and erasing again (the customer is gone: NOT_FOUND) is not
+        // needed for the database, so the files and records are removed here in full or the
+        // call fails for the caller to retry through support.
+        let tenant = &p.tenant;
+        let mut files = 0;
+        for id in &erased.attachments {
+            let id = AttachmentId::from_uuid(*id);
+            self.store.delete(tenant, id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            files += 1;
+        }
+        let mut log_records = 0;
+        for c in &erased.conversations {
+            let subject = topology::events_subject(tenant, ConversationId::from_uuid(*c));
+            log_records += self.nats.purge(topology::EVENTS, &subject).await.map_err(ApiError::Internal)?;
+        }
+        let replies = format!("parley.outbound.{tenant}.*.{customer}");
+        log_records += self.nats.purge(topology::OUTBOUND, &replies).await.map_err(ApiError::Internal)?;
+        self.db.complete_receipt(tenant, erased.receipt_id, files, log_records as i64).await.map_err(db_error)?;
+        tracing::info!(%tenant, %customer, receipt = %erased.receipt_id, by = %p.subject, "customer erased");
+        Ok(Response::new(v1::EraseCustomerResponse {
+            receipt: Some(v1::ErasureReceipt {
+                id: erased.receipt_id.to_string(),
+                customer_id: customer.to_string(),
+                requested_by: p.subject.clone(),
+                reason: r.reason.trim().to_owned(),
+                erase_time: Some(convert::timestamp(erased.erased_at)),
+                conversations: erased.conversations.len() as u32,
+                messages: erased.messages as u32,
+                identities: erased.identities as u32,
+                attachments: erased.attachments.len() as u32,
+                files: files as u32,
+                log_records,
+            }),
+        }))
+    }
+
+    async fn set_legal_hold(
+        &self,
+        request: Request<v1::SetLegalHoldRequest>,
+    ) -> Result<Response<v1::SetLegalHoldResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin])?;
+        let r = request.into_inner();
+        let customer = uuid("customer_id", &r.customer_id)?;
+        let hold = match r.hold {
+            true => Some((reason_text(&r.reason)?, p.subject.clone())),
+            false => None,
+        };
+        let known = self.db.set_legal_hold(&p.tenant, customer, hold, clock::now()).await.map_err(db_error)?;
+        if !known {
+            return Err(ApiError::not_found(format!("customer {customer} not found")).into());
+        }
+        tracing::info!(tenant = %p.tenant, %customer, hold = r.hold, by = %p.subject, "legal hold changed");
+        Ok(Response::new(v1::SetLegalHoldResponse { hold: r.hold }))
+    }
+
+    async fn list_erasure_receipts(
+        &self,
+        request: Request<v1::ListErasureReceiptsRequest>,
+    ) -> Result<Response<v1::ListErasureReceiptsResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin, Role::Supervisor])?;
+        let customer = uuid("customer_id", &request.get_ref().customer_id)?;
+        let receipts = self.db.erasure_receipts(&p.tenant, customer).await.map_err(db_error)?;
+        Ok(Response::new(v1::ListErasureReceiptsResponse {
+            receipts: receipts
+                .into_iter()
+                .map(|r| v1::ErasureReceipt {
+                    id: r.id.to_string(),
+                    customer_id: r.customer_id.to_string(),
+                    requested_by: r.requested_by,
+                    reason: r.reason,
+                    erase_time: Some(convert::timestamp(r.erased_at)),
+                    conversations: r.conversations as u32,
+                    messages: r.messages as u32,
+                    identities: r.identities as u32,
+                    attachments: r.attachments as u32,
+                    files: r.files as u32,
+                    log_records: r.log_records as u64,
+                })
+                .collect(),
         }))
     }
 

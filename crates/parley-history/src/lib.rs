@@ -17,7 +17,7 @@ use parley_kit::config::{AuthConfig, NatsConfig, Secret, ServerConfig, Telemetry
 use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
 use parley_nats::consume::{self, ConsumerSpec};
-use parley_nats::{ConfigCache, Nats, topology};
+use parley_nats::{ConfigCache, MediaStore, Nats, ObjectMedia, topology};
 use parley_proto::v1::history_service_server::HistoryServiceServer;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -133,7 +133,9 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     let nats = Nats::connect(&config.nats, "parley-history", Duration::from_secs(30)).await?;
     let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
     let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache));
-    let routes = tonic::service::Routes::new(HistoryServiceServer::new(api::HistoryApi { db: db.clone() }));
+    let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
+    let api = api::HistoryApi { db: db.clone(), nats: nats.clone(), store };
+    let routes = tonic::service::Routes::new(HistoryServiceServer::new(api));
 
     // The batcher outlives the consumer: it stops when the consumer, after draining, drops
     // the handler that feeds it.

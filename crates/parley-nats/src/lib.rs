@@ -92,6 +92,14 @@ impl Nats {
     pub async fn conversations(&self) -> anyhow::Result<ConversationLog> {
         ConversationLog::new(&self.js).await
     }
+
+    /// Removes every record of a subject (wildcards allowed) from a stream: erasure.
+    /// Returns how many were removed.
+    pub async fn purge(&self, stream: topology::StreamDef, subject: &str) -> anyhow::Result<u64> {
+        let s = self.js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
+        let purged = s.purge().filter(subject).await.map_err(|e| anyhow::anyhow!("purging {subject}: {e}"))?;
+        Ok(purged.purged)
+    }
 }
 
 /// Compares a `major.minor.patch` version string.

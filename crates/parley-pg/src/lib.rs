@@ -145,12 +145,233 @@ impl Db {
             "assignments",
             "routing_decisions",
             "message_deliveries",
+            "message_attachments",
+            "legal_holds",
+            "erasure_receipts",
         ];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
         }
         let row = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?;
         Ok(row.get(0))
+    }
+}
+
+/// Why a customer cannot be erased now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseRefusal {
+    NotFound,
+    /// Under a legal hold, with its reason.
+    Held(String),
+    /// These conversations are not closed yet.
+    Open(Vec<Uuid>),
+}
+
+/// What an erasure removed from the database, and what the caller must still remove
+/// elsewhere (files, log records).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Erased {
+    pub receipt_id: Uuid,
+    pub erased_at: Timestamp,
+    pub conversations: Vec<Uuid>,
+    pub messages: i32,
+    pub identities: i32,
+    pub attachments: Vec<Uuid>,
+}
+
+/// An erasure's receipt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasureReceipt {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub requested_by: String,
+    pub reason: String,
+    pub erased_at: Timestamp,
+    pub conversations: i32,
+    pub messages: i32,
+    pub identities: i32,
+    pub attachments: i32,
+    pub files: i32,
+    pub log_records: i64,
+}
+
+impl Db {
+    /// Puts a customer under a legal hold or lifts it; `false` when the customer is unknown.
+    pub async fn set_legal_hold(
+        &self,
+        tenant: &TenantId,
+        customer: Uuid,
+        hold: Option<(String, String)>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let known = tx.query_opt("SELECT 1 FROM customers WHERE id = $1", &[&customer]).await?.is_some();
+                if !known {
+                    return Ok(false);
+                }
+                match hold {
+                    Some((reason, by)) => {
+                        tx.execute(
+                            "INSERT INTO legal_holds (tenant_id, customer_id, reason, set_by, set_at)
+                             VALUES (current_setting('parley.tenant', true), $1, $2, $3, $4)
+                             ON CONFLICT (tenant_id, customer_id) DO UPDATE
+                               SET reason = EXCLUDED.reason, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at",
+                            &[&customer, &reason, &by, &to_system_time(now)],
+                        )
+                        .await?;
+                    }
+                    None => {
+                        tx.execute("DELETE FROM legal_holds WHERE customer_id = $1", &[&customer]).await?;
+                    }
+                }
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// Removes a customer and everything of theirs from every table in one transaction —
+    /// messages (with their search vectors, deliveries and attachments' rows),
+    /// conversations with their assignments and routing decisions, identities, the customer
+    /// — and records a receipt. Refused under a legal hold or while a conversation is open.
+    pub async fn erase_customer(
+        &self,
+        tenant: &TenantId,
+        customer: Uuid,
+        requested_by: String,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<std::result::Result<Erased, EraseRefusal>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                // Lock the customer: a concurrent hold or write waits for the erasure.
+                if tx.query_opt("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE", &[&customer]).await?.is_none() {
+                    return Ok(Err(EraseRefusal::NotFound));
+                }
+                if let Some(row) =
+                    tx.query_opt("SELECT reason FROM legal_holds WHERE customer_id = $1", &[&customer]).await?
+                {
+                    return Ok(Err(EraseRefusal::Held(row.get(0))));
+                }
+                let open: Vec<Uuid> = tx
+                    .query("SELECT id FROM conversations WHERE customer_id = $1 AND status <> 'closed'", &[&customer])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if !open.is_empty() {
+                    return Ok(Err(EraseRefusal::Open(open)));
+                }
+                let conversations: Vec<Uuid> = tx
+                    .query("SELECT id FROM conversations WHERE customer_id = $1", &[&customer])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                // The customer's messages, and every message of their conversations.
+                let messages: Vec<Uuid> = tx
+                    .query(
+                        "SELECT id FROM messages WHERE customer_id = $1 OR conversation_id = ANY($2)",
+                        &[&customer, &conversations],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let attachments: Vec<Uuid> = tx
+                    .query("DELETE FROM message_attachments WHERE message_id = ANY($1) RETURNING id", &[&messages])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                tx.execute("DELETE FROM message_deliveries WHERE message_id = ANY($1)", &[&messages]).await?;
+                let removed = tx.execute("DELETE FROM messages WHERE id = ANY($1)", &[&messages]).await?;
+                tx.execute("DELETE FROM assignments WHERE conversation_id = ANY($1)", &[&conversations]).await?;
+                tx.execute("DELETE FROM routing_decisions WHERE conversation_id = ANY($1)", &[&conversations]).await?;
+                tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[&conversations]).await?;
+                let identities =
+                    tx.execute("DELETE FROM customer_identities WHERE customer_id = $1", &[&customer]).await?;
+                tx.execute("DELETE FROM customers WHERE id = $1", &[&customer]).await?;
+                let receipt_id = Uuid::now_v7();
+                let (n_conv, n_msg, n_id, n_att) =
+                    (conversations.len() as i32, removed as i32, identities as i32, attachments.len() as i32);
+                tx.execute(
+                    "INSERT INTO erasure_receipts (tenant_id, id, customer_id, requested_by, reason, erased_at,
+                                                   conversations, messages, identities, attachments)
+                     VALUES (current_setting('parley.tenant', true), $1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &receipt_id,
+                        &customer,
+                        &requested_by,
+                        &reason,
+                        &to_system_time(now),
+                        &n_conv,
+                        &n_msg,
+                        &n_id,
+                        &n_att,
+                    ],
+                )
+                .await?;
+                Ok(Ok(Erased {
+                    receipt_id,
+                    erased_at: now,
+                    conversations,
+                    messages: n_msg,
+                    identities: n_id,
+                    attachments,
+                }))
+            })
+        })
+        .await
+    }
+
+    /// Completes a receipt with what was removed outside the database.
+    pub async fn complete_receipt(&self, tenant: &TenantId, id: Uuid, files: i32, log_records: i64) -> Result<()> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE erasure_receipts SET files = $2, log_records = $3 WHERE id = $1",
+                    &[&id, &files, &log_records],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The receipts of a customer's erasures, newest first.
+    pub async fn erasure_receipts(&self, tenant: &TenantId, customer: Uuid) -> Result<Vec<ErasureReceipt>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT id, customer_id, requested_by, reason, erased_at, conversations, messages, identities,
+                                attachments, files, log_records
+                         FROM erasure_receipts WHERE customer_id = $1 ORDER BY erased_at DESC",
+                        &[&customer],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| ErasureReceipt {
+                        id: r.get(0),
+                        customer_id: r.get(1),
+                        requested_by: r.get(2),
+                        reason: r.get(3),
+                        erased_at: from_system_time(r.get(4)),
+                        conversations: r.get(5),
+                        messages: r.get(6),
+                        identities: r.get(7),
+                        attachments: r.get(8),
+                        files: r.get(9),
+                        log_records: r.get(10),
+                    })
+                    .collect())
+            })
+        })
+        .await
     }
 }
 

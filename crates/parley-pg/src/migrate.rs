@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "message_subject", include_str!("../migrations/0004_message_subject.sql")),
     (5, "message_attachments", include_str!("../migrations/0005_message_attachments.sql")),
     (6, "message_search", include_str!("../migrations/0006_message_search.sql")),
+    (7, "erasure", include_str!("../migrations/0007_erasure.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).

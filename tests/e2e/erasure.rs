@@ -1,0 +1,170 @@
+//! A customer's erasure on real PostgreSQL, NATS and the media store: refused under a legal
+//! hold and while a conversation is open; then every row of theirs in every table, their
+//! attachments' files, their search entries and their records on the conversation log and
+//! reply stream are gone, a receipt says how much, and another customer keeps everything.
+
+use std::time::Duration;
+
+use parley_e2e::{accepted, assigned, submit};
+use parley_proto::v1;
+use parley_testkit::{App, eventually};
+use tonic::Code;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Rows of every table that hold anything of these ids, under the tenant.
+async fn footprint(app: &App, customer: Uuid, conversation: Uuid, messages: Vec<Uuid>) -> Vec<(&'static str, i64)> {
+    let db = parley_pg::Db::connect(&app.infra.db.url(), 1, "parley_app").expect("db");
+    let tenant = parley_domain::TenantId::parse("acme").unwrap();
+    // Each names the three parameters, as a row `p`.
+    let queries: [(&'static str, &'static str); 9] = [
+        ("customers", "FROM customers t WHERE t.id = p.c"),
+        ("customer_identities", "FROM customer_identities t WHERE t.customer_id = p.c"),
+        ("conversations", "FROM conversations t WHERE t.id = p.v OR t.customer_id = p.c"),
+        ("messages", "FROM messages t WHERE t.customer_id = p.c OR t.conversation_id = p.v OR t.id = ANY(p.m)"),
+        ("message_attachments", "FROM message_attachments t WHERE t.message_id = ANY(p.m)"),
+        ("message_deliveries", "FROM message_deliveries t WHERE t.message_id = ANY(p.m)"),
+        ("assignments", "FROM assignments t WHERE t.conversation_id = p.v"),
+        ("routing_decisions", "FROM routing_decisions t WHERE t.conversation_id = p.v"),
+        ("search", "FROM messages t WHERE t.search @@ websearch_to_tsquery('russian', 'договор')"),
+    ];
+    let mut out = Vec::new();
+    for (table, from) in queries {
+        let messages = messages.clone();
+        let sql = format!(
+            "WITH p AS (SELECT $1::uuid AS c, $2::uuid AS v, $3::uuid[] AS m) SELECT count(*) FROM p, {}",
+            &from[5..]
+        );
+        let n = db
+            .tenant_tx(&tenant, move |tx| {
+                Box::pin(async move {
+                    Ok(tx.query_one(&sql, &[&customer, &conversation, &messages]).await?.get::<_, i64>(0))
+                })
+            })
+            .await
+            .expect(table);
+        out.push((table, n));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_customer_leaves_nothing_behind_but_a_receipt() {
+    let app = App::spawn().await;
+    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
+    let port = u32::from(relay.addr.port());
+    let config = crate::email::relayed_config("mail", "support@acme.example", "127.0.0.1", port);
+    let fx = crate::email::tenant_with(&app, "acme", &["anna"], config).await;
+    let mut desk = parley_e2e::online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    crate::email::until_rcpt(&app, "support@acme.example", 250).await;
+    let admin = fx.admin_token.clone();
+    // Oleg writes with a contract attached; anna answers. Another customer writes too.
+    let mail = "From: Oleg <oleg@example.ru>\r\nTo: support@acme.example\r\nSubject: Contract\r\n\
+Message-ID: <erase-1@example.ru>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nПришлю договор, удалите потом мои данные\r\n\
+--b\r\nContent-Type: application/pdf; name=dogovor.pdf\r\nContent-Disposition: attachment\r\n\r\n%PDF-1.4 contract\r\n--b--\r\n";
+    let sent = crate::email::deliver(&app, "oleg@example.ru", &["support@acme.example"], mail.as_bytes()).await;
+    assert_eq!(sent.0, 250, "{}", sent.1);
+    let a = assigned(&mut desk).await;
+    let conversation = a.conversation.expect("conversation");
+    let customer: Uuid = conversation.customer_id.parse().unwrap();
+    let file = a.recent_messages[0].attachments[0].id.clone();
+    let ok = accepted(desk.reply(&conversation.id, "r-1", "Договор получили.").await);
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    let other = ingest.submit_message(submit("crm-9", "Я про договор тоже", "o-1")).await.expect("submit").into_inner();
+    let history = app.history_client(&admin).await;
+    eventually(WAIT, "history has both customers' messages", || async {
+        let found = history
+            .clone()
+            .search_messages(v1::SearchMessagesRequest { query: "договор".into(), ..Default::default() })
+            .await
+            .ok()?
+            .into_inner();
+        (found.hits.len() == 3).then_some(())
+    })
+    .await;
+    let conversation_id: Uuid = conversation.id.parse().unwrap();
+    let messages = vec![a.recent_messages[0].id.parse().unwrap(), ok.message_id.parse().unwrap()];
+    // The reply goes out through the relay: a delivery row too.
+    parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
+    eventually(WAIT, "every table holds something of the customer", || async {
+        let before = footprint(&app, customer, conversation_id, messages.clone()).await;
+        before.iter().all(|(_, n)| *n > 0).then_some(())
+    })
+    .await;
+
+    let mut history = app.history_client(&admin).await;
+    let erase = |reason: &str| v1::EraseCustomerRequest { customer_id: customer.to_string(), reason: reason.into() };
+    // A legal hold blocks it; so does an open conversation.
+    let hold = v1::SetLegalHoldRequest { customer_id: customer.to_string(), hold: true, reason: "case 17/2026".into() };
+    history.set_legal_hold(hold).await.expect("hold");
+    let refused = history.erase_customer(erase("GDPR request 5")).await.expect_err("held");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("case 17/2026"), "{}", refused.message());
+    let lift = v1::SetLegalHoldRequest { customer_id: customer.to_string(), hold: false, reason: String::new() };
+    history.set_legal_hold(lift).await.expect("lift");
+    let refused = history.erase_customer(erase("GDPR request 5")).await.expect_err("open");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains(&conversation.id), "{}", refused.message());
+    // Only admins; a reason is required.
+    let supervisor = app.history_client(&fx.supervisor_token).await.erase_customer(erase("x")).await.expect_err("role");
+    assert_eq!(supervisor.code(), Code::PermissionDenied);
+    assert_eq!(history.erase_customer(erase(" ")).await.expect_err("reason").code(), Code::InvalidArgument);
+
+    let mut routing = app.routing_client(fx.operator_token("anna")).await;
+    routing
+        .close_conversation(v1::CloseConversationRequest {
+            conversation_id: conversation.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("close");
+    let receipt = eventually(WAIT, "the erasure, once history has the close", || async {
+        history.clone().erase_customer(erase("GDPR request 5")).await.ok().map(|r| r.into_inner().receipt.unwrap())
+    })
+    .await;
+    assert_eq!(
+        (receipt.conversations, receipt.messages, receipt.identities, receipt.attachments, receipt.files),
+        (1, 2, 1, 1, 1),
+        "{receipt:?}"
+    );
+    assert!(receipt.log_records >= 3, "the log's records and the reply: {receipt:?}");
+    assert_eq!(receipt.requested_by, "test-admin");
+
+    // Nothing is left: not in any table, not in the search, not in the media store, not on
+    // the conversation log; only the receipt.
+    let after = footprint(&app, customer, conversation_id, messages).await;
+    let expected: Vec<(&str, i64)> = after.iter().map(|(t, _)| (*t, if *t == "search" { 1 } else { 0 })).collect();
+    assert_eq!(after, expected, "only the other customer's message is still found");
+    let token = fx.operator_token("anna").to_owned();
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/v1/attachments/{file}", app.webhooks_addr()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("ingest answers");
+    assert_eq!(response.status().as_u16(), 404, "the file is gone");
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    let events = js.get_stream("PARLEY_EVENTS").await.expect("stream");
+    let left = events.get_last_raw_message_by_subject(&format!("parley.events.acme.{}", conversation.id)).await;
+    assert!(left.is_err(), "the conversation log still holds a record");
+    let status =
+        history.get_customer(v1::GetCustomerRequest { customer_id: customer.to_string() }).await.expect_err("gone");
+    assert_eq!(status.code(), Code::NotFound);
+    let receipts = history
+        .list_erasure_receipts(v1::ListErasureReceiptsRequest { customer_id: customer.to_string() })
+        .await
+        .expect("receipts")
+        .into_inner()
+        .receipts;
+    assert_eq!(receipts, vec![receipt]);
+    // The other customer keeps everything.
+    let kept = history
+        .get_customer(v1::GetCustomerRequest { customer_id: other.customer_id.clone() })
+        .await
+        .expect("the other customer");
+    assert_eq!(kept.into_inner().customer.expect("customer").identities.len(), 1);
+    app.stop().await;
+}
