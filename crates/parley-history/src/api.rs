@@ -14,7 +14,7 @@ use parley_kit::auth::{principal, require};
 use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
 use parley_nats::{MediaStore, Nats, topology};
-use parley_pg::{ConversationRow, Cursor, Db, DbError, EraseRefusal, MessageRow, SearchFilter};
+use parley_pg::{ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, MessageRow, SearchFilter};
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
@@ -45,6 +45,22 @@ fn uuid(field: &str, value: &str) -> ApiResult<Uuid> {
         return Err(ApiError::invalid(format!("{field} must be a UUID in hyphenated form")));
     }
     Uuid::parse_str(value).map_err(|_| ApiError::invalid(format!("{field} must be a UUID in hyphenated form")))
+}
+
+fn receipt(r: ErasureReceipt) -> v1::ErasureReceipt {
+    v1::ErasureReceipt {
+        id: r.id.to_string(),
+        customer_id: r.customer_id.to_string(),
+        requested_by: r.requested_by,
+        reason: r.reason,
+        erase_time: Some(convert::timestamp(r.erased_at)),
+        conversations: r.conversations as u32,
+        messages: r.messages as u32,
+        identities: r.identities as u32,
+        attachments: r.attachments as u32,
+        files: r.files as u32,
+        log_records: r.log_records as u64,
+    }
 }
 
 /// A reason as kept on a receipt or a hold: 1 to 500 characters on one line.
@@ -439,21 +455,20 @@ impl HistoryService for HistoryApi {
         log_records += self.nats.purge(topology::OUTBOUND, &replies).await.map_err(ApiError::Internal)?;
         self.db.complete_receipt(tenant, erased.receipt_id, files, log_records as i64).await.map_err(db_error)?;
         tracing::info!(%tenant, %customer, receipt = %erased.receipt_id, by = %p.subject, "customer erased");
-        Ok(Response::new(v1::EraseCustomerResponse {
-            receipt: Some(v1::ErasureReceipt {
-                id: erased.receipt_id.to_string(),
-                customer_id: customer.to_string(),
-                requested_by: p.subject.clone(),
-                reason: r.reason.trim().to_owned(),
-                erase_time: Some(convert::timestamp(erased.erased_at)),
-                conversations: erased.conversations.len() as u32,
-                messages: erased.messages as u32,
-                identities: erased.identities as u32,
-                attachments: erased.attachments.len() as u32,
-                files: files as u32,
-                log_records,
-            }),
-        }))
+        let stored = ErasureReceipt {
+            id: erased.receipt_id,
+            customer_id: customer,
+            requested_by: p.subject.clone(),
+            reason: r.reason.trim().to_owned(),
+            erased_at: erased.erased_at,
+            conversations: erased.conversations.len() as i32,
+            messages: erased.messages,
+            identities: erased.identities,
+            attachments: erased.attachments.len() as i32,
+            files,
+            log_records: log_records as i64,
+        };
+        Ok(Response::new(v1::EraseCustomerResponse { receipt: Some(receipt(stored)) }))
     }
 
     async fn set_legal_hold(
@@ -484,24 +499,7 @@ impl HistoryService for HistoryApi {
         require(&p, &[Role::Admin, Role::Supervisor])?;
         let customer = uuid("customer_id", &request.get_ref().customer_id)?;
         let receipts = self.db.erasure_receipts(&p.tenant, customer).await.map_err(db_error)?;
-        Ok(Response::new(v1::ListErasureReceiptsResponse {
-            receipts: receipts
-                .into_iter()
-                .map(|r| v1::ErasureReceipt {
-                    id: r.id.to_string(),
-                    customer_id: r.customer_id.to_string(),
-                    requested_by: r.requested_by,
-                    reason: r.reason,
-                    erase_time: Some(convert::timestamp(r.erased_at)),
-                    conversations: r.conversations as u32,
-                    messages: r.messages as u32,
-                    identities: r.identities as u32,
-                    attachments: r.attachments as u32,
-                    files: r.files as u32,
-                    log_records: r.log_records as u64,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(v1::ListErasureReceiptsResponse { receipts: receipts.into_iter().map(receipt).collect() }))
     }
 
     async fn list_routing_decisions(
