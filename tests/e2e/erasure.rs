@@ -2,6 +2,8 @@
 //! hold and while a conversation is open; then every row of theirs in every table, their
 //! attachments' files, their search entries and their records on the conversation log and
 //! reply stream are gone, a receipt says how much, and another customer keeps everything.
+//! Retention policies, applied continuously: closed conversations past their channel's
+//! policy are deleted or anonymised; open ones and those under a legal hold stay.
 
 use std::time::Duration;
 
@@ -166,5 +168,129 @@ Message-ID: <erase-1@example.ru>\r\nMIME-Version: 1.0\r\nContent-Type: multipart
         .await
         .expect("the other customer");
     assert_eq!(kept.into_inner().customer.expect("customer").identities.len(), 1);
+    app.stop().await;
+}
+
+/// A customer writes on the API channel; anna gets it and, if asked, closes it.
+async fn conversation(
+    app: &App,
+    fx: &parley_testkit::TenantFixture,
+    desk: &mut parley_e2e::Desk,
+    who: &str,
+    close: bool,
+) -> v1::Conversation {
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit(who, &format!("Сообщение от {who}"), who)).await.expect("submit");
+    // The desk hears of earlier closes first.
+    let conversation = loop {
+        if let Some(v1::desk_event::Kind::Assigned(a)) = desk.event(WAIT).await.kind {
+            break a.conversation.expect("conversation");
+        }
+    };
+    if close {
+        let mut routing = app.routing_client(fx.operator_token("anna")).await;
+        let request = v1::CloseConversationRequest { conversation_id: conversation.id.clone(), reason: String::new() };
+        routing.close_conversation(request).await.expect("close");
+    }
+    conversation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_or_anonymises_closed_conversations_but_not_held_or_open_ones() {
+    let app = App::spawn().await;
+    let acme = app.tenant("acme", &["anna"]).await;
+    let mut desk = parley_e2e::online(&app, &acme, "anna").await;
+    let _alive = desk.keep_alive();
+    let closed = conversation(&app, &acme, &mut desk, "crm-1", true).await;
+    let open = conversation(&app, &acme, &mut desk, "crm-2", false).await;
+    let held = conversation(&app, &acme, &mut desk, "crm-3", true).await;
+    let mut history = app.history_client(&acme.admin_token).await;
+    let reader = history.clone();
+    let exists = |id: String| {
+        let history = reader.clone();
+        async move {
+            let r = history.clone().get_conversation(v1::GetConversationRequest { conversation_id: id }).await;
+            match r {
+                Ok(r) => Some(r.into_inner().conversation.expect("conversation").status),
+                Err(s) if s.code() == Code::NotFound => None,
+                Err(s) => panic!("{s:?}"),
+            }
+        }
+    };
+    eventually(WAIT, "history has the closes", || async {
+        let closed_status = exists(closed.id.clone()).await?;
+        let held_status = exists(held.id.clone()).await?;
+        let done = v1::ConversationStatus::Closed as i32;
+        (closed_status == done && held_status == done).then_some(())
+    })
+    .await;
+    let hold =
+        v1::SetLegalHoldRequest { customer_id: held.customer_id.clone(), hold: true, reason: "dispute 8".into() };
+    history.set_legal_hold(hold).await.expect("hold");
+
+    // Bad policies are refused; only admins set them.
+    let policy = |channel: v1::Channel, days: u32, action: v1::RetentionAction| v1::SetRetentionPolicyRequest {
+        policy: Some(v1::RetentionPolicy {
+            channel: channel as i32,
+            days,
+            action: action as i32,
+            ..Default::default()
+        }),
+    };
+    for (bad, field) in [
+        (policy(v1::Channel::Api, 36_501, v1::RetentionAction::Delete), "policy.days"),
+        (policy(v1::Channel::Api, 1, v1::RetentionAction::Unspecified), "policy.action"),
+        (v1::SetRetentionPolicyRequest { policy: None }, "policy"),
+    ] {
+        let status = history.set_retention_policy(bad).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().contains(field), "{}", status.message());
+    }
+    let denied = app
+        .history_client(&acme.supervisor_token)
+        .await
+        .set_retention_policy(policy(v1::Channel::Api, 0, v1::RetentionAction::Delete))
+        .await
+        .expect_err("supervisors do not set policies");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // API conversations go as soon as they are closed.
+    let set =
+        history.set_retention_policy(policy(v1::Channel::Api, 0, v1::RetentionAction::Delete)).await.expect("set");
+    assert_eq!(set.into_inner().policy.expect("policy").set_by, "test-admin");
+    eventually(WAIT, "the closed conversation is deleted", || async {
+        exists(closed.id.clone()).await.is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(exists(open.id.clone()).await.is_some(), "an open conversation stays");
+    assert!(exists(held.id.clone()).await.is_some(), "a held customer's conversation stays");
+    let listed = history.list_retention_policies(v1::ListRetentionPoliciesRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.policies.len(), 1);
+
+    // Anonymise, for every channel: the conversation stays, its texts go.
+    history
+        .delete_retention_policy(v1::DeleteRetentionPolicyRequest { channel: v1::Channel::Api as i32 })
+        .await
+        .expect("delete");
+    let status = history
+        .delete_retention_policy(v1::DeleteRetentionPolicyRequest { channel: v1::Channel::Api as i32 })
+        .await
+        .expect_err("gone");
+    assert_eq!(status.code(), Code::NotFound);
+    let later = conversation(&app, &acme, &mut desk, "crm-4", true).await;
+    history
+        .set_retention_policy(policy(v1::Channel::Unspecified, 0, v1::RetentionAction::Anonymise))
+        .await
+        .expect("set");
+    let token = acme.supervisor_token.clone();
+    eventually(WAIT, "the closed conversation is anonymised", || async {
+        let messages = parley_e2e::history_messages(&app, &token, &later.id).await?;
+        (!messages.is_empty() && messages.iter().all(|m| m.text.is_empty())).then_some(())
+    })
+    .await;
+    assert!(exists(later.id.clone()).await.is_some(), "an anonymised conversation stays");
+    let held_texts = parley_e2e::history_messages(&app, &token, &held.id).await.expect("held");
+    assert!(held_texts.iter().all(|m| !m.text.is_empty()), "a held customer's texts stay");
     app.stop().await;
 }

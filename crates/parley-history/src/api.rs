@@ -14,7 +14,9 @@ use parley_kit::auth::{principal, require};
 use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
 use parley_nats::{MediaStore, Nats, topology};
-use parley_pg::{ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, MessageRow, SearchFilter};
+use parley_pg::{
+    ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, MessageRow, RetentionPolicy, SearchFilter,
+};
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
 use tonic::{Request, Response, Status};
@@ -60,6 +62,30 @@ fn receipt(r: ErasureReceipt) -> v1::ErasureReceipt {
         attachments: r.attachments as u32,
         files: r.files as u32,
         log_records: r.log_records as u64,
+    }
+}
+
+/// The longest retention, in days (a hundred years).
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// A policy's channel as stored: its name, or `*` for every channel.
+fn policy_channel(value: i32) -> ApiResult<String> {
+    match value {
+        0 => Ok("*".to_owned()),
+        c => Ok(convert::from_channel("channel", c).map_err(|e| ApiError::invalid(e.to_string()))?.as_str().to_owned()),
+    }
+}
+
+fn retention_policy(p: RetentionPolicy) -> v1::RetentionPolicy {
+    v1::RetentionPolicy {
+        channel: if p.channel == "*" { 0 } else { channel_of(&p.channel) },
+        days: p.days as u32,
+        action: match p.action.as_str() {
+            "delete" => v1::RetentionAction::Delete as i32,
+            _ => v1::RetentionAction::Anonymise as i32,
+        },
+        set_by: p.set_by,
+        update_time: Some(convert::timestamp(p.updated_at)),
     }
 }
 
@@ -500,6 +526,59 @@ impl HistoryService for HistoryApi {
         let customer = uuid("customer_id", &request.get_ref().customer_id)?;
         let receipts = self.db.erasure_receipts(&p.tenant, customer).await.map_err(db_error)?;
         Ok(Response::new(v1::ListErasureReceiptsResponse { receipts: receipts.into_iter().map(receipt).collect() }))
+    }
+
+    async fn set_retention_policy(
+        &self,
+        request: Request<v1::SetRetentionPolicyRequest>,
+    ) -> Result<Response<v1::SetRetentionPolicyResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin])?;
+        let policy = request.into_inner().policy.ok_or_else(|| ApiError::invalid("policy is required"))?;
+        let channel = policy_channel(policy.channel)?;
+        if policy.days > MAX_RETENTION_DAYS {
+            return Err(ApiError::invalid(format!("policy.days must be at most {MAX_RETENTION_DAYS}")).into());
+        }
+        let action = match v1::RetentionAction::try_from(policy.action) {
+            Ok(v1::RetentionAction::Delete) => "delete",
+            Ok(v1::RetentionAction::Anonymise) => "anonymise",
+            _ => return Err(ApiError::invalid("policy.action must be DELETE or ANONYMISE").into()),
+        };
+        let stored = RetentionPolicy {
+            channel,
+            days: policy.days as i32,
+            action: action.to_owned(),
+            set_by: p.subject.clone(),
+            updated_at: clock::now(),
+        };
+        self.db.set_retention_policy(&p.tenant, stored.clone()).await.map_err(db_error)?;
+        tracing::info!(tenant = %p.tenant, channel = %stored.channel, days = stored.days, action, by = %p.subject, "retention policy set");
+        Ok(Response::new(v1::SetRetentionPolicyResponse { policy: Some(retention_policy(stored)) }))
+    }
+
+    async fn list_retention_policies(
+        &self,
+        request: Request<v1::ListRetentionPoliciesRequest>,
+    ) -> Result<Response<v1::ListRetentionPoliciesResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin, Role::Supervisor])?;
+        let policies = self.db.retention_policies(&p.tenant).await.map_err(db_error)?;
+        Ok(Response::new(v1::ListRetentionPoliciesResponse {
+            policies: policies.into_iter().map(retention_policy).collect(),
+        }))
+    }
+
+    async fn delete_retention_policy(
+        &self,
+        request: Request<v1::DeleteRetentionPolicyRequest>,
+    ) -> Result<Response<v1::DeleteRetentionPolicyResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin])?;
+        let channel = policy_channel(request.get_ref().channel)?;
+        if !self.db.delete_retention_policy(&p.tenant, channel.clone()).await.map_err(db_error)? {
+            return Err(ApiError::not_found(format!("no retention policy for {channel}")).into());
+        }
+        Ok(Response::new(v1::DeleteRetentionPolicyResponse {}))
     }
 
     async fn list_routing_decisions(

@@ -6,6 +6,7 @@
 //! transaction.
 
 pub mod api;
+pub mod retention;
 pub mod transcript;
 pub mod writer;
 
@@ -32,6 +33,7 @@ pub struct HistoryConfig {
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
     pub writer: WriterSection,
+    pub retention: retention::RetentionSection,
 }
 
 /// PostgreSQL.
@@ -86,6 +88,7 @@ impl Default for HistoryConfig {
             auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
             writer: WriterSection::default(),
+            retention: retention::RetentionSection::default(),
         }
     }
 }
@@ -103,6 +106,7 @@ impl Validate for HistoryConfig {
         if db.app_role.is_empty() || !db.app_role.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err("database.app_role must be a plain role name (letters, digits, _)".into());
         }
+        self.retention.validate()?;
         let w = &self.writer;
         if !(1..=10_000).contains(&w.max_batch) || w.max_delay_ms > 1000 || !(1..=4096).contains(&w.lanes) {
             return Err("writer: max_batch 1..=10000, max_delay_ms ≤ 1000, lanes 1..=4096".into());
@@ -132,9 +136,11 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     db.ping().await.map_err(|e| anyhow::anyhow!("database: {e}"))?;
     let nats = Nats::connect(&config.nats, "parley-history", Duration::from_secs(30)).await?;
     let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
-    let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache));
+    let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), Arc::new(cache.clone()));
     let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
-    let api = api::HistoryApi { db: db.clone(), nats: nats.clone(), store };
+    let api = api::HistoryApi { db: db.clone(), nats: nats.clone(), store: store.clone() };
+    let retention =
+        retention::Retention { db: db.clone(), nats: nats.clone(), store, cache, settings: config.retention.clone() };
     let routes = tonic::service::Routes::new(HistoryServiceServer::new(api));
 
     // The batcher outlives the consumer: it stops when the consumer, after draining, drops
@@ -142,6 +148,9 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     let (writer, batcher) =
         writer::start(db, config.writer.max_batch, Duration::from_millis(config.writer.max_delay_ms), metrics.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    if config.retention.enabled {
+        tasks.spawn(retention.run(token.clone()));
+    }
     let spec = ConsumerSpec {
         lanes: config.writer.lanes,
         ..ConsumerSpec::new(topology::EVENTS, topology::consumers::HISTORY_EVENTS)

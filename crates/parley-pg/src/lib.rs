@@ -148,6 +148,7 @@ impl Db {
             "message_attachments",
             "legal_holds",
             "erasure_receipts",
+            "retention_policies",
         ];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
@@ -369,6 +370,150 @@ impl Db {
                         log_records: r.get(10),
                     })
                     .collect())
+            })
+        })
+        .await
+    }
+}
+
+/// How long a tenant keeps closed conversations of a channel (`*`: every channel without
+/// its own policy), and what happens after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub channel: String,
+    pub days: i32,
+    /// `delete` or `anonymise`.
+    pub action: String,
+    pub set_by: String,
+    pub updated_at: Timestamp,
+}
+
+/// What one retention pass did for a tenant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetentionRun {
+    pub deleted: Vec<Uuid>,
+    pub anonymised: Vec<Uuid>,
+    /// Attachments' files to remove from the media store.
+    pub files: Vec<Uuid>,
+}
+
+impl Db {
+    pub async fn set_retention_policy(&self, tenant: &TenantId, p: RetentionPolicy) -> Result<()> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO retention_policies (tenant_id, channel, days, action, set_by, updated_at)
+                     VALUES (current_setting('parley.tenant', true), $1, $2, $3, $4, $5)
+                     ON CONFLICT (tenant_id, channel) DO UPDATE SET days = EXCLUDED.days, action = EXCLUDED.action,
+                       set_by = EXCLUDED.set_by, updated_at = EXCLUDED.updated_at",
+                    &[&p.channel, &p.days, &p.action, &p.set_by, &to_system_time(p.updated_at)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Removes a policy; `false` when there was none.
+    pub async fn delete_retention_policy(&self, tenant: &TenantId, channel: String) -> Result<bool> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                Ok(tx.execute("DELETE FROM retention_policies WHERE channel = $1", &[&channel]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    pub async fn retention_policies(&self, tenant: &TenantId) -> Result<Vec<RetentionPolicy>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT channel, days, action, set_by, updated_at FROM retention_policies ORDER BY channel",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| RetentionPolicy {
+                        channel: r.get(0),
+                        days: r.get(1),
+                        action: r.get(2),
+                        set_by: r.get(3),
+                        updated_at: from_system_time(r.get(4)),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// One retention pass for a tenant: closed conversations past their channel's policy
+    /// (or the tenant's `*` one), whose customer is under no legal hold, at most `limit`,
+    /// deleted or anonymised in one transaction.
+    pub async fn apply_retention(&self, tenant: &TenantId, now: Timestamp, limit: i64) -> Result<RetentionRun> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let due = tx
+                    .query(
+                        "SELECT c.id, p.action FROM conversations c
+                         JOIN retention_policies p ON p.tenant_id = c.tenant_id AND p.channel = COALESCE(
+                           (SELECT channel FROM retention_policies WHERE channel = c.channel), '*')
+                         WHERE c.status = 'closed' AND c.closed_at <= $1::timestamptz - make_interval(days => p.days)
+                           AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant_id = c.tenant_id
+                                           AND h.customer_id = c.customer_id)
+                           AND NOT (p.action = 'anonymise' AND NOT EXISTS (SELECT 1 FROM messages m
+                                    WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id AND NOT m.anonymised))
+                         ORDER BY c.closed_at LIMIT $2",
+                        &[&to_system_time(now), &limit],
+                    )
+                    .await?;
+                let mut run = RetentionRun::default();
+                for r in &due {
+                    let id: Uuid = r.get(0);
+                    match r.get::<_, &str>(1) {
+                        "delete" => run.deleted.push(id),
+                        _ => run.anonymised.push(id),
+                    }
+                }
+                let all: Vec<Uuid> = run.deleted.iter().chain(&run.anonymised).copied().collect();
+                if all.is_empty() {
+                    return Ok(run);
+                }
+                run.files = tx
+                    .query(
+                        "DELETE FROM message_attachments a USING messages m
+                         WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND m.conversation_id = ANY($1)
+                         RETURNING a.id",
+                        &[&all],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if !run.anonymised.is_empty() {
+                    tx.execute(
+                        "UPDATE messages SET body = '', subject = '', quoted_text = NULL, anonymised = true
+                         WHERE conversation_id = ANY($1)",
+                        &[&run.anonymised],
+                    )
+                    .await?;
+                }
+                if !run.deleted.is_empty() {
+                    let ids = &run.deleted;
+                    tx.execute(
+                        "DELETE FROM message_deliveries d USING messages m
+                         WHERE d.tenant_id = m.tenant_id AND d.message_id = m.id AND m.conversation_id = ANY($1)",
+                        &[ids],
+                    )
+                    .await?;
+                    tx.execute("DELETE FROM messages WHERE conversation_id = ANY($1)", &[ids]).await?;
+                    tx.execute("DELETE FROM assignments WHERE conversation_id = ANY($1)", &[ids]).await?;
+                    tx.execute("DELETE FROM routing_decisions WHERE conversation_id = ANY($1)", &[ids]).await?;
+                    tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[ids]).await?;
+                }
+                Ok(run)
             })
         })
         .await

@@ -227,6 +227,8 @@ impl App {
             auth: auth.clone(),
             telemetry: telemetry.clone(),
             writer: parley_history::WriterSection::default(),
+            // Retention applied every second, so tests see it act.
+            retention: parley_history::retention::RetentionSection { interval_secs: 1, ..Default::default() },
         };
         let history = parley_history::start(history_config, Metrics::new("history"), CancellationToken::new())
             .await
