@@ -76,6 +76,42 @@ async fn no_tenant_sees_or_touches_another_tenants_data() {
         history.list_routing_decisions(v1::ListRoutingDecisionsRequest { conversation_id: conversation.clone() }).await,
         "list_routing_decisions",
     );
+    not_found(
+        history
+            .export_transcript(v1::ExportTranscriptRequest {
+                conversation_id: conversation.clone(),
+                ..Default::default()
+            })
+            .await,
+        "export_transcript",
+    );
+    let search = history
+        .search_messages(v1::SearchMessagesRequest { query: "Секрет".into(), ..Default::default() })
+        .await
+        .expect("search");
+    assert!(search.into_inner().hits.is_empty(), "globex's search finds acme's message");
+    let mut globex_admin_history = app.history_client(&globex.admin_token).await;
+    not_found(
+        globex_admin_history
+            .erase_customer(v1::EraseCustomerRequest { customer_id: sent.customer_id.clone(), reason: "x".into() })
+            .await,
+        "erase_customer",
+    );
+    not_found(
+        globex_admin_history
+            .set_legal_hold(v1::SetLegalHoldRequest {
+                customer_id: sent.customer_id.clone(),
+                hold: true,
+                reason: "x".into(),
+            })
+            .await,
+        "set_legal_hold",
+    );
+    let receipts = globex_admin_history
+        .list_erasure_receipts(v1::ListErasureReceiptsRequest { customer_id: sent.customer_id.clone() })
+        .await
+        .expect("receipts");
+    assert!(receipts.into_inner().receipts.is_empty());
     let mut routing = app.routing_client(&globex.supervisor_token).await;
     not_found(
         routing
@@ -149,7 +185,18 @@ async fn no_tenant_sees_or_touches_another_tenants_data() {
     // In the database, a session without a tenant sees nothing, though rows exist.
     assert!(app.table_rows("messages").await > 0);
     let db = parley_pg::Db::connect(&app.infra.db.url(), 1, "parley_app").unwrap();
-    for table in ["customers", "customer_identities", "conversations", "messages", "assignments", "routing_decisions"] {
+    for table in [
+        "customers",
+        "customer_identities",
+        "conversations",
+        "messages",
+        "assignments",
+        "routing_decisions",
+        "message_attachments",
+        "legal_holds",
+        "erasure_receipts",
+        "retention_policies",
+    ] {
         assert_eq!(db.count_without_tenant(table).await.unwrap(), 0, "{table} without a tenant");
     }
     // And with globex's tenant, none of acme's.
