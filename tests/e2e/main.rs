@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod email;
 mod erasure;
+mod identity;
 mod isolation;
 mod media;
 mod race;

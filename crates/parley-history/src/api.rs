@@ -15,7 +15,8 @@ use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
 use parley_nats::{MediaStore, Nats, topology};
 use parley_pg::{
-    ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, MessageRow, RetentionPolicy, SearchFilter,
+    ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal, MessageRow, RetentionPolicy,
+    SearchFilter,
 };
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
@@ -237,6 +238,35 @@ pub fn message(r: &MessageRow) -> v1::Message {
 }
 
 impl HistoryApi {
+    /// A customer with every identity of their person and who they are linked with.
+    async fn customer_record(&self, tenant: &TenantId, id: Uuid) -> ApiResult<v1::Customer> {
+        let c = self
+            .db
+            .customer(tenant, id)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))?;
+        Ok(v1::Customer {
+            id: c.id.to_string(),
+            display_name: c.display_name,
+            identities: c
+                .identities
+                .into_iter()
+                .map(|(channel, address, seen)| v1::ChannelIdentity {
+                    channel: channel_of(&channel),
+                    address,
+                    first_seen_time: Some(convert::timestamp(seen)),
+                })
+                .collect(),
+            create_time: Some(convert::timestamp(c.created_at)),
+            linked: c
+                .linked
+                .into_iter()
+                .map(|(customer, reason)| v1::LinkedCustomer { customer_id: customer.to_string(), reason })
+                .collect(),
+        })
+    }
+
     async fn existing_conversation(&self, tenant: &TenantId, id: Uuid) -> ApiResult<(ConversationRow, i64)> {
         self.db
             .conversation(tenant, id)
@@ -297,28 +327,44 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let id = uuid("customer_id", &request.get_ref().customer_id)?;
-        let c = self
-            .db
-            .customer(&p.tenant, id)
+        Ok(Response::new(v1::GetCustomerResponse { customer: Some(self.customer_record(&p.tenant, id).await?) }))
+    }
+
+    async fn link_customers(
+        &self,
+        request: Request<v1::LinkCustomersRequest>,
+    ) -> Result<Response<v1::LinkCustomersResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
+        let r = request.into_inner();
+        let id = uuid("customer_id", &r.customer_id)?;
+        let into = uuid("into_customer_id", &r.into_customer_id)?;
+        if id == into {
+            return Err(ApiError::invalid("into_customer_id must be another customer").into());
+        }
+        self.db
+            .link_customers(&p.tenant, id, into, p.subject.clone(), clock::now())
             .await
             .map_err(db_error)?
-            .ok_or_else(|| ApiError::not_found(format!("customer {id} not found")))?;
-        Ok(Response::new(v1::GetCustomerResponse {
-            customer: Some(v1::Customer {
-                id: c.id.to_string(),
-                display_name: c.display_name,
-                identities: c
-                    .identities
-                    .into_iter()
-                    .map(|(channel, address, seen)| v1::ChannelIdentity {
-                        channel: channel_of(&channel),
-                        address,
-                        first_seen_time: Some(convert::timestamp(seen)),
-                    })
-                    .collect(),
-                create_time: Some(convert::timestamp(c.created_at)),
-            }),
-        }))
+            .map_err(|LinkRefusal::NotFound(c)| ApiError::not_found(format!("customer {c} not found")))?;
+        tracing::info!(tenant = %p.tenant, customer = %id, into = %into, by = %p.subject, "customers linked");
+        Ok(Response::new(v1::LinkCustomersResponse { customer: Some(self.customer_record(&p.tenant, id).await?) }))
+    }
+
+    async fn unlink_customer(
+        &self,
+        request: Request<v1::UnlinkCustomerRequest>,
+    ) -> Result<Response<v1::UnlinkCustomerResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
+        let id = uuid("customer_id", &request.get_ref().customer_id)?;
+        self.db
+            .unlink_customer(&p.tenant, id, p.subject.clone(), clock::now())
+            .await
+            .map_err(db_error)?
+            .map_err(|LinkRefusal::NotFound(c)| ApiError::not_found(format!("customer {c} not found")))?;
+        tracing::info!(tenant = %p.tenant, customer = %id, by = %p.subject, "customer unlinked");
+        Ok(Response::new(v1::UnlinkCustomerResponse { customer: Some(self.customer_record(&p.tenant, id).await?) }))
     }
 
     async fn get_customer_timeline(

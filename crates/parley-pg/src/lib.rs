@@ -149,6 +149,7 @@ impl Db {
             "legal_holds",
             "erasure_receipts",
             "retention_policies",
+            "customer_links",
         ];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
@@ -293,6 +294,8 @@ impl Db {
                 tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[&conversations]).await?;
                 let identities =
                     tx.execute("DELETE FROM customer_identities WHERE customer_id = $1", &[&customer]).await?;
+                // Links of and to the customer: the others stand alone.
+                tx.execute("DELETE FROM customer_links WHERE customer_id = $1 OR person_id = $1", &[&customer]).await?;
                 tx.execute("DELETE FROM customers WHERE id = $1", &[&customer]).await?;
                 let receipt_id = Uuid::now_v7();
                 let (n_conv, n_msg, n_id, n_att) =
@@ -700,6 +703,24 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
             &[&tenant, &channels, &addresses, &ids, &seen],
         )
         .await?;
+        // The same phone on SMS and WhatsApp is one person (both verified the number).
+        tx.execute(
+            "INSERT INTO customer_links (tenant_id, customer_id, person_id, reason, linked_by, linked_at)
+             SELECT DISTINCT ON (n.customer_id) $1, n.customer_id, COALESCE(l.person_id, o.customer_id),
+                    'verified_phone', 'parley', n.first_seen_at
+             FROM customer_identities n
+             JOIN customer_identities o ON o.tenant_id = n.tenant_id AND o.customer_id <> n.customer_id
+               AND o.channel IN ('sms', 'whatsapp')
+               AND regexp_replace(o.address, '[^0-9]', '', 'g') = regexp_replace(n.address, '[^0-9]', '', 'g')
+             LEFT JOIN customer_links l ON l.tenant_id = o.tenant_id AND l.customer_id = o.customer_id
+             WHERE n.customer_id = ANY($2) AND n.channel IN ('sms', 'whatsapp')
+               AND length(regexp_replace(n.address, '[^0-9]', '', 'g')) >= 7
+               AND COALESCE(l.person_id, o.customer_id) <> n.customer_id
+             ORDER BY n.customer_id, o.first_seen_at
+             ON CONFLICT (tenant_id, customer_id) DO NOTHING",
+            &[&tenant, &ids],
+        )
+        .await?;
     }
     if !b.conversations.is_empty() {
         // One row per conversation: the newest state in the batch.
@@ -990,8 +1011,23 @@ pub struct CustomerRecord {
     pub id: Uuid,
     pub display_name: String,
     pub created_at: Timestamp,
-    /// (channel, address, first seen)
+    /// The person's, across every linked customer: (channel, address, first seen).
     pub identities: Vec<(String, String, Timestamp)>,
+    /// The other customers linked with this one into one person, with why.
+    pub linked: Vec<(Uuid, String)>,
+}
+
+/// The customers of the person a customer ($1) belongs to, itself included.
+const PERSON_MEMBERS: &str = "WITH person AS (
+       SELECT COALESCE((SELECT person_id FROM customer_links WHERE customer_id = $1), $1) AS id)
+     SELECT person.id FROM person
+     UNION SELECT l.customer_id FROM customer_links l, person WHERE l.person_id = person.id";
+
+/// Why a link cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// This customer does not exist.
+    NotFound(Uuid),
 }
 
 impl Db {
@@ -1072,14 +1108,14 @@ impl Db {
                 let rows = match before {
                     None => {
                         let sql = format!(
-                            "SELECT {MESSAGE_COLUMNS} WHERE customer_id = $1
+                            "SELECT {MESSAGE_COLUMNS} WHERE customer_id IN ({PERSON_MEMBERS})
                              ORDER BY created_at DESC, id DESC LIMIT $2"
                         );
                         tx.query(&sql, &[&customer, &limit]).await?
                     }
                     Some(c) => {
                         let sql = format!(
-                            "SELECT {MESSAGE_COLUMNS} WHERE customer_id = $1
+                            "SELECT {MESSAGE_COLUMNS} WHERE customer_id IN ({PERSON_MEMBERS})
                                AND (created_at, id) < ($2, $3)
                              ORDER BY created_at DESC, id DESC LIMIT $4"
                         );
@@ -1151,22 +1187,120 @@ impl Db {
                 else {
                     return Ok(None);
                 };
+                let sql = format!(
+                    "SELECT channel, address, first_seen_at FROM customer_identities
+                     WHERE customer_id IN ({PERSON_MEMBERS}) ORDER BY first_seen_at, channel, address"
+                );
                 let identities = tx
-                    .query(
-                        "SELECT channel, address, first_seen_at FROM customer_identities WHERE customer_id = $1
-                         ORDER BY first_seen_at, channel, address",
-                        &[&id],
-                    )
+                    .query(&sql, &[&id])
                     .await?
                     .iter()
                     .map(|r| (r.get(0), r.get(1), from_system_time(r.get(2))))
                     .collect();
+                let sql = format!(
+                    "SELECT m.id, COALESCE(l.reason, (SELECT reason FROM customer_links WHERE customer_id = $1), '')
+                     FROM ({PERSON_MEMBERS}) AS m(id)
+                     LEFT JOIN customer_links l ON l.customer_id = m.id AND l.person_id <> l.customer_id
+                     WHERE m.id <> $1 ORDER BY m.id"
+                );
+                let linked = tx.query(&sql, &[&id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
                 Ok(Some(CustomerRecord {
                     id: row.get(0),
                     display_name: row.get(1),
                     created_at: from_system_time(row.get(2)),
                     identities,
+                    linked,
                 }))
+            })
+        })
+        .await
+    }
+
+    /// Joins `customer` (with everyone linked to it) to the person of `into`.
+    pub async fn link_customers(
+        &self,
+        tenant: &TenantId,
+        customer: Uuid,
+        into: Uuid,
+        by: String,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), LinkRefusal>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                for id in [customer, into] {
+                    if tx.query_opt("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE", &[&id]).await?.is_none() {
+                        return Ok(Err(LinkRefusal::NotFound(id)));
+                    }
+                }
+                let person: Uuid = tx
+                    .query_one(
+                        "SELECT COALESCE((SELECT person_id FROM customer_links WHERE customer_id = $1), $1)",
+                        &[&into],
+                    )
+                    .await?
+                    .get(0);
+                let members: Vec<Uuid> =
+                    tx.query(PERSON_MEMBERS, &[&customer]).await?.iter().map(|r| r.get(0)).collect();
+                for m in members.into_iter().filter(|m| *m != person) {
+                    tx.execute(
+                        "INSERT INTO customer_links (tenant_id, customer_id, person_id, reason, linked_by, linked_at)
+                         VALUES (current_setting('parley.tenant', true), $1, $2, 'operator', $3, $4)
+                         ON CONFLICT (tenant_id, customer_id) DO UPDATE SET person_id = EXCLUDED.person_id,
+                           reason = EXCLUDED.reason, linked_by = EXCLUDED.linked_by, linked_at = EXCLUDED.linked_at",
+                        &[&m, &person, &by, &to_system_time(now)],
+                    )
+                    .await?;
+                }
+                // The person itself is linked to nobody else.
+                tx.execute("DELETE FROM customer_links WHERE customer_id = $1 AND person_id <> $1", &[&person]).await?;
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
+    /// Separates `customer` from its person for good (no automatic link comes back); the
+    /// others stay together. A person's own customer hands the person to the next member.
+    pub async fn unlink_customer(
+        &self,
+        tenant: &TenantId,
+        customer: Uuid,
+        by: String,
+        now: Timestamp,
+    ) -> Result<std::result::Result<(), LinkRefusal>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                if tx.query_opt("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE", &[&customer]).await?.is_none() {
+                    return Ok(Err(LinkRefusal::NotFound(customer)));
+                }
+                // Members that had this customer as their person move to the first of them.
+                let followers: Vec<Uuid> = tx
+                    .query(
+                        "SELECT customer_id FROM customer_links WHERE person_id = $1 AND customer_id <> $1
+                         ORDER BY linked_at, customer_id",
+                        &[&customer],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if let Some(next) = followers.first() {
+                    tx.execute(
+                        "UPDATE customer_links SET person_id = $2 WHERE person_id = $1 AND customer_id <> $1",
+                        &[&customer, next],
+                    )
+                    .await?;
+                    tx.execute("DELETE FROM customer_links WHERE customer_id = $1", &[next]).await?;
+                }
+                tx.execute(
+                    "INSERT INTO customer_links (tenant_id, customer_id, person_id, reason, linked_by, linked_at)
+                     VALUES (current_setting('parley.tenant', true), $1, $1, 'unlinked', $2, $3)
+                     ON CONFLICT (tenant_id, customer_id) DO UPDATE SET person_id = EXCLUDED.person_id,
+                       reason = EXCLUDED.reason, linked_by = EXCLUDED.linked_by, linked_at = EXCLUDED.linked_at",
+                    &[&customer, &by, &to_system_time(now)],
+                )
+                .await?;
+                Ok(Ok(()))
             })
         })
         .await

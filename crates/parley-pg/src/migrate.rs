@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "message_search", include_str!("../migrations/0006_message_search.sql")),
     (7, "erasure", include_str!("../migrations/0007_erasure.sql")),
     (8, "retention", include_str!("../migrations/0008_retention.sql")),
+    (9, "customer_links", include_str!("../migrations/0009_customer_links.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
