@@ -9,12 +9,16 @@
 //! 3. **policy** ([`policy`]): the pure policy's decisions per second;
 //! 4. **channels** ([`channels`]): a trivial axum handler and a bare JetStream publish vs
 //!    a Telegram webhook until JetStream acked it; a bare HTTP client vs the senders, both
-//!    against the same local provider double.
+//!    against the same local provider double;
+//! 5. **history** ([`history`]): a bare binary `COPY` into the messages' table shape vs the
+//!    history writer from `PARLEY_EVENTS` to committed rows (throughput, and publish →
+//!    committed at half of it); `SearchMessages` latency over a generated corpus.
 //!
 //! The numbers go into `BENCHMARKS.md`.
 
 mod channels;
 mod e2e;
+mod history;
 mod policy;
 mod routing;
 
@@ -75,6 +79,15 @@ pub struct Args {
     /// Channels: webhook clients at once.
     #[arg(long, default_value_t = 64)]
     channel_concurrency: usize,
+    /// History: conversation records written (and rows COPYed for the anchor).
+    #[arg(long, default_value_t = 50_000)]
+    history_records: usize,
+    /// History: messages generated for the search measurement.
+    #[arg(long, default_value_t = 10_000_000)]
+    search_messages: usize,
+    /// History: searches timed.
+    #[arg(long, default_value_t = 300)]
+    searches: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +96,7 @@ enum Section {
     Routing,
     Policy,
     Channels,
+    History,
 }
 
 /// Rows of the summary table: measure, value.
@@ -170,6 +184,16 @@ async fn main() -> anyhow::Result<()> {
         println!("\n== channels: webhooks in, provider sends out");
         let spec = channels::Spec { requests: args.channel_requests, concurrency: args.channel_concurrency };
         rows.extend(channels::run(spec).await?);
+    }
+    if runs(Section::History) {
+        println!("\n== history: bare COPY, then the writer from the conversation log; search");
+        let spec = history::Spec {
+            records: args.history_records,
+            paced_seconds: args.paced_seconds,
+            search_messages: args.search_messages,
+            searches: args.searches,
+        };
+        rows.extend(history::run(&spec).await?);
     }
     println!("\n== summary (paste into BENCHMARKS.md)");
     println!("| measure | value |");

@@ -1,0 +1,360 @@
+//! History: the raw anchor is a binary `COPY` into a table of the messages' shape (the same
+//! columns, generated search vector and indexes); Parley is the history writer from the
+//! conversation log (`PARLEY_EVENTS`) to committed rows — throughput, and the time from
+//! publish to committed row at half of it. Then search: `SearchMessages` latency over a
+//! generated corpus of Russian and English messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use parley_domain::conversation::Opening;
+use parley_domain::routing::Requirements;
+use parley_domain::{
+    Channel, ChannelConfigId, Conversation, ConversationId, CustomerId, CustomerRef, DeliveryState, Message, MessageId,
+    QueueId, Sender, TenantId,
+};
+use parley_nats::{ConfigCache, Nats, topology};
+use parley_proto::v1;
+use parley_testkit::{App, Infra};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+use crate::{Rows, fresh_histogram, ms, rate};
+
+const WORDS: [&str; 48] = [
+    "жалоба",
+    "списание",
+    "карта",
+    "перевод",
+    "кредит",
+    "вклад",
+    "заявка",
+    "отделение",
+    "оператор",
+    "возврат",
+    "доставка",
+    "заказ",
+    "платёж",
+    "комиссия",
+    "лимит",
+    "блокировка",
+    "приложение",
+    "пароль",
+    "договор",
+    "счёт",
+    "ошибка",
+    "деньги",
+    "банкомат",
+    "кэшбэк",
+    "refund",
+    "complaint",
+    "card",
+    "payment",
+    "delivery",
+    "order",
+    "account",
+    "transfer",
+    "password",
+    "limit",
+    "branch",
+    "loan",
+    "deposit",
+    "invoice",
+    "charge",
+    "blocked",
+    "app",
+    "error",
+    "cashback",
+    "fee",
+    "contract",
+    "support",
+    "balance",
+    "statement",
+];
+
+/// A message text of `n` words picked by `seed`.
+fn text(seed: u64, n: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            WORDS[(x % WORDS.len() as u64) as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What to measure.
+pub struct Spec {
+    pub records: usize,
+    pub paced_seconds: u64,
+    pub search_messages: usize,
+    pub searches: usize,
+}
+
+/// The anchor: binary COPY of `n` rows into a table shaped like `messages`.
+async fn copy_anchor(client: &tokio_postgres::Client, n: usize) -> anyhow::Result<f64> {
+    client
+        .batch_execute("DROP TABLE IF EXISTS bench_messages; CREATE TABLE bench_messages (LIKE messages INCLUDING ALL)")
+        .await?;
+    let started = Instant::now();
+    copy_messages(client, "bench_messages", "anchor", n, 0).await?;
+    Ok(rate(n, started.elapsed()))
+}
+
+/// COPYs `n` generated messages of tenant `tenant` into `table`.
+async fn copy_messages(
+    client: &tokio_postgres::Client,
+    table: &str,
+    tenant: &str,
+    n: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let sink = client
+        .copy_in(&format!(
+            "COPY {table} (tenant_id, id, conversation_id, customer_id, channel, sender, body, delivery_state,
+                           channel_message_id, created_at, subject) FROM STDIN BINARY"
+        ))
+        .await?;
+    let types = [
+        Type::TEXT,
+        Type::UUID,
+        Type::UUID,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    tokio::pin!(writer);
+    let start = SystemTime::now() - Duration::from_secs(n as u64);
+    for i in 0..n {
+        let seed = seed + i as u64;
+        let conversation = uuid::Uuid::now_v7();
+        let (body, key, at) =
+            (text(seed, 8 + (seed % 12) as usize), format!("k-{seed}"), start + Duration::from_secs(i as u64));
+        writer
+            .as_mut()
+            .write(&[
+                &tenant,
+                &uuid::Uuid::now_v7(),
+                &conversation,
+                &conversation,
+                &"telegram",
+                &"customer",
+                &body,
+                &"accepted",
+                &key,
+                &at,
+                &"",
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The record opening conversation `i` with its first message, as routing appends it.
+fn record(
+    cache: &ConfigCache,
+    tenant: &TenantId,
+    i: u64,
+) -> (ConversationId, MessageId, parley_proto::events::ConversationRecord) {
+    let now = parley_kit::clock::now();
+    let address = format!("bench-{i}-{}", uuid::Uuid::now_v7().simple());
+    let customer = CustomerId::derive(tenant, Channel::Telegram, &address);
+    let message = MessageId::derive(tenant, "bench", &address);
+    let id = ConversationId::opened_by(message);
+    let first = Message {
+        id: message,
+        conversation: id,
+        customer,
+        channel: Channel::Telegram,
+        sender: Sender::Customer,
+        operator: None,
+        text: text(i, 12),
+        quoted: None,
+        delivery: DeliveryState::Accepted,
+        created: now,
+        channel_message_id: address.clone(),
+        subject: String::new(),
+        attachments: Vec::new(),
+    };
+    let opening = Opening {
+        id,
+        tenant: tenant.clone(),
+        customer: CustomerRef { id: customer, address, display_name: "Bench".into() },
+        channel: Channel::Telegram,
+        channel_config: ChannelConfigId::parse("tg").expect("id"),
+        queue: QueueId::parse("default").expect("id"),
+        priority: 0,
+        requirements: Requirements::default(),
+        preference: None,
+    };
+    let t = Conversation::open(opening, first, now);
+    let (record, _) =
+        parley_routing::record::build(uuid::Uuid::now_v7(), &t.next, t.effects, vec![], vec![], now, cache);
+    (id, message, record)
+}
+
+async fn publish(
+    nats: &Nats,
+    tenant: &TenantId,
+    id: ConversationId,
+    r: &parley_proto::events::ConversationRecord,
+) -> anyhow::Result<()> {
+    nats.publisher()
+        .publish(topology::events_subject(tenant, id), &r.record_id, &id.to_string(), r)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn count(client: &tokio_postgres::Client, tenant: &str) -> anyhow::Result<i64> {
+    Ok(client.query_one("SELECT count(*) FROM messages WHERE tenant_id = $1", &[&tenant]).await?.get(0))
+}
+
+pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
+    let infra = Infra::start().await?;
+    let app = App::spawn_on(infra, true).await;
+    let (client, connection) = tokio_postgres::connect(&app.infra.db.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    // The owner is under row-level security too (FORCE): this session is the bench tenants'.
+    client.batch_execute("SELECT set_config('parley.tenant', 'bench', false)").await?;
+    let mut rows = Rows::new();
+
+    let anchor = copy_anchor(&client, spec.records).await?;
+    println!("anchor: binary COPY into a table of the messages' shape: {anchor:.0} rows/s");
+
+    // Parley: records published as fast as JetStream takes them; rows committed.
+    let nats = Nats::connect(
+        &parley_kit::config::NatsConfig { url: app.infra.nats.url(), ..Default::default() },
+        "bench",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let token = tokio_util::sync::CancellationToken::new();
+    let cache = ConfigCache::start(nats.config_kv().await?, token.clone()).await?;
+    let tenant = TenantId::parse("bench").expect("tenant");
+    let records: Vec<_> = (0..spec.records as u64).map(|i| record(&cache, &tenant, i)).collect();
+    let started = Instant::now();
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    for (id, _, r) in &records {
+        inflight.push(publish(&nats, &tenant, *id, r));
+        if inflight.len() >= 256 {
+            use futures_util::StreamExt as _;
+            inflight.next().await.transpose()?;
+        }
+    }
+    {
+        use futures_util::StreamExt as _;
+        while let Some(r) = inflight.next().await {
+            r?;
+        }
+    }
+    while count(&client, "bench").await? < spec.records as i64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writer = rate(spec.records, started.elapsed());
+    println!("parley: history writer, records → committed rows: {writer:.0} rows/s");
+
+    // Publish → committed at half the throughput.
+    let pace = (writer / 2.0).max(1.0);
+    let pending: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
+    let done = Arc::new(Mutex::new(fresh_histogram()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (pending, done, stop) = (pending.clone(), done.clone(), stop.clone());
+        let (client2, connection) = tokio_postgres::connect(&app.infra.db.url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client2.batch_execute("SELECT set_config('parley.tenant', 'bench', false)").await?;
+        tokio::spawn(async move {
+            while !stop.is_cancelled() || !pending.lock().expect("lock").is_empty() {
+                let ids: Vec<uuid::Uuid> = pending.lock().expect("lock").keys().copied().collect();
+                if !ids.is_empty()
+                    && let Ok(found) = client2.query("SELECT id FROM messages WHERE id = ANY($1)", &[&ids]).await
+                {
+                    let now = Instant::now();
+                    let mut p = pending.lock().expect("lock");
+                    for row in found {
+                        let id: uuid::Uuid = row.get(0);
+                        if let Some(t0) = p.remove(&id) {
+                            let _ = done.lock().expect("lock").record((now - t0).as_micros() as u64);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let n = (pace * spec.paced_seconds as f64) as u64;
+    let interval = Duration::from_secs_f64(1.0 / pace);
+    let begin = Instant::now();
+    for i in 0..n {
+        tokio::time::sleep_until((begin + interval.mul_f64(i as f64)).into()).await;
+        let (id, message, r) = record(&cache, &tenant, 1_000_000 + i);
+        pending.lock().expect("lock").insert(message.as_uuid(), Instant::now());
+        publish(&nats, &tenant, id, &r).await?;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .map_err(|_| anyhow::anyhow!("rows not committed"))??;
+    let h = done.lock().expect("lock").clone();
+    rows.push(("anchor: binary COPY into the messages' table shape".into(), format!("{anchor:.0} rows/s")));
+    rows.push((
+        "history: records on PARLEY_EVENTS → committed rows".into(),
+        format!("{writer:.0} rows/s ({:.0} % of COPY)", 100.0 * writer / anchor),
+    ));
+    rows.push((
+        format!("history: publish → committed, paced at {pace:.0}/s"),
+        format!("p50 {:.1} ms, p99 {:.1} ms", ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99))),
+    ));
+
+    // Search over a generated corpus (the search index rebuilt after the load, as a bulk
+    // import would do).
+    println!("generating {} messages to search…", spec.search_messages);
+    let started = Instant::now();
+    client.batch_execute("SELECT set_config('parley.tenant', 'search', false); DROP INDEX messages_search").await?;
+    copy_messages(&client, "messages", "search", spec.search_messages, 7).await?;
+    client.batch_execute("CREATE INDEX messages_search ON messages USING gin (search); ANALYZE messages").await?;
+    println!("  loaded and indexed in {:.0} s", started.elapsed().as_secs_f64());
+    let fx = app.tenant("search", &[]).await;
+    let mut history = app.history_client(&fx.supervisor_token).await;
+    let mut h = fresh_histogram();
+    let mut hits = 0;
+    for i in 0..spec.searches {
+        let query = match i % 3 {
+            0 => WORDS[i % WORDS.len()].to_owned(),
+            1 => format!("{} {}", WORDS[i % WORDS.len()], WORDS[(i * 7 + 3) % WORDS.len()]),
+            _ => format!("\"{} {}\"", WORDS[i % WORDS.len()], WORDS[(i * 5 + 1) % WORDS.len()]),
+        };
+        let t0 = Instant::now();
+        let r = history
+            .search_messages(v1::SearchMessagesRequest { query, page_size: 20, ..Default::default() })
+            .await?
+            .into_inner();
+        h.record(t0.elapsed().as_micros() as u64)?;
+        hits += r.hits.len();
+    }
+    rows.push((
+        format!("history: SearchMessages over {} messages, first page of 20", spec.search_messages),
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms ({} queries, {:.1} hits each)",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            spec.searches,
+            hits as f64 / spec.searches.max(1) as f64
+        ),
+    ));
+    token.cancel();
+    app.stop().await;
+    Ok(rows)
+}
