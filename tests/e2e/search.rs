@@ -208,5 +208,36 @@ async fn a_conversation_exports_as_a_transcript_in_text_and_json() {
         .await
         .expect_err("another tenant's");
     assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Who read it is on record, in acme's audit only.
+    let audit = history
+        .list_audit_entries(v1::ListAuditEntriesRequest { target: conversation.id.clone(), ..Default::default() })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    let exports: Vec<(&str, &str)> =
+        audit.iter().filter(|e| e.action == "export_transcript").map(|e| (e.actor.as_str(), e.role.as_str())).collect();
+    // Two exports and three refused ones: an attempt is on record too (the one with a
+    // malformed id named nothing to record).
+    assert_eq!(exports.len(), 5, "{audit:?}");
+    assert!(exports.iter().all(|e| *e == ("test-supervisor", "supervisor")), "{exports:?}");
+    assert!(audit.iter().any(|e| e.action == "list_messages"), "{audit:?}");
+    let theirs = app
+        .history_client(&globex.supervisor_token)
+        .await
+        .list_audit_entries(v1::ListAuditEntriesRequest { target: conversation.id.clone(), ..Default::default() })
+        .await
+        .expect("globex's audit");
+    assert!(
+        theirs.into_inner().entries.iter().all(|e| e.actor != "test-supervisor" || e.action == "export_transcript")
+    );
+    let denied = app
+        .history_client(acme.operator_token("anna"))
+        .await
+        .list_audit_entries(v1::ListAuditEntriesRequest::default())
+        .await
+        .expect_err("operators do not read the audit");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     app.stop().await;
 }

@@ -10,13 +10,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use parley_domain::{
     AttachmentId, AttachmentKind, Channel, ConversationId, DeliveryState, Role, Sender, TenantId, Timestamp,
 };
-use parley_kit::auth::{principal, require};
+use parley_kit::auth::{Principal, principal, require};
 use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
 use parley_nats::{MediaStore, Nats, topology};
 use parley_pg::{
-    ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal, MessageRow, RetentionPolicy,
-    SearchFilter,
+    AuditEntry, ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal, MessageRow,
+    RetentionPolicy, SearchFilter,
 };
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
@@ -238,6 +238,20 @@ pub fn message(r: &MessageRow) -> v1::Message {
 }
 
 impl HistoryApi {
+    /// Records who called what about which target, before the call answers.
+    async fn audit(&self, p: &Principal, action: &str, target: String, detail: &str) -> ApiResult<()> {
+        let entry = AuditEntry {
+            id: Uuid::now_v7(),
+            at: clock::now(),
+            actor: p.subject.clone(),
+            role: p.role.as_str().to_owned(),
+            action: action.to_owned(),
+            target,
+            detail: detail.chars().take(500).collect(),
+        };
+        self.db.audit(&p.tenant, entry).await.map_err(db_error)
+    }
+
     /// A customer with every identity of their person and who they are linked with.
     async fn customer_record(&self, tenant: &TenantId, id: Uuid) -> ApiResult<v1::Customer> {
         let c = self
@@ -285,6 +299,7 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let id = uuid("conversation_id", &request.get_ref().conversation_id)?;
+        self.audit(&p, "get_conversation", id.to_string(), "").await?;
         let (row, count) = self.existing_conversation(&p.tenant, id).await?;
         Ok(Response::new(v1::GetConversationResponse {
             conversation: Some(conversation(&row)),
@@ -300,6 +315,7 @@ impl HistoryService for HistoryApi {
         require(&p, &READERS)?;
         let r = request.into_inner();
         let id = uuid("conversation_id", &r.conversation_id)?;
+        self.audit(&p, "list_messages", id.to_string(), "").await?;
         let limit = page_size(r.page_size)?;
         let newest_first = match v1::SortOrder::try_from(r.order) {
             Ok(v1::SortOrder::Unspecified) | Ok(v1::SortOrder::OldestFirst) => false,
@@ -327,6 +343,7 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &READERS)?;
         let id = uuid("customer_id", &request.get_ref().customer_id)?;
+        self.audit(&p, "get_customer", id.to_string(), "").await?;
         Ok(Response::new(v1::GetCustomerResponse { customer: Some(self.customer_record(&p.tenant, id).await?) }))
     }
 
@@ -338,6 +355,7 @@ impl HistoryService for HistoryApi {
         require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
         let r = request.into_inner();
         let id = uuid("customer_id", &r.customer_id)?;
+        self.audit(&p, "link_customers", id.to_string(), &r.into_customer_id).await?;
         let into = uuid("into_customer_id", &r.into_customer_id)?;
         if id == into {
             return Err(ApiError::invalid("into_customer_id must be another customer").into());
@@ -358,6 +376,7 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
         let id = uuid("customer_id", &request.get_ref().customer_id)?;
+        self.audit(&p, "unlink_customer", id.to_string(), "").await?;
         self.db
             .unlink_customer(&p.tenant, id, p.subject.clone(), clock::now())
             .await
@@ -375,6 +394,7 @@ impl HistoryService for HistoryApi {
         require(&p, &READERS)?;
         let r = request.into_inner();
         let id = uuid("customer_id", &r.customer_id)?;
+        self.audit(&p, "get_customer_timeline", id.to_string(), "").await?;
         let limit = page_size(r.page_size)?;
         let scope = format!("t:{id}");
         let before = decode_token(&scope, &r.page_token)?;
@@ -407,6 +427,7 @@ impl HistoryService for HistoryApi {
         require(&p, &READERS)?;
         let r = request.into_inner();
         let filter = search_filter(&r)?;
+        self.audit(&p, "search_messages", "search".into(), &filter.query).await?;
         let limit = page_size(r.page_size)?;
         // The token holds to the same search only.
         let scope = format!("s:{}", parley_domain::EventId::derive(&[&format!("{filter:?}")]));
@@ -431,6 +452,7 @@ impl HistoryService for HistoryApi {
         require(&p, &READERS)?;
         let r = request.into_inner();
         let id = uuid("conversation_id", &r.conversation_id)?;
+        self.audit(&p, "export_transcript", id.to_string(), "").await?;
         let format = match v1::TranscriptFormat::try_from(r.format) {
             Ok(v1::TranscriptFormat::Unspecified | v1::TranscriptFormat::Text) => transcript::Format::Text,
             Ok(v1::TranscriptFormat::Json) => transcript::Format::Json,
@@ -491,6 +513,7 @@ impl HistoryService for HistoryApi {
         let r = request.into_inner();
         let customer = uuid("customer_id", &r.customer_id)?;
         let reason = reason_text(&r.reason)?;
+        self.audit(&p, "erase_customer", customer.to_string(), &reason).await?;
         let erased = self
             .db
             .erase_customer(&p.tenant, customer, p.subject.clone(), reason, clock::now())
@@ -551,6 +574,7 @@ impl HistoryService for HistoryApi {
         require(&p, &[Role::Admin])?;
         let r = request.into_inner();
         let customer = uuid("customer_id", &r.customer_id)?;
+        self.audit(&p, "set_legal_hold", customer.to_string(), if r.hold { "hold" } else { "lift" }).await?;
         let hold = match r.hold {
             true => Some((reason_text(&r.reason)?, p.subject.clone())),
             false => None,
@@ -570,6 +594,7 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &[Role::Admin, Role::Supervisor])?;
         let customer = uuid("customer_id", &request.get_ref().customer_id)?;
+        self.audit(&p, "list_erasure_receipts", customer.to_string(), "").await?;
         let receipts = self.db.erasure_receipts(&p.tenant, customer).await.map_err(db_error)?;
         Ok(Response::new(v1::ListErasureReceiptsResponse { receipts: receipts.into_iter().map(receipt).collect() }))
     }
@@ -597,6 +622,8 @@ impl HistoryService for HistoryApi {
             set_by: p.subject.clone(),
             updated_at: clock::now(),
         };
+        let detail = format!("{} {} days", stored.action, stored.days);
+        self.audit(&p, "set_retention_policy", stored.channel.clone(), &detail).await?;
         self.db.set_retention_policy(&p.tenant, stored.clone()).await.map_err(db_error)?;
         tracing::info!(tenant = %p.tenant, channel = %stored.channel, days = stored.days, action, by = %p.subject, "retention policy set");
         Ok(Response::new(v1::SetRetentionPolicyResponse { policy: Some(retention_policy(stored)) }))
@@ -621,10 +648,38 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &[Role::Admin])?;
         let channel = policy_channel(request.get_ref().channel)?;
+        self.audit(&p, "delete_retention_policy", channel.clone(), "").await?;
         if !self.db.delete_retention_policy(&p.tenant, channel.clone()).await.map_err(db_error)? {
             return Err(ApiError::not_found(format!("no retention policy for {channel}")).into());
         }
         Ok(Response::new(v1::DeleteRetentionPolicyResponse {}))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        request: Request<v1::ListAuditEntriesRequest>,
+    ) -> Result<Response<v1::ListAuditEntriesResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Admin, Role::Supervisor])?;
+        let r = request.into_inner();
+        let limit = page_size(r.page_size)?;
+        if r.target.len() > 100 || r.actor.len() > 100 {
+            return Err(ApiError::invalid("target and actor must be at most 100 bytes").into());
+        }
+        let entries = self.db.audit_entries(&p.tenant, r.target, r.actor, limit).await.map_err(db_error)?;
+        Ok(Response::new(v1::ListAuditEntriesResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| v1::AuditEntry {
+                    time: Some(convert::timestamp(e.at)),
+                    actor: e.actor,
+                    role: e.role,
+                    action: e.action,
+                    target: e.target,
+                    detail: e.detail,
+                })
+                .collect(),
+        }))
     }
 
     async fn list_routing_decisions(
@@ -634,6 +689,7 @@ impl HistoryService for HistoryApi {
         let p = principal(&request)?;
         require(&p, &[Role::Supervisor, Role::Admin, Role::Integrator])?;
         let id = uuid("conversation_id", &request.get_ref().conversation_id)?;
+        self.audit(&p, "list_routing_decisions", id.to_string(), "").await?;
         self.existing_conversation(&p.tenant, id).await?;
         let rows = self.db.decisions(&p.tenant, id).await.map_err(db_error)?;
         let decisions = rows

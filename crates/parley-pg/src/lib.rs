@@ -150,6 +150,7 @@ impl Db {
             "erasure_receipts",
             "retention_policies",
             "customer_links",
+            "audit_log",
         ];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
@@ -517,6 +518,70 @@ impl Db {
                     tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[ids]).await?;
                 }
                 Ok(run)
+            })
+        })
+        .await
+    }
+}
+
+/// One audited call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub at: Timestamp,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+impl Db {
+    pub async fn audit(&self, tenant: &TenantId, e: AuditEntry) -> Result<()> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO audit_log (tenant_id, id, at, actor, role, action, target, detail)
+                     VALUES (current_setting('parley.tenant', true), $1, $2, $3, $4, $5, $6, $7)",
+                    &[&e.id, &to_system_time(e.at), &e.actor, &e.role, &e.action, &e.target, &e.detail],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The newest audit entries about a target and/or by an actor (either may be empty).
+    pub async fn audit_entries(
+        &self,
+        tenant: &TenantId,
+        target: String,
+        actor: String,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT id, at, actor, role, action, target, detail FROM audit_log
+                         WHERE ($1 = '' OR target = $1) AND ($2 = '' OR actor = $2)
+                         ORDER BY at DESC, id DESC LIMIT $3",
+                        &[&target, &actor, &limit],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| AuditEntry {
+                        id: r.get(0),
+                        at: from_system_time(r.get(1)),
+                        actor: r.get(2),
+                        role: r.get(3),
+                        action: r.get(4),
+                        target: r.get(5),
+                        detail: r.get(6),
+                    })
+                    .collect())
             })
         })
         .await
