@@ -196,6 +196,8 @@ async fn no_tenant_sees_or_touches_another_tenants_data() {
         "legal_holds",
         "erasure_receipts",
         "retention_policies",
+        "customer_links",
+        "audit_log",
     ] {
         assert_eq!(db.count_without_tenant(table).await.unwrap(), 0, "{table} without a tenant");
     }
