@@ -20,7 +20,7 @@ async fn footprint(app: &App, customer: Uuid, conversation: Uuid, messages: Vec<
     let db = parley_pg::Db::connect(&app.infra.db.url(), 1, "parley_app").expect("db");
     let tenant = parley_domain::TenantId::parse("acme").unwrap();
     // Each names the three parameters, as a row `p`.
-    let queries: [(&'static str, &'static str); 9] = [
+    let queries: [(&'static str, &'static str); 11] = [
         ("customers", "FROM customers t WHERE t.id = p.c"),
         ("customer_identities", "FROM customer_identities t WHERE t.customer_id = p.c"),
         ("conversations", "FROM conversations t WHERE t.id = p.v OR t.customer_id = p.c"),
@@ -29,6 +29,8 @@ async fn footprint(app: &App, customer: Uuid, conversation: Uuid, messages: Vec<
         ("message_deliveries", "FROM message_deliveries t WHERE t.message_id = ANY(p.m)"),
         ("assignments", "FROM assignments t WHERE t.conversation_id = p.v"),
         ("routing_decisions", "FROM routing_decisions t WHERE t.conversation_id = p.v"),
+        ("conversation_notes", "FROM conversation_notes t WHERE t.conversation_id = p.v"),
+        ("csat_answers", "FROM csat_answers t WHERE t.conversation_id = p.v"),
         ("search", "FROM messages t WHERE t.search @@ websearch_to_tsquery('russian', 'договор')"),
     ];
     let mut out = Vec::new();
@@ -89,11 +91,24 @@ Message-ID: <erase-1@example.ru>\r\nMIME-Version: 1.0\r\nContent-Type: multipart
     .await;
     let conversation_id: Uuid = conversation.id.parse().unwrap();
     let messages = vec![a.recent_messages[0].id.parse().unwrap(), ok.message_id.parse().unwrap()];
+    // A note for colleagues (never sent to the customer).
+    let mut anna_history = app.history_client(fx.operator_token("anna")).await;
+    let note =
+        v1::AddConversationNoteRequest { conversation_id: conversation.id.clone(), text: "Клиент VIP".into() };
+    anna_history.add_conversation_note(note).await.expect("note");
+    let notes = anna_history
+        .list_conversation_notes(v1::ListConversationNotesRequest { conversation_id: conversation.id.clone() })
+        .await
+        .expect("notes")
+        .into_inner()
+        .notes;
+    assert_eq!((notes[0].author.as_str(), notes[0].text.as_str()), ("anna", "Клиент VIP"));
     // The reply goes out through the relay: a delivery row too.
     parley_e2e::delivery_state(&mut desk, &ok.message_id, v1::DeliveryState::Sent).await;
     eventually(WAIT, "every table holds something of the customer", || async {
         let before = footprint(&app, customer, conversation_id, messages.clone()).await;
-        before.iter().all(|(_, n)| *n > 0).then_some(())
+        // (The satisfaction answer comes after the close, below.)
+        before.iter().all(|(t, n)| *n > 0 || *t == "csat_answers").then_some(())
     })
     .await;
 
@@ -123,6 +138,28 @@ Message-ID: <erase-1@example.ru>\r\nMIME-Version: 1.0\r\nContent-Type: multipart
         })
         .await
         .expect("close");
+    // Satisfaction after the close: from the integrator, 1 to 5.
+    let mut crm = app.history_client(&fx.integrator_token).await;
+    let csat = |score: u32| v1::RecordCsatRequest {
+        conversation_id: conversation.id.clone(),
+        score,
+        comment: "Быстро ответили".into(),
+    };
+    assert_eq!(crm.record_csat(csat(6)).await.expect_err("score").code(), Code::InvalidArgument);
+    let operator = anna_history.record_csat(csat(5)).await.expect_err("operators do not answer for customers");
+    assert_eq!(operator.code(), Code::PermissionDenied);
+    eventually(WAIT, "the answer, once history has the close", || async {
+        crm.clone().record_csat(csat(5)).await.ok()
+    })
+    .await;
+    let answer = history
+        .get_conversation(v1::GetConversationRequest { conversation_id: conversation.id.clone() })
+        .await
+        .expect("conversation")
+        .into_inner()
+        .csat
+        .expect("csat");
+    assert_eq!((answer.score, answer.comment.as_str()), (5, "Быстро ответили"));
     let receipt = eventually(WAIT, "the erasure, once history has the close", || async {
         history.clone().erase_customer(erase("GDPR request 5")).await.ok().map(|r| r.into_inner().receipt.unwrap())
     })

@@ -15,7 +15,7 @@ use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
 use parley_nats::{MediaStore, Nats, topology};
 use parley_pg::{
-    AuditEntry, ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal, MessageRow,
+    AuditEntry, ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal, MessageRow, NoteRow,
     RetentionPolicy, SearchFilter,
 };
 use parley_proto::v1::history_service_server::HistoryService;
@@ -88,6 +88,19 @@ fn retention_policy(p: RetentionPolicy) -> v1::RetentionPolicy {
         set_by: p.set_by,
         update_time: Some(convert::timestamp(p.updated_at)),
     }
+}
+
+fn note_of(n: NoteRow) -> v1::ConversationNote {
+    v1::ConversationNote {
+        id: n.id.to_string(),
+        author: n.author,
+        text: n.body,
+        create_time: Some(convert::timestamp(n.created_at)),
+    }
+}
+
+fn csat_answer((score, comment, at): (i16, String, Timestamp)) -> v1::CsatAnswer {
+    v1::CsatAnswer { score: score as u32, comment, answer_time: Some(convert::timestamp(at)) }
 }
 
 /// A reason as kept on a receipt or a hold: 1 to 500 characters on one line.
@@ -301,9 +314,11 @@ impl HistoryService for HistoryApi {
         let id = uuid("conversation_id", &request.get_ref().conversation_id)?;
         self.audit(&p, "get_conversation", id.to_string(), "").await?;
         let (row, count) = self.existing_conversation(&p.tenant, id).await?;
+        let csat = self.db.csat(&p.tenant, id).await.map_err(db_error)?.map(csat_answer);
         Ok(Response::new(v1::GetConversationResponse {
             conversation: Some(conversation(&row)),
             message_count: u32::try_from(count).unwrap_or(u32::MAX),
+            csat,
         }))
     }
 
@@ -680,6 +695,62 @@ impl HistoryService for HistoryApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn add_conversation_note(
+        &self,
+        request: Request<v1::AddConversationNoteRequest>,
+    ) -> Result<Response<v1::AddConversationNoteResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
+        let r = request.into_inner();
+        let id = uuid("conversation_id", &r.conversation_id)?;
+        parley_domain::check_text(&r.text).map_err(|e| ApiError::invalid(format!("text: {e}")))?;
+        self.audit(&p, "add_conversation_note", id.to_string(), "").await?;
+        let note = NoteRow { id: Uuid::now_v7(), author: p.subject.clone(), body: r.text, created_at: clock::now() };
+        if !self.db.add_note(&p.tenant, id, note.clone()).await.map_err(db_error)? {
+            return Err(ApiError::not_found(format!("conversation {id} not found")).into());
+        }
+        Ok(Response::new(v1::AddConversationNoteResponse { note: Some(note_of(note)) }))
+    }
+
+    async fn list_conversation_notes(
+        &self,
+        request: Request<v1::ListConversationNotesRequest>,
+    ) -> Result<Response<v1::ListConversationNotesResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let id = uuid("conversation_id", &request.get_ref().conversation_id)?;
+        self.audit(&p, "list_conversation_notes", id.to_string(), "").await?;
+        self.existing_conversation(&p.tenant, id).await?;
+        let notes = self.db.notes(&p.tenant, id).await.map_err(db_error)?;
+        Ok(Response::new(v1::ListConversationNotesResponse { notes: notes.into_iter().map(note_of).collect() }))
+    }
+
+    async fn record_csat(
+        &self,
+        request: Request<v1::RecordCsatRequest>,
+    ) -> Result<Response<v1::RecordCsatResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &[Role::Integrator, Role::Admin])?;
+        let r = request.into_inner();
+        let id = uuid("conversation_id", &r.conversation_id)?;
+        if !(1..=5).contains(&r.score) {
+            return Err(ApiError::invalid(format!("score must be 1 to 5, got {}", r.score)).into());
+        }
+        let comment = r.comment.trim().to_owned();
+        if comment.chars().count() > 2000 || comment.contains('\0') {
+            return Err(ApiError::invalid("comment must be at most 2000 characters").into());
+        }
+        self.audit(&p, "record_csat", id.to_string(), "").await?;
+        let now = clock::now();
+        if !self.db.record_csat(&p.tenant, id, r.score as i16, comment.clone(), now).await.map_err(db_error)? {
+            return match self.existing_conversation(&p.tenant, id).await {
+                Ok(_) => Err(ApiError::precondition(format!("conversation {id} is not closed yet")).into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Ok(Response::new(v1::RecordCsatResponse { csat: Some(csat_answer((r.score as i16, comment, now))) }))
     }
 
     async fn list_routing_decisions(

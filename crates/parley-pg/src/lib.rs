@@ -151,6 +151,8 @@ impl Db {
             "retention_policies",
             "customer_links",
             "audit_log",
+            "conversation_notes",
+            "csat_answers",
         ];
         if !allowed.contains(&table) {
             return Err(DbError::Query(format!("unknown table {table}")));
@@ -292,6 +294,8 @@ impl Db {
                 let removed = tx.execute("DELETE FROM messages WHERE id = ANY($1)", &[&messages]).await?;
                 tx.execute("DELETE FROM assignments WHERE conversation_id = ANY($1)", &[&conversations]).await?;
                 tx.execute("DELETE FROM routing_decisions WHERE conversation_id = ANY($1)", &[&conversations]).await?;
+                tx.execute("DELETE FROM conversation_notes WHERE conversation_id = ANY($1)", &[&conversations]).await?;
+                tx.execute("DELETE FROM csat_answers WHERE conversation_id = ANY($1)", &[&conversations]).await?;
                 tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[&conversations]).await?;
                 let identities =
                     tx.execute("DELETE FROM customer_identities WHERE customer_id = $1", &[&customer]).await?;
@@ -503,6 +507,16 @@ impl Db {
                         &[&run.anonymised],
                     )
                     .await?;
+                    tx.execute(
+                        "UPDATE conversation_notes SET body = '' WHERE conversation_id = ANY($1)",
+                        &[&run.anonymised],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE csat_answers SET comment = '' WHERE conversation_id = ANY($1)",
+                        &[&run.anonymised],
+                    )
+                    .await?;
                 }
                 if !run.deleted.is_empty() {
                     let ids = &run.deleted;
@@ -515,6 +529,8 @@ impl Db {
                     tx.execute("DELETE FROM messages WHERE conversation_id = ANY($1)", &[ids]).await?;
                     tx.execute("DELETE FROM assignments WHERE conversation_id = ANY($1)", &[ids]).await?;
                     tx.execute("DELETE FROM routing_decisions WHERE conversation_id = ANY($1)", &[ids]).await?;
+                    tx.execute("DELETE FROM conversation_notes WHERE conversation_id = ANY($1)", &[ids]).await?;
+                    tx.execute("DELETE FROM csat_answers WHERE conversation_id = ANY($1)", &[ids]).await?;
                     tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[ids]).await?;
                 }
                 Ok(run)
@@ -582,6 +598,102 @@ impl Db {
                         detail: r.get(6),
                     })
                     .collect())
+            })
+        })
+        .await
+    }
+}
+
+/// An operator's note on a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteRow {
+    pub id: Uuid,
+    pub author: String,
+    pub body: String,
+    pub created_at: Timestamp,
+}
+
+impl Db {
+    /// Adds a note to an existing conversation; `false` when there is no such conversation.
+    pub async fn add_note(&self, tenant: &TenantId, conversation: Uuid, note: NoteRow) -> Result<bool> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "INSERT INTO conversation_notes (tenant_id, id, conversation_id, author, body, created_at)
+                         SELECT tenant_id, $2, id, $3, $4, $5 FROM conversations WHERE id = $1",
+                        &[&conversation, &note.id, &note.author, &note.body, &to_system_time(note.created_at)],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    pub async fn notes(&self, tenant: &TenantId, conversation: Uuid) -> Result<Vec<NoteRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "SELECT id, author, body, created_at FROM conversation_notes WHERE conversation_id = $1
+                         ORDER BY created_at, id",
+                        &[&conversation],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| NoteRow {
+                        id: r.get(0),
+                        author: r.get(1),
+                        body: r.get(2),
+                        created_at: from_system_time(r.get(3)),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// Records the customer's answer for a closed conversation: `Ok(false)` when there is
+    /// no such closed conversation, `Err` kept for the database; a second answer replaces
+    /// the first (the customer changed their mind).
+    pub async fn record_csat(
+        &self,
+        tenant: &TenantId,
+        conversation: Uuid,
+        score: i16,
+        comment: String,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "INSERT INTO csat_answers (tenant_id, conversation_id, score, comment, answered_at)
+                         SELECT tenant_id, id, $2, $3, $4 FROM conversations WHERE id = $1 AND status = 'closed'
+                         ON CONFLICT (tenant_id, conversation_id) DO UPDATE
+                           SET score = EXCLUDED.score, comment = EXCLUDED.comment, answered_at = EXCLUDED.answered_at",
+                        &[&conversation, &score, &comment, &to_system_time(now)],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    /// The customer's answer for a conversation, if any: (score, comment, when).
+    pub async fn csat(&self, tenant: &TenantId, conversation: Uuid) -> Result<Option<(i16, String, Timestamp)>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_opt(
+                        "SELECT score, comment, answered_at FROM csat_answers WHERE conversation_id = $1",
+                        &[&conversation],
+                    )
+                    .await?
+                    .map(|r| (r.get(0), r.get(1), from_system_time(r.get(2)))))
             })
         })
         .await
