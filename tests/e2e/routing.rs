@@ -265,6 +265,50 @@ async fn two_routing_replicas_never_exceed_capacity() {
     app.stop().await;
 }
 
+/// Regression: a replica whose remembered state was behind (another replica, or its own
+/// dispatcher, had recorded a change it had not yet remembered) refused a command the
+/// log's state allows ("held by another operator" for a close by the new holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_remembers_an_older_state_decides_on_the_log() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    let second = app.routing_replica(parley_testkit::AppOptions::default(), "routing-2").await;
+    let mut anna = Desk::open(&app, fx.operator_token("anna"), 0).await.unwrap();
+    let mut boris = Desk::open(&app, fx.operator_token("boris"), 0).await.unwrap();
+    set_status(&app, fx.operator_token("anna"), v1::OperatorStatus::Online).await;
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("c-1", "Добрый день", "k1")).await.unwrap();
+    let (conversation, what) = describe(&anna.event(WAIT).await);
+    assert_eq!(what, "assigned");
+    set_status(&app, fx.operator_token("boris"), v1::OperatorStatus::Online).await;
+
+    // Both replicas remember the conversation as Anna's: Boris's close is refused by each.
+    let mut first_boris = app.routing_client(fx.operator_token("boris")).await;
+    let mut second_boris = App::routing_client_at(second.grpc_addr, fx.operator_token("boris")).await;
+    let close = |id: &str| v1::CloseConversationRequest { conversation_id: id.into(), reason: "done".into() };
+    for client in [&mut first_boris, &mut second_boris] {
+        let refused = client.close_conversation(close(&conversation)).await.expect_err("not Boris's yet");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    }
+    // The first replica hands it to Boris; the second still remembers Anna.
+    app.routing_client(fx.operator_token("anna"))
+        .await
+        .transfer_conversation(v1::TransferConversationRequest {
+            conversation_id: conversation.clone(),
+            target: Some(v1::transfer_conversation_request::Target::OperatorId("boris".into())),
+            note: String::new(),
+        })
+        .await
+        .expect("transfer");
+    assert_eq!(describe(&boris.event(WAIT).await), (conversation.clone(), "assigned"));
+    // Boris closes through the second replica: decided on the log, it is his to close.
+    let closed = second_boris.close_conversation(close(&conversation)).await.expect("close by the holder");
+    assert_eq!(closed.into_inner().conversation.expect("conversation").status, v1::ConversationStatus::Closed as i32);
+    assert_eq!(describe(&boris.event(WAIT).await), (conversation.clone(), "released"));
+    second.stop().await.unwrap();
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_desk_resumes_where_it_left_off_with_no_gaps_or_repeats() {
     let app = App::spawn().await;

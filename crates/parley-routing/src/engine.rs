@@ -397,13 +397,25 @@ impl Engine {
                 // Nothing to do is decided on the log's state, never on a remembered one that
                 // another replica may have moved on (an offer expired and made again, say).
                 if attempt == 0 && remembered_used {
+                    self.memory.forget(tenant, id);
                     continue;
                 }
                 return Ok(Applied::Skipped(loaded.conversation));
             };
             let record_id = message_record_id(id, &cmd);
             let now = clock::now();
-            let t = loaded.conversation.apply(cmd, now)?;
+            let t = match loaded.conversation.apply(cmd, now) {
+                Ok(t) => t,
+                // A refusal, like nothing to do, is decided on the log's state: what this
+                // replica remembers may be behind a change whose desk and customer events
+                // are already out (recorded by another replica, or by this one's dispatcher
+                // before it got to remember it).
+                Err(_) if attempt == 0 && remembered_used => {
+                    self.memory.forget(tenant, id);
+                    continue;
+                }
+                Err(rejected) => return Err(rejected.into()),
+            };
             if t.duplicate {
                 return Ok(Applied::Duplicate(t.next));
             }

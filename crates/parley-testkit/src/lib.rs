@@ -339,7 +339,12 @@ impl App {
     }
 
     pub async fn routing_client(&self, token: &str) -> RoutingServiceClient<Authed> {
-        RoutingServiceClient::with_interceptor(connect(self.addrs.routing).await, Bearer::new(token).expect("token"))
+        Self::routing_client_at(self.addrs.routing, token).await
+    }
+
+    /// A routing client of one replica (see [`App::routing_replica`]).
+    pub async fn routing_client_at(addr: std::net::SocketAddr, token: &str) -> RoutingServiceClient<Authed> {
+        RoutingServiceClient::with_interceptor(connect(addr).await, Bearer::new(token).expect("token"))
     }
 
     pub async fn ingest_client(&self, token: &str) -> ApiChannelServiceClient<Authed> {
