@@ -432,14 +432,7 @@ async fn operators_send_files_that_providers_fetch_by_a_signed_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_replies_carry_the_operator_s_files_attached() {
-    let app = App::spawn().await;
-    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
-    let config =
-        crate::email::relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
-    let fx = crate::email::tenant_with(&app, "acme", &["anna"], config).await;
-    let mut desk = parley_e2e::online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
-    crate::email::until_rcpt(&app, "support@acme.example", 250).await;
+    let (app, relay, fx, mut desk, _alive) = crate::email::start_relayed().await;
     let token = fx.operator_token("anna").to_owned();
     let answer = crate::email::deliver(
         &app,

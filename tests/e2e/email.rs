@@ -131,7 +131,7 @@ async fn rcpt_code(app: &App, address: &str) -> u16 {
 
 /// Waits until ingest answers `code` to a recipient (its config cache follows the admin
 /// API within milliseconds).
-pub(crate) async fn until_rcpt(app: &App, address: &str, code: u16) {
+async fn until_rcpt(app: &App, address: &str, code: u16) {
     eventually(WAIT, &format!("RCPT TO:<{address}> answered {code}"), || async move {
         (rcpt_code(app, address).await == code).then_some(())
     })
@@ -142,7 +142,7 @@ fn email_config(id: &str, address: &str) -> v1::ChannelConfig {
     relayed_config(id, address, "smtp.example.com", 587)
 }
 
-pub(crate) fn relayed_config(id: &str, address: &str, relay_host: &str, relay_port: u32) -> v1::ChannelConfig {
+fn relayed_config(id: &str, address: &str, relay_host: &str, relay_port: u32) -> v1::ChannelConfig {
     let settings = Settings::Email(v1::EmailSettings {
         address: address.into(),
         smtp_relay_host: relay_host.into(),
@@ -157,7 +157,7 @@ async fn tenant(app: &App, id: &str, ops: &[&str], address: &str) -> TenantFixtu
     tenant_with(app, id, ops, email_config("mail", address)).await
 }
 
-pub(crate) async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfig) -> TenantFixture {
+async fn tenant_with(app: &App, id: &str, ops: &[&str], config: v1::ChannelConfig) -> TenantFixture {
     let fx = app.tenant(id, ops).await;
     for op in ops {
         fx.edit_operator(app, op, |o| {
@@ -178,6 +178,19 @@ pub(crate) async fn start() -> (App, TenantFixture, Desk, parley_e2e::KeepAlive)
     let alive = desk.keep_alive();
     until_rcpt(&app, "support@acme.example", 250).await;
     (app, fx, desk, alive)
+}
+
+/// Like [`start`], with the tenant's replies going through a local relay that keeps them.
+pub(crate) async fn start_relayed() -> (App, parley_testkit::mail::MailRelay, TenantFixture, Desk, parley_e2e::KeepAlive)
+{
+    let app = App::spawn().await;
+    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
+    let config = relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
+    let fx = tenant_with(&app, "acme", &["anna"], config).await;
+    let desk = online(&app, &fx, "anna").await;
+    let alive = desk.keep_alive();
+    until_rcpt(&app, "support@acme.example", 250).await;
+    (app, relay, fx, desk, alive)
 }
 
 /// The customer messages `PARLEY_INBOUND` holds after sequence `after`.
@@ -395,13 +408,7 @@ async fn mail_jetstream_did_not_take_is_deferred_for_a_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn email_replies_go_through_the_tenant_s_relay_in_the_customer_s_thread() {
-    let app = App::spawn().await;
-    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
-    let config = relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
-    let fx = tenant_with(&app, "acme", &["anna"], config).await;
-    let mut desk = online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
-    until_rcpt(&app, "support@acme.example", 250).await;
+    let (app, relay, fx, mut desk, _alive) = start_relayed().await;
 
     // The customer writes (KOI8-R, subject "Возврат денег"); the desk sees the subject.
     let answer = deliver(&app, "oleg@example.ru", &["support@acme.example"], &fixture("email_koi8r.eml")).await;
@@ -545,13 +552,7 @@ fn reply_mail(from: &str, id: &str, in_reply_to: &str, references: &str, text: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thread_of_mails_stays_one_conversation_by_our_thread_token() {
-    let app = App::spawn().await;
-    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
-    let config = relayed_config("mail", "support@acme.example", "127.0.0.1", u32::from(relay.addr.port()));
-    let fx = tenant_with(&app, "acme", &["anna"], config).await;
-    let mut desk = online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
-    until_rcpt(&app, "support@acme.example", 250).await;
+    let (app, relay, fx, mut desk, _alive) = start_relayed().await;
 
     // 1. The customer writes; 2. the operator answers, with our thread token in its Message-ID.
     let answer = deliver(&app, "oleg@example.ru", &["support@acme.example"], &fixture("email_koi8r.eml")).await;

@@ -55,14 +55,7 @@ async fn footprint(app: &App, customer: Uuid, conversation: Uuid, messages: Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_customer_leaves_nothing_behind_but_a_receipt() {
-    let app = App::spawn().await;
-    let relay = parley_testkit::mail::MailRelay::start().await.expect("relay");
-    let port = u32::from(relay.addr.port());
-    let config = crate::email::relayed_config("mail", "support@acme.example", "127.0.0.1", port);
-    let fx = crate::email::tenant_with(&app, "acme", &["anna"], config).await;
-    let mut desk = parley_e2e::online(&app, &fx, "anna").await;
-    let _alive = desk.keep_alive();
-    crate::email::until_rcpt(&app, "support@acme.example", 250).await;
+    let (app, _relay, fx, mut desk, _alive) = crate::email::start_relayed().await;
     let admin = fx.admin_token.clone();
     // Oleg writes with a contract attached; anna answers. Another customer writes too.
     let mail = "From: Oleg <oleg@example.ru>\r\nTo: support@acme.example\r\nSubject: Contract\r\n\

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use parley_domain::{Channel, CustomerId, MessageId, TenantId};
-use parley_proto::{events, v1};
+use parley_domain::Channel;
+use parley_proto::v1;
 use parley_testkit::{App, eventually};
 use tonic::Code;
 
@@ -14,36 +14,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// A customer message on a channel, as ingest publishes it; returns the customer id.
 async fn write(app: &App, channel: Channel, address: &str, text: &str) -> String {
-    let tenant = TenantId::parse("acme").unwrap();
-    let key = uuid::Uuid::now_v7().to_string();
-    let message = MessageId::derive(&tenant, "test", &key);
-    let customer = CustomerId::derive(&tenant, channel, address);
-    let envelope = events::InboundEnvelope {
-        kind: Some(events::inbound_envelope::Kind::CustomerMessage(events::CustomerMessage {
-            message_id: message.to_string(),
-            tenant_id: "acme".into(),
-            channel: parley_proto::convert::channel(channel) as i32,
-            channel_config_id: "api".into(),
-            customer_id: customer.to_string(),
-            customer_address: address.into(),
-            customer_display_name: "Иван".into(),
-            text: text.into(),
-            channel_message_id: key,
-            receive_time: Some(parley_proto::convert::timestamp(parley_kit::clock::now())),
-            ..Default::default()
-        })),
-    };
-    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
-    parley_nats::Publisher::new(js)
-        .publish(
-            parley_nats::topology::inbound_subject(&tenant, channel),
-            &message.to_string(),
-            &customer.to_string(),
-            &envelope,
-        )
-        .await
-        .expect("publish");
-    customer.to_string()
+    parley_e2e::publish_customer_message(app, "acme", channel, "api", address, text).await.1.to_string()
 }
 
 async fn find(app: &App, token: &str, id: &str) -> Option<v1::Customer> {

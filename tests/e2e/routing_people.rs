@@ -1232,39 +1232,9 @@ async fn a_draining_operator_finishes_their_work_but_gets_nothing_new_and_away_s
 /// A customer message on the Telegram channel, published as a channel's webhook would
 /// (SubmitMessage is the API channel only); returns the conversation it opens.
 async fn telegram(app: &App, tenant: &str, chat: &str, text: &str) -> String {
-    use parley_domain::{Channel, ConversationId, CustomerId, MessageId, TenantId};
-    let tenant = TenantId::parse(tenant).expect("tenant");
-    let key = uuid::Uuid::now_v7().to_string();
-    let message_id = MessageId::derive(&tenant, "tg", &key);
-    let customer_id = CustomerId::derive(&tenant, Channel::Telegram, chat);
-    let envelope = parley_proto::events::InboundEnvelope {
-        kind: Some(parley_proto::events::inbound_envelope::Kind::CustomerMessage(
-            parley_proto::events::CustomerMessage {
-                message_id: message_id.to_string(),
-                tenant_id: tenant.to_string(),
-                channel: v1::Channel::Telegram as i32,
-                channel_config_id: "tg".into(),
-                customer_id: customer_id.to_string(),
-                customer_address: chat.into(),
-                customer_display_name: "Telegram user".into(),
-                text: text.into(),
-                channel_message_id: key,
-                receive_time: Some(parley_proto::convert::timestamp(parley_kit::clock::now())),
-                ..Default::default()
-            },
-        )),
-    };
-    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
-    parley_nats::Publisher::new(js)
-        .publish(
-            parley_nats::topology::inbound_subject(&tenant, Channel::Telegram),
-            &message_id.to_string(),
-            &customer_id.to_string(),
-            &envelope,
-        )
-        .await
-        .expect("publish");
-    ConversationId::opened_by(message_id).to_string()
+    let channel = parley_domain::Channel::Telegram;
+    let (message, _) = parley_e2e::publish_customer_message(app, tenant, channel, "tg", chat, text).await;
+    parley_domain::ConversationId::opened_by(message).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -337,3 +337,47 @@ pub async fn history_messages(app: &App, token: &str, conversation: &str) -> Opt
     let response = app.history_client(token).await.list_messages(request).await.ok()?;
     Some(response.into_inner().messages)
 }
+
+/// A customer message published on `PARLEY_INBOUND` as ingest publishes a channel's (for
+/// tests about what comes after ingest): the message and customer ids it was given.
+pub async fn publish_customer_message(
+    app: &App,
+    tenant: &str,
+    channel: parley_domain::Channel,
+    channel_config: &str,
+    address: &str,
+    text: &str,
+) -> (parley_domain::MessageId, parley_domain::CustomerId) {
+    use parley_domain::{CustomerId, MessageId, TenantId};
+    use parley_proto::events;
+    let tenant = TenantId::parse(tenant).expect("tenant");
+    let key = uuid::Uuid::now_v7().to_string();
+    let message = MessageId::derive(&tenant, "test", &key);
+    let customer = CustomerId::derive(&tenant, channel, address);
+    let envelope = events::InboundEnvelope {
+        kind: Some(events::inbound_envelope::Kind::CustomerMessage(events::CustomerMessage {
+            message_id: message.to_string(),
+            tenant_id: tenant.to_string(),
+            channel: parley_proto::convert::channel(channel) as i32,
+            channel_config_id: channel_config.into(),
+            customer_id: customer.to_string(),
+            customer_address: address.into(),
+            customer_display_name: "Customer".into(),
+            text: text.into(),
+            channel_message_id: key,
+            receive_time: Some(parley_proto::convert::timestamp(parley_kit::clock::now())),
+            ..Default::default()
+        })),
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    parley_nats::Publisher::new(js)
+        .publish(
+            parley_nats::topology::inbound_subject(&tenant, channel),
+            &message.to_string(),
+            &customer.to_string(),
+            &envelope,
+        )
+        .await
+        .expect("publish");
+    (message, customer)
+}

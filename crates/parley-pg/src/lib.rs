@@ -284,19 +284,8 @@ impl Db {
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                let attachments: Vec<Uuid> = tx
-                    .query("DELETE FROM message_attachments WHERE message_id = ANY($1) RETURNING id", &[&messages])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                tx.execute("DELETE FROM message_deliveries WHERE message_id = ANY($1)", &[&messages]).await?;
-                let removed = tx.execute("DELETE FROM messages WHERE id = ANY($1)", &[&messages]).await?;
-                tx.execute("DELETE FROM assignments WHERE conversation_id = ANY($1)", &[&conversations]).await?;
-                tx.execute("DELETE FROM routing_decisions WHERE conversation_id = ANY($1)", &[&conversations]).await?;
-                tx.execute("DELETE FROM conversation_notes WHERE conversation_id = ANY($1)", &[&conversations]).await?;
-                tx.execute("DELETE FROM csat_answers WHERE conversation_id = ANY($1)", &[&conversations]).await?;
-                tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[&conversations]).await?;
+                let (removed, attachments) = delete_messages(tx, &messages).await?;
+                delete_conversations(tx, &conversations).await?;
                 let identities =
                     tx.execute("DELETE FROM customer_identities WHERE customer_id = $1", &[&customer]).await?;
                 // Links of and to the customer: the others stand alone.
@@ -489,18 +478,18 @@ impl Db {
                 if all.is_empty() {
                     return Ok(run);
                 }
-                run.files = tx
-                    .query(
-                        "DELETE FROM message_attachments a USING messages m
-                         WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND m.conversation_id = ANY($1)
-                         RETURNING a.id",
-                        &[&all],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
                 if !run.anonymised.is_empty() {
+                    run.files = tx
+                        .query(
+                            "DELETE FROM message_attachments a USING messages m
+                             WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND m.conversation_id = ANY($1)
+                             RETURNING a.id",
+                            &[&run.anonymised],
+                        )
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
                     tx.execute(
                         "UPDATE messages SET body = '', subject = '', quoted_text = NULL, anonymised = true
                          WHERE conversation_id = ANY($1)",
@@ -519,19 +508,15 @@ impl Db {
                     .await?;
                 }
                 if !run.deleted.is_empty() {
-                    let ids = &run.deleted;
-                    tx.execute(
-                        "DELETE FROM message_deliveries d USING messages m
-                         WHERE d.tenant_id = m.tenant_id AND d.message_id = m.id AND m.conversation_id = ANY($1)",
-                        &[ids],
-                    )
-                    .await?;
-                    tx.execute("DELETE FROM messages WHERE conversation_id = ANY($1)", &[ids]).await?;
-                    tx.execute("DELETE FROM assignments WHERE conversation_id = ANY($1)", &[ids]).await?;
-                    tx.execute("DELETE FROM routing_decisions WHERE conversation_id = ANY($1)", &[ids]).await?;
-                    tx.execute("DELETE FROM conversation_notes WHERE conversation_id = ANY($1)", &[ids]).await?;
-                    tx.execute("DELETE FROM csat_answers WHERE conversation_id = ANY($1)", &[ids]).await?;
-                    tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[ids]).await?;
+                    let messages: Vec<Uuid> = tx
+                        .query("SELECT id FROM messages WHERE conversation_id = ANY($1)", &[&run.deleted])
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let (_, files) = delete_messages(tx, &messages).await?;
+                    run.files.extend(files);
+                    delete_conversations(tx, &run.deleted).await?;
                 }
                 Ok(run)
             })
@@ -698,6 +683,30 @@ impl Db {
         })
         .await
     }
+}
+
+/// Removes messages with their delivery states and attachments' rows (erasure, retention):
+/// how many messages went, and the attachments whose files must go too.
+async fn delete_messages(tx: &tokio_postgres::Transaction<'_>, messages: &[Uuid]) -> Result<(u64, Vec<Uuid>)> {
+    let attachments = tx
+        .query("DELETE FROM message_attachments WHERE message_id = ANY($1) RETURNING id", &[&messages])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute("DELETE FROM message_deliveries WHERE message_id = ANY($1)", &[&messages]).await?;
+    let removed = tx.execute("DELETE FROM messages WHERE id = ANY($1)", &[&messages]).await?;
+    Ok((removed, attachments))
+}
+
+/// Removes conversations and what hangs on them besides messages: assignments, routing
+/// decisions, notes, satisfaction answers.
+async fn delete_conversations(tx: &tokio_postgres::Transaction<'_>, conversations: &[Uuid]) -> Result<()> {
+    for table in ["assignments", "routing_decisions", "conversation_notes", "csat_answers"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE conversation_id = ANY($1)"), &[&conversations]).await?;
+    }
+    tx.execute("DELETE FROM conversations WHERE id = ANY($1)", &[&conversations]).await?;
+    Ok(())
 }
 
 /// A boxed future, for the transaction closure (no extra dependency for one alias).
@@ -1143,13 +1152,14 @@ fn message_row(r: &Row) -> MessageRow {
     }
 }
 
-/// The attachments of a message row, from the arrays [`MESSAGE_COLUMNS`] selects.
+/// The attachments of a message row, from the arrays [`MESSAGE_COLUMNS`] aggregates once per message.
 fn attachment_rows(r: &Row) -> Vec<AttachmentRow> {
-    let ids: Vec<Uuid> = r.get("a_ids");
-    let kinds: Vec<String> = r.get("a_kinds");
-    let mimes: Vec<String> = r.get("a_mimes");
-    let names: Vec<String> = r.get("a_names");
-    let sizes: Vec<i64> = r.get("a_sizes");
+    // One aggregate row per message; its arrays are NULL when it has no attachments.
+    let ids: Vec<Uuid> = r.get::<_, Option<_>>("a_ids").unwrap_or_default();
+    let kinds: Vec<String> = r.get::<_, Option<_>>("a_kinds").unwrap_or_default();
+    let mimes: Vec<String> = r.get::<_, Option<_>>("a_mimes").unwrap_or_default();
+    let names: Vec<String> = r.get::<_, Option<_>>("a_names").unwrap_or_default();
+    let sizes: Vec<i64> = r.get::<_, Option<_>>("a_sizes").unwrap_or_default();
     ids.into_iter()
         .zip(kinds)
         .zip(mimes)
@@ -1169,18 +1179,14 @@ const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id,
 /// A message's delivery state is its row's, or the furthest a receipt took it.
 const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
      quoted_channel_message_id, quoted_text, COALESCE(d.state, m.delivery_state) AS delivery_state,
-     channel_message_id, created_at, subject,
-     ARRAY(SELECT a.id FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
-           ORDER BY a.position) AS a_ids,
-     ARRAY(SELECT a.kind FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
-           ORDER BY a.position) AS a_kinds,
-     ARRAY(SELECT a.mime_type FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
-           ORDER BY a.position) AS a_mimes,
-     ARRAY(SELECT a.file_name FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
-           ORDER BY a.position) AS a_names,
-     ARRAY(SELECT a.size_bytes FROM message_attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id
-           ORDER BY a.position) AS a_sizes
-     FROM messages m LEFT JOIN message_deliveries d ON d.tenant_id = m.tenant_id AND d.message_id = m.id";
+     channel_message_id, created_at, subject, a.a_ids, a.a_kinds, a.a_mimes, a.a_names, a.a_sizes
+     FROM messages m LEFT JOIN message_deliveries d ON d.tenant_id = m.tenant_id AND d.message_id = m.id
+     LEFT JOIN LATERAL (
+       SELECT array_agg(x.id ORDER BY x.position) AS a_ids, array_agg(x.kind ORDER BY x.position) AS a_kinds,
+              array_agg(x.mime_type ORDER BY x.position) AS a_mimes,
+              array_agg(x.file_name ORDER BY x.position) AS a_names,
+              array_agg(x.size_bytes ORDER BY x.position) AS a_sizes
+       FROM message_attachments x WHERE x.tenant_id = m.tenant_id AND x.message_id = m.id) a ON true";
 
 /// A customer with their identities.
 #[derive(Debug, Clone, PartialEq)]
