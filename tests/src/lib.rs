@@ -16,6 +16,8 @@ pub struct Desk {
     rx: tonic::Streaming<v1::OpenSessionResponse>,
     /// The sequence to resume after (the last event seen).
     pub last_sequence: u64,
+    /// Ids of the operators' own messages this desk has been shown.
+    echoed: std::collections::HashSet<String>,
 }
 
 impl Desk {
@@ -29,7 +31,7 @@ impl Desk {
         let Some(open_session_response::Frame::Welcome(w)) = first.frame else {
             panic!("expected welcome, got {first:?}");
         };
-        Ok(Self { tx, rx: stream, last_sequence: w.resume_after_sequence })
+        Ok(Self { tx, rx: stream, last_sequence: w.resume_after_sequence, echoed: Default::default() })
     }
 
     /// The next frame, within `within`.
@@ -39,6 +41,11 @@ impl Desk {
         if let open_session_response::Frame::Event(e) = &frame {
             assert!(e.sequence > self.last_sequence, "sequence went back: {} after {}", e.sequence, self.last_sequence);
             self.last_sequence = e.sequence;
+            if let Some(v1::desk_event::Kind::Message(m)) = &e.kind
+                && m.sender_kind == v1::SenderKind::Operator as i32
+            {
+                self.echoed.insert(m.id.clone());
+            }
         }
         frame
     }
@@ -291,15 +298,24 @@ pub async fn inbound_after(app: &App, after: u64) -> Vec<parley_proto::events::I
     out
 }
 
-/// Waits for the desk to hear that a message reached `state` (skipping other events);
-/// returns the failure reason. Fails if the message fails while another state is awaited.
+/// Waits for the desk to hear that an operator's reply reached `state` (skipping other
+/// events) and to be shown the reply itself — in either order: the sender may hear from
+/// the provider before routing has recorded the reply. Returns the failure reason. Fails if
+/// the message fails while another state is awaited.
 pub async fn delivery_state(desk: &mut Desk, message_id: &str, state: v1::DeliveryState) -> String {
+    let mut reached = None;
     loop {
+        if let Some(reason) = &reached
+            && desk.echoed.contains(message_id)
+        {
+            return String::clone(reason);
+        }
         if let Some(v1::desk_event::Kind::Delivery(d)) = desk.event(Duration::from_secs(10)).await.kind
             && d.message_id == message_id
         {
             if d.state == state as i32 {
-                return d.failure_reason;
+                reached = Some(d.failure_reason);
+                continue;
             }
             assert!(
                 d.state != v1::DeliveryState::Failed as i32,
