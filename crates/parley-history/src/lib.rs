@@ -71,11 +71,14 @@ pub struct WriterSection {
     pub max_delay_ms: u64,
     /// Concurrent lanes (records of one conversation share a lane and stay in order).
     pub lanes: usize,
+    /// Batches committing at once, each on its own connection (a record waits for its
+    /// commit, so one conversation's records are never in two batches at a time).
+    pub concurrent_batches: usize,
 }
 
 impl Default for WriterSection {
     fn default() -> Self {
-        Self { max_batch: 500, max_delay_ms: 5, lanes: 256 }
+        Self { max_batch: 1000, max_delay_ms: 5, lanes: 4096, concurrent_batches: 6 }
     }
 }
 
@@ -111,6 +114,12 @@ impl Validate for HistoryConfig {
         if !(1..=10_000).contains(&w.max_batch) || w.max_delay_ms > 1000 || !(1..=4096).contains(&w.lanes) {
             return Err("writer: max_batch 1..=10000, max_delay_ms ≤ 1000, lanes 1..=4096".into());
         }
+        if w.concurrent_batches == 0 || w.concurrent_batches >= db.pool_size {
+            return Err(format!(
+                "writer.concurrent_batches must be 1 to database.pool_size - 1 ({}), leaving a connection for queries",
+                db.pool_size.saturating_sub(1)
+            ));
+        }
         Ok(())
     }
 }
@@ -145,8 +154,7 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
 
     // The batcher outlives the consumer: it stops when the consumer, after draining, drops
     // the handler that feeds it.
-    let (writer, batcher) =
-        writer::start(db, config.writer.max_batch, Duration::from_millis(config.writer.max_delay_ms), metrics.clone());
+    let (writer, batcher) = writer::start(db, &config.writer, metrics.clone());
     let mut tasks = tokio::task::JoinSet::new();
     if config.retention.enabled {
         tasks.spawn(retention.run(token.clone()));

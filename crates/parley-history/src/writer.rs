@@ -3,7 +3,8 @@
 //! Each record becomes rows (the conversation's newest state, its new customer, messages,
 //! assignments, routing decisions). Records from all lanes are gathered for a few
 //! milliseconds into one batch, written in one transaction (each tenant's rows under its
-//! own `parley.tenant` setting), and only then acknowledged. Every insert is idempotent, so
+//! own `parley.tenant` setting), and only then acknowledged; while one batch commits, the
+//! next gathers and commits beside it (`writer.concurrent_batches`). Every insert is idempotent, so
 //! a redelivered record changes nothing; the lanes keep each conversation's records in order.
 
 use std::collections::BTreeMap;
@@ -46,6 +47,17 @@ pub struct StoredRequirements {
     pub language: String,
 }
 
+/// How a conversation status is stored (`None` for unspecified or unknown values).
+pub fn status_name(status: i32) -> Option<&'static str> {
+    match v1::ConversationStatus::try_from(status) {
+        Ok(v1::ConversationStatus::Queued) => Some("queued"),
+        Ok(v1::ConversationStatus::Offered) => Some("offered"),
+        Ok(v1::ConversationStatus::Assigned) => Some("assigned"),
+        Ok(v1::ConversationStatus::Closed) => Some("closed"),
+        _ => None,
+    }
+}
+
 /// The conversation's row from the state summary a record carries.
 fn conversation_row(tenant: &TenantId, s: &events::ConversationStateSummary) -> Result<ConversationRow, String> {
     if s.tenant_id != tenant.as_str() {
@@ -53,13 +65,7 @@ fn conversation_row(tenant: &TenantId, s: &events::ConversationStateSummary) -> 
     }
     let uuid = |field: &str, v: &str| uuid::Uuid::parse_str(v).map_err(|e| format!("state.{field}: {e}"));
     let channel = convert::from_channel("state.channel", s.channel).map_err(|e| e.to_string())?;
-    let status = match v1::ConversationStatus::try_from(s.status) {
-        Ok(v1::ConversationStatus::Queued) => "queued",
-        Ok(v1::ConversationStatus::Offered) => "offered",
-        Ok(v1::ConversationStatus::Assigned) => "assigned",
-        Ok(v1::ConversationStatus::Closed) => "closed",
-        _ => return Err(format!("state.status {} is unknown", s.status)),
-    };
+    let status = status_name(s.status).ok_or_else(|| format!("state.status {} is unknown", s.status))?;
     Ok(ConversationRow {
         id: uuid("id", &s.id)?,
         customer_id: uuid("customer_id", &s.customer_id)?,
@@ -211,62 +217,83 @@ impl Handler for Writer {
 }
 
 /// Starts the batcher; returns the consumer handler feeding it. The batcher ends when the
-/// handler is dropped.
+/// handler is dropped and the batches it started have committed.
 pub fn start(
     db: Db,
-    max_batch: usize,
-    max_delay: Duration,
+    settings: &crate::WriterSection,
     metrics: Metrics,
 ) -> (Arc<Writer>, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let (tx, rx) = mpsc::channel::<Pending>(max_batch * 2);
-    let task = tokio::spawn(batcher(db, rx, max_batch, max_delay, metrics));
+    let (tx, rx) = mpsc::channel::<Pending>(settings.max_batch * 2);
+    let limits = Limits {
+        max_batch: settings.max_batch,
+        max_delay: Duration::from_millis(settings.max_delay_ms),
+        concurrent: settings.concurrent_batches.max(1),
+    };
+    let task = tokio::spawn(batcher(db, rx, limits, metrics));
     (Arc::new(Writer { tx }), task)
 }
 
-async fn batcher(
-    db: Db,
-    mut rx: mpsc::Receiver<Pending>,
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     max_batch: usize,
     max_delay: Duration,
-    metrics: Metrics,
-) -> anyhow::Result<()> {
+    concurrent: usize,
+}
+
+async fn batcher(db: Db, mut rx: mpsc::Receiver<Pending>, limits: Limits, metrics: Metrics) -> anyhow::Result<()> {
     let rows_written = prometheus_rows();
     metrics.register("history_rows_written", "Rows written to PostgreSQL by kind", rows_written.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.concurrent));
+    let mut writing = tokio::task::JoinSet::new();
     loop {
-        // Wait for the first record. The channel closes only once the consumer has drained
-        // its lanes and dropped the handler, so shutdown never strands a record.
-        let Some(first) = rx.recv().await else { return Ok(()) };
+        // A slot first, so records gather while every slot is committing. The channel
+        // closes only once the consumer has drained its lanes and dropped the handler, so
+        // shutdown never strands a record; the batches started are awaited below.
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+        while writing.try_join_next().is_some() {}
+        let Some(first) = rx.recv().await else { break };
         let mut pending = vec![first];
-        let deadline = tokio::time::Instant::now() + max_delay;
-        while pending.len() < max_batch {
+        let deadline = tokio::time::Instant::now() + limits.max_delay;
+        while pending.len() < limits.max_batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(p)) => pending.push(p),
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut by_tenant: BTreeMap<String, TenantBatch> = BTreeMap::new();
-        let mut waiters = Vec::with_capacity(pending.len());
-        for (batch, done) in pending {
-            waiters.push(done);
-            let merged =
-                by_tenant.entry(batch.tenant.to_string()).or_insert_with(|| TenantBatch::new(batch.tenant.clone()));
-            merged.absorb(batch);
+        let (db, rows_written) = (db.clone(), rows_written.clone());
+        writing.spawn(async move {
+            write_batch(&db, pending, &rows_written).await;
+            drop(slot);
+        });
+    }
+    while writing.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Writes one batch in one transaction and tells each record's handler how it went.
+async fn write_batch(db: &Db, pending: Vec<Pending>, rows_written: &RowsFamily) {
+    let mut by_tenant: BTreeMap<String, TenantBatch> = BTreeMap::new();
+    let mut waiters = Vec::with_capacity(pending.len());
+    for (batch, done) in pending {
+        waiters.push(done);
+        let merged =
+            by_tenant.entry(batch.tenant.to_string()).or_insert_with(|| TenantBatch::new(batch.tenant.clone()));
+        merged.absorb(batch);
+    }
+    let batches: Vec<TenantBatch> = by_tenant.into_values().collect();
+    let result = db.write(&batches).await.map_err(|e| e.to_string());
+    if result.is_ok() {
+        for b in &batches {
+            rows_written
+                .get_or_create(&vec![("kind".to_owned(), "message".to_owned())])
+                .inc_by(b.messages.len() as u64);
+            rows_written
+                .get_or_create(&vec![("kind".to_owned(), "conversation".to_owned())])
+                .inc_by(b.conversations.len() as u64);
         }
-        let batches: Vec<TenantBatch> = by_tenant.into_values().collect();
-        let result = db.write(&batches).await.map_err(|e| e.to_string());
-        if result.is_ok() {
-            for b in &batches {
-                rows_written
-                    .get_or_create(&vec![("kind".to_owned(), "message".to_owned())])
-                    .inc_by(b.messages.len() as u64);
-                rows_written
-                    .get_or_create(&vec![("kind".to_owned(), "conversation".to_owned())])
-                    .inc_by(b.conversations.len() as u64);
-            }
-        }
-        for done in waiters {
-            let _ = done.send(result.clone());
-        }
+    }
+    for done in waiters {
+        let _ = done.send(result.clone());
     }
 }
 
