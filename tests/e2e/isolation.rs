@@ -90,6 +90,8 @@ async fn no_tenant_sees_or_touches_another_tenants_data() {
         .await
         .expect("search");
     assert!(search.into_inner().hits.is_empty(), "globex's search finds acme's message");
+    let listed = history.list_conversations(v1::ListConversationsRequest::default()).await.expect("list");
+    assert!(listed.into_inner().conversations.is_empty(), "globex's listing shows acme's conversation");
     let mut globex_admin_history = app.history_client(&globex.admin_token).await;
     not_found(
         globex_admin_history

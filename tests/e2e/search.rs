@@ -1,7 +1,8 @@
 //! History's reading tools on real PostgreSQL. Full-text search: Russian and English words
 //! found in their other forms, the filters (channel, sender, time) and paging, one tenant's
 //! messages invisible to another, and bad searches refused with a message naming the
-//! field. Transcripts: a conversation as text or JSON in the reader's zone and language.
+//! field. Conversations listed by status, queue, operator, channel and time. Transcripts: a
+//! conversation as text or JSON in the reader's zone and language.
 
 use std::time::Duration;
 
@@ -239,5 +240,127 @@ async fn a_conversation_exports_as_a_transcript_in_text_and_json() {
         .await
         .expect_err("operators do not read the audit");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    app.stop().await;
+}
+
+/// The customers of the conversations a listing finds (all pages), in its order.
+async fn listed(app: &App, token: &str, mut request: v1::ListConversationsRequest) -> Vec<String> {
+    let mut history = app.history_client(token).await;
+    let mut ids = Vec::new();
+    loop {
+        let page = history.list_conversations(request.clone()).await.expect("list").into_inner();
+        ids.extend(page.conversations.iter().map(|c| c.customer_id.clone()));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_are_listed_by_status_queue_operator_channel_and_time() {
+    let app = App::spawn().await;
+    let acme = app.tenant("acme", &["anna"]).await;
+    let globex = app.tenant("globex", &["boris"]).await;
+    acme.create_queue(&app, v1::Queue { id: "sales".into(), display_name: "Продажи".into(), ..Default::default() })
+        .await;
+    acme.set_api_seats(&app, "anna", 1).await;
+    let mut anna = parley_e2e::online(&app, &acme, "anna").await;
+    let mut ingest = app.ingest_client(&acme.integrator_token).await;
+    // c-1 goes to Anna and is closed; with Anna away, c-2 and c-3 (on sales) wait.
+    let first = ingest.submit_message(submit("c-1", "Первый", "k-1")).await.expect("submit").into_inner().customer_id;
+    let (conversation, what) = parley_e2e::describe(&anna.event(WAIT).await);
+    assert_eq!(what, "assigned");
+    app.routing_client(acme.operator_token("anna"))
+        .await
+        .close_conversation(v1::CloseConversationRequest { conversation_id: conversation, reason: "done".into() })
+        .await
+        .expect("close");
+    parley_e2e::set_status(&app, acme.operator_token("anna"), v1::OperatorStatus::Away).await;
+    let opened_later = parley_proto::convert::timestamp(parley_kit::clock::now());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = ingest.submit_message(submit("c-2", "Второй", "k-2")).await.expect("submit").into_inner();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let third = ingest
+        .submit_message(v1::SubmitMessageRequest { queue_id: "sales".into(), ..submit("c-3", "Третий", "k-3") })
+        .await
+        .expect("submit")
+        .into_inner();
+    let (second, third) = (second.customer_id, third.customer_id);
+    let mut theirs = app.ingest_client(&globex.integrator_token).await;
+    theirs.submit_message(submit("g-1", "Чужой", "g-k")).await.expect("submit");
+
+    let token = acme.supervisor_token.clone();
+    let all = v1::ListConversationsRequest::default();
+    eventually(WAIT, "history has the three conversations, c-1 closed", || async {
+        let closed = v1::ListConversationsRequest { status: v1::ConversationStatus::Closed as i32, ..all.clone() };
+        (listed(&app, &token, all.clone()).await.len() == 3 && listed(&app, &token, closed).await.len() == 1)
+            .then_some(())
+    })
+    .await;
+    // Newest first, a page at a time.
+    assert_eq!(
+        listed(&app, &token, v1::ListConversationsRequest { page_size: 1, ..all.clone() }).await,
+        [third.clone(), second.clone(), first.clone()]
+    );
+    let by = |r: v1::ListConversationsRequest| listed(&app, &token, r);
+    let status = |s: v1::ConversationStatus| v1::ListConversationsRequest { status: s as i32, ..all.clone() };
+    assert_eq!(by(status(v1::ConversationStatus::Closed)).await, [first.as_str()]);
+    assert_eq!(by(status(v1::ConversationStatus::Queued)).await, [third.clone(), second.clone()]);
+    assert!(by(status(v1::ConversationStatus::Assigned)).await.is_empty());
+    assert_eq!(by(v1::ListConversationsRequest { queue_id: "sales".into(), ..all.clone() }).await, [third.as_str()]);
+    assert_eq!(by(v1::ListConversationsRequest { operator_id: "anna".into(), ..all.clone() }).await, [first.as_str()]);
+    assert_eq!(
+        by(v1::ListConversationsRequest { channel: v1::Channel::Api as i32, ..all.clone() }).await,
+        [third.clone(), second.clone(), first.clone()]
+    );
+    assert!(by(v1::ListConversationsRequest { channel: v1::Channel::Telegram as i32, ..all.clone() }).await.is_empty());
+    assert_eq!(
+        by(v1::ListConversationsRequest { start_time: Some(opened_later), ..all.clone() }).await,
+        [third.clone(), second.clone()]
+    );
+    assert_eq!(
+        by(v1::ListConversationsRequest { end_time: Some(opened_later), ..all.clone() }).await,
+        [first.as_str()]
+    );
+    // Another tenant lists its own only.
+    assert_eq!(listed(&app, &globex.supervisor_token, all.clone()).await.len(), 1);
+
+    // Bad requests are refused, naming what is wrong.
+    let mut history = app.history_client(&token).await;
+    let page = history
+        .list_conversations(v1::ListConversationsRequest { page_size: 1, ..all.clone() })
+        .await
+        .expect("list")
+        .into_inner();
+    let cases = [
+        (v1::ListConversationsRequest { status: 99, ..all.clone() }, "status"),
+        (v1::ListConversationsRequest { channel: 99, ..all.clone() }, "channel"),
+        (v1::ListConversationsRequest { queue_id: "no such queue!".into(), ..all.clone() }, "queue_id"),
+        (v1::ListConversationsRequest { operator_id: "a\u{0}b".into(), ..all.clone() }, "operator_id"),
+        (v1::ListConversationsRequest { page_size: 501, ..all.clone() }, "page_size"),
+        (v1::ListConversationsRequest { page_token: "not a token".into(), ..all.clone() }, "page_token"),
+        // A token holds to the filters it was given with.
+        (
+            v1::ListConversationsRequest {
+                page_token: page.next_page_token.clone(),
+                ..status(v1::ConversationStatus::Queued)
+            },
+            "page_token",
+        ),
+        (
+            v1::ListConversationsRequest {
+                start_time: Some(opened_later),
+                end_time: Some(opened_later),
+                ..all.clone()
+            },
+            "start_time",
+        ),
+    ];
+    for (request, field) in cases {
+        let refused = history.list_conversations(request.clone()).await.expect_err(field);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{field}: {}", refused.message());
+        assert!(refused.message().contains(field), "{field}: {}", refused.message());
+    }
     app.stop().await;
 }

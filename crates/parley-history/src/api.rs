@@ -15,8 +15,8 @@ use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
 use parley_nats::{MediaStore, Nats, topology};
 use parley_pg::{
-    AuditEntry, ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal, MessageRow, NoteRow,
-    RetentionPolicy, SearchFilter,
+    AuditEntry, ConversationFilter, ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal,
+    MessageRow, NoteRow, RetentionPolicy, SearchFilter,
 };
 use parley_proto::v1::history_service_server::HistoryService;
 use parley_proto::{convert, v1};
@@ -124,30 +124,80 @@ fn search_filter(r: &v1::SearchMessagesRequest) -> ApiResult<SearchFilter> {
     if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS || query.contains('\0') {
         return Err(ApiError::invalid(format!("query must be 1 to {MAX_QUERY_CHARS} characters")));
     }
-    let channel = match r.channel {
-        0 => None,
-        c => {
-            Some(convert::from_channel("channel", c).map_err(|e| ApiError::invalid(e.to_string()))?.as_str().to_owned())
-        }
-    };
-    let operator_id = match r.operator_id.as_str() {
-        "" => None,
-        id => Some(convert::operator_id("operator_id", id).map_err(|e| ApiError::invalid(e.to_string()))?.to_string()),
-    };
     let sender = match r.sender_kind {
         0 => None,
         k => Some(
             convert::from_sender("sender_kind", k).map_err(|e| ApiError::invalid(e.to_string()))?.as_str().to_owned(),
         ),
     };
-    let from = r.start_time.as_ref().map(|t| convert::from_timestamp(Some(t)));
-    let to = r.end_time.as_ref().map(|t| convert::from_timestamp(Some(t)));
+    let (from, to) = time_range(r.start_time.as_ref(), r.end_time.as_ref())?;
+    Ok(SearchFilter {
+        query: query.to_owned(),
+        channel: channel_filter(r.channel)?,
+        operator_id: operator_filter(&r.operator_id)?,
+        sender,
+        from,
+        to,
+    })
+}
+
+fn conversation_filter(r: &v1::ListConversationsRequest) -> ApiResult<ConversationFilter> {
+    let status = match r.status {
+        0 => None,
+        s => Some(
+            crate::writer::status_name(s)
+                .ok_or_else(|| ApiError::invalid(format!("status {s} is unknown")))?
+                .to_owned(),
+        ),
+    };
+    let queue_id = match r.queue_id.as_str() {
+        "" => None,
+        id => Some(convert::queue_id("queue_id", id).map_err(|e| ApiError::invalid(e.to_string()))?.to_string()),
+    };
+    let (from, to) = time_range(r.start_time.as_ref(), r.end_time.as_ref())?;
+    Ok(ConversationFilter {
+        status,
+        queue_id,
+        operator_id: operator_filter(&r.operator_id)?,
+        channel: channel_filter(r.channel)?,
+        from,
+        to,
+    })
+}
+
+/// A channel filter: unspecified (0) filters nothing.
+fn channel_filter(channel: i32) -> ApiResult<Option<String>> {
+    match channel {
+        0 => Ok(None),
+        c => Ok(Some(
+            convert::from_channel("channel", c).map_err(|e| ApiError::invalid(e.to_string()))?.as_str().to_owned(),
+        )),
+    }
+}
+
+/// An operator filter: empty filters nothing.
+fn operator_filter(id: &str) -> ApiResult<Option<String>> {
+    match id {
+        "" => Ok(None),
+        id => {
+            Ok(Some(convert::operator_id("operator_id", id).map_err(|e| ApiError::invalid(e.to_string()))?.to_string()))
+        }
+    }
+}
+
+/// A time range, either end open; the start must come before the end.
+fn time_range(
+    start: Option<&parley_proto::prost_types::Timestamp>,
+    end: Option<&parley_proto::prost_types::Timestamp>,
+) -> ApiResult<(Option<parley_domain::Timestamp>, Option<parley_domain::Timestamp>)> {
+    let from = start.map(|t| convert::from_timestamp(Some(t)));
+    let to = end.map(|t| convert::from_timestamp(Some(t)));
     if let (Some(f), Some(t)) = (from, to)
         && f >= t
     {
         return Err(ApiError::invalid("start_time must be before end_time"));
     }
-    Ok(SearchFilter { query: query.to_owned(), channel, operator_id, sender, from, to })
+    Ok((from, to))
 }
 
 fn page_size(requested: u32) -> ApiResult<i64> {
@@ -155,6 +205,17 @@ fn page_size(requested: u32) -> ApiResult<i64> {
         0 => Ok(50),
         1..=500 => Ok(i64::from(requested)),
         _ => Err(ApiError::invalid(format!("page_size must be 0 (default 50) to 500, got {requested}"))),
+    }
+}
+
+/// Cuts `rows` (read with one extra) to `limit`; returns the next page's token, empty when
+/// the extra row shows none follows.
+fn next_page<T>(rows: &mut Vec<T>, limit: i64, scope: &str, cursor: impl Fn(&T) -> Cursor) -> String {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    match (more, rows.last()) {
+        (true, Some(last)) => encode_token(scope, cursor(last)),
+        _ => String::new(),
     }
 }
 
@@ -322,6 +383,27 @@ impl HistoryService for HistoryApi {
         }))
     }
 
+    async fn list_conversations(
+        &self,
+        request: Request<v1::ListConversationsRequest>,
+    ) -> Result<Response<v1::ListConversationsResponse>, Status> {
+        let p = principal(&request)?;
+        require(&p, &READERS)?;
+        let r = request.into_inner();
+        let filter = conversation_filter(&r)?;
+        self.audit(&p, "list_conversations", "conversations".into(), "").await?;
+        let limit = page_size(r.page_size)?;
+        // The token holds to the same filters only.
+        let scope = format!("c:{}", parley_domain::EventId::derive(&[&format!("{filter:?}")]));
+        let before = decode_token(&scope, &r.page_token)?;
+        let mut rows = self.db.list_conversations(&p.tenant, filter, before, limit + 1).await.map_err(db_error)?;
+        let next_page_token = next_page(&mut rows, limit, &scope, |m| Cursor { at: m.created_at, id: m.id });
+        Ok(Response::new(v1::ListConversationsResponse {
+            conversations: rows.iter().map(conversation).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn list_messages(
         &self,
         request: Request<v1::ListMessagesRequest>,
@@ -342,12 +424,7 @@ impl HistoryService for HistoryApi {
         self.existing_conversation(&p.tenant, id).await?;
         // One extra row tells whether another page follows.
         let mut rows = self.db.messages(&p.tenant, id, after, limit + 1, newest_first).await.map_err(db_error)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => encode_token(&scope, Cursor { at: last.created_at, id: last.id }),
-            _ => String::new(),
-        };
+        let next_page_token = next_page(&mut rows, limit, &scope, |m| Cursor { at: m.created_at, id: m.id });
         Ok(Response::new(v1::ListMessagesResponse { messages: rows.iter().map(message).collect(), next_page_token }))
     }
 
@@ -417,16 +494,11 @@ impl HistoryService for HistoryApi {
             return Err(ApiError::not_found(format!("customer {id} not found")).into());
         }
         let mut rows = self.db.timeline(&p.tenant, id, before, limit + 1).await.map_err(db_error)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
+        let next_page_token = next_page(&mut rows, limit, &scope, |m| Cursor { at: m.created_at, id: m.id });
         let mut ids: Vec<Uuid> = rows.iter().map(|m| m.conversation_id).collect();
         ids.sort();
         ids.dedup();
         let conversations = self.db.conversations(&p.tenant, ids).await.map_err(db_error)?;
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => encode_token(&scope, Cursor { at: last.created_at, id: last.id }),
-            _ => String::new(),
-        };
         Ok(Response::new(v1::GetCustomerTimelineResponse {
             messages: rows.iter().map(message).collect(),
             conversations: conversations.iter().map(conversation).collect(),
@@ -448,12 +520,7 @@ impl HistoryService for HistoryApi {
         let scope = format!("s:{}", parley_domain::EventId::derive(&[&format!("{filter:?}")]));
         let before = decode_token(&scope, &r.page_token)?;
         let mut rows = self.db.search(&p.tenant, filter, before, limit + 1).await.map_err(db_error)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some((last, _))) => encode_token(&scope, Cursor { at: last.created_at, id: last.id }),
-            _ => String::new(),
-        };
+        let next_page_token = next_page(&mut rows, limit, &scope, |(m, _)| Cursor { at: m.created_at, id: m.id });
         let hits =
             rows.iter().map(|(m, h)| v1::SearchHit { message: Some(message(m)), highlight: h.clone() }).collect();
         Ok(Response::new(v1::SearchMessagesResponse { hits, next_page_token }))

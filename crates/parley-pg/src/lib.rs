@@ -1096,6 +1096,18 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
     Ok(())
 }
 
+/// Which conversations a listing wants; `None` filters nothing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConversationFilter {
+    pub status: Option<String>,
+    pub queue_id: Option<String>,
+    /// Conversations this operator held at some time.
+    pub operator_id: Option<String>,
+    pub channel: Option<String>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
 /// What a message search looks for; `None` filters nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchFilter {
@@ -1238,6 +1250,55 @@ impl Db {
                     "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ANY($1) ORDER BY created_at DESC"
                 );
                 Ok(tx.query(&sql, &[&ids]).await?.iter().map(conversation_row).collect())
+            })
+        })
+        .await
+    }
+
+    /// A page of the conversations a filter matches, newest (by opening) first, before
+    /// `before`.
+    pub async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        filter: ConversationFilter,
+        before: Option<Cursor>,
+        limit: i64,
+    ) -> Result<Vec<ConversationRow>> {
+        self.tenant_tx(tenant, move |tx| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {CONVERSATION_COLUMNS} FROM conversations
+                     WHERE ($1::text IS NULL OR status = $1)
+                       AND ($2::text IS NULL OR queue_id = $2)
+                       AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM assignments a
+                             WHERE a.operator_id = $3 AND a.conversation_id = conversations.id))
+                       AND ($4::text IS NULL OR channel = $4)
+                       AND ($5::timestamptz IS NULL OR created_at >= $5)
+                       AND ($6::timestamptz IS NULL OR created_at < $6)
+                       AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
+                     ORDER BY created_at DESC, id DESC LIMIT $9"
+                );
+                let from = filter.from.map(to_system_time);
+                let to = filter.to.map(to_system_time);
+                let before_at = before.map(|c| to_system_time(c.at));
+                let before_id = before.map(|c| c.id);
+                let rows = tx
+                    .query(
+                        &sql,
+                        &[
+                            &filter.status,
+                            &filter.queue_id,
+                            &filter.operator_id,
+                            &filter.channel,
+                            &from,
+                            &to,
+                            &before_at,
+                            &before_id,
+                            &limit,
+                        ],
+                    )
+                    .await?;
+                Ok(rows.iter().map(conversation_row).collect())
             })
         })
         .await

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "customer_links", include_str!("../migrations/0009_customer_links.sql")),
     (10, "audit", include_str!("../migrations/0010_audit.sql")),
     (11, "notes_and_csat", include_str!("../migrations/0011_notes_and_csat.sql")),
+    (12, "conversation_listing", include_str!("../migrations/0012_conversation_listing.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
