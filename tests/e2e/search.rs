@@ -1,7 +1,8 @@
 //! History's reading tools on real PostgreSQL. Full-text search: Russian and English words
-//! found in their other forms, the filters (channel, sender, time) and paging, one tenant's
+//! found in their other forms, the filters (channel, sender, time, negativity) and paging, one tenant's
 //! messages invisible to another, and bad searches refused with a message naming the
-//! field. Conversations listed by status, queue, operator, channel and time. Transcripts: a
+//! field. Conversations listed by status, queue, operator, channel and time. Messages kept
+//! by month. Transcripts: a
 //! conversation as text or JSON in the reader's zone and language.
 
 use std::time::Duration;
@@ -105,6 +106,26 @@ async fn messages_are_found_by_their_words_in_russian_and_english() {
 
     // Another tenant finds only its own.
     assert_eq!(found(&app, &globex.supervisor_token, search("жалоба")).await, ["Жалоба от другого клиента"]);
+
+    // Negativity: complaints are flagged, and found with or without words.
+    let negative = v1::SearchMessagesRequest { negative_only: true, ..search("") };
+    assert_eq!(
+        found(&app, &token, negative.clone()).await,
+        [
+            "Refunds take too long, this is my second complaint",
+            "Жалобы на ваш банк уже писал, ответа нет",
+            "У меня жалоба на списание 500 ₽"
+        ]
+    );
+    assert_eq!(
+        found(&app, &token, v1::SearchMessagesRequest { query: "refund".into(), ..negative.clone() }).await,
+        ["Refunds take too long, this is my second complaint"]
+    );
+    assert_eq!(found(&app, &globex.supervisor_token, negative).await, ["Жалоба от другого клиента"]);
+    let hits =
+        app.history_client(&token).await.search_messages(search("refund")).await.expect("search").into_inner().hits;
+    let flags: Vec<bool> = hits.iter().map(|h| h.negative).collect();
+    assert_eq!(flags, [true, false], "the complaint is flagged, the plain refund request is not");
 
     // Bad searches: refused, naming what is wrong.
     let mut history = app.history_client(&token).await;
@@ -362,5 +383,95 @@ async fn conversations_are_listed_by_status_queue_operator_channel_and_time() {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{field}: {}", refused.message());
         assert!(refused.message().contains(field), "{field}: {}", refused.message());
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_kept_by_month_and_one_dated_outside_the_months_still_lands() {
+    let app = App::spawn().await;
+    let acme = app.tenant("acme", &["anna"]).await;
+    let (owner, connection) = tokio_postgres::connect(&app.infra.db.url(), tokio_postgres::NoTls).await.expect("db");
+    tokio::spawn(connection);
+    let month_of = |at: &str| format!("messages_{}", &at[..7].replace('-', "_"));
+    let partitions = async || -> Vec<String> {
+        owner
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhparent = 'messages'::regclass ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("partitions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    // This month and the next three exist, besides the default.
+    let now: String = owner.query_one("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM')", &[]).await.unwrap().get(0);
+    let ahead: String = owner
+        .query_one("SELECT to_char((now() AT TIME ZONE 'UTC') + interval '3 months', 'YYYY-MM')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let made = partitions().await;
+    for month in [month_of(&now), month_of(&ahead), "messages_default".into()] {
+        assert!(made.contains(&month), "{month} in {made:?}");
+    }
+    // Migrating again changes nothing.
+    assert!(parley_pg::migrate::run(&app.infra.db.url()).await.expect("migrate").is_empty());
+
+    // A message through ingest lands in this month's partition, and is read back through it.
+    let sent = app
+        .ingest_client(&acme.integrator_token)
+        .await
+        .submit_message(submit("c-1", "Сообщение этого месяца", "k-1"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let id = uuid::Uuid::parse_str(&sent.message_id).unwrap();
+    let token = acme.supervisor_token.clone();
+    eventually(WAIT, "the message is in history", || async {
+        (found(&app, &token, search("сообщение")).await.len() == 1).then_some(())
+    })
+    .await;
+    owner.batch_execute("SET parley.tenant = 'acme'").await.unwrap();
+    let place: String = owner
+        .query_one("SELECT tableoid::regclass::text FROM messages WHERE id = $1", &[&id])
+        .await
+        .expect("the row")
+        .get(0);
+    assert_eq!(place, month_of(&now));
+
+    // A row dated years ahead (a far clock) goes to the default partition; making months
+    // later leaves its month there rather than failing, and it is still found.
+    owner
+        .execute(
+            "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender, body,
+                                   delivery_state, channel_message_id, created_at)
+             VALUES ('acme', $1, $1, $1, 'api', 'customer', 'Сообщение из будущего', 'accepted', 'far',
+                     now() + interval '5 years')",
+            &[&uuid::Uuid::now_v7()],
+        )
+        .await
+        .expect("a far row");
+    let far: String = owner
+        .query_one("SELECT tableoid::regclass::text FROM messages WHERE channel_message_id = 'far'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(far, "messages_default");
+    let created: i32 = owner
+        .query_one("SELECT parley_ensure_message_months(now(), 72)", &[])
+        .await
+        .expect("months made around the far row")
+        .get(0);
+    assert!(created >= 60, "made {created} months");
+    let future_month: String = owner
+        .query_one("SELECT to_char((now() AT TIME ZONE 'UTC') + interval '5 years', 'YYYY-MM')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!partitions().await.contains(&month_of(&future_month)), "the far row's month stays in the default");
+    assert_eq!(found(&app, &token, search("сообщение")).await.len(), 2);
     app.stop().await;
 }

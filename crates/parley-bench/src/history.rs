@@ -287,9 +287,14 @@ async fn count(client: &tokio_postgres::Client, tenant: &str) -> anyhow::Result<
 
 pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     let infra = Infra::start().await?;
-    // Without routing: its fan-out would deliver these records to desks and customers on
-    // the same two cores; measured here is the history service's writer.
-    let app = App::spawn_on(infra, false).await;
+    let mut app = App::spawn_on(infra, true).await;
+    // The search section's tenant; then routing stops: its fan-out would deliver the
+    // records below to desks and customers on the same two cores, and measured here is
+    // the history service's writer.
+    let fx = app.tenant("search", &[]).await;
+    if let Some(routing) = app.routing.take() {
+        routing.stop().await?;
+    }
     let (client, connection) = tokio_postgres::connect(&app.infra.db.url(), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     // The owner is under row-level security too (FORCE): this session is the bench tenants'.
@@ -320,7 +325,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     println!("parley: history writer, conversations of {per} messages → committed rows: {writer:.0} rows/s");
 
     // Publish → committed at half the throughput.
-    let pace = (writer / 2.0).max(1.0);
+    let pace = (opening / 2.0).max(1.0);
     let pending: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
     let done = Arc::new(Mutex::new(fresh_histogram()));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -381,11 +386,18 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     // import would do).
     println!("generating {} messages to search…", spec.search_messages);
     let started = Instant::now();
-    client.batch_execute("SELECT set_config('parley.tenant', 'search', false); DROP INDEX messages_search").await?;
+    // The generated messages go one a second back from now: their months are made first.
+    client
+        .batch_execute(&format!(
+            "SELECT set_config('parley.tenant', 'search', false);
+             SELECT parley_ensure_message_months(now() - make_interval(secs => {}), 3);
+             DROP INDEX messages_search",
+            spec.search_messages + 3600
+        ))
+        .await?;
     copy_messages(&client, "messages", "search", spec.search_messages, 7).await?;
     client.batch_execute("CREATE INDEX messages_search ON messages USING gin (search); ANALYZE messages").await?;
     println!("  loaded and indexed in {:.0} s", started.elapsed().as_secs_f64());
-    let fx = app.tenant("search", &[]).await;
     let mut history = app.history_client(&fx.supervisor_token).await;
     let mut h = fresh_histogram();
     let mut hits = 0;

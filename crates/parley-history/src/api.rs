@@ -121,8 +121,11 @@ const MAX_QUERY_CHARS: usize = 256;
 /// A search request's filter, each field checked and named when wrong.
 fn search_filter(r: &v1::SearchMessagesRequest) -> ApiResult<SearchFilter> {
     let query = r.query.trim();
-    if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS || query.contains('\0') {
-        return Err(ApiError::invalid(format!("query must be 1 to {MAX_QUERY_CHARS} characters")));
+    let fits = (!query.is_empty() || r.negative_only) && query.chars().count() <= MAX_QUERY_CHARS;
+    if !fits || query.contains('\0') {
+        return Err(ApiError::invalid(format!(
+            "query must be 1 to {MAX_QUERY_CHARS} characters (or empty with negative_only)"
+        )));
     }
     let sender = match r.sender_kind {
         0 => None,
@@ -138,6 +141,7 @@ fn search_filter(r: &v1::SearchMessagesRequest) -> ApiResult<SearchFilter> {
         sender,
         from,
         to,
+        negative_only: r.negative_only,
     })
 }
 
@@ -520,9 +524,16 @@ impl HistoryService for HistoryApi {
         let scope = format!("s:{}", parley_domain::EventId::derive(&[&format!("{filter:?}")]));
         let before = decode_token(&scope, &r.page_token)?;
         let mut rows = self.db.search(&p.tenant, filter, before, limit + 1).await.map_err(db_error)?;
-        let next_page_token = next_page(&mut rows, limit, &scope, |(m, _)| Cursor { at: m.created_at, id: m.id });
-        let hits =
-            rows.iter().map(|(m, h)| v1::SearchHit { message: Some(message(m)), highlight: h.clone() }).collect();
+        let next_page_token =
+            next_page(&mut rows, limit, &scope, |h| Cursor { at: h.message.created_at, id: h.message.id });
+        let hits = rows
+            .iter()
+            .map(|h| v1::SearchHit {
+                message: Some(message(&h.message)),
+                highlight: h.headline.clone(),
+                negative: h.negative,
+            })
+            .collect();
         Ok(Response::new(v1::SearchMessagesResponse { hits, next_page_token }))
     }
 

@@ -130,6 +130,26 @@ impl HasTelemetry for HistoryConfig {
     }
 }
 
+/// Months of `messages` made ahead of time.
+const MONTHS_AHEAD: i32 = 3;
+
+/// Keeps `messages`' months created ahead: at start, then hourly (a failure is retried at
+/// the next hour; until the current month's partition is missing, rows go to the default
+/// one, so nothing is refused).
+async fn message_months(db: parley_pg::Db, token: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match db.ensure_message_months(MONTHS_AHEAD).await {
+            Ok(0) => {}
+            Ok(made) => tracing::info!(made, "message months created"),
+            Err(e) => tracing::warn!(error = %e, "creating message months failed; retrying in an hour"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
 /// Applies pending migrations; returns the versions applied.
 pub async fn migrate(config: &HistoryConfig) -> anyhow::Result<Vec<i32>> {
     parley_pg::migrate::run(config.database.url.expose()).await
@@ -154,8 +174,9 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
 
     // The batcher outlives the consumer: it stops when the consumer, after draining, drops
     // the handler that feeds it.
-    let (writer, batcher) = writer::start(db, &config.writer, metrics.clone());
+    let (writer, batcher) = writer::start(db.clone(), &config.writer, metrics.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(message_months(db.clone(), token.clone()));
     if config.retention.enabled {
         tasks.spawn(retention.run(token.clone()));
     }

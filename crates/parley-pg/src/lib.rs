@@ -107,6 +107,14 @@ impl Db {
         Ok(())
     }
 
+    /// Creates the months of `messages` from this one to `months_ahead` after it that do
+    /// not exist yet; returns how many it created.
+    pub async fn ensure_message_months(&self, months_ahead: i32) -> Result<i32> {
+        let c = self.pool.get().await?;
+        let row = c.query_one("SELECT parley_ensure_message_months(now(), $1)", &[&months_ahead]).await?;
+        Ok(row.get(0))
+    }
+
     /// Runs `f` in a transaction scoped to `tenant`.
     pub async fn tenant_tx<T, F>(&self, tenant: &TenantId, f: F) -> Result<T>
     where
@@ -978,7 +986,7 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
              SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                                       $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[],
                                       $14::timestamptz[], $15::text[])
-             ON CONFLICT (tenant_id, id) DO NOTHING",
+             ON CONFLICT (tenant_id, id, created_at) DO NOTHING",
             &[
                 &tenant,
                 &ids,
@@ -1119,6 +1127,16 @@ pub struct SearchFilter {
     pub sender: Option<String>,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
+    /// Only messages flagged negative; then `query` may be empty (no words to match).
+    pub negative_only: bool,
+}
+
+/// A message a search found, with the passages that matched and its negativity flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHitRow {
+    pub message: MessageRow,
+    pub headline: String,
+    pub negative: bool,
 }
 
 /// A keyset position in a time-ordered listing.
@@ -1380,14 +1398,23 @@ impl Db {
         filter: SearchFilter,
         before: Option<Cursor>,
         limit: i64,
-    ) -> Result<Vec<(MessageRow, String)>> {
+    ) -> Result<Vec<SearchHitRow>> {
         self.tenant_tx(tenant, move |tx| {
             Box::pin(async move {
+                // Without words, the text's start stands for the passages (and `$1` is unused).
+                let (headline, words) = if filter.query.is_empty() {
+                    ("left(body, 200)", "$1::text IS NOT NULL")
+                } else {
+                    (
+                        "ts_headline('russian', body, websearch_to_tsquery('russian', $1),
+                              'MaxFragments=2, MaxWords=24, MinWords=6, StartSel=«, StopSel=»')",
+                        "search @@ websearch_to_tsquery('russian', $1)",
+                    )
+                };
+                let negative = if filter.negative_only { "AND parley_negative(m.search)" } else { "" };
                 let sql = format!(
-                    "SELECT ts_headline('russian', body, websearch_to_tsquery('russian', $1),
-                              'MaxFragments=2, MaxWords=24, MinWords=6, StartSel=«, StopSel=»') AS headline,
-                            {MESSAGE_COLUMNS}
-                     WHERE search @@ websearch_to_tsquery('russian', $1)
+                    "SELECT {headline} AS headline, parley_negative(m.search) AS negative, {MESSAGE_COLUMNS}
+                     WHERE {words} {negative}
                        AND ($2::text IS NULL OR channel = $2)
                        AND ($3::text IS NULL OR operator_id = $3)
                        AND ($4::text IS NULL OR sender = $4)
@@ -1416,7 +1443,14 @@ impl Db {
                         ],
                     )
                     .await?;
-                Ok(rows.iter().map(|r| (message_row(r), r.get("headline"))).collect())
+                Ok(rows
+                    .iter()
+                    .map(|r| SearchHitRow {
+                        message: message_row(r),
+                        headline: r.get("headline"),
+                        negative: r.get("negative"),
+                    })
+                    .collect())
             })
         })
         .await

@@ -18,6 +18,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (10, "audit", include_str!("../migrations/0010_audit.sql")),
     (11, "notes_and_csat", include_str!("../migrations/0011_notes_and_csat.sql")),
     (12, "conversation_listing", include_str!("../migrations/0012_conversation_listing.sql")),
+    (13, "message_negativity", include_str!("../migrations/0013_message_negativity.sql")),
+    (14, "messages_by_month", include_str!("../migrations/0014_messages_by_month.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
