@@ -1139,6 +1139,33 @@ pub struct SearchHitRow {
     pub negative: bool,
 }
 
+/// The end of a query listing rows newest first by `created_at` within a time range
+/// (`$5` from, inclusive; `$6` to, exclusive) after a keyset position (`$7`, `$8`), `$9` at
+/// most; [`TimePage`] gives those parameters.
+const NEWEST_FIRST_PAGE: &str = "AND ($5::timestamptz IS NULL OR created_at >= $5)
+       AND ($6::timestamptz IS NULL OR created_at < $6)
+       AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
+     ORDER BY created_at DESC, id DESC LIMIT $9";
+
+/// The parameters `$5` to `$8` of [`NEWEST_FIRST_PAGE`].
+struct TimePage {
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    before_at: Option<SystemTime>,
+    before_id: Option<Uuid>,
+}
+
+impl TimePage {
+    fn new(from: Option<Timestamp>, to: Option<Timestamp>, before: Option<Cursor>) -> Self {
+        Self {
+            from: from.map(to_system_time),
+            to: to.map(to_system_time),
+            before_at: before.map(|c| to_system_time(c.at)),
+            before_id: before.map(|c| c.id),
+        }
+    }
+}
+
 /// A keyset position in a time-ordered listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -1291,15 +1318,9 @@ impl Db {
                        AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM assignments a
                              WHERE a.operator_id = $3 AND a.conversation_id = conversations.id))
                        AND ($4::text IS NULL OR channel = $4)
-                       AND ($5::timestamptz IS NULL OR created_at >= $5)
-                       AND ($6::timestamptz IS NULL OR created_at < $6)
-                       AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
-                     ORDER BY created_at DESC, id DESC LIMIT $9"
+                       {NEWEST_FIRST_PAGE}"
                 );
-                let from = filter.from.map(to_system_time);
-                let to = filter.to.map(to_system_time);
-                let before_at = before.map(|c| to_system_time(c.at));
-                let before_id = before.map(|c| c.id);
+                let page = TimePage::new(filter.from, filter.to, before);
                 let rows = tx
                     .query(
                         &sql,
@@ -1308,10 +1329,10 @@ impl Db {
                             &filter.queue_id,
                             &filter.operator_id,
                             &filter.channel,
-                            &from,
-                            &to,
-                            &before_at,
-                            &before_id,
+                            &page.from,
+                            &page.to,
+                            &page.before_at,
+                            &page.before_id,
                             &limit,
                         ],
                     )
@@ -1418,15 +1439,9 @@ impl Db {
                        AND ($2::text IS NULL OR channel = $2)
                        AND ($3::text IS NULL OR operator_id = $3)
                        AND ($4::text IS NULL OR sender = $4)
-                       AND ($5::timestamptz IS NULL OR created_at >= $5)
-                       AND ($6::timestamptz IS NULL OR created_at < $6)
-                       AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
-                     ORDER BY created_at DESC, id DESC LIMIT $9"
+                       {NEWEST_FIRST_PAGE}"
                 );
-                let from = filter.from.map(to_system_time);
-                let to = filter.to.map(to_system_time);
-                let before_at = before.map(|c| to_system_time(c.at));
-                let before_id = before.map(|c| c.id);
+                let page = TimePage::new(filter.from, filter.to, before);
                 let rows = tx
                     .query(
                         &sql,
@@ -1435,10 +1450,10 @@ impl Db {
                             &filter.channel,
                             &filter.operator_id,
                             &filter.sender,
-                            &from,
-                            &to,
-                            &before_at,
-                            &before_id,
+                            &page.from,
+                            &page.to,
+                            &page.before_at,
+                            &page.before_id,
                             &limit,
                         ],
                     )
