@@ -242,6 +242,7 @@ async fn concurrent_duplicate_writes_store_one_row() {
             display_name: "Иван".into(),
             channel: "sms".into(),
             address: "+79160000000".into(),
+            verified_phone: None,
             created_at: now,
         }],
         conversations: vec![parley_pg::ConversationRow {

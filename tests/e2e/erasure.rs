@@ -1,7 +1,8 @@
 //! A customer's erasure on real PostgreSQL, NATS and the media store: refused under a legal
 //! hold and while a conversation is open; then every row of theirs in every table, their
-//! attachments' files, their search entries and their records on the conversation log and
-//! reply stream are gone, a receipt says how much, and another customer keeps everything.
+//! attachments' files, their search entries and their records on every stream (the
+//! conversation log, replies, inbound, desk feeds, dead letters) are gone, a receipt says
+//! how much, and another customer keeps everything.
 //! Retention policies, applied continuously: closed conversations past their channel's
 //! policy are deleted or anonymised; open ones and those under a legal hold stay.
 
@@ -49,6 +50,30 @@ async fn footprint(app: &App, customer: Uuid, conversation: Uuid, messages: Vec<
             .await
             .expect(table);
         out.push((table, n));
+    }
+    out
+}
+
+/// Every payload on `subject` of `stream`, oldest first.
+async fn stream_payloads(js: &async_nats::jetstream::Context, stream: &str, subject: &str) -> Vec<Vec<u8>> {
+    use async_nats::jetstream::consumer;
+    use futures_util::StreamExt;
+    let s = js.get_stream(stream).await.expect("stream");
+    let mut reader = s
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("reader");
+    let mut left = reader.info().await.expect("reader info").num_pending;
+    let mut out = Vec::new();
+    let mut messages = reader.messages().await.expect("messages");
+    while left > 0 {
+        let m = tokio::time::timeout(WAIT, messages.next()).await.expect("in time").expect("more").expect("message");
+        left = m.info().expect("info").pending;
+        out.push(m.payload.to_vec());
     }
     out
 }
@@ -182,6 +207,24 @@ Message-ID: <erase-1@example.ru>\r\nMIME-Version: 1.0\r\nContent-Type: multipart
     let events = js.get_stream("PARLEY_EVENTS").await.expect("stream");
     let left = events.get_last_raw_message_by_subject(&format!("parley.events.acme.{}", conversation.id)).await;
     assert!(left.is_err(), "the conversation log still holds a record");
+    // Nor on the inbound stream, the desks' feeds or the dead letters, which mix customers
+    // on one subject: the other customer's message is still there.
+    let mentions = |payloads: &[Vec<u8>], needle: &str| {
+        payloads.iter().filter(|p| p.windows(needle.len()).any(|w| w == needle.as_bytes())).count()
+    };
+    for (stream, subject) in [
+        ("PARLEY_INBOUND", "parley.inbound.acme.>"),
+        ("PARLEY_DESK", "parley.desk.acme.>"),
+        ("PARLEY_DEAD", "parley.dead.>"),
+    ] {
+        let payloads = stream_payloads(&js, stream, subject).await;
+        for needle in [customer.to_string().as_str(), conversation.id.as_str(), "удалите потом мои данные"]
+        {
+            assert_eq!(mentions(&payloads, needle), 0, "{stream} still holds {needle}");
+        }
+    }
+    let inbound = stream_payloads(&js, "PARLEY_INBOUND", "parley.inbound.acme.>").await;
+    assert_eq!(mentions(&inbound, "Я про договор тоже"), 1, "the other customer's message stays");
     let status =
         history.get_customer(v1::GetCustomerRequest { customer_id: customer.to_string() }).await.expect_err("gone");
     assert_eq!(status.code(), Code::NotFound);

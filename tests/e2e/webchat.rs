@@ -3,7 +3,9 @@
 //! operator's desk gets the visitor's messages once, the visitor gets the operator's
 //! replies, and a visitor who drops and reconnects with the last `seq` gets exactly what
 //! was missed. The long-poll fallback carries the same. Forged, foreign and expired tokens,
-//! wrong origins and bad identity signatures are refused with JSON errors.
+//! wrong origins and bad identity signatures are refused with JSON errors. A phone the
+//! tenant's site signs with the user's identity links the visitor to the SMS customer with
+//! that number; a phone the signature does not cover is refused.
 
 use std::time::Duration;
 
@@ -105,6 +107,18 @@ async fn update_of(socket: &mut Socket, kind: &str) -> Value {
             return f;
         }
     }
+}
+
+/// A customer's message on another channel, as ingest publishes it; the customer's id.
+async fn write(app: &App, channel: parley_domain::Channel, address: &str, text: &str) -> String {
+    parley_e2e::publish_customer_message(app, "acme", channel, "api", address, text).await.1.to_string()
+}
+
+/// What the tenant's site server signs for a user it vouches for.
+fn site_signature(text: &str) -> String {
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(IDENTITY_SECRET.as_bytes()).unwrap();
+    m.update(text.as_bytes());
+    hex::encode(m.finalize().into_bytes())
 }
 
 async fn send(socket: &mut Socket, frame: Value) {
@@ -251,11 +265,7 @@ async fn forged_foreign_and_unverified_visitors_are_refused() {
     let token = s["token"].as_str().unwrap().to_owned();
 
     // A site-verified identity: the right signature is a verified customer, a wrong one 401.
-    let good = hex::encode({
-        let mut m = Hmac::<sha2::Sha256>::new_from_slice(IDENTITY_SECRET.as_bytes()).unwrap();
-        m.update(b"crm-42");
-        m.finalize().into_bytes()
-    });
+    let good = site_signature("crm-42");
     let (status, v) =
         post(&app, "sessions", ORIGIN, None, json!({"identity": {"user_id": "crm-42", "signature": good}})).await;
     assert_eq!((status, v["verified"].as_bool()), (200, Some(true)), "{v}");
@@ -320,5 +330,82 @@ async fn forged_foreign_and_unverified_visitors_are_refused() {
         assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_argument")), "{why}: {v}");
     }
     assert_eq!(app.stream_len("PARLEY_INBOUND").await, before, "nothing refused was stored");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_the_site_vouches_for_links_the_visitor_to_the_sms_customer() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let token = fx.operator_token("anna").to_owned();
+    let history = app.history_client(&token).await;
+    let customer = |id: String| {
+        let mut history = history.clone();
+        async move { history.get_customer(v1::GetCustomerRequest { customer_id: id }).await.ok()?.into_inner().customer }
+    };
+    // The number writes by SMS first.
+    let sms = write(&app, parley_domain::Channel::Sms, "+79161234567", "Не приходит код").await;
+    eventually(WAIT, "the SMS customer in history", || customer(sms.clone())).await;
+
+    // The site vouches for its user u-77 and the user's phone, written its own way.
+    let phone = "+7 (916) 123-45-67";
+    let signed = site_signature(&format!("u-77\n{phone}"));
+    let identity =
+        |phone: &str, signature: &str| json!({"identity": {"user_id": "u-77", "phone": phone, "signature": signature}});
+    // A phone the signature does not cover, or the user id's signature alone with a phone.
+    for forged in [identity("+7 916 000-00-00", &signed), identity(phone, &site_signature("u-77"))] {
+        let (status, v) = post(&app, "sessions", ORIGIN, None, forged).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (401, Some("unauthenticated")), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("identity.phone"), "{v}");
+    }
+    let (status, v) = post(&app, "sessions", ORIGIN, None, identity("12", &site_signature("u-77\n12"))).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+    let s = session(&app, identity(phone, &signed)).await;
+    assert_eq!(s["verified"], true, "{s}");
+    let visitor = s["customer_id"].as_str().unwrap().to_owned();
+    let (status, v) =
+        post(&app, "messages", ORIGIN, s["token"].as_str(), json!({"client_id": "m-1", "text": "Я из приложения"}))
+            .await;
+    assert_eq!(status, 200, "{v}");
+    // A user the site vouches for without a phone stays on their own.
+    let alone = session(&app, json!({"identity": {"user_id": "u-78", "signature": site_signature("u-78")}})).await;
+    let (status, v) =
+        post(&app, "messages", ORIGIN, alone["token"].as_str(), json!({"client_id": "m-1", "text": "Я другой"})).await;
+    assert_eq!(status, 200, "{v}");
+
+    let person = eventually(WAIT, "the visitor linked to the SMS customer", || async {
+        let c = customer(visitor.clone()).await?;
+        (c.identities.len() == 2).then_some(c)
+    })
+    .await;
+    assert_eq!(person.linked, vec![v1::LinkedCustomer { customer_id: sms.clone(), reason: "verified_phone".into() }]);
+    let mut addresses: Vec<&str> = person.identities.iter().map(|i| i.address.as_str()).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["+79161234567", "user:u-77"]);
+    let other =
+        eventually(WAIT, "the other user in history", || customer(alone["customer_id"].as_str().unwrap().to_owned()))
+            .await;
+    assert_eq!(other.identities.len(), 1, "no phone, no link: {other:?}");
+    assert!(other.linked.is_empty(), "{other:?}");
+
+    // The other way round: the site's user writes first, then the number on WhatsApp.
+    let first = session(
+        &app,
+        json!({"identity": {"user_id": "u-79", "phone": "+79165554433", "signature": site_signature("u-79\n+79165554433")}}),
+    )
+    .await;
+    let (status, v) =
+        post(&app, "messages", ORIGIN, first["token"].as_str(), json!({"client_id": "m-1", "text": "Сначала сайт"}))
+            .await;
+    assert_eq!(status, 200, "{v}");
+    let site_user = first["customer_id"].as_str().unwrap().to_owned();
+    eventually(WAIT, "the site's user in history", || customer(site_user.clone())).await;
+    let whatsapp = write(&app, parley_domain::Channel::WhatsApp, "79165554433", "А теперь WhatsApp").await;
+    let linked = eventually(WAIT, "the WhatsApp customer linked to the site's user", || async {
+        let c = customer(whatsapp.clone()).await?;
+        (!c.linked.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(linked.linked, vec![v1::LinkedCustomer { customer_id: site_user, reason: "verified_phone".into() }]);
     app.stop().await;
 }

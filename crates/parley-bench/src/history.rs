@@ -195,7 +195,12 @@ fn conversation_records(
     let opening = Opening {
         id,
         tenant: tenant.clone(),
-        customer: CustomerRef { id: customer, address: address.clone(), display_name: "Bench".into() },
+        customer: CustomerRef {
+            id: customer,
+            address: address.clone(),
+            display_name: "Bench".into(),
+            verified_phone: String::new(),
+        },
         channel: Channel::Telegram,
         channel_config: ChannelConfigId::parse("tg").expect("id"),
         queue: QueueId::parse("default").expect("id"),

@@ -33,6 +33,9 @@ pub struct CustomerRef {
     pub id: CustomerId,
     pub address: String,
     pub display_name: String,
+    /// A phone number verified for the customer (web chat: by the tenant's site); empty
+    /// when none.
+    pub verified_phone: String,
 }
 
 /// Where a conversation stands.
@@ -865,6 +868,7 @@ mod tests {
                 id: CustomerId::from_uuid(Uuid::from_u128(2)),
                 address: "c-1".into(),
                 display_name: "Ivan".into(),
+                verified_phone: String::new(),
             },
             channel: Channel::Api,
             channel_config: ChannelConfigId::parse("api").unwrap(),
@@ -889,6 +893,7 @@ mod tests {
                 id: CustomerId::from_uuid(Uuid::from_u128(2)),
                 address: "c".into(),
                 display_name: String::new(),
+                verified_phone: String::new(),
             },
             channel: Channel::Api,
             channel_config: ChannelConfigId::parse("api").unwrap(),

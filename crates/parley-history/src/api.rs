@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use parley_domain::{
-    AttachmentId, AttachmentKind, Channel, ConversationId, DeliveryState, Role, Sender, TenantId, Timestamp,
-};
+use parley_domain::{AttachmentId, AttachmentKind, Channel, DeliveryState, Role, Sender, TenantId, Timestamp};
 use parley_kit::auth::{Principal, principal, require};
 use parley_kit::clock;
 use parley_kit::error::{ApiError, ApiResult};
-use parley_nats::{MediaStore, Nats, topology};
+use parley_nats::{MediaStore, Nats};
 use parley_pg::{
     AuditEntry, ConversationFilter, ConversationRow, Cursor, Db, DbError, EraseRefusal, ErasureReceipt, LinkRefusal,
     MessageRow, NoteRow, RetentionPolicy, SearchFilter,
@@ -634,13 +632,9 @@ impl HistoryService for HistoryApi {
             self.store.delete(tenant, id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
             files += 1;
         }
-        let mut log_records = 0;
-        for c in &erased.conversations {
-            let subject = topology::events_subject(tenant, ConversationId::from_uuid(*c));
-            log_records += self.nats.purge(topology::EVENTS, &subject).await.map_err(ApiError::Internal)?;
-        }
-        let replies = format!("parley.outbound.{tenant}.*.{customer}");
-        log_records += self.nats.purge(topology::OUTBOUND, &replies).await.map_err(ApiError::Internal)?;
+        let log_records = crate::erasure::purge_streams(&self.nats, tenant, customer, &erased)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the records on the streams: {e}")))?;
         self.db.complete_receipt(tenant, erased.receipt_id, files, log_records as i64).await.map_err(db_error)?;
         tracing::info!(%tenant, %customer, receipt = %erased.receipt_id, by = %p.subject, "customer erased");
         let stored = ErasureReceipt {

@@ -6,6 +6,7 @@
 //! transaction.
 
 pub mod api;
+pub mod erasure;
 pub mod retention;
 pub mod transcript;
 pub mod writer;

@@ -99,6 +99,7 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
                 display_name: o.customer_display_name.clone(),
                 channel: channel.clone(),
                 address: o.customer_address.clone(),
+                verified_phone: (!o.customer_verified_phone.is_empty()).then(|| o.customer_verified_phone.clone()),
                 created_at: at,
             }),
             Some(Kind::MessageReceived(m)) | Some(Kind::MessageSent(m)) => {

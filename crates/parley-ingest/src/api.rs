@@ -125,6 +125,7 @@ impl ApiChannelService for ApiChannel {
             subject: String::new(),
             attachments: Vec::new(),
             thread_conversation_id: String::new(),
+            verified_phone: String::new(),
         };
         let envelope = events::InboundEnvelope { kind: Some(events::inbound_envelope::Kind::CustomerMessage(message)) };
         let subject = topology::inbound_subject(tenant, Channel::Api);

@@ -80,6 +80,7 @@ pub fn message(source: Source<'_>, m: &InboundMessage, now: Timestamp) -> Public
         attachments: attachments(message_id, m),
         // Set by the SMTP listener for email replies that name a conversation.
         thread_conversation_id: String::new(),
+        verified_phone: String::new(),
     };
     Publication {
         subject: topology::inbound_subject(tenant, channel),

@@ -4,7 +4,9 @@
 //! - `POST /webchat/{tenant}/{channel_config_id}/sessions` opens a visitor session: a new
 //!   anonymous visitor, the same visitor again (`visitor_id` from an earlier session, kept
 //!   by the widget), or a user the tenant's site vouches for (`identity`: the user id and
-//!   `HMAC-SHA256(identity_secret, user_id)` in hex, computed by the site's server). The
+//!   `HMAC-SHA256(identity_secret, user_id)` in hex, computed by the site's server; with
+//!   the user's verified `phone`, the signed text is `user_id`, a line feed, then `phone`,
+//!   and history links the visitor to the SMS and WhatsApp customers with that number). The
 //!   answer's `token` is signed by Parley and names the tenant, the config and the customer,
 //!   so it cannot be moved to another; it expires after a day.
 //! - `GET …/ws?token=…&after=N`: a WebSocket. Parley sends every update for the customer
@@ -126,6 +128,8 @@ pub struct Visitor {
     /// `visitor:<id>` or `user:<id>`: the customer's address on the channel.
     pub address: String,
     pub display_name: String,
+    /// The phone number the tenant's site vouched for with the identity; empty when none.
+    pub phone: String,
     pub expires_ms: i64,
 }
 
@@ -140,7 +144,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 /// `base64url(json).base64url(hmac)`.
 pub fn sign(v: &Visitor, key: &[u8]) -> String {
     let payload = json!({
-        "t": v.tenant.as_str(), "c": v.channel_config_id, "a": v.address, "n": v.display_name, "e": v.expires_ms,
+        "t": v.tenant.as_str(), "c": v.channel_config_id, "a": v.address, "n": v.display_name, "p": v.phone,
+        "e": v.expires_ms,
     })
     .to_string();
     let body = B64.encode(payload.as_bytes());
@@ -161,6 +166,7 @@ pub fn verify(token: &str, key: &[u8], now_ms: i64) -> Option<Visitor> {
         channel_config_id: v["c"].as_str()?.to_owned(),
         address: v["a"].as_str()?.to_owned(),
         display_name: v["n"].as_str()?.to_owned(),
+        phone: v["p"].as_str().unwrap_or_default().to_owned(),
         expires_ms: v["e"].as_i64()?,
     };
     (visitor.expires_ms > now_ms).then_some(visitor)
@@ -301,6 +307,7 @@ impl WebChat {
             customer_address: v.address.clone(),
             customer_display_name: v.display_name.clone(),
             text: text.to_owned(),
+            verified_phone: v.phone.clone(),
             channel_message_id: client_id.to_owned(),
             receive_time: Some(convert::timestamp(clock::now())),
             ..Default::default()
@@ -326,8 +333,20 @@ struct OpenSession {
 #[serde(deny_unknown_fields)]
 struct Identity {
     user_id: String,
-    /// Hex HMAC-SHA256 of `user_id` with the config's identity secret.
+    /// The user's phone number, as the site verified it (optional).
+    phone: Option<String>,
+    /// Hex HMAC-SHA256 with the config's identity secret of `user_id`, or with a phone of
+    /// `user_id`, `\n`, `phone`.
     signature: String,
+}
+
+/// A phone number as people write it: `+`, digits, spaces, dashes and brackets, with 7 to
+/// 15 digits.
+fn valid_phone(phone: &str) -> bool {
+    let digits = phone.bytes().filter(u8::is_ascii_digit).count();
+    phone.len() <= 32
+        && (7..=15).contains(&digits)
+        && phone.bytes().all(|b| b.is_ascii_digit() || b" +-()".contains(&b))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ChatResult<T> {
@@ -350,7 +369,7 @@ async fn open_session(
     if name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ChatError::bad("name must be at most 200 characters without control characters"));
     }
-    let (address, visitor_id, verified) = match (req.identity, req.visitor_id) {
+    let (address, visitor_id, verified, phone) = match (req.identity, req.visitor_id) {
         (Some(id), _) => {
             if settings.identity_secret.is_empty() {
                 return Err(ChatError::bad("this chat does not verify identities"));
@@ -358,22 +377,31 @@ async fn open_session(
             if id.user_id.is_empty() || id.user_id.len() > 256 || id.user_id.chars().any(char::is_control) {
                 return Err(ChatError::bad("identity.user_id must be 1 to 256 bytes without control characters"));
             }
+            let phone = id.phone.unwrap_or_default();
+            if !phone.is_empty() && !valid_phone(&phone) {
+                return Err(ChatError::bad(
+                    "identity.phone must be 7 to 15 digits, optionally with +, spaces, dashes and brackets",
+                ));
+            }
             // The same check as a provider's hex HMAC-SHA256 webhook signature.
             let secret = settings.identity_secret.as_bytes();
-            if verify_hex_sha256(secret, id.user_id.as_bytes(), Some(&id.signature)).is_err() {
-                return Err(ChatError::unauthenticated("identity.signature does not match identity.user_id"));
+            let signed = if phone.is_empty() { id.user_id.clone() } else { format!("{}\n{phone}", id.user_id) };
+            if verify_hex_sha256(secret, signed.as_bytes(), Some(&id.signature)).is_err() {
+                let what = if phone.is_empty() { "identity.user_id" } else { "identity.user_id and identity.phone" };
+                return Err(ChatError::unauthenticated(format!("identity.signature does not match {what}")));
             }
-            (format!("user:{}", id.user_id), None, true)
+            (format!("user:{}", id.user_id), None, true, phone)
         }
-        (None, Some(v)) if valid_visitor_id(&v) => (format!("visitor:{v}"), Some(v), false),
+        (None, Some(v)) if valid_visitor_id(&v) => (format!("visitor:{v}"), Some(v), false, String::new()),
         (None, Some(_)) => return Err(ChatError::bad("visitor_id must be the one an earlier session returned")),
         (None, None) => {
             let v = new_visitor_id();
-            (format!("visitor:{v}"), Some(v), false)
+            (format!("visitor:{v}"), Some(v), false, String::new())
         }
     };
     let expires_ms = clock::now().as_millis() + TOKEN_TTL.as_millis() as i64;
-    let visitor = Visitor { tenant: tenant_id, channel_config_id: config, address, display_name: name, expires_ms };
+    let visitor =
+        Visitor { tenant: tenant_id, channel_config_id: config, address, display_name: name, phone, expires_ms };
     Ok(Json(json!({
         "token": sign(&visitor, &chat.token_key),
         "customer_id": visitor.customer().to_string(),
@@ -609,6 +637,7 @@ mod tests {
             channel_config_id: "site".into(),
             address: "visitor:AAAAAAAAAAAAAAAAAAAAAA".into(),
             display_name: "Иван".into(),
+            phone: "+7 916 123-45-67".into(),
             expires_ms,
         }
     }
@@ -622,7 +651,11 @@ mod tests {
         assert_eq!(verify(&token, &key, 2_000), None, "expired");
         assert_eq!(verify(&token, b"another key", 1_000), None);
         // Another visitor's body under this signature.
-        let other = sign(&Visitor { address: "user:42".into(), ..v }, &key);
+        let other = sign(&Visitor { address: "user:42".into(), ..v.clone() }, &key);
+        let forged = format!("{}.{}", other.split_once('.').unwrap().0, token.split_once('.').unwrap().1);
+        assert_eq!(verify(&forged, &key, 1_000), None);
+        // Another phone under this signature.
+        let other = sign(&Visitor { phone: "+7 900 000-00-00".into(), ..v }, &key);
         let forged = format!("{}.{}", other.split_once('.').unwrap().0, token.split_once('.').unwrap().1);
         assert_eq!(verify(&forged, &key, 1_000), None);
         for junk in ["", ".", "abc", "a.b", "%%%.%%%"] {
@@ -637,5 +670,17 @@ mod tests {
         assert!(valid_visitor_id(&a) && a.len() == 22);
         assert!(!valid_visitor_id("short"));
         assert!(!valid_visitor_id("has space in it, long enough"));
+    }
+
+    #[test]
+    fn phones_are_written_as_people_write_them() {
+        for ok in ["+79161234567", "+7 (916) 123-45-67", "8 916 123 45 67", "4915112345678"] {
+            assert!(valid_phone(ok), "{ok}");
+        }
+        for bad in
+            ["", "123456", "+7 916 123-45-67 ext 5", "79161234567890123", "+7\u{0}9161234567", "+7.916.123.45.67"]
+        {
+            assert!(!valid_phone(bad), "{bad:?}");
+        }
     }
 }

@@ -100,6 +100,58 @@ impl Nats {
         let purged = s.purge().filter(subject).await.map_err(|e| anyhow::anyhow!("purging {subject}: {e}"))?;
         Ok(purged.purged)
     }
+
+    /// Removes from a stream every message of `subject` (wildcards allowed) whose payload
+    /// `doomed` picks, reading the subject from its start to the stream's end as it stands
+    /// now: erasure of records that share a subject with other customers' records. Returns
+    /// how many were removed.
+    pub async fn delete_where(
+        &self,
+        stream: topology::StreamDef,
+        subject: &str,
+        doomed: impl Fn(&[u8]) -> bool,
+    ) -> anyhow::Result<u64> {
+        use futures_util::StreamExt;
+        let s = self.js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
+        let mut consumer = s
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {subject}: {e}"))?;
+        let mut left = consumer.info().await.map_err(|e| anyhow::anyhow!("cannot read {subject}: {e}"))?.num_pending;
+        let mut sequences = Vec::new();
+        if left > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("cannot read {subject}: {e}"))?;
+            while left > 0 {
+                let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("reading {subject} stalled"))?;
+                let Some(m) = next else { anyhow::bail!("reading {subject} ended early") };
+                let m = m.map_err(|e| anyhow::anyhow!("reading {subject}: {e}"))?;
+                let info = m.info().map_err(|e| anyhow::anyhow!("message without info: {e}"))?;
+                if doomed(&m.payload) {
+                    sequences.push(info.stream_sequence);
+                }
+                left = info.pending;
+            }
+        }
+        let mut removed = 0;
+        for seq in sequences {
+            match s.delete_message(seq).await {
+                Ok(true) => removed += 1,
+                // Aged out or removed meanwhile: gone either way.
+                Ok(false) => {}
+                Err(e)
+                    if matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) => {}
+                Err(e) => anyhow::bail!("removing message {seq} of {}: {e}", stream.name),
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// Compares a `major.minor.patch` version string.

@@ -189,6 +189,8 @@ pub struct Erased {
     pub conversations: Vec<Uuid>,
     pub messages: i32,
     pub identities: i32,
+    /// The customer's addresses on their channels (phone, chat id, email).
+    pub addresses: Vec<String>,
     pub attachments: Vec<Uuid>,
 }
 
@@ -294,8 +296,13 @@ impl Db {
                     .collect();
                 let (removed, attachments) = delete_messages(tx, &messages).await?;
                 delete_conversations(tx, &conversations).await?;
-                let identities =
-                    tx.execute("DELETE FROM customer_identities WHERE customer_id = $1", &[&customer]).await?;
+                let addresses: Vec<String> = tx
+                    .query("DELETE FROM customer_identities WHERE customer_id = $1 RETURNING address", &[&customer])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let identities = addresses.len();
                 // Links of and to the customer: the others stand alone.
                 tx.execute("DELETE FROM customer_links WHERE customer_id = $1 OR person_id = $1", &[&customer]).await?;
                 tx.execute("DELETE FROM customers WHERE id = $1", &[&customer]).await?;
@@ -325,6 +332,7 @@ impl Db {
                     conversations,
                     messages: n_msg,
                     identities: n_id,
+                    addresses,
                     attachments,
                 }))
             })
@@ -729,6 +737,8 @@ pub struct CustomerRow {
     pub display_name: String,
     pub channel: String,
     pub address: String,
+    /// A phone number verified for this identity (web chat: by the tenant's site).
+    pub verified_phone: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -867,6 +877,37 @@ fn times(v: impl Iterator<Item = Timestamp>) -> Vec<SystemTime> {
     v.map(to_system_time).collect()
 }
 
+/// Links each of customers `$2` with a phone (their SMS or WhatsApp number, or one their
+/// site verified) to the person of the earliest other customer with that phone: both
+/// numbers were verified (by the carrier, WhatsApp or the tenant's site). A customer already
+/// linked, or unlinked by an operator, keeps that.
+const LINK_BY_PHONE: &str = "
+    WITH n AS (
+      SELECT customer_id, first_seen_at,
+             regexp_replace(CASE WHEN channel IN ('sms', 'whatsapp') THEN address ELSE verified_phone END,
+                            '[^0-9]', '', 'g') AS phone
+      FROM customer_identities
+      WHERE tenant_id = $1 AND customer_id = ANY($2)
+        AND (channel IN ('sms', 'whatsapp') OR verified_phone IS NOT NULL)
+    ), o AS (
+      SELECT n.customer_id AS new_id, n.first_seen_at AS new_seen, i.customer_id, i.first_seen_at
+      FROM n JOIN customer_identities i ON i.tenant_id = $1 AND i.channel IN ('sms', 'whatsapp')
+        AND regexp_replace(i.address, '[^0-9]', '', 'g') = n.phone AND i.customer_id <> n.customer_id
+      WHERE length(n.phone) >= 7
+      UNION ALL
+      SELECT n.customer_id, n.first_seen_at, i.customer_id, i.first_seen_at
+      FROM n JOIN customer_identities i ON i.tenant_id = $1 AND i.verified_phone IS NOT NULL
+        AND regexp_replace(i.verified_phone, '[^0-9]', '', 'g') = n.phone AND i.customer_id <> n.customer_id
+      WHERE length(n.phone) >= 7
+    )
+    INSERT INTO customer_links (tenant_id, customer_id, person_id, reason, linked_by, linked_at)
+    SELECT DISTINCT ON (o.new_id) $1, o.new_id, COALESCE(l.person_id, o.customer_id), 'verified_phone', 'parley',
+           o.new_seen
+    FROM o LEFT JOIN customer_links l ON l.tenant_id = $1 AND l.customer_id = o.customer_id
+    WHERE COALESCE(l.person_id, o.customer_id) <> o.new_id
+    ORDER BY o.new_id, o.first_seen_at
+    ON CONFLICT (tenant_id, customer_id) DO NOTHING";
+
 async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatch) -> Result<()> {
     let tenant = b.tenant.as_str();
     if !b.customers.is_empty() {
@@ -889,32 +930,18 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let channels: Vec<&str> = identities.iter().map(|c| c.channel.as_str()).collect();
         let addresses: Vec<&str> = identities.iter().map(|c| c.address.as_str()).collect();
         let ids: Vec<Uuid> = identities.iter().map(|c| c.id).collect();
+        let phones: Vec<Option<&str>> = identities.iter().map(|c| c.verified_phone.as_deref()).collect();
         let seen = times(identities.iter().map(|c| c.created_at));
         tx.execute(
-            "INSERT INTO customer_identities (tenant_id, channel, address, customer_id, first_seen_at)
-             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::timestamptz[])
-             ON CONFLICT (tenant_id, channel, address) DO NOTHING",
-            &[&tenant, &channels, &addresses, &ids, &seen],
+            "INSERT INTO customer_identities (tenant_id, channel, address, customer_id, verified_phone, first_seen_at)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])
+             ON CONFLICT (tenant_id, channel, address) DO UPDATE SET verified_phone = EXCLUDED.verified_phone
+             WHERE EXCLUDED.verified_phone IS NOT NULL
+               AND customer_identities.verified_phone IS DISTINCT FROM EXCLUDED.verified_phone",
+            &[&tenant, &channels, &addresses, &ids, &phones, &seen],
         )
         .await?;
-        // The same phone on SMS and WhatsApp is one person (both verified the number).
-        tx.execute(
-            "INSERT INTO customer_links (tenant_id, customer_id, person_id, reason, linked_by, linked_at)
-             SELECT DISTINCT ON (n.customer_id) $1, n.customer_id, COALESCE(l.person_id, o.customer_id),
-                    'verified_phone', 'parley', n.first_seen_at
-             FROM customer_identities n
-             JOIN customer_identities o ON o.tenant_id = n.tenant_id AND o.customer_id <> n.customer_id
-               AND o.channel IN ('sms', 'whatsapp')
-               AND regexp_replace(o.address, '[^0-9]', '', 'g') = regexp_replace(n.address, '[^0-9]', '', 'g')
-             LEFT JOIN customer_links l ON l.tenant_id = o.tenant_id AND l.customer_id = o.customer_id
-             WHERE n.customer_id = ANY($2) AND n.channel IN ('sms', 'whatsapp')
-               AND length(regexp_replace(n.address, '[^0-9]', '', 'g')) >= 7
-               AND COALESCE(l.person_id, o.customer_id) <> n.customer_id
-             ORDER BY n.customer_id, o.first_seen_at
-             ON CONFLICT (tenant_id, customer_id) DO NOTHING",
-            &[&tenant, &ids],
-        )
-        .await?;
+        tx.execute(LINK_BY_PHONE, &[&tenant, &ids]).await?;
     }
     if !b.conversations.is_empty() {
         // One row per conversation: the newest state in the batch.

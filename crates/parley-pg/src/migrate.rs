@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (12, "conversation_listing", include_str!("../migrations/0012_conversation_listing.sql")),
     (13, "message_negativity", include_str!("../migrations/0013_message_negativity.sql")),
     (14, "messages_by_month", include_str!("../migrations/0014_messages_by_month.sql")),
+    (15, "verified_phone", include_str!("../migrations/0015_verified_phone.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).

@@ -786,6 +786,7 @@ impl Engine {
                     id: customer,
                     address: m.customer_address.clone(),
                     display_name: m.customer_display_name.clone(),
+                    verified_phone: m.verified_phone.clone(),
                 },
                 channel,
                 channel_config: channel_config.clone(),

@@ -148,6 +148,7 @@ fn event_kind(event: Event, c: &Conversation) -> events::conversation_event::Kin
             channel_config_id: c.channel_config.to_string(),
             customer_address: c.customer.address.clone(),
             customer_display_name: c.customer.display_name.clone(),
+            customer_verified_phone: c.customer.verified_phone.clone(),
             queue_id: c.queue.to_string(),
             priority: c.priority,
         }),
