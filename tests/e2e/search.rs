@@ -475,3 +475,85 @@ async fn messages_are_kept_by_month_and_one_dated_outside_the_months_still_lands
     assert_eq!(found(&app, &token, search("сообщение")).await.len(), 2);
     app.stop().await;
 }
+
+/// A search with words runs one of two ways: through the newest messages in time order
+/// (common words fill the page there), or, when that window holds less than a page, led by
+/// the words' index (rare words). Both give the same pages, whatever the window's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_gives_the_same_pages_through_the_newest_messages_or_the_words_index() {
+    use parley_pg::{Cursor, Db, MessageRow, SearchFilter, TenantBatch};
+    let app = App::spawn().await;
+    let tenant = parley_domain::TenantId::parse("acme").unwrap();
+    let db = Db::connect(&app.infra.db.url(), 2, "parley_app").expect("db");
+    // 120 messages a minute apart: "карта" in every second one, "роспотребнадзор" in three
+    // of the oldest (instead), an operator's "карта" every tenth; another tenant's "карта".
+    let now = parley_kit::clock::now().as_micros();
+    let conversation = uuid::Uuid::now_v7();
+    let message = |i: i64, body: String| MessageRow {
+        id: uuid::Uuid::now_v7(),
+        conversation_id: conversation,
+        customer_id: conversation,
+        channel: "sms".into(),
+        sender: if i % 10 == 0 { "operator" } else { "customer" }.into(),
+        operator_id: (i % 10 == 0).then(|| "anna".to_owned()),
+        body,
+        quoted_message_id: None,
+        quoted_channel_message_id: None,
+        quoted_text: None,
+        delivery_state: "accepted".into(),
+        channel_message_id: format!("m-{i}"),
+        created_at: parley_domain::Timestamp::from_micros(now - (120 - i) * 60_000_000),
+        subject: String::new(),
+        attachments: Vec::new(),
+    };
+    let mut batch = TenantBatch::new(tenant.clone());
+    for i in 0..120 {
+        let words = match i {
+            3 | 5 | 8 => format!("Пишу в роспотребнадзор, сообщение {i}"),
+            _ if i % 2 == 0 => format!("Заблокирована карта, сообщение {i}"),
+            _ => format!("Где мой заказ, сообщение {i}"),
+        };
+        batch.messages.push(message(i, words));
+    }
+    let mut other = TenantBatch::new(parley_domain::TenantId::parse("globex").unwrap());
+    other.messages.push(message(200, "Чужая карта".into()));
+    db.write(&[batch, other]).await.expect("messages written");
+
+    // Every page of a search, newest first.
+    async fn pages(db: &Db, tenant: &parley_domain::TenantId, filter: SearchFilter, size: i64) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut before = None;
+        loop {
+            let page = db.search(tenant, filter.clone(), before, size).await.expect("search");
+            texts.extend(page.iter().map(|h| h.message.body.clone()));
+            match page.last() {
+                Some(last) if page.len() as i64 == size => {
+                    before = Some(Cursor { at: last.message.created_at, id: last.message.id })
+                }
+                _ => return texts,
+            }
+        }
+    }
+    let filter = |query: &str| SearchFilter { query: query.into(), ..Default::default() };
+    let searches = [
+        filter("карта"),
+        filter("роспотребнадзор"),
+        filter("карты OR заказ"),
+        filter("\"сообщение 7\""),
+        filter("нигде"),
+        SearchFilter { sender: Some("operator".into()), ..filter("карта") },
+        SearchFilter { negative_only: true, ..filter("сообщение") },
+    ];
+    let expected: Vec<usize> = vec![59, 3, 117, 1, 0, 12, 3];
+    for (search, count) in searches.into_iter().zip(expected) {
+        // A window wider than the history: the time order alone.
+        let wide = pages(&db.clone().with_search_window(1_000), &tenant, search.clone(), 7).await;
+        assert_eq!(wide.len(), count, "{search:?}: {wide:?}");
+        assert!(wide.iter().all(|t| !t.starts_with("Чужая")), "another tenant's message: {wide:?}");
+        for window in [1, 5, 40] {
+            let narrow = pages(&db.clone().with_search_window(window), &tenant, search.clone(), 7).await;
+            assert_eq!(narrow, wide, "{search:?} with a window of {window}");
+        }
+    }
+    app.stop().await;
+}

@@ -65,6 +65,7 @@ pub fn from_system_time(t: SystemTime) -> Timestamp {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    search_window: i64,
 }
 
 impl std::fmt::Debug for Db {
@@ -97,7 +98,7 @@ impl Db {
             }))
             .build()
             .map_err(|e| anyhow::anyhow!("database pool: {e}"))?;
-        Ok(Self { pool })
+        Ok(Self { pool, search_window: SEARCH_WINDOW })
     }
 
     /// Checks the database answers.
@@ -134,11 +135,19 @@ impl Db {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         for b in batches {
-            tx.execute("SELECT set_config('parley.tenant', $1, true)", &[&b.tenant.as_str()]).await?;
+            let tenant = tx.prepare_cached("SELECT set_config('parley.tenant', $1, true)").await?;
+            tx.execute(&tenant, &[&b.tenant.as_str()]).await?;
             write_tenant_batch(&tx, b).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The same pool, with searches reading `window` of the newest messages in time order
+    /// before the words' index leads (tests compare both ways with a small window).
+    pub fn with_search_window(mut self, window: i64) -> Self {
+        self.search_window = window.max(1);
+        self
     }
 
     /// A query that sets no tenant: under row-level security it must see nothing (the
@@ -908,7 +917,7 @@ const LINK_BY_PHONE: &str = "
     ORDER BY o.new_id, o.first_seen_at
     ON CONFLICT (tenant_id, customer_id) DO NOTHING";
 
-async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatch) -> Result<()> {
+async fn write_tenant_batch(tx: &deadpool_postgres::Transaction<'_>, b: &TenantBatch) -> Result<()> {
     let tenant = b.tenant.as_str();
     if !b.customers.is_empty() {
         let mut customers = b.customers.clone();
@@ -918,9 +927,12 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let names: Vec<&str> = customers.iter().map(|c| c.display_name.as_str()).collect();
         let created = times(customers.iter().map(|c| c.created_at));
         tx.execute(
-            "INSERT INTO customers (tenant_id, id, display_name, created_at)
+            &tx.prepare_cached(
+                "INSERT INTO customers (tenant_id, id, display_name, created_at)
              SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::timestamptz[])
              ON CONFLICT (tenant_id, id) DO NOTHING",
+            )
+            .await?,
             &[&tenant, &ids, &names, &created],
         )
         .await?;
@@ -933,15 +945,18 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let phones: Vec<Option<&str>> = identities.iter().map(|c| c.verified_phone.as_deref()).collect();
         let seen = times(identities.iter().map(|c| c.created_at));
         tx.execute(
-            "INSERT INTO customer_identities (tenant_id, channel, address, customer_id, verified_phone, first_seen_at)
+            &tx.prepare_cached("INSERT INTO customer_identities (tenant_id, channel, address, customer_id, verified_phone, first_seen_at)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])
              ON CONFLICT (tenant_id, channel, address) DO UPDATE SET verified_phone = EXCLUDED.verified_phone
              WHERE EXCLUDED.verified_phone IS NOT NULL
-               AND customer_identities.verified_phone IS DISTINCT FROM EXCLUDED.verified_phone",
+               AND customer_identities.verified_phone IS DISTINCT FROM EXCLUDED.verified_phone").await?,
             &[&tenant, &channels, &addresses, &ids, &phones, &seen],
         )
         .await?;
-        tx.execute(LINK_BY_PHONE, &[&tenant, &ids]).await?;
+        // Only identities with a phone can be linked by one.
+        if identities.iter().any(|c| c.verified_phone.is_some() || matches!(c.channel.as_str(), "sms" | "whatsapp")) {
+            tx.execute(LINK_BY_PHONE, &[&tenant, &ids]).await?;
+        }
     }
     if !b.conversations.is_empty() {
         // One row per conversation: the newest state in the batch.
@@ -961,7 +976,8 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let updated = times(c.iter().map(|c| c.updated_at));
         let closed: Vec<Option<SystemTime>> = c.iter().map(|c| c.closed_at.map(to_system_time)).collect();
         tx.execute(
-            "INSERT INTO conversations (tenant_id, id, customer_id, channel, channel_config_id, queue_id, status,
+            &tx.prepare_cached(
+                "INSERT INTO conversations (tenant_id, id, customer_id, channel, channel_config_id, queue_id, status,
                                         operator_id, priority, created_at, updated_at, closed_at)
              SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
                                       $8::text[], $9::int4[], $10::timestamptz[], $11::timestamptz[],
@@ -970,6 +986,8 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
                queue_id = EXCLUDED.queue_id, status = EXCLUDED.status, operator_id = EXCLUDED.operator_id,
                priority = EXCLUDED.priority, updated_at = EXCLUDED.updated_at, closed_at = EXCLUDED.closed_at
              WHERE conversations.updated_at <= EXCLUDED.updated_at",
+            )
+            .await?,
             &[
                 &tenant,
                 &ids,
@@ -1007,13 +1025,16 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let created = times(m.iter().map(|m| m.created_at));
         let subjects: Vec<&str> = m.iter().map(|m| m.subject.as_str()).collect();
         tx.execute(
-            "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender, operator_id, body,
+            &tx.prepare_cached(
+                "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender, operator_id, body,
                                    quoted_message_id, quoted_channel_message_id, quoted_text, delivery_state,
                                    channel_message_id, created_at, subject)
              SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                                       $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[],
                                       $14::timestamptz[], $15::text[])
              ON CONFLICT (tenant_id, id, created_at) DO NOTHING",
+            )
+            .await?,
             &[
                 &tenant,
                 &ids,
@@ -1044,11 +1065,14 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
             let names: Vec<&str> = files.iter().map(|f| f.2.file_name.as_str()).collect();
             let sizes: Vec<i64> = files.iter().map(|f| f.2.size_bytes).collect();
             tx.execute(
-                "INSERT INTO message_attachments (tenant_id, message_id, position, id, kind, mime_type, file_name,
+                &tx.prepare_cached(
+                    "INSERT INTO message_attachments (tenant_id, message_id, position, id, kind, mime_type, file_name,
                                                   size_bytes)
                  SELECT $1, * FROM UNNEST($2::uuid[], $3::int2[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                                           $8::int8[])
                  ON CONFLICT DO NOTHING",
+                )
+                .await?,
                 &[&tenant, &messages, &positions, &ids, &kinds, &mimes, &names, &sizes],
             )
             .await?;
@@ -1063,9 +1087,12 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let notes: Vec<&str> = a.iter().map(|a| a.note.as_str()).collect();
         let at = times(a.iter().map(|a| a.assigned_at));
         tx.execute(
-            "INSERT INTO assignments (tenant_id, event_id, conversation_id, operator_id, reason, note, assigned_at)
+            &tx.prepare_cached(
+                "INSERT INTO assignments (tenant_id, event_id, conversation_id, operator_id, reason, note, assigned_at)
              SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
              ON CONFLICT (tenant_id, event_id) DO NOTHING",
+            )
+            .await?,
             &[&tenant, &ids, &convs, &ops, &reasons, &notes, &at],
         )
         .await?;
@@ -1083,7 +1110,8 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let tie_breakers: Vec<&str> = d.iter().map(|d| d.tie_breaker.as_str()).collect();
         let requirements: Vec<&str> = d.iter().map(|d| d.requirements_json.as_str()).collect();
         tx.execute(
-            "INSERT INTO routing_decisions (tenant_id, id, conversation_id, queue_id, chosen_operator_id, reason,
+            &tx.prepare_cached(
+                "INSERT INTO routing_decisions (tenant_id, id, conversation_id, queue_id, chosen_operator_id, reason,
                                             candidates, decided_at, strategy, tie_breaker, requirements)
              SELECT $1, u.id, u.conv, u.queue, u.chosen, u.reason, u.candidates::jsonb, u.at, u.strategy, u.tie,
                     u.requirements::jsonb
@@ -1091,6 +1119,8 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
                          $9::text[], $10::text[], $11::text[])
                   AS u(id, conv, queue, chosen, reason, candidates, at, strategy, tie, requirements)
              ON CONFLICT (tenant_id, id) DO NOTHING",
+            )
+            .await?,
             &[
                 &tenant,
                 &ids,
@@ -1118,12 +1148,15 @@ async fn write_tenant_batch(tx: &tokio_postgres::Transaction<'_>, b: &TenantBatc
         let reasons: Vec<&str> = d.iter().map(|d| d.failure_reason.as_str()).collect();
         let at = times(d.iter().map(|d| d.updated_at));
         tx.execute(
-            "INSERT INTO message_deliveries (tenant_id, message_id, state, rank, failure_reason, updated_at)
+            &tx.prepare_cached(
+                "INSERT INTO message_deliveries (tenant_id, message_id, state, rank, failure_reason, updated_at)
              SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::text[], $6::timestamptz[])
              ON CONFLICT (tenant_id, message_id) DO UPDATE SET
                state = EXCLUDED.state, rank = EXCLUDED.rank, failure_reason = EXCLUDED.failure_reason,
                updated_at = EXCLUDED.updated_at
              WHERE message_deliveries.rank < EXCLUDED.rank",
+            )
+            .await?,
             &[&tenant, &ids, &states, &ranks, &reasons, &at],
         )
         .await?;
@@ -1144,7 +1177,7 @@ pub struct ConversationFilter {
 }
 
 /// What a message search looks for; `None` filters nothing.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SearchFilter {
     /// Web-search syntax (`websearch_to_tsquery`), stemmed by the `russian` configuration.
     pub query: String,
@@ -1173,6 +1206,10 @@ const NEWEST_FIRST_PAGE: &str = "AND ($5::timestamptz IS NULL OR created_at >= $
        AND ($6::timestamptz IS NULL OR created_at < $6)
        AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
      ORDER BY created_at DESC, id DESC LIMIT $9";
+
+/// How many of the newest messages a search with words reads in time order before it
+/// lets the words' index lead.
+pub const SEARCH_WINDOW: i64 = 20_000;
 
 /// The parameters `$5` to `$8` of [`NEWEST_FIRST_PAGE`].
 struct TimePage {
@@ -1438,8 +1475,12 @@ impl Db {
         .await
     }
 
-    /// A page of the messages matching a search, newest first, before `before`, each with
-    /// the passages that matched.
+    /// Messages matching a search, newest first. With words, the newest messages under the
+    /// filters are read first, in time order up to [`SEARCH_WINDOW`] of them (see
+    /// [`Db::with_search_window`]): common words
+    /// fill the page there at once. Only when that window holds fewer hits than the page do
+    /// the words' index entries drive the search (rare words: few matches, sorted by time),
+    /// so neither kind of word makes PostgreSQL read what the other kind needs.
     pub async fn search(
         &self,
         tenant: &TenantId,
@@ -1447,6 +1488,7 @@ impl Db {
         before: Option<Cursor>,
         limit: i64,
     ) -> Result<Vec<SearchHitRow>> {
+        let window = self.search_window;
         self.tenant_tx(tenant, move |tx| {
             Box::pin(async move {
                 // Without words, the text's start stands for the passages (and `$1` is unused).
@@ -1460,39 +1502,57 @@ impl Db {
                     )
                 };
                 let negative = if filter.negative_only { "AND parley_negative(m.search)" } else { "" };
+                let filters = "($2::text IS NULL OR channel = $2)
+                       AND ($3::text IS NULL OR operator_id = $3)
+                       AND ($4::text IS NULL OR sender = $4)";
+                let page = TimePage::new(filter.from, filter.to, before);
+                let hits = |rows: Vec<Row>| {
+                    rows.iter()
+                        .map(|r| SearchHitRow {
+                            message: message_row(r),
+                            headline: r.get("headline"),
+                            negative: r.get("negative"),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                // `$1` to `$8`, the same in both queries.
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                    &filter.query,
+                    &filter.channel,
+                    &filter.operator_id,
+                    &filter.sender,
+                    &page.from,
+                    &page.to,
+                    &page.before_at,
+                    &page.before_id,
+                ];
+                if !filter.query.is_empty() {
+                    // The newest messages first (`$9` of them), then the words among them.
+                    debug_assert!(MESSAGE_COLUMNS.contains("FROM messages m"));
+                    let newest = MESSAGE_COLUMNS.replacen(
+                        "FROM messages m",
+                        &format!("FROM (SELECT * FROM messages WHERE {filters} {NEWEST_FIRST_PAGE}) m"),
+                        1,
+                    );
+                    let sql = format!(
+                        "SELECT {headline} AS headline, parley_negative(m.search) AS negative, {newest}
+                         WHERE {words} {negative} ORDER BY created_at DESC, id DESC LIMIT $10"
+                    );
+                    let rows = tx.query(&sql, &[&params[..], &[&window, &limit]].concat()).await?;
+                    if rows.len() as i64 >= limit {
+                        return Ok(hits(rows));
+                    }
+                    // Rare words: their index finds every match; reading by time would
+                    // scan the whole history for them.
+                    tx.batch_execute("SET LOCAL enable_indexscan = off").await?;
+                }
                 let sql = format!(
                     "SELECT {headline} AS headline, parley_negative(m.search) AS negative, {MESSAGE_COLUMNS}
-                     WHERE {words} {negative}
-                       AND ($2::text IS NULL OR channel = $2)
-                       AND ($3::text IS NULL OR operator_id = $3)
-                       AND ($4::text IS NULL OR sender = $4)
+                     WHERE {words} {negative} AND {filters}
                        {NEWEST_FIRST_PAGE}"
                 );
-                let page = TimePage::new(filter.from, filter.to, before);
-                let rows = tx
-                    .query(
-                        &sql,
-                        &[
-                            &filter.query,
-                            &filter.channel,
-                            &filter.operator_id,
-                            &filter.sender,
-                            &page.from,
-                            &page.to,
-                            &page.before_at,
-                            &page.before_id,
-                            &limit,
-                        ],
-                    )
-                    .await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| SearchHitRow {
-                        message: message_row(r),
-                        headline: r.get("headline"),
-                        negative: r.get("negative"),
-                    })
-                    .collect())
+                let rows = tx.query(&sql, &[&params[..], &[&limit]].concat()).await?;
+                Ok(hits(rows))
             })
         })
         .await

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (13, "message_negativity", include_str!("../migrations/0013_message_negativity.sql")),
     (14, "messages_by_month", include_str!("../migrations/0014_messages_by_month.sql")),
     (15, "verified_phone", include_str!("../migrations/0015_verified_phone.sql")),
+    (16, "messages_by_time", include_str!("../migrations/0016_messages_by_time.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
