@@ -12,8 +12,9 @@ use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A customer message on a channel, as ingest publishes it; returns the customer id.
-async fn write(app: &App, channel: Channel, address: &str, text: &str) -> String {
+/// A customer message on a channel of tenant `acme`, as ingest publishes it; returns the
+/// customer id.
+pub async fn write(app: &App, channel: Channel, address: &str, text: &str) -> String {
     parley_e2e::publish_customer_message(app, "acme", channel, "api", address, text).await.1.to_string()
 }
 

@@ -109,11 +109,6 @@ async fn update_of(socket: &mut Socket, kind: &str) -> Value {
     }
 }
 
-/// A customer's message on another channel, as ingest publishes it; the customer's id.
-async fn write(app: &App, channel: parley_domain::Channel, address: &str, text: &str) -> String {
-    parley_e2e::publish_customer_message(app, "acme", channel, "api", address, text).await.1.to_string()
-}
-
 /// What the tenant's site server signs for a user it vouches for.
 fn site_signature(text: &str) -> String {
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(IDENTITY_SECRET.as_bytes()).unwrap();
@@ -344,7 +339,7 @@ async fn a_phone_the_site_vouches_for_links_the_visitor_to_the_sms_customer() {
         async move { history.get_customer(v1::GetCustomerRequest { customer_id: id }).await.ok()?.into_inner().customer }
     };
     // The number writes by SMS first.
-    let sms = write(&app, parley_domain::Channel::Sms, "+79161234567", "Не приходит код").await;
+    let sms = crate::identity::write(&app, parley_domain::Channel::Sms, "+79161234567", "Не приходит код").await;
     eventually(WAIT, "the SMS customer in history", || customer(sms.clone())).await;
 
     // The site vouches for its user u-77 and the user's phone, written its own way.
@@ -400,7 +395,8 @@ async fn a_phone_the_site_vouches_for_links_the_visitor_to_the_sms_customer() {
     assert_eq!(status, 200, "{v}");
     let site_user = first["customer_id"].as_str().unwrap().to_owned();
     eventually(WAIT, "the site's user in history", || customer(site_user.clone())).await;
-    let whatsapp = write(&app, parley_domain::Channel::WhatsApp, "79165554433", "А теперь WhatsApp").await;
+    let whatsapp =
+        crate::identity::write(&app, parley_domain::Channel::WhatsApp, "79165554433", "А теперь WhatsApp").await;
     let linked = eventually(WAIT, "the WhatsApp customer linked to the site's user", || async {
         let c = customer(whatsapp.clone()).await?;
         (!c.linked.is_empty()).then_some(c)

@@ -278,39 +278,32 @@ impl Db {
                 {
                     return Ok(Err(EraseRefusal::Held(row.get(0))));
                 }
-                let open: Vec<Uuid> = tx
-                    .query("SELECT id FROM conversations WHERE customer_id = $1 AND status <> 'closed'", &[&customer])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                let open: Vec<Uuid> = first_column(
+                    tx,
+                    "SELECT id FROM conversations WHERE customer_id = $1 AND status <> 'closed'",
+                    &[&customer],
+                )
+                .await?;
                 if !open.is_empty() {
                     return Ok(Err(EraseRefusal::Open(open)));
                 }
-                let conversations: Vec<Uuid> = tx
-                    .query("SELECT id FROM conversations WHERE customer_id = $1", &[&customer])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                let conversations: Vec<Uuid> =
+                    first_column(tx, "SELECT id FROM conversations WHERE customer_id = $1", &[&customer]).await?;
                 // The customer's messages, and every message of their conversations.
-                let messages: Vec<Uuid> = tx
-                    .query(
-                        "SELECT id FROM messages WHERE customer_id = $1 OR conversation_id = ANY($2)",
-                        &[&customer, &conversations],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                let messages: Vec<Uuid> = first_column(
+                    tx,
+                    "SELECT id FROM messages WHERE customer_id = $1 OR conversation_id = ANY($2)",
+                    &[&customer, &conversations],
+                )
+                .await?;
                 let (removed, attachments) = delete_messages(tx, &messages).await?;
                 delete_conversations(tx, &conversations).await?;
-                let addresses: Vec<String> = tx
-                    .query("DELETE FROM customer_identities WHERE customer_id = $1 RETURNING address", &[&customer])
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                let addresses: Vec<String> = first_column(
+                    tx,
+                    "DELETE FROM customer_identities WHERE customer_id = $1 RETURNING address",
+                    &[&customer],
+                )
+                .await?;
                 let identities = addresses.len();
                 // Links of and to the customer: the others stand alone.
                 tx.execute("DELETE FROM customer_links WHERE customer_id = $1 OR person_id = $1", &[&customer]).await?;
@@ -504,17 +497,14 @@ impl Db {
                     return Ok(run);
                 }
                 if !run.anonymised.is_empty() {
-                    run.files = tx
-                        .query(
-                            "DELETE FROM message_attachments a USING messages m
+                    run.files = first_column(
+                        tx,
+                        "DELETE FROM message_attachments a USING messages m
                              WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND m.conversation_id = ANY($1)
                              RETURNING a.id",
-                            &[&run.anonymised],
-                        )
-                        .await?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
+                        &[&run.anonymised],
+                    )
+                    .await?;
                     tx.execute(
                         "UPDATE messages SET body = '', subject = '', quoted_text = NULL, anonymised = true
                          WHERE conversation_id = ANY($1)",
@@ -533,12 +523,9 @@ impl Db {
                     .await?;
                 }
                 if !run.deleted.is_empty() {
-                    let messages: Vec<Uuid> = tx
-                        .query("SELECT id FROM messages WHERE conversation_id = ANY($1)", &[&run.deleted])
-                        .await?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
+                    let messages: Vec<Uuid> =
+                        first_column(tx, "SELECT id FROM messages WHERE conversation_id = ANY($1)", &[&run.deleted])
+                            .await?;
                     let (_, files) = delete_messages(tx, &messages).await?;
                     run.files.extend(files);
                     delete_conversations(tx, &run.deleted).await?;
@@ -710,15 +697,21 @@ impl Db {
     }
 }
 
+/// The first column of every row a query returns.
+async fn first_column<T: for<'r> tokio_postgres::types::FromSql<'r>>(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<T>> {
+    Ok(tx.query(sql, params).await?.iter().map(|r| r.get(0)).collect())
+}
+
 /// Removes messages with their delivery states and attachments' rows (erasure, retention):
 /// how many messages went, and the attachments whose files must go too.
 async fn delete_messages(tx: &tokio_postgres::Transaction<'_>, messages: &[Uuid]) -> Result<(u64, Vec<Uuid>)> {
-    let attachments = tx
-        .query("DELETE FROM message_attachments WHERE message_id = ANY($1) RETURNING id", &[&messages])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let attachments =
+        first_column(tx, "DELETE FROM message_attachments WHERE message_id = ANY($1) RETURNING id", &[&messages])
+            .await?;
     tx.execute("DELETE FROM message_deliveries WHERE message_id = ANY($1)", &[&messages]).await?;
     let removed = tx.execute("DELETE FROM messages WHERE id = ANY($1)", &[&messages]).await?;
     Ok((removed, attachments))
@@ -1619,8 +1612,7 @@ impl Db {
                     )
                     .await?
                     .get(0);
-                let members: Vec<Uuid> =
-                    tx.query(PERSON_MEMBERS, &[&customer]).await?.iter().map(|r| r.get(0)).collect();
+                let members: Vec<Uuid> = first_column(tx, PERSON_MEMBERS, &[&customer]).await?;
                 for m in members.into_iter().filter(|m| *m != person) {
                     tx.execute(
                         "INSERT INTO customer_links (tenant_id, customer_id, person_id, reason, linked_by, linked_at)
@@ -1654,16 +1646,13 @@ impl Db {
                     return Ok(Err(LinkRefusal::NotFound(customer)));
                 }
                 // Members that had this customer as their person move to the first of them.
-                let followers: Vec<Uuid> = tx
-                    .query(
-                        "SELECT customer_id FROM customer_links WHERE person_id = $1 AND customer_id <> $1
+                let followers: Vec<Uuid> = first_column(
+                    tx,
+                    "SELECT customer_id FROM customer_links WHERE person_id = $1 AND customer_id <> $1
                          ORDER BY linked_at, customer_id",
-                        &[&customer],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                    &[&customer],
+                )
+                .await?;
                 if let Some(next) = followers.first() {
                     tx.execute(
                         "UPDATE customer_links SET person_id = $2 WHERE person_id = $1 AND customer_id <> $1",
