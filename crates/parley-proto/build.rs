@@ -1,4 +1,5 @@
-//! Compiles `proto/` with protox (pure Rust, so no `protoc` is needed) into prost/tonic code.
+//! Compiles `proto/` with protox (pure Rust, so no `protoc` is needed) into prost/tonic code,
+//! and the proto3 JSON mapping of the public API (`parley.v1`) with pbjson.
 
 use std::path::PathBuf;
 
@@ -16,7 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.display());
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("parley_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    let descriptors = prost::Message::encode_to_vec(&fds);
+    std::fs::write(out.join("parley_descriptor.bin"), &descriptors)?;
+    // Timestamps and durations are Parley's own copies of the well-known types, which carry
+    // their JSON form (RFC 3339, "1.5s").
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
+        .extern_path(".google.protobuf.Duration", "crate::wkt::Duration")
+        .compile_fds(fds)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
+        .extern_path(".google.protobuf.Duration", "crate::wkt::Duration")
+        .build(&[".parley.v1"])?;
     Ok(())
 }

@@ -5,6 +5,7 @@ mod attachments;
 mod bad_input;
 mod cli;
 mod crash;
+mod desk;
 mod email;
 mod erasure;
 mod identity;

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use parley_e2e::{CustomerFeed, Desk, describe, online, set_status, submit};
-use parley_proto::prost_types;
 use parley_proto::v1::{self, customer_update, desk_event};
 use parley_testkit::{App, AppOptions, Infra, TenantFixture, eventually};
 
@@ -21,7 +20,7 @@ async fn spawn(options: AppOptions) -> App {
     App::spawn_with(Infra::start().await.expect("test infrastructure"), true, options).await
 }
 
-fn secs(n: u64) -> Option<prost_types::Duration> {
+fn secs(n: u64) -> Option<parley_proto::Duration> {
     Some(parley_proto::convert::duration(Duration::from_secs(n)))
 }
 

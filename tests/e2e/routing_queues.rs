@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use parley_domain::{ConversationId, MessageId, TenantId};
 use parley_e2e::{CustomerFeed, Desk, online, set_status, submit};
-use parley_proto::prost_types;
 use parley_proto::v1::{customer_update, desk_event};
 use parley_proto::{events, v1};
 use parley_testkit::{App, AppOptions, Infra, TenantFixture, eventually};
@@ -23,13 +22,13 @@ async fn spawn() -> App {
     App::spawn_with(infra, true, AppOptions { session_ttl_secs: 30, ..AppOptions::default() }).await
 }
 
-fn secs(n: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds: n, nanos: 0 })
+fn secs(n: i64) -> Option<parley_proto::Duration> {
+    Some(parley_proto::Duration { seconds: n, nanos: 0 })
 }
 
 /// Shorter than any wait Parley accepts.
-fn half_second() -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds: 0, nanos: 500_000_000 })
+fn half_second() -> Option<parley_proto::Duration> {
+    Some(parley_proto::Duration { seconds: 0, nanos: 500_000_000 })
 }
 
 fn skill(name: &str, proficiency: u32) -> v1::SkillLevel {

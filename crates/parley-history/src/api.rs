@@ -189,8 +189,8 @@ fn operator_filter(id: &str) -> ApiResult<Option<String>> {
 
 /// A time range, either end open; the start must come before the end.
 fn time_range(
-    start: Option<&parley_proto::prost_types::Timestamp>,
-    end: Option<&parley_proto::prost_types::Timestamp>,
+    start: Option<&parley_proto::Timestamp>,
+    end: Option<&parley_proto::Timestamp>,
 ) -> ApiResult<(Option<parley_domain::Timestamp>, Option<parley_domain::Timestamp>)> {
     let from = start.map(|t| convert::from_timestamp(Some(t)));
     let to = end.map(|t| convert::from_timestamp(Some(t)));

@@ -38,7 +38,7 @@ use parley_domain::{Attachment, AttachmentId, AttachmentKind, Role, TenantId};
 use parley_kit::auth::Authenticator;
 use parley_kit::axum::extract::rejection::{BytesRejection, QueryRejection};
 use parley_kit::axum::extract::{DefaultBodyLimit, Path, Query, State};
-use parley_kit::axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use parley_kit::axum::http::{HeaderMap, StatusCode, header};
 use parley_kit::axum::response::{IntoResponse, Response};
 use parley_kit::axum::{Router, routing};
 use parley_kit::clock;
@@ -493,7 +493,7 @@ async fn serve_file(s: &Serving, id: &str, headers: &HeaderMap) -> Result<Respon
     let not_found =
         || WebhookError::new(StatusCode::NOT_FOUND, "not_found", "no such attachment, or it is not fetched yet");
     match s.store.get(&principal.tenant, id).await.map_err(unavailable)? {
-        Some((file, bytes)) => Ok(file_response(&file, bytes)),
+        Some((file, bytes)) => Ok(file.response(bytes)),
         None => match s.store.head(&principal.tenant, id).await.map_err(unavailable)? {
             Some(Stored::Failed(reason)) => Err(WebhookError::new(
                 StatusCode::GONE,
@@ -523,81 +523,15 @@ async fn linked(
         return refused(parley_channels::MediaLinkError::BadSignature);
     };
     match s.store.get(&tenant, id).await {
-        Ok(Some((file, bytes))) => file_response(&file, bytes),
+        Ok(Some((file, bytes))) => file.response(bytes),
         Ok(None) => WebhookError::new(StatusCode::NOT_FOUND, "not_found", "the file no longer exists").into_response(),
         Err(e) => unavailable(e).into_response(),
     }
 }
 
-/// The file, served so that a browser never runs it: its stored type with `nosniff`, a
-/// sandboxing content security policy, and inline display only for pictures, sound and
-/// video (never SVG, which can carry scripts).
-fn file_response(file: &StoredFile, bytes: Bytes) -> Response {
-    let mime = HeaderValue::from_str(&file.mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let essence = file.mime.split(';').next().unwrap_or_default().trim();
-    let inline = ["image/", "audio/", "video/"].iter().any(|p| essence.starts_with(p)) && essence != "image/svg+xml";
-    let disposition = format!(
-        "{}{}",
-        if inline { "inline" } else { "attachment" },
-        if file.file_name.is_empty() {
-            String::new()
-        } else {
-            format!("; filename*=UTF-8''{}", rfc5987(&file.file_name))
-        }
-    );
-    let mut response = (StatusCode::OK, bytes).into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, mime);
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", file.digest)) {
-        h.insert(header::ETAG, v);
-    }
-    response
-}
-
-/// A file name as an RFC 5987 `ext-value` (UTF-8, percent-encoded beyond `attr-char`).
-fn rfc5987(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_names_are_encoded_for_content_disposition() {
-        assert_eq!(rfc5987("счёт 1.pdf"), "%D1%81%D1%87%D1%91%D1%82%201.pdf");
-        assert_eq!(rfc5987("a\"b\r\n.txt"), "a%22b%0D%0A.txt");
-    }
-
-    #[test]
-    fn only_pictures_sound_and_video_show_inline() {
-        let file = |mime: &str| StoredFile { mime: mime.into(), file_name: "x".into(), size: 1, digest: "d".into() };
-        let disposition = |mime: &str| {
-            file_response(&file(mime), Bytes::new()).headers()[header::CONTENT_DISPOSITION].to_str().unwrap().to_owned()
-        };
-        assert!(disposition("image/jpeg").starts_with("inline"));
-        assert!(disposition("audio/ogg; codecs=opus").starts_with("inline"));
-        assert!(disposition("image/svg+xml").starts_with("attachment"));
-        assert!(disposition("text/html").starts_with("attachment"));
-        assert!(disposition("application/pdf").starts_with("attachment"));
-        let r = file_response(&file("text/html"), Bytes::new());
-        assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        assert!(r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("sandbox"));
-    }
 
     #[test]
     fn settings_are_validated_and_named() {

@@ -70,11 +70,53 @@ pub struct WebChat {
 /// The routes, to merge into the public router.
 pub fn router(chat: WebChat) -> Router {
     Router::new()
-        .route("/webchat/{tenant}/{channel_config_id}/sessions", routing::post(open_session))
+        .route("/webchat/{tenant}/{channel_config_id}/sessions", routing::post(open_session).options(preflight))
         .route("/webchat/{tenant}/{channel_config_id}/ws", routing::get(socket))
-        .route("/webchat/{tenant}/{channel_config_id}/updates", routing::get(poll))
-        .route("/webchat/{tenant}/{channel_config_id}/messages", routing::post(post_message))
+        .route("/webchat/{tenant}/{channel_config_id}/updates", routing::get(poll).options(preflight))
+        .route("/webchat/{tenant}/{channel_config_id}/messages", routing::post(post_message).options(preflight))
+        .layer(parley_kit::axum::middleware::map_response(cross_origin))
+        .route("/widget.js", routing::get(widget))
         .with_state(Arc::new(chat))
+}
+
+/// The widget's script, for a tenant's site to load (`<script src=…/widget.js>`).
+const WIDGET: &str = include_str!("../../../web/widget/widget.js");
+
+async fn widget() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        WIDGET,
+    )
+        .into_response()
+}
+
+/// The widget runs on the tenant's site, another origin: a browser may read the answers
+/// there. Which origins may talk at all is each config's `allowed_origins`, checked by
+/// every endpoint (a refused origin reads a 403 that says why); no cookies are involved.
+async fn cross_origin(headers: HeaderMap, mut response: Response) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// A browser's preflight before a JSON or authorized request from the widget.
+async fn preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type, authorization"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response()
 }
 
 /// The key visitor tokens are signed with, derived from the service's signing key (so a
@@ -576,7 +618,7 @@ async fn post_message(
     Ok(Json(json!({"message_id": id.to_string(), "duplicate": duplicate})))
 }
 
-fn time_ms(t: Option<&parley_proto::prost_types::Timestamp>) -> i64 {
+fn time_ms(t: Option<&parley_proto::Timestamp>) -> i64 {
     convert::from_timestamp(t).as_millis()
 }
 

@@ -15,6 +15,8 @@ use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use parley_domain::{AttachmentId, TenantId};
+use parley_kit::axum::http::{HeaderValue, StatusCode, header};
+use parley_kit::axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
 use crate::topology;
@@ -29,6 +31,53 @@ pub struct StoredFile {
     pub size: u64,
     /// `SHA-256=<base64url>`, as the store computed it.
     pub digest: String,
+}
+
+impl StoredFile {
+    /// The file, served so that a browser never runs it: its stored type with `nosniff`, a
+    /// sandboxing content security policy, and inline display only for pictures, sound and
+    /// video (never SVG, which can carry scripts).
+    pub fn response(&self, bytes: Bytes) -> Response {
+        let mime = HeaderValue::from_str(&self.mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let essence = self.mime.split(';').next().unwrap_or_default().trim();
+        let inline =
+            ["image/", "audio/", "video/"].iter().any(|p| essence.starts_with(p)) && essence != "image/svg+xml";
+        let disposition = format!(
+            "{}{}",
+            if inline { "inline" } else { "attachment" },
+            if self.file_name.is_empty() {
+                String::new()
+            } else {
+                format!("; filename*=UTF-8''{}", rfc5987(&self.file_name))
+            }
+        );
+        let mut response = (StatusCode::OK, bytes).into_response();
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_TYPE, mime);
+        if let Ok(v) = HeaderValue::from_str(&disposition) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", self.digest)) {
+            h.insert(header::ETAG, v);
+        }
+        response
+    }
+}
+
+/// A file name as an RFC 5987 `ext-value` (UTF-8, percent-encoded beyond `attr-char`).
+fn rfc5987(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What the store holds for an attachment.
@@ -184,5 +233,33 @@ impl MediaStore for ObjectMedia {
                 Err(e) => Err(MediaError(e.to_string())),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_kit::axum::http::header;
+
+    #[test]
+    fn file_names_are_encoded_for_content_disposition() {
+        assert_eq!(rfc5987("счёт 1.pdf"), "%D1%81%D1%87%D1%91%D1%82%201.pdf");
+        assert_eq!(rfc5987("a\"b\r\n.txt"), "a%22b%0D%0A.txt");
+    }
+
+    #[test]
+    fn only_pictures_sound_and_video_show_inline() {
+        let file = |mime: &str| StoredFile { mime: mime.into(), file_name: "x".into(), size: 1, digest: "d".into() };
+        let disposition = |mime: &str| {
+            file(mime).response(Bytes::new()).headers()[header::CONTENT_DISPOSITION].to_str().unwrap().to_owned()
+        };
+        assert!(disposition("image/jpeg").starts_with("inline"));
+        assert!(disposition("audio/ogg; codecs=opus").starts_with("inline"));
+        assert!(disposition("image/svg+xml").starts_with("attachment"));
+        assert!(disposition("text/html").starts_with("attachment"));
+        assert!(disposition("application/pdf").starts_with("attachment"));
+        let r = file("text/html").response(Bytes::new());
+        assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("sandbox"));
     }
 }

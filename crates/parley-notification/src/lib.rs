@@ -8,6 +8,7 @@
 //! `PARLEY_OUTBOUND`, from where the [`senders`] deliver them to the customers' providers
 //! and routing records them.
 
+pub mod desk;
 pub mod email;
 pub mod senders;
 pub mod session;
@@ -37,6 +38,7 @@ pub struct NotificationConfig {
     pub telemetry: TelemetryConfig,
     pub sessions: SessionsSection,
     pub senders: senders::SendersSection,
+    pub desk: desk::DeskSection,
 }
 
 /// Desk session timing.
@@ -65,6 +67,7 @@ impl Default for NotificationConfig {
             telemetry: TelemetryConfig::default(),
             sessions: SessionsSection::default(),
             senders: senders::SendersSection::default(),
+            desk: desk::DeskSection::default(),
         }
     }
 }
@@ -80,7 +83,8 @@ impl Validate for NotificationConfig {
         if s.ttl_secs < 2 * s.heartbeat_interval_secs || s.ttl_secs > 600 {
             return Err("sessions.ttl_secs must be at least twice the heartbeat interval and at most 600".into());
         }
-        self.senders.validate()
+        self.senders.validate()?;
+        self.desk.validate()
     }
 }
 
@@ -133,15 +137,9 @@ pub async fn start(
         };
         tasks.spawn(consume::run(nats.js.clone(), spec, Arc::new(senders), metrics.clone(), token.clone()));
     }
-    runtime::launch(
-        "notification",
-        &config.server,
-        routes,
-        parley_kit::axum::Router::new(),
-        auth,
-        metrics,
-        token,
-        tasks,
-    )
-    .await
+    let web = match config.desk.enabled {
+        true => desk::router(desk::Desk::new(&config.desk, sessions.clone(), auth.clone())?),
+        false => parley_kit::axum::Router::new(),
+    };
+    runtime::launch("notification", &config.server, routes, web, auth, metrics, token, tasks).await
 }

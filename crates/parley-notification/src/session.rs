@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use parley_channels::segments::{self, SegmentCount, SmsEncoding};
 use parley_channels::whatsapp;
 use parley_domain::Status as ConversationStatus;
@@ -18,7 +18,7 @@ use parley_domain::{
     AttachmentId, AttachmentKind, Channel, ConversationId, MAX_ATTACHMENTS, MessageId, OperatorId, Role, Sender,
     TenantId, check_text,
 };
-use parley_kit::auth::{principal, require};
+use parley_kit::auth::{Principal, principal, require};
 use parley_kit::clock;
 use parley_kit::error::ApiError;
 use parley_kit::telemetry::code_name;
@@ -86,7 +86,8 @@ pub struct Sessions {
     pub media_links: bool,
 }
 
-type Frame = Result<v1::OpenSessionResponse, Status>;
+/// What a session sends the desk: a frame, or the error that ends the session.
+pub type Frame = Result<v1::OpenSessionResponse, Status>;
 
 /// The gRPC service over the shared session state.
 pub struct SessionApi(pub Arc<Sessions>);
@@ -104,45 +105,68 @@ impl OperatorSessionService for SessionApi {
         request: Request<Streaming<v1::OpenSessionRequest>>,
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let p = principal(&request)?;
+        // Refused before waiting for `hello`.
         require(&p, &[Role::Operator])?;
-        let operator = OperatorId::parse(&p.subject).map_err(|e| ApiError::invalid(format!("token subject: {e}")))?;
         let mut incoming = request.into_inner();
         // The desk speaks first: `hello` says where to resume.
-        let hello = match tokio::time::timeout(Duration::from_secs(10), incoming.next()).await {
+        let hello = match tokio::time::timeout(HELLO_WITHIN, incoming.next()).await {
             Ok(Some(Ok(v1::OpenSessionRequest { frame: Some(open_session_request::Frame::Hello(h)) }))) => h,
             Ok(Some(Err(e))) => return Err(e),
             Ok(_) => return Err(Status::invalid_argument("the first frame must be `hello`")),
             Err(_) => return Err(Status::deadline_exceeded("no `hello` within 10 seconds")),
         };
+        let rx = self.0.open(&p, hello, incoming).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// How long a desk has to say `hello` after connecting.
+pub const HELLO_WITHIN: Duration = Duration::from_secs(10);
+
+impl Sessions {
+    /// Opens a session for the principal's operator after its `hello`: the same for the
+    /// gRPC stream and the web desk's WebSocket. `incoming` is the rest of what the desk
+    /// sends; the answer is what to send it, ending when the session does.
+    pub async fn open<S>(
+        self: &Arc<Self>,
+        p: &Principal,
+        hello: v1::Hello,
+        incoming: S,
+    ) -> Result<mpsc::Receiver<Frame>, Status>
+    where
+        S: Stream<Item = Result<v1::OpenSessionRequest, Status>> + Send + Unpin + 'static,
+    {
+        require(p, &[Role::Operator])?;
+        let operator = OperatorId::parse(&p.subject).map_err(|e| ApiError::invalid(format!("token subject: {e}")))?;
         if hello.client_name.chars().count() > 100 {
             return Err(Status::invalid_argument("hello.client_name must be at most 100 characters"));
         }
         let subject = topology::desk_subject(&p.tenant, &operator);
-        let feed = tail::follow(&self.0.js, topology::DESK, subject, hello.resume_after_sequence)
+        let feed = tail::follow(&self.js, topology::DESK, subject, hello.resume_after_sequence)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(256);
         let session = clock::new_id().to_string();
-        let me = self.0.clone();
+        let me = self.clone();
         let tenant = p.tenant.clone();
         tracing::info!(tenant = %tenant, operator = %operator, session, resume_after = feed.resume_after, client = %hello.client_name, "desk session opened");
         tokio::spawn(async move {
             me.run(tenant, operator, session, feed, incoming, tx).await;
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(rx)
     }
-}
 
-impl Sessions {
-    async fn run(
+    async fn run<S>(
         self: Arc<Self>,
         tenant: TenantId,
         operator: OperatorId,
         session: String,
         mut feed: tail::Tail,
-        mut incoming: Streaming<v1::OpenSessionRequest>,
+        mut incoming: S,
         tx: mpsc::Sender<Frame>,
-    ) {
+    ) where
+        S: Stream<Item = Result<v1::OpenSessionRequest, Status>> + Send + Unpin,
+    {
         let welcome = v1::Welcome {
             operator_id: operator.to_string(),
             resume_after_sequence: feed.resume_after,

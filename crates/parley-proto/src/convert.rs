@@ -61,27 +61,27 @@ pub fn customer_id(name: &str, value: &str) -> Result<CustomerId> {
 
 // ---- time -------------------------------------------------------------------------------
 
-pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+pub fn timestamp(t: Timestamp) -> crate::wkt::Timestamp {
     let (seconds, nanos) = t.to_seconds_nanos();
-    prost_types::Timestamp { seconds, nanos }
+    crate::wkt::Timestamp { seconds, nanos }
 }
 
-pub fn opt_timestamp(t: Option<Timestamp>) -> Option<prost_types::Timestamp> {
+pub fn opt_timestamp(t: Option<Timestamp>) -> Option<crate::wkt::Timestamp> {
     t.map(timestamp)
 }
 
-pub fn from_timestamp(t: Option<&prost_types::Timestamp>) -> Timestamp {
+pub fn from_timestamp(t: Option<&crate::wkt::Timestamp>) -> Timestamp {
     t.map_or(Timestamp::default(), |t| Timestamp::from_seconds_nanos(t.seconds, t.nanos))
 }
 
-pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
+pub fn duration(d: Duration) -> crate::wkt::Duration {
+    crate::wkt::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
 }
 
-pub fn from_duration(name: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
+pub fn from_duration(name: &str, d: Option<&crate::wkt::Duration>) -> Result<Option<Duration>> {
     match d {
         None => Ok(None),
         Some(d) if d.seconds < 0 || d.nanos < 0 => Err(ConvertError::new(name, "must not be negative")),

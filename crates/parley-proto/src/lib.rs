@@ -10,6 +10,7 @@
 pub mod parley {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/parley.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/parley.v1.serde.rs"));
     }
     pub mod events {
         pub mod v1 {
@@ -22,12 +23,14 @@ pub use parley::events::v1 as events;
 pub use parley::v1;
 
 pub mod convert;
+pub mod wkt;
+
+pub use wkt::{Duration, Timestamp};
 
 /// The encoded `FileDescriptorSet` of every Parley proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/parley_descriptor.bin"));
 
 pub use prost;
-pub use prost_types;
 
 #[cfg(test)]
 mod tests {

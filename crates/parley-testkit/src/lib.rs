@@ -262,6 +262,12 @@ impl App {
                 ttl_secs: options.session_ttl_secs,
             },
             senders,
+            // The desk's gateway calls routing (when it runs here) and history.
+            desk: parley_notification::desk::DeskSection {
+                routing_url: format!("http://{}", routing.as_ref().map_or(ingest.grpc_addr, |r| r.grpc_addr)),
+                history_url: format!("http://{}", history.grpc_addr),
+                ..Default::default()
+            },
         };
         let notification =
             parley_notification::start(notification_config, Metrics::new("notification"), CancellationToken::new())

@@ -542,7 +542,7 @@ fn operator_from(spec: OperatorSpec) -> anyhow::Result<v1::Operator> {
     })
 }
 
-pub fn time(t: Option<&parley_proto::prost_types::Timestamp>) -> String {
+pub fn time(t: Option<&parley_proto::Timestamp>) -> String {
     t.map(|t| {
         let secs = t.seconds.rem_euclid(86_400);
         format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
@@ -878,7 +878,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .settings
                     .unwrap_or_default();
             }
-            let secs = |d: &Option<parley_proto::prost_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
+            let secs = |d: &Option<parley_proto::Duration>| d.as_ref().map_or(0, |d| d.seconds);
             println!(
                 "known operator: {} min window, {} s wait; weights: waiting {}, idle {} after {} s; reroute after {} s; ramp-up {} s; away after {} missed offers; fast-track codes live {} min, {} wrong tries an hour",
                 secs(&s.known_operator_window) / 60,

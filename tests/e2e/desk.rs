@@ -1,0 +1,369 @@
+//! The web desk's server side, as a browser speaks it: the app's files, the operator
+//! session as JSON over a WebSocket on the notification service's HTTP listener (resuming
+//! after a drop with nothing lost or repeated), the JSON gateway to routing and history,
+//! attachments by token, and the widget's script and cross-origin answers on ingest. Bad
+//! tokens, frames, bodies and methods get JSON errors that say what is wrong.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use parley_e2e::submit;
+use parley_proto::v1;
+use parley_testkit::{App, eventually};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn http(app: &App) -> std::net::SocketAddr {
+    app.notification.as_ref().expect("notification runs").http_addr
+}
+
+async fn connect(app: &App) -> Socket {
+    let (socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/desk/ws", http(app))).await.expect("the socket opens");
+    socket
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(tungstenite::Message::Text(frame.to_string().into())).await.expect("send a frame");
+}
+
+/// The next JSON frame; `None` once the socket is closed.
+async fn frame(socket: &mut Socket) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time") {
+            Some(Ok(tungstenite::Message::Text(t))) => return Some(serde_json::from_str(&t).expect("a JSON frame")),
+            Some(Ok(tungstenite::Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Opens a desk session resuming after `after`; the socket and its welcome.
+async fn open(app: &App, token: &str, after: u64) -> (Socket, Value) {
+    let mut socket = connect(app).await;
+    send(
+        &mut socket,
+        json!({"token": token, "hello": {"resumeAfterSequence": after.to_string(), "clientName": "web desk"}}),
+    )
+    .await;
+    let welcome = frame(&mut socket).await.expect("a welcome");
+    (socket, welcome["welcome"].clone())
+}
+
+/// The next desk event with `kind` (skipping other frames and events), with its sequence.
+async fn event_of(socket: &mut Socket, kind: &str) -> (u64, Value) {
+    loop {
+        let f = frame(socket).await.expect("the session is open");
+        if let Some(e) = f.get("event")
+            && let Some(body) = e.get(kind)
+        {
+            let seq = e["sequence"].as_str().expect("sequences are strings").parse().expect("a number");
+            return (seq, body.clone());
+        }
+    }
+}
+
+/// Sends a reply; Parley's answer, which must be `replyAccepted`.
+async fn reply(socket: &mut Socket, conversation: &str, client_id: &str, text: &str) -> Value {
+    let body = json!({"conversationId": conversation, "clientMessageId": client_id, "text": text});
+    send(socket, json!({ "reply": body })).await;
+    loop {
+        let f = frame(socket).await.expect("the session is open");
+        assert!(f.get("replyRejected").is_none(), "{f}");
+        if let Some(a) = f.get("replyAccepted") {
+            return a.clone();
+        }
+    }
+}
+
+/// A gateway call: (HTTP status, JSON body).
+async fn call(app: &App, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut r = reqwest::Client::new().post(format!("http://{}/desk/api/{path}", http(app))).body(body.to_owned());
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let answer = r.send().await.expect("the gateway answers");
+    let status = answer.status().as_u16();
+    (status, serde_json::from_slice(&answer.bytes().await.expect("a body")).expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_works_a_conversation_through_the_web_desk_and_misses_nothing_across_a_drop() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    let anna = fx.operator_token("anna").to_owned();
+
+    let (mut ws, welcome) = open(&app, &anna, 0).await;
+    assert_eq!(welcome["operatorId"], "anna");
+    assert_eq!(
+        welcome["heartbeatIntervalSeconds"],
+        json!(parley_testkit::AppOptions::default().heartbeat_interval_secs)
+    );
+    let (status, presence) =
+        call(&app, "routing/SetOperatorStatus", Some(&anna), r#"{"status": "OPERATOR_STATUS_ONLINE"}"#).await;
+    assert_eq!(status, 200, "{presence}");
+    assert_eq!(presence["presence"]["status"], "OPERATOR_STATUS_ONLINE");
+    // The session's heartbeat is what makes her connected for routing.
+    send(&mut ws, json!({"heartbeat": {}})).await;
+    eventually(WAIT, "anna is connected", || async {
+        let (_, p) = call(&app, "routing/GetOperatorPresence", Some(&anna), "").await;
+        (p["presence"]["connected"] == true).then_some(())
+    })
+    .await;
+
+    // Boris is at his desk too (over gRPC), to take a transfer.
+    let boris = parley_e2e::online(&app, &fx, "boris").await;
+    let _boris_alive = boris.keep_alive();
+
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("c-1", "Здравствуйте, <b>карта</b> заблокирована", "k1")).await.expect("submitted");
+    let (_, assigned) = event_of(&mut ws, "assigned").await;
+    let conversation = assigned["conversation"]["id"].as_str().expect("an id").to_owned();
+    assert_eq!(assigned["conversation"]["channel"], "CHANNEL_API");
+    assert_eq!(assigned["customerDisplayName"], "Иван Петров");
+    assert_eq!(assigned["recentMessages"][0]["text"], "Здравствуйте, <b>карта</b> заблокирована");
+
+    let accepted = reply(&mut ws, &conversation, "d-1", "Разблокируем.").await;
+    assert_eq!(accepted["clientMessageId"], "d-1");
+    let (seen, echoed) = event_of(&mut ws, "message").await;
+    assert_eq!(
+        (echoed["text"].as_str(), echoed["senderKind"].as_str()),
+        (Some("Разблокируем."), Some("SENDER_KIND_OPERATOR"))
+    );
+
+    // The network drops; the customer writes twice meanwhile.
+    drop(ws);
+    for (key, text) in [("k2", "Спасибо"), ("k3", "А когда?")] {
+        ingest.submit_message(submit("c-1", text, key)).await.expect("submitted");
+    }
+    // The desk comes back with the last sequence it applied: exactly the two, in order.
+    let (mut ws, welcome) = open(&app, &anna, seen).await;
+    assert_eq!(welcome["resumeAfterSequence"], seen.to_string());
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let (seq, m) = event_of(&mut ws, "message").await;
+        assert!(seq > seen, "nothing before the resume point");
+        texts.push(m["text"].as_str().expect("text").to_owned());
+    }
+    assert_eq!(texts, ["Спасибо", "А когда?"]);
+    // A reply resent after the drop with the same id is the same reply.
+    let again = reply(&mut ws, &conversation, "d-1", "Разблокируем.").await;
+    assert_eq!(again["messageId"], accepted["messageId"]);
+
+    // The whole history through the gateway, and the conversation moved on with a note.
+    let body = json!({"conversationId": conversation}).to_string();
+    let history = eventually(WAIT, "history has the four messages", || async {
+        let (status, v) = call(&app, "history/ListMessages", Some(&anna), &body).await;
+        (status == 200 && v["messages"].as_array().is_some_and(|m| m.len() == 4)).then_some(v)
+    })
+    .await;
+    assert!(history["messages"].as_array().unwrap().iter().any(|m| m["text"] == "А когда?"));
+    let transfer = json!({"conversationId": conversation, "operatorId": "boris", "note": "VIP"}).to_string();
+    let (status, moved) = call(&app, "routing/TransferConversation", Some(&anna), &transfer).await;
+    assert_eq!(status, 200, "{moved}");
+    let (_, released) = event_of(&mut ws, "released").await;
+    assert_eq!(released["conversationId"], conversation.as_str());
+    let (status, mine) = call(&app, "routing/ListOperatorConversations", Some(&anna), "{}").await;
+    assert_eq!(status, 200, "{mine}");
+    assert!(mine.get("conversations").is_none_or(|c| c.as_array().is_some_and(|c| c.is_empty())), "{mine}");
+
+    // What the desk needs to fill its transfer dialog, readable with an operator's token.
+    let (status, operators) = call(&app, "admin/ListOperators", Some(&anna), "{}").await;
+    assert_eq!(status, 200, "{operators}");
+    assert_eq!(operators["operators"].as_array().map(Vec::len), Some(2));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_web_desk_refuses_bad_tokens_frames_bodies_and_methods_with_json_errors() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let other = app.tenant("globex", &["gina"]).await;
+    let anna = fx.operator_token("anna").to_owned();
+
+    // Session: every refusal is one error frame, then the socket closes.
+    let refused = |first: Value| {
+        let app = &app;
+        async move {
+            let mut socket = connect(app).await;
+            send(&mut socket, first).await;
+            let error = frame(&mut socket).await.expect("an error frame")["error"].clone();
+            assert!(frame(&mut socket).await.is_none(), "the socket closes after an error");
+            error
+        }
+    };
+    let hello = json!({"resumeAfterSequence": "0"});
+    let e = refused(json!({"hello": hello})).await;
+    assert_eq!(e["code"], "UNAUTHENTICATED", "{e}");
+    let e = refused(json!({"token": "not.a.token", "hello": hello})).await;
+    assert_eq!(e["code"], "UNAUTHENTICATED", "{e}");
+    let forged = format!("{}x", &anna[..anna.len() - 1]);
+    let e = refused(json!({"token": forged, "hello": hello})).await;
+    assert_eq!(e["code"], "UNAUTHENTICATED", "{e}");
+    let e = refused(json!({"token": anna, "heartbeat": {}})).await;
+    assert_eq!(
+        (e["code"].as_str(), e["message"].as_str()),
+        (Some("INVALID_ARGUMENT"), Some("the first frame must be `hello`"))
+    );
+    let e = refused(json!({"token": fx.supervisor_token, "hello": hello})).await;
+    assert_eq!(e["code"], "PERMISSION_DENIED", "{e}");
+    let e = refused(json!({"token": anna, "hello": {"resumeAfterSequence": "many"}})).await;
+    assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+    let mut socket = connect(&app).await;
+    socket.send(tungstenite::Message::Text("{not json".into())).await.unwrap();
+    let e = frame(&mut socket).await.expect("an error frame");
+    assert_eq!(e["error"]["code"], "INVALID_ARGUMENT", "{e}");
+    // After a good hello, a bad frame ends the session the same way.
+    let (mut ws, _) = open(&app, &anna, 0).await;
+    ws.send(tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    let e = loop {
+        let f = frame(&mut ws).await.expect("an error frame");
+        if f.get("error").is_some() {
+            break f;
+        }
+    };
+    assert_eq!(e["error"]["message"], "frames are JSON text, not binary");
+
+    // Gateway.
+    let (status, e) = call(&app, "routing/GetOperatorPresence", None, "{}").await;
+    assert_eq!((status, e["code"].as_str()), (401, Some("UNAUTHENTICATED")), "{e}");
+    let (status, e) = call(&app, "routing/GetOperatorPresence", Some("garbage"), "{}").await;
+    assert_eq!((status, e["code"].as_str()), (401, Some("UNAUTHENTICATED")), "{e}");
+    let (status, e) = call(&app, "routing/AcceptOffer", Some(&anna), "{\"conversationId\": ").await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{e}");
+    assert!(e["message"].as_str().unwrap().starts_with("body: "), "{e}");
+    let (status, e) = call(&app, "routing/AcceptOffer", Some(&anna), r#"{"conversationId": 7}"#).await;
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = call(&app, "routing/AcceptOffer", Some(&anna), r#"{"conversationId": "nope"}"#).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{e}");
+    let (status, e) = call(&app, "admin/IssueToken", Some(&anna), "{}").await;
+    assert_eq!((status, e["message"].as_str()), (404, Some("the desk has no method admin/IssueToken")), "{e}");
+    let (status, e) =
+        call(&app, "routing/SetOperatorStatus", Some(&anna), r#"{"status": "OPERATOR_STATUS_BORED"}"#).await;
+    assert_eq!(status, 400, "{e}");
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/desk/api/routing/GetOperatorPresence", http(&app)))
+        .bearer_auth(&anna)
+        .body(vec![0xff, 0xfe, b'{'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400, "invalid UTF-8");
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/desk/api/history/SearchMessages", http(&app)))
+        .bearer_auth(&anna)
+        .body(vec![b' '; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 413, "oversized body");
+    // Another tenant's customer is not found, through the gateway as over gRPC.
+    let mut ingest = app.ingest_client(&other.integrator_token).await;
+    let theirs = ingest.submit_message(submit("g-1", "hi", "g1")).await.unwrap().into_inner().customer_id;
+    let body = json!({"customerId": theirs}).to_string();
+    let gina = other.operator_token("gina").to_owned();
+    eventually(WAIT, "history has globex's customer", || async {
+        (call(&app, "history/GetCustomer", Some(&gina), &body).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, e) = call(&app, "history/GetCustomer", Some(&anna), &body).await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("NOT_FOUND")), "{e}");
+
+    // Files.
+    let file = |id: &str, token: Option<&str>| {
+        let mut r = reqwest::Client::new().get(format!("http://{}/desk/files/{id}", http(&app)));
+        if let Some(t) = token {
+            r = r.bearer_auth(t.to_owned());
+        }
+        async move {
+            let a = r.send().await.unwrap();
+            let status = a.status().as_u16();
+            let body = a.bytes().await.unwrap();
+            (status, serde_json::from_slice::<Value>(&body).unwrap_or_else(|e| panic!("{status} {body:?}: {e}")))
+        }
+    };
+    let id = parley_kit::clock::new_id().to_string();
+    assert_eq!(file(&id, None).await.0, 401);
+    assert_eq!(file("not-an-id", Some(&anna)).await.0, 400);
+    // A path the desk does not have gets a JSON answer too.
+    assert_eq!(
+        file("../../etc/passwd", Some(&anna)).await,
+        (404, json!({"code": "NOT_FOUND", "message": "no such path: /etc/passwd"}))
+    );
+    let (status, e) = file(&id, Some(&anna)).await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("NOT_FOUND")));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_desk_and_widget_are_served_with_their_policies() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna"]).await;
+    let get = |url: String| async move { reqwest::get(url).await.expect("an answer") };
+
+    let index = get(format!("http://{}/desk/", http(&app))).await;
+    assert_eq!(index.status().as_u16(), 200);
+    let csp = index.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(index.headers()["x-content-type-options"], "nosniff");
+    assert!(index.text().await.unwrap().contains("desk.js"));
+    for (file, kind) in [("desk.js", "text/javascript"), ("i18n.js", "text/javascript"), ("desk.css", "text/css")] {
+        let r = get(format!("http://{}/desk/{file}", http(&app))).await;
+        assert_eq!(r.status().as_u16(), 200, "{file}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{file}");
+    }
+    let missing = get(format!("http://{}/desk/secrets.txt", http(&app))).await;
+    assert_eq!(missing.status().as_u16(), 404);
+    assert_eq!(serde_json::from_slice::<Value>(&missing.bytes().await.unwrap()).unwrap()["code"], "NOT_FOUND");
+    let r = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let bare = r.get(format!("http://{}/desk", http(&app))).send().await.unwrap();
+    assert_eq!((bare.status().as_u16(), bare.headers()["location"].to_str().unwrap()), (308, "/desk/"));
+
+    // The widget's script, and answers a tenant's site may read.
+    let widget = get(format!("http://{}/widget.js", app.webhooks_addr())).await;
+    assert_eq!(widget.status().as_u16(), 200);
+    assert!(widget.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(widget.text().await.unwrap().contains("ParleyWidget"));
+    let settings = v1::channel_config::Settings::Webchat(v1::WebChatSettings {
+        allowed_origins: vec!["https://shop.example".into()],
+        identity_secret: "site-identity-secret-0123456789".into(),
+    });
+    fx.create_channel_config(&app, parley_testkit::channel_config("site", v1::Channel::Webchat, settings)).await;
+    let url = format!("http://{}/webchat/acme/site/sessions", app.webhooks_addr());
+    let preflight = r
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("Origin", "https://shop.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status().as_u16(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://shop.example");
+    assert!(preflight.headers()["access-control-allow-headers"].to_str().unwrap().contains("content-type"));
+    let opened = eventually(WAIT, "ingest knows the config", || {
+        let (r, url) = (r.clone(), url.clone());
+        async move {
+            let a = r
+                .post(&url)
+                .header("Origin", "https://shop.example")
+                .header("Content-Type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            (a.status().as_u16() == 200).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(opened.headers()["access-control-allow-origin"], "https://shop.example");
+    // Another site reads why it is refused.
+    let refused = r.post(&url).header("Origin", "https://evil.example").body("{}").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(refused.headers()["access-control-allow-origin"], "https://evil.example");
+    app.stop().await;
+}
