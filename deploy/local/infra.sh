@@ -120,11 +120,19 @@ ensure_database() {
   [ "$exists" = 1 ] || psql -X -q "postgres://parley:parley@$PG_HOST:$PG_PORT/postgres" -c 'CREATE DATABASE parley'
 }
 
+# --- the browser tests: Debian's Chromium, driven by playwright-core from npm ------------
+ensure_browser() {
+  command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || apt_install chromium
+  (cd "$ROOT/tests/browser" && npm ci --silent --no-audit --no-fund >/dev/null) \
+    || die "npm ci in tests/browser failed"
+}
+
 tools() {
   ensure_nats
   ensure_redis
   ensure_postgres
   ensure_node
+  ensure_browser
   write_test_env
 }
 

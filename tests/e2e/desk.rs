@@ -4,7 +4,7 @@
 //! attachments by token, and the widget's script and cross-origin answers on ingest. Bad
 //! tokens, frames, bodies and methods get JSON errors that say what is wrong.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use parley_e2e::submit;
@@ -15,36 +15,59 @@ use tokio_tungstenite::tungstenite;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A desk's socket, which sends a heartbeat every half second while the test reads it (as
+/// the desk does), so the operator stays connected however slow the machine.
+struct Socket {
+    ws: Ws,
+    beat: Instant,
+}
 
 fn http(app: &App) -> std::net::SocketAddr {
     app.notification.as_ref().expect("notification runs").http_addr
 }
 
+async fn connect_to(addr: std::net::SocketAddr) -> Socket {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/desk/ws")).await.expect("the socket opens");
+    Socket { ws, beat: Instant::now() }
+}
+
 async fn connect(app: &App) -> Socket {
-    let (socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/desk/ws", http(app))).await.expect("the socket opens");
-    socket
+    connect_to(http(app)).await
 }
 
 async fn send(socket: &mut Socket, frame: Value) {
-    socket.send(tungstenite::Message::Text(frame.to_string().into())).await.expect("send a frame");
+    socket.ws.send(tungstenite::Message::Text(frame.to_string().into())).await.expect("send a frame");
 }
 
 /// The next JSON frame; `None` once the socket is closed.
 async fn frame(socket: &mut Socket) -> Option<Value> {
+    let deadline = Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time") {
-            Some(Ok(tungstenite::Message::Text(t))) => return Some(serde_json::from_str(&t).expect("a JSON frame")),
+        assert!(Instant::now() < deadline, "a frame in time");
+        if socket.beat.elapsed() >= Duration::from_millis(500) {
+            socket.beat = Instant::now();
+            // The session may be gone already; reading says so.
+            let _ = socket.ws.send(tungstenite::Message::Text(json!({"heartbeat": {}}).to_string().into())).await;
+        }
+        let Ok(next) = tokio::time::timeout(Duration::from_millis(500), socket.ws.next()).await else { continue };
+        match next {
+            Some(Ok(tungstenite::Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).expect("a JSON frame");
+                if v.get("heartbeat").is_none() {
+                    return Some(v);
+                }
+            }
             Some(Ok(tungstenite::Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => {}
         }
     }
 }
 
-/// Opens a desk session resuming after `after`; the socket and its welcome.
-async fn open(app: &App, token: &str, after: u64) -> (Socket, Value) {
-    let mut socket = connect(app).await;
+/// Opens a desk session at `addr` resuming after `after`; the socket and its welcome.
+async fn open_at(addr: std::net::SocketAddr, token: &str, after: u64) -> (Socket, Value) {
+    let mut socket = connect_to(addr).await;
     send(
         &mut socket,
         json!({"token": token, "hello": {"resumeAfterSequence": after.to_string(), "clientName": "web desk"}}),
@@ -52,6 +75,10 @@ async fn open(app: &App, token: &str, after: u64) -> (Socket, Value) {
     .await;
     let welcome = frame(&mut socket).await.expect("a welcome");
     (socket, welcome["welcome"].clone())
+}
+
+async fn open(app: &App, token: &str, after: u64) -> (Socket, Value) {
+    open_at(http(app), token, after).await
 }
 
 /// The next desk event with `kind` (skipping other frames and events), with its sequence.
@@ -214,12 +241,12 @@ async fn the_web_desk_refuses_bad_tokens_frames_bodies_and_methods_with_json_err
     let e = refused(json!({"token": anna, "hello": {"resumeAfterSequence": "many"}})).await;
     assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
     let mut socket = connect(&app).await;
-    socket.send(tungstenite::Message::Text("{not json".into())).await.unwrap();
+    socket.ws.send(tungstenite::Message::Text("{not json".into())).await.unwrap();
     let e = frame(&mut socket).await.expect("an error frame");
     assert_eq!(e["error"]["code"], "INVALID_ARGUMENT", "{e}");
     // After a good hello, a bad frame ends the session the same way.
     let (mut ws, _) = open(&app, &anna, 0).await;
-    ws.send(tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    ws.ws.send(tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     let e = loop {
         let f = frame(&mut ws).await.expect("an error frame");
         if f.get("error").is_some() {
@@ -365,5 +392,93 @@ async fn the_desk_and_widget_are_served_with_their_policies() {
     let refused = r.post(&url).header("Origin", "https://evil.example").body("{}").send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 403);
     assert_eq!(refused.headers()["access-control-allow-origin"], "https://evil.example");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn desks_on_any_notification_replica_get_their_events_and_a_killed_replicas_desks_resume_elsewhere() {
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    let (anna, boris) = (fx.operator_token("anna").to_owned(), fx.operator_token("boris").to_owned());
+    let routing = app.routing.as_ref().expect("routing runs").grpc_addr;
+    let history = app.history.as_ref().expect("history runs").grpc_addr;
+    // A second notification replica as its own process, to be killed with -9.
+    let env = [
+        ("PARLEY_NATS__URL", app.infra.nats.url()),
+        ("PARLEY_REDIS__URL", app.infra.redis.url()),
+        ("PARLEY_AUTH__SIGNING_KEY", app.signing_key.expose().to_owned()),
+        ("PARLEY_SESSIONS__HEARTBEAT_INTERVAL_SECS", "1".to_owned()),
+        ("PARLEY_SESSIONS__TTL_SECS", "3".to_owned()),
+        ("PARLEY_SENDERS__ENABLED", "false".to_owned()),
+        ("PARLEY_DESK__ROUTING_URL", format!("http://{routing}")),
+        ("PARLEY_DESK__HISTORY_URL", format!("http://{history}")),
+    ];
+    let mut replica = parley_testkit::ServiceProcess::spawn("parley-notification", &env).expect("replica starts");
+
+    // Anna's desk is on the replica; she goes online through its gateway.
+    let (mut on_replica, _) = open_at(replica.http_addr, &anna, 0).await;
+    let online = r#"{"status": "OPERATOR_STATUS_ONLINE"}"#;
+    let status = |addr: std::net::SocketAddr, token: String| async move {
+        let answer = reqwest::Client::new()
+            .post(format!("http://{addr}/desk/api/routing/SetOperatorStatus"))
+            .bearer_auth(token)
+            .body(online)
+            .send()
+            .await
+            .expect("the gateway answers");
+        assert_eq!(answer.status().as_u16(), 200);
+    };
+    status(replica.http_addr, anna.clone()).await;
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("c-1", "Первое", "k1")).await.expect("submitted");
+    let (_, assigned) = event_of(&mut on_replica, "assigned").await;
+    let conversation = assigned["conversation"]["id"].as_str().expect("an id").to_owned();
+    // Boris, on the other replica, gets the next customer.
+    let (mut boris_desk, _) = open(&app, &boris, 0).await;
+    status(http(&app), boris.clone()).await;
+    ingest.submit_message(submit("c-2", "Второе", "k2")).await.expect("submitted");
+    let (_, theirs) = event_of(&mut boris_desk, "assigned").await;
+    assert_eq!(theirs["recentMessages"][0]["text"], "Второе");
+    let accepted = reply(&mut on_replica, &conversation, "a-1", "Ответ").await;
+    let (seen, _) = loop {
+        let (seq, m) = event_of(&mut on_replica, "message").await;
+        if m["id"] == accepted["messageId"] {
+            break (seq, m);
+        }
+    };
+
+    // The replica dies mid-session; the customer writes twice before Anna's desk is back.
+    replica.kill();
+    assert!(frame(&mut on_replica).await.is_none(), "the dead replica's socket closes");
+    for (key, text) in [("k3", "Алло?"), ("k4", "Вы тут?")] {
+        ingest.submit_message(submit("c-1", text, key)).await.expect("submitted");
+    }
+    let (mut back, welcome) = open(&app, &anna, seen).await;
+    assert_eq!(welcome["resumeAfterSequence"], seen.to_string());
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let (seq, m) = event_of(&mut back, "message").await;
+        assert!(seq > seen, "nothing before the resume point");
+        texts.push(m["text"].as_str().expect("text").to_owned());
+    }
+    assert_eq!(texts, ["Алло?", "Вы тут?"], "exactly what was missed, in order");
+    // Her conversation stayed hers: she is connected through the new session.
+    let accepted = reply(&mut back, &conversation, "a-2", "Да, на связи").await;
+    assert!(accepted["messageId"].as_str().is_some_and(|id| !id.is_empty()));
+    let (_, p) = call(&app, "routing/GetOperatorPresence", Some(&anna), "").await;
+    assert_eq!(p["presence"]["connected"], true, "{p}");
+    // Nothing else arrives: no repeats.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            let f = frame(&mut back).await.expect("open");
+            if let Some(m) = f.get("event").and_then(|e| e.get("message"))
+                && m["senderKind"] == "SENDER_KIND_CUSTOMER"
+            {
+                return f;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "a customer message came twice: {quiet:?}");
     app.stop().await;
 }

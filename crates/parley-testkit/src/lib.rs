@@ -626,6 +626,7 @@ pub async fn connect(addr: std::net::SocketAddr) -> Channel {
 pub struct ServiceProcess {
     child: Child,
     pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
 }
 
 /// Where cargo put the binaries of this build (next to the test executable's `deps/`).
@@ -643,10 +644,10 @@ impl ServiceProcess {
     pub fn spawn(bin: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let port = servers::free_port();
         let grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let http = servers::free_port();
+        let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], servers::free_port()));
         let mut cmd = Command::new(binary(bin));
         cmd.env("PARLEY_SERVER__GRPC_ADDR", grpc_addr.to_string())
-            .env("PARLEY_SERVER__HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("PARLEY_SERVER__HTTP_ADDR", http_addr.to_string())
             // Ingest's public webhook and SMTP listeners (other services ignore the
             // sections): free ports, so test processes never race for the default ones.
             .env("PARLEY_WEBHOOKS__ADDR", format!("127.0.0.1:{}", servers::free_port()))
@@ -667,7 +668,7 @@ impl ServiceProcess {
             anyhow::ensure!(Instant::now() < deadline, "{bin} did not listen within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { child, grpc_addr })
+        Ok(Self { child, grpc_addr, http_addr })
     }
 
     /// `kill -9`.
