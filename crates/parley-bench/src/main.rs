@@ -14,9 +14,14 @@
 //!    history writer from `PARLEY_EVENTS` to committed rows (throughput, and publish →
 //!    committed at half of it); `SearchMessages` latency over a generated corpus.
 //!
+//! 6. **desk** ([`desk`]): a bare tonic streaming server vs the notification service, both
+//!    with 2 000 operator sessions (deliveries per second, latency at half of Parley's
+//!    rate), then a reconnect storm of every session (time to caught up, lost, repeated).
+//!
 //! The numbers go into `BENCHMARKS.md`.
 
 mod channels;
+mod desk;
 mod e2e;
 mod history;
 mod policy;
@@ -88,6 +93,15 @@ pub struct Args {
     /// History: searches timed.
     #[arg(long, default_value_t = 300)]
     searches: usize,
+    /// Desk: concurrent operator sessions.
+    #[arg(long, default_value_t = 2_000)]
+    desk_sessions: usize,
+    /// Desk: events per session in the saturated run.
+    #[arg(long, default_value_t = 20)]
+    desk_events: usize,
+    /// Desk: events per session published while every session is away (reconnect storm).
+    #[arg(long, default_value_t = 5)]
+    desk_storm_events: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +111,7 @@ enum Section {
     Policy,
     Channels,
     History,
+    Desk,
 }
 
 /// Rows of the summary table: measure, value.
@@ -194,6 +209,16 @@ async fn main() -> anyhow::Result<()> {
             searches: args.searches,
         };
         rows.extend(history::run(&spec).await?);
+    }
+    if runs(Section::Desk) {
+        println!("\n== desk: bare tonic streaming, then the notification service; reconnect storm");
+        let spec = desk::Spec {
+            sessions: args.desk_sessions,
+            events_per_session: args.desk_events,
+            paced_seconds: args.paced_seconds,
+            storm_events_per_session: args.desk_storm_events,
+        };
+        rows.extend(desk::run(&spec).await?);
     }
     println!("\n== summary (paste into BENCHMARKS.md)");
     println!("| measure | value |");
