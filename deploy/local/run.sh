@@ -48,10 +48,38 @@ for svc in routing ingest history notification; do
 done
 
 "$BIN/parleyctl" demo --write-env "$STATE/demo.env"
+# shellcheck disable=SC1091
+source "$STATE/demo.env"
+
+# A page of the bank's site with the chat widget, on an origin of its own.
+mkdir -p "$STATE/www"
+cat >"$STATE/www/index.html" <<'HTML'
+<!doctype html>
+<html lang="ru">
+<head><meta charset="utf-8"><title>Demo Bank</title></head>
+<body style="font-family: sans-serif; max-width: 40rem; margin: 3rem auto">
+<h1>Demo Bank</h1>
+<p>Вопрос по карте или переводу? Напишите нам в чат — кнопка справа внизу.</p>
+<script src="http://127.0.0.1:7180/widget.js" data-tenant="demo" data-channel="site" data-lang="ru"
+        data-title="Demo Bank" async></script>
+</body>
+</html>
+HTML
+python3 -m http.server 7080 --bind 127.0.0.1 --directory "$STATE/www" >"$LOG/www.log" 2>&1 &
+pids+=($!)
 
 cat <<EOF
 
-$(printf '\033[1;32m')Parley is running.$(printf '\033[0m') Ctrl-C stops it. In another terminal, try:
+$(printf '\033[1;32m')Parley is running.$(printf '\033[0m') Ctrl-C stops it.
+
+  Operator desk:  http://127.0.0.1:7491/desk/   (sign in with a token below)
+    Anna:  $PARLEY_ANNA_TOKEN
+    Boris: $PARLEY_BORIS_TOKEN
+    Supervisor view: $PARLEY_SUPERVISOR_TOKEN
+  The bank's site with the chat widget: http://127.0.0.1:7080/
+    (write there as a customer; Anna or Boris gets it on the desk)
+
+In another terminal, try:
 
   cd $ROOT && source .parley/env && source .parley/demo.env && export PATH=\$PWD/target/debug:\$PATH
 

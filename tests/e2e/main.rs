@@ -3,6 +3,7 @@
 
 mod attachments;
 mod bad_input;
+mod browser;
 mod cli;
 mod crash;
 mod desk;

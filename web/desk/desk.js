@@ -966,7 +966,22 @@ function ensureCustomer(customerId) {
   const known = S.customers.get(customerId);
   if (known?.promise) return known.promise;
   const entry = known ?? { displayName: "", identities: [], linked: [], full: null };
-  entry.promise = api("history/GetCustomer", { customerId })
+  const token = S.token;
+  // History records a new customer a moment after routing offers their first conversation:
+  // NOT_FOUND (or a service out of reach) is asked again soon, a few times, before the name
+  // is left unknown for a while.
+  const read = async () => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await api("history/GetCustomer", { customerId });
+      } catch (e) {
+        const passing = e.code === "NOT_FOUND" || e.status === 0 || e.status >= 500;
+        if (!passing || attempt >= 5 || token !== S.token) throw e;
+        await sleep(500 * 2 ** attempt);
+      }
+    }
+  };
+  entry.promise = read()
     .then((r) => {
       const c = r.customer ?? {};
       entry.displayName = c.displayName || entry.displayName;

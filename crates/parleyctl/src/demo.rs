@@ -92,25 +92,40 @@ pub async fn run(e: &Endpoints, args: DemoArgs) -> anyhow::Result<()> {
                         display_name: name.into(),
                         skills: vec![v1::SkillLevel { skill: "support".into(), proficiency: level }],
                         languages: vec!["ru".into(), "en".into()],
-                        capacity: vec![v1::ChannelCapacity {
-                            channel: v1::Channel::Api as i32,
-                            max_conversations: cap,
-                        }],
+                        capacity: vec![
+                            v1::ChannelCapacity { channel: v1::Channel::Api as i32, max_conversations: cap },
+                            v1::ChannelCapacity { channel: v1::Channel::Webchat as i32, max_conversations: cap },
+                        ],
                         ..Default::default()
                     }),
                 })
                 .await,
         )?;
     }
+    // The web chat of the bank's site, for the widget (any origin may embed it).
+    let site = v1::ChannelConfig {
+        id: "site".into(),
+        channel: v1::Channel::Webchat as i32,
+        display_name: "Demo Bank site".into(),
+        default_queue_id: "default".into(),
+        settings: Some(v1::channel_config::Settings::Webchat(v1::WebChatSettings {
+            allowed_origins: Vec::new(),
+            identity_secret: "demo-site-identity-secret-0123456789".into(),
+        })),
+        ..Default::default()
+    };
+    ok_or_exists(admin.create_channel_config(v1::CreateChannelConfigRequest { channel_config: Some(site) }).await)?;
     let integrator = issue(&mut admin, "demo-crm", v1::Role::Integrator).await?;
     let anna = issue(&mut admin, "anna", v1::Role::Operator).await?;
+    let boris = issue(&mut admin, "boris", v1::Role::Operator).await?;
     let supervisor = issue(&mut admin, "demo-supervisor", v1::Role::Supervisor).await?;
     if let Some(path) = &args.write_env {
         std::fs::write(
             path,
             format!(
                 "export PARLEY_ADMIN_TOKEN={admin_token}\nexport PARLEY_INTEGRATOR_TOKEN={integrator}\n\
-                 export PARLEY_ANNA_TOKEN={anna}\nexport PARLEY_SUPERVISOR_TOKEN={supervisor}\n"
+                 export PARLEY_ANNA_TOKEN={anna}\nexport PARLEY_BORIS_TOKEN={boris}\n\
+                 export PARLEY_SUPERVISOR_TOKEN={supervisor}\n"
             ),
         )?;
     }
