@@ -482,3 +482,30 @@ async fn desks_on_any_notification_replica_get_their_events_and_a_killed_replica
     assert!(quiet.is_err(), "a customer message came twice: {quiet:?}");
     app.stop().await;
 }
+
+/// Regression: NATS 2.15 limits a stream to 1 000 consumers unless it says otherwise, and
+/// every open desk session (and web chat visitor) follows its feed with one; the 1 001st
+/// desk could not open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_than_a_thousand_sessions_can_follow_their_feeds_at_once() {
+    let app = App::spawn().await;
+    let client = async_nats::connect(app.infra.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let tenant = parley_domain::TenantId::parse("acme").unwrap();
+    for stream in [parley_nats::topology::DESK, parley_nats::topology::OUTBOUND] {
+        let mut s = js.get_stream(stream.name).await.expect("the stream exists");
+        let limit = s.info().await.expect("stream info").config.max_consumers;
+        assert_eq!(limit, parley_kit::config::NatsConfig::default().max_session_consumers, "{}", stream.name);
+    }
+    let mut feeds = Vec::new();
+    for i in 0..1_100 {
+        let operator = parley_domain::OperatorId::parse(&format!("op-{i}")).unwrap();
+        let subject = parley_nats::topology::desk_subject(&tenant, &operator);
+        let feed = parley_nats::tail::follow(&js, parley_nats::topology::DESK, subject, 0)
+            .await
+            .unwrap_or_else(|e| panic!("feed {i}: {e}"));
+        feeds.push(feed);
+    }
+    assert_eq!(feeds.len(), 1_100);
+    app.stop().await;
+}

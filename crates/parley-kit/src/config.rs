@@ -164,11 +164,20 @@ pub struct NatsConfig {
     pub replicas: usize,
     /// How long JetStream remembers message ids to drop republished duplicates.
     pub dedupe_window_secs: u64,
+    /// Consumers allowed on the streams followed per session (`PARLEY_DESK`: one per open
+    /// desk session; `PARLEY_OUTBOUND`: one per web chat visitor's socket or poll). NATS
+    /// 2.15 limits every stream to 1 000 consumers unless the stream says otherwise.
+    pub max_session_consumers: i32,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        Self { url: "nats://127.0.0.1:4222".into(), replicas: 1, dedupe_window_secs: 24 * 3600 }
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            dedupe_window_secs: 24 * 3600,
+            max_session_consumers: 100_000,
+        }
     }
 }
 
@@ -182,6 +191,9 @@ impl NatsConfig {
         }
         if !(60..=7 * 24 * 3600).contains(&self.dedupe_window_secs) {
             return Err("nats.dedupe_window_secs must be 60 to 604800".into());
+        }
+        if !(1_000..=10_000_000).contains(&self.max_session_consumers) {
+            return Err("nats.max_session_consumers must be 1000 to 10000000".into());
         }
         Ok(())
     }

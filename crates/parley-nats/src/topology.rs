@@ -24,23 +24,38 @@ pub struct StreamDef {
     pub name: &'static str,
     pub subjects: &'static str,
     pub max_age: Duration,
+    /// Followed by an ordered consumer per live session (desks, web chat visitors), so it
+    /// needs room for many consumers (`nats.max_session_consumers`).
+    pub per_session: bool,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-pub const INBOUND: StreamDef =
-    StreamDef { name: "PARLEY_INBOUND", subjects: "parley.inbound.>", max_age: DAY.saturating_mul(7) };
-pub const EVENTS: StreamDef =
-    StreamDef { name: "PARLEY_EVENTS", subjects: "parley.events.>", max_age: DAY.saturating_mul(14) };
+pub const INBOUND: StreamDef = StreamDef {
+    name: "PARLEY_INBOUND",
+    subjects: "parley.inbound.>",
+    max_age: DAY.saturating_mul(7),
+    per_session: false,
+};
+pub const EVENTS: StreamDef = StreamDef {
+    name: "PARLEY_EVENTS",
+    subjects: "parley.events.>",
+    max_age: DAY.saturating_mul(14),
+    per_session: false,
+};
 pub const DESK: StreamDef =
-    StreamDef { name: "PARLEY_DESK", subjects: "parley.desk.>", max_age: DAY.saturating_mul(7) };
-pub const OUTBOUND: StreamDef =
-    StreamDef { name: "PARLEY_OUTBOUND", subjects: "parley.outbound.>", max_age: DAY.saturating_mul(7) };
+    StreamDef { name: "PARLEY_DESK", subjects: "parley.desk.>", max_age: DAY.saturating_mul(7), per_session: true };
+pub const OUTBOUND: StreamDef = StreamDef {
+    name: "PARLEY_OUTBOUND",
+    subjects: "parley.outbound.>",
+    max_age: DAY.saturating_mul(7),
+    per_session: true,
+};
 
 /// Poison messages of every consumer, with the reason, kept for a month for an operator of
 /// the installation to look at (and republish once the cause is fixed).
 pub const DEAD: StreamDef =
-    StreamDef { name: "PARLEY_DEAD", subjects: "parley.dead.>", max_age: DAY.saturating_mul(30) };
+    StreamDef { name: "PARLEY_DEAD", subjects: "parley.dead.>", max_age: DAY.saturating_mul(30), per_session: false };
 
 pub const STREAMS: [StreamDef; 5] = [INBOUND, EVENTS, DESK, OUTBOUND, DEAD];
 
@@ -110,6 +125,8 @@ pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Res
             duplicate_window: Duration::from_secs(config.dedupe_window_secs),
             num_replicas: config.replicas,
             allow_direct: true,
+            // Otherwise the server's default (1 000 since NATS 2.15).
+            max_consumers: if def.per_session { config.max_session_consumers } else { 0 },
             ..Default::default()
         };
         create_or_update_stream(js, cfg).await?;
@@ -159,8 +176,19 @@ pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Res
 async fn create_or_update_stream(js: &jetstream::Context, cfg: stream::Config) -> anyhow::Result<()> {
     let name = cfg.name.clone();
     match js.get_stream(&name).await {
-        Ok(_) => {
-            js.update_stream(cfg).await.map_err(|e| anyhow::anyhow!("cannot update stream {name}: {e}"))?;
+        Ok(mut existing) => {
+            let had = existing.info().await.map(|i| i.config.max_consumers).unwrap_or(cfg.max_consumers);
+            let wanted = cfg.max_consumers;
+            if let Err(e) = js.update_stream(cfg.clone()).await {
+                // NATS before 2.12 cannot change a stream's consumer limit: keep it.
+                if wanted == had || wanted == 0 {
+                    anyhow::bail!("cannot update stream {name}: {e}");
+                }
+                tracing::warn!(stream = %name, had, wanted, error = %e, "the stream's consumer limit cannot be changed on this NATS; keeping it");
+                js.update_stream(stream::Config { max_consumers: had, ..cfg })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot update stream {name}: {e}"))?;
+            }
         }
         Err(_) => {
             if let Err(e) = js.create_stream(cfg).await
