@@ -509,3 +509,70 @@ async fn more_than_a_thousand_sessions_can_follow_their_feeds_at_once() {
     assert_eq!(feeds.len(), 1_100);
     app.stop().await;
 }
+
+/// A replica follows every desk subject once and hands events to its sessions in memory.
+/// A desk that stops reading while thousands of events come is dropped ("reconnect and
+/// resume") instead of holding the others up; it resumes from the last sequence it saw and
+/// gets every event exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_desk_that_stops_reading_is_dropped_and_resumes_with_nothing_lost_or_repeated() {
+    use futures_util::StreamExt as _;
+    const EVENTS: usize = 4_000;
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    let nats = parley_nats::Nats::connect(
+        &parley_kit::config::NatsConfig { url: app.infra.nats.url(), ..Default::default() },
+        "test",
+        WAIT,
+    )
+    .await
+    .expect("nats");
+    let publisher = nats.publisher();
+    let tenant = parley_domain::TenantId::parse("acme").unwrap();
+    let subject =
+        |op: &str| parley_nats::topology::desk_subject(&tenant, &parley_domain::OperatorId::parse(op).unwrap());
+    let event = |i: usize| v1::DeskEvent {
+        kind: Some(v1::desk_event::Kind::Message(v1::Message {
+            id: format!("m-{i}"),
+            // Large enough that the transport's buffers cannot hold them all.
+            text: format!("событие {i} {}", "x".repeat(2_000)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut anna = parley_e2e::Desk::open(&app, fx.operator_token("anna"), 0).await.expect("anna's desk");
+    let mut boris = parley_e2e::Desk::open(&app, fx.operator_token("boris"), 0).await.expect("boris's desk");
+    // Anna's desk reads nothing while her events and one of Boris's are published.
+    let published: Vec<()> = futures_util::stream::iter(0..EVENTS)
+        .map(|i| {
+            let (publisher, subject, e) = (publisher.clone(), subject("anna"), event(i));
+            async move {
+                let id = format!("anna-{i}");
+                publisher.publish(subject, &id, &id, &e).await.expect("published");
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(published.len(), EVENTS);
+    publisher.publish(subject("boris"), "boris-0", "boris-0", &event(0)).await.expect("published");
+    // Boris is not held up by Anna's stalled desk.
+    assert_eq!(boris.try_event(WAIT).await.expect("boris's event").kind, event(0).kind);
+
+    let mut texts = std::collections::HashSet::new();
+    let ended = loop {
+        match anna.try_event(WAIT).await {
+            Ok(e) => assert!(texts.insert(format!("{:?}", e.kind)), "a repeat"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(texts.len() < EVENTS, "the stalled desk was dropped before the end ({} of {EVENTS})", texts.len());
+    let mut again = parley_e2e::Desk::open(&app, fx.operator_token("anna"), anna.last_sequence).await.expect("reopens");
+    while texts.len() < EVENTS {
+        let e = again.try_event(WAIT).await.expect("the rest of the events");
+        assert!(texts.insert(format!("{:?}", e.kind)), "a repeat after resuming: {e:?}");
+    }
+    assert_eq!(texts.len(), EVENTS);
+    app.stop().await;
+}

@@ -50,6 +50,27 @@ impl Desk {
         frame
     }
 
+    /// The next desk event (skipping heartbeats), or the status the session ended with.
+    pub async fn try_event(&mut self, within: Duration) -> Result<v1::DeskEvent, tonic::Status> {
+        loop {
+            let next = tokio::time::timeout(within, self.rx.message()).await.expect("desk frame in time");
+            let frame = next?.ok_or_else(|| tonic::Status::unknown("the session ended without a status"))?;
+            match frame.frame {
+                Some(open_session_response::Frame::Event(e)) => {
+                    assert!(
+                        e.sequence > self.last_sequence,
+                        "sequence went back: {} after {}",
+                        e.sequence,
+                        self.last_sequence
+                    );
+                    self.last_sequence = e.sequence;
+                    return Ok(e);
+                }
+                _ => continue,
+            }
+        }
+    }
+
     /// The next desk event (skipping heartbeats).
     pub async fn event(&mut self, within: Duration) -> v1::DeskEvent {
         loop {

@@ -24,12 +24,43 @@ impl std::fmt::Debug for Tail {
     }
 }
 
+/// A message as a [`Delivery`], with how many of the consumer's messages are still
+/// pending after it.
+fn delivery(m: &jetstream::Message) -> anyhow::Result<(Delivery, u64)> {
+    let info = m.info().map_err(|e| anyhow::anyhow!("message without info: {e}"))?;
+    let headers = m.headers.as_ref();
+    let d = Delivery {
+        subject: m.subject.to_string(),
+        payload: m.payload.clone(),
+        schema: headers.and_then(|h| h.get(SCHEMA_HEADER)).map(|v| v.as_str().to_owned()),
+        key: headers.and_then(|h| h.get(KEY_HEADER)).map(|v| v.as_str().to_owned()),
+        stream_sequence: info.stream_sequence,
+        delivered: info.delivered,
+        traceparent: headers.and_then(|h| h.get("traceparent")).map(|v| v.as_str().to_owned()),
+    };
+    Ok((d, info.pending))
+}
+
 /// Follows `subject` of `stream` after `after` (0: after the stream's current end).
 pub async fn follow(js: &jetstream::Context, stream: StreamDef, subject: String, after: u64) -> anyhow::Result<Tail> {
     let mut s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
     let resume_after = if after == 0 { s.info().await?.state.last_sequence } else { after };
+    follow_after(js, stream, subject, resume_after).await
+}
+
+/// Follows `subject` of `stream` after sequence `resume_after` (0: from the first message).
+pub async fn follow_after(
+    js: &jetstream::Context,
+    stream: StreamDef,
+    subject: String,
+    resume_after: u64,
+) -> anyhow::Result<Tail> {
+    let s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
+    // Pushed, not pulled: the server sends each new message as it is stored, with no pull
+    // request per batch from each of thousands of sessions.
     let consumer = s
-        .create_consumer(consumer::pull::OrderedConfig {
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
             filter_subject: subject,
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: resume_after + 1 },
             ..Default::default()
@@ -39,17 +70,50 @@ pub async fn follow(js: &jetstream::Context, stream: StreamDef, subject: String,
     let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("cannot follow {}: {e}", stream.name))?;
     let messages = messages.map(|m| {
         let m = m.map_err(|e| anyhow::anyhow!("feed interrupted: {e}"))?;
-        let info = m.info().map_err(|e| anyhow::anyhow!("message without info: {e}"))?;
-        let headers = m.headers.as_ref();
-        Ok(Delivery {
-            subject: m.subject.to_string(),
-            payload: m.payload.clone(),
-            schema: headers.and_then(|h| h.get(SCHEMA_HEADER)).map(|v| v.as_str().to_owned()),
-            key: headers.and_then(|h| h.get(KEY_HEADER)).map(|v| v.as_str().to_owned()),
-            stream_sequence: info.stream_sequence,
-            delivered: info.delivered,
-            traceparent: headers.and_then(|h| h.get("traceparent")).map(|v| v.as_str().to_owned()),
-        })
+        delivery(&m).map(|(d, _)| d)
     });
     Ok(Tail { resume_after, messages: Box::pin(messages) })
+}
+
+/// The stored messages of `subject` after `after` up to and including `until`, in order:
+/// what a session missed before it joined a live feed that is at `until`.
+pub async fn backlog(
+    js: &jetstream::Context,
+    stream: StreamDef,
+    subject: String,
+    after: u64,
+    until: u64,
+) -> anyhow::Result<Vec<Delivery>> {
+    if after >= until {
+        return Ok(Vec::new());
+    }
+    let s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
+    let mut consumer = s
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: subject,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", stream.name))?;
+    let pending = consumer.info().await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", stream.name))?.num_pending;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", stream.name))?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| anyhow::anyhow!("backlog interrupted: {e}"))?;
+        let (d, left) = delivery(&m)?;
+        let seq = d.stream_sequence;
+        if seq > until {
+            break;
+        }
+        out.push(d);
+        if left == 0 || seq == until {
+            break;
+        }
+    }
+    Ok(out)
 }

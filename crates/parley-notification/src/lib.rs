@@ -10,6 +10,7 @@
 
 pub mod desk;
 pub mod email;
+pub mod hub;
 pub mod senders;
 pub mod session;
 
@@ -108,6 +109,7 @@ pub async fn start(
     let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
     let sessions = Arc::new(session::Sessions {
         js: nats.js.clone(),
+        hub: hub::Hub::start(nats.js.clone(), token.clone()).await?,
         log: nats.conversations().await?,
         publisher: nats.publisher(),
         redis,

@@ -74,6 +74,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Shared by every session of a replica.
 pub struct Sessions {
     pub js: async_nats::jetstream::Context,
+    /// The replica's live feed of every desk subject.
+    pub hub: Arc<crate::hub::Hub>,
     pub log: ConversationLog,
     pub publisher: Publisher,
     pub redis: Coordinator,
@@ -142,7 +144,9 @@ impl Sessions {
             return Err(Status::invalid_argument("hello.client_name must be at most 100 characters"));
         }
         let subject = topology::desk_subject(&p.tenant, &operator);
-        let feed = tail::follow(&self.js, topology::DESK, subject, hello.resume_after_sequence)
+        let feed = self
+            .hub
+            .follow(subject, hello.resume_after_sequence)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(256);
