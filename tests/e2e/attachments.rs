@@ -19,7 +19,7 @@ use parley_testkit::{App, eventually};
 use crate::webhooks::{json, post, refused, signed, sms, start, telegram, viber, whatsapp};
 
 const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01 receipt photo";
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR a scanned card";
+pub(crate) const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR a scanned card";
 /// Long enough for a fetch retried after the worker's first backoff (2 s).
 const FETCHED: Duration = Duration::from_secs(20);
 
@@ -304,7 +304,13 @@ async fn mail_attachments_and_inline_images_are_stored_before_the_mail_is_accept
 }
 
 /// `POST /v1/attachments?name=…` with a token and a content type: status and JSON answer.
-async fn upload(app: &App, token: Option<&str>, mime: &str, name: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
+pub(crate) async fn upload(
+    app: &App,
+    token: Option<&str>,
+    mime: &str,
+    name: &str,
+    bytes: &[u8],
+) -> (u16, serde_json::Value) {
     let mut request = reqwest::Client::new()
         .post(format!("http://{}/v1/attachments", app.webhooks_addr()))
         .query(&[("name", name)])

@@ -323,6 +323,36 @@ async fn the_web_desk_refuses_bad_tokens_frames_bodies_and_methods_with_json_err
     );
     let (status, e) = file(&id, Some(&anna)).await;
     assert_eq!((status, e["code"].as_str()), (404, Some("NOT_FOUND")));
+    // A reply's file goes up through the desk's origin to ingest's upload, and comes back.
+    let put = |token: Option<&str>, mime: &str| {
+        let mut r = reqwest::Client::new()
+            .post(format!("http://{}/desk/files", http(&app)))
+            .query(&[("name", "квитанция.png")])
+            .header("Content-Type", mime.to_owned())
+            .body(crate::attachments::PNG.to_vec());
+        if let Some(t) = token {
+            r = r.bearer_auth(t.to_owned());
+        }
+        async move {
+            let a = r.send().await.unwrap();
+            (a.status().as_u16(), serde_json::from_slice::<Value>(&a.bytes().await.unwrap()).unwrap())
+        }
+    };
+    let (status, uploaded) = put(Some(&anna), "image/png").await;
+    assert_eq!(status, 201, "{uploaded}");
+    assert_eq!(uploaded["file_name"], "квитанция.png");
+    let got = reqwest::Client::new()
+        .get(format!("http://{}/desk/files/{}", http(&app), uploaded["id"].as_str().unwrap()))
+        .bearer_auth(&anna)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-type"], "image/png");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), crate::attachments::PNG);
+    let (status, e) = put(None, "image/png").await;
+    assert_eq!((status, e["error"]["code"].as_str()), (401, Some("unauthenticated")), "{e}");
+    let (status, e) = put(Some(&anna), "application/x-msdownload").await;
+    assert_eq!(status, 415, "{e}");
     app.stop().await;
 }
 

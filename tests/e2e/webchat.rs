@@ -405,3 +405,50 @@ async fn a_phone_the_site_vouches_for_links_the_visitor_to_the_sms_customer() {
     assert_eq!(linked.linked, vec![v1::LinkedCustomer { customer_id: site_user, reason: "verified_phone".into() }]);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_the_operator_sends_reaches_the_visitor_by_a_signed_link() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    let s = session(&app, json!({"name": "Иван"})).await;
+    let token = s["token"].as_str().expect("a token").to_owned();
+    let mut ws = connect(&app, &token, 0).await;
+    next_of(&mut ws, "welcome").await;
+    send(&mut ws, json!({"type": "message", "client_id": "m1", "text": "Пришлите квитанцию"})).await;
+    let conversation = assigned(&mut desk).await.conversation.expect("conversation");
+
+    let operator = fx.operator_token("anna");
+    let (status, file) =
+        crate::attachments::upload(&app, Some(operator), "image/png", "квитанция.png", crate::attachments::PNG).await;
+    assert_eq!(status, 201, "{file}");
+    let id = file["id"].as_str().expect("an id").to_owned();
+    let reply = v1::SendReply {
+        conversation_id: conversation.id.clone(),
+        client_message_id: "r1".into(),
+        text: "Вот она".into(),
+        template: None,
+        attachment_ids: vec![id.clone()],
+    };
+    let answer = desk.send_reply(reply).await;
+    assert!(matches!(answer, v1::open_session_response::Frame::ReplyAccepted(_)), "{answer:?}");
+    let update = update_of(&mut ws, "message").await;
+    let files = update["update"]["attachments"].as_array().expect("the message's files").clone();
+    assert_eq!(files.len(), 1, "{update}");
+    assert_eq!((files[0]["id"].as_str(), files[0]["file_name"].as_str()), (Some(id.as_str()), Some("квитанция.png")));
+    let link = files[0]["url"].as_str().expect("a link");
+    assert!(link.starts_with("/v1/media/acme/"), "relative to the chat server: {link}");
+
+    // The visitor's browser fetches it from the chat server without any credential.
+    let got = reqwest::get(format!("http://{}{link}", app.webhooks_addr())).await.expect("ingest answers");
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.headers()["content-type"], "image/png");
+    assert_eq!(got.bytes().await.expect("bytes").as_ref(), crate::attachments::PNG);
+    // A link with its signature changed is refused.
+    let last = if link.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &link[..link.len() - 1]);
+    let refused = reqwest::get(format!("http://{}{forged}", app.webhooks_addr())).await.expect("ingest answers");
+    assert_eq!(refused.status().as_u16(), 403);
+    app.stop().await;
+}

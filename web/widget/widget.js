@@ -219,11 +219,12 @@
     }
   }
 
-  /** An http:, https: or blob: URL as an absolute string; null for anything else. */
-  function safeUrl(raw) {
+  /** An http:, https: or blob: URL as an absolute string (a relative one read against
+   *  `base`, the page's by default); null for anything else. */
+  function safeUrl(raw, base) {
     if (typeof raw !== 'string' || !raw) return null;
     try {
-      const u = new URL(raw, window.location.href);
+      const u = new URL(raw, base || window.location.href);
       return u.protocol === 'https:' || u.protocol === 'http:' || u.protocol === 'blob:' ? u.href : null;
     } catch (e) {
       return null;
@@ -333,7 +334,8 @@
   }
 
   /** Attachments as the widget keeps them: name, type and a URL only when it is safe to open. */
-  function cleanAttachments(list) {
+  /** The files of a message; their links are relative to the chat server (`base`). */
+  function cleanAttachments(list, base) {
     if (!Array.isArray(list)) return undefined;
     const out = [];
     for (const a of list.slice(0, 20)) {
@@ -341,7 +343,7 @@
       out.push({
         name: String(a.file_name || a.name || '').slice(0, 255),
         mime: String(a.mime_type || '').toLowerCase().slice(0, 100),
-        url: safeUrl(a.url),
+        url: safeUrl(a.url, base),
       });
     }
     return out.length ? out : undefined;
@@ -1591,7 +1593,7 @@ button{font:inherit;margin:0}
         text: typeof u.text === 'string' ? u.text : '',
         at: Number(u.at_ms) || now(),
         conv: conv || undefined,
-        att: cleanAttachments(u.attachments),
+        att: cleanAttachments(u.attachments, this.cfg.base),
       };
       if (conv && !(s.convs[conv] && s.convs[conv].ended)) s.conv = conv;
       s.items.push(item);

@@ -188,6 +188,7 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         publisher: nats.publisher(),
         js: nats.js.clone(),
         token_key: webchat::token_key(config.auth.signing_key.expose().as_bytes()),
+        link_key: parley_channels::media_link_key(config.auth.signing_key.expose().as_bytes()),
         shutdown: token.clone(),
     };
     let serving = attachments::Serving {

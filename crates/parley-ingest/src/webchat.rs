@@ -64,6 +64,8 @@ pub struct WebChat {
     pub js: async_nats::jetstream::Context,
     /// Signs visitor tokens (derived from the service's signing key).
     pub token_key: Vec<u8>,
+    /// Signs the links to the files operators send (`/v1/media/…`, served beside).
+    pub link_key: [u8; 32],
     pub shutdown: CancellationToken,
 }
 
@@ -515,7 +517,7 @@ async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws
             }
             next = feed.messages.next() => {
                 let frame = match next {
-                    Some(Ok(d)) => match update_frame(&d) {
+                    Some(Ok(d)) => match update_frame(&d, &chat.link_key) {
                         Some(f) => f,
                         None => continue,
                     },
@@ -583,7 +585,7 @@ async fn poll(
         match tokio::time::timeout_at(wait, feed.messages.next()).await {
             Ok(Some(Ok(d))) => {
                 last = d.stream_sequence;
-                if let Some(f) = update_frame(&d) {
+                if let Some(f) = update_frame(&d, &chat.link_key) {
                     updates.push(f);
                 }
             }
@@ -632,8 +634,24 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// How long the link to a file an operator sent works.
+const FILE_LINK_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The files of a message as the widget reads them, each with a signed link relative to
+/// this listener (the widget reads it against the address it talks to).
+fn files(tenant: &str, attachments: &[v1::Attachment], link_key: &[u8]) -> Vec<Value> {
+    let expires = clock::now().as_millis() / 1000 + FILE_LINK_TTL.as_secs() as i64;
+    attachments
+        .iter()
+        .map(|a| {
+            json!({"id": a.id, "file_name": a.file_name, "mime_type": a.mime_type, "size_bytes": a.size_bytes,
+                   "url": parley_channels::media_link("", link_key, tenant, &a.id, expires)})
+        })
+        .collect()
+}
+
 /// An outbound update as the widget reads it; `None` for what the widget does not show.
-fn update_frame(d: &parley_nats::consume::Delivery) -> Option<Value> {
+fn update_frame(d: &parley_nats::consume::Delivery, link_key: &[u8]) -> Option<Value> {
     let envelope: events::OutboundEnvelope = match d.decode() {
         Ok(e) => e,
         Err(why) => {
@@ -645,6 +663,7 @@ fn update_frame(d: &parley_nats::consume::Delivery) -> Option<Value> {
     let update = match envelope.update?.kind? {
         Kind::Message(m) => json!({
             "kind": "message", "message_id": m.id, "text": m.text,
+            "attachments": files(&envelope.tenant_id, &m.attachments, link_key),
             "from": match v1::SenderKind::try_from(m.sender_kind) {
                 Ok(v1::SenderKind::Operator) => "operator",
                 Ok(v1::SenderKind::Bot) => "bot",

@@ -12,7 +12,8 @@
 //!   caller's `Authorization` header to the gRPC method, whose checks (token, role,
 //!   tenant) are the only ones; the answer is the response's JSON, or an HTTP status with
 //!   `{"code": "NOT_FOUND", "message": "…"}`. Only the methods a desk needs pass.
-//! - `GET /desk/files/{id}`: an attachment of the caller's tenant, by bearer token.
+//! - `GET /desk/files/{id}`: an attachment of the caller's tenant, by bearer token;
+//!   `POST /desk/files?name=…`: a reply's file, passed on to ingest's upload.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,8 @@ use crate::session::{HELLO_WITHIN, Sessions};
 
 /// The largest API body or WebSocket frame a desk may send.
 const MAX_INPUT: usize = 256 * 1024;
+/// The largest file the gateway passes on (ingest holds files to its own, lower limit).
+const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 
 /// Where the desk's gateway finds the other services.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +56,8 @@ pub struct DeskSection {
     pub routing_url: String,
     /// The history service's gRPC address.
     pub history_url: String,
+    /// Ingest's public listener, where the desk's files are uploaded (`/v1/attachments`).
+    pub ingest_url: String,
     /// How long a gateway call may take.
     pub request_timeout_secs: u64,
 }
@@ -63,6 +68,7 @@ impl Default for DeskSection {
             enabled: true,
             routing_url: "http://127.0.0.1:7201".into(),
             history_url: "http://127.0.0.1:7301".into(),
+            ingest_url: "http://127.0.0.1:7180".into(),
             request_timeout_secs: 15,
         }
     }
@@ -70,7 +76,11 @@ impl Default for DeskSection {
 
 impl DeskSection {
     pub fn validate(&self) -> Result<(), String> {
-        for (name, url) in [("desk.routing_url", &self.routing_url), ("desk.history_url", &self.history_url)] {
+        for (name, url) in [
+            ("desk.routing_url", &self.routing_url),
+            ("desk.history_url", &self.history_url),
+            ("desk.ingest_url", &self.ingest_url),
+        ] {
             let ok = url.parse::<http::Uri>().is_ok_and(|u| {
                 matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
             });
@@ -100,6 +110,9 @@ pub struct Desk {
     routing: RoutingServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
     history: HistoryServiceClient<Channel>,
+    http: reqwest::Client,
+    /// Where uploads go: ingest's `/v1/attachments`.
+    uploads: String,
 }
 
 impl Desk {
@@ -112,6 +125,11 @@ impl Desk {
             admin: AdminServiceClient::new(routing.clone()),
             routing: RoutingServiceClient::new(routing),
             history: HistoryServiceClient::new(settings.endpoint(&settings.history_url)?),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(settings.request_timeout_secs))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            uploads: format!("{}/v1/attachments", settings.ingest_url.trim_end_matches('/')),
         })
     }
 }
@@ -123,6 +141,7 @@ pub fn router(desk: Desk) -> Router {
         .route("/desk/", routing::get(|| async { asset("index.html") }))
         .route("/desk/ws", routing::get(socket))
         .route("/desk/api/{service}/{method}", routing::post(api).layer(DefaultBodyLimit::max(MAX_INPUT)))
+        .route("/desk/files", routing::post(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)))
         .route("/desk/files/{id}", routing::get(file))
         .route("/desk/{file}", routing::get(|Path(name): Path<String>| async move { asset(&name) }))
         .fallback(|uri: http::Uri| async move {
@@ -293,6 +312,38 @@ async fn file(State(desk): State<Arc<Desk>>, Path(id): Path<String>, headers: He
         Ok(Some((stored, bytes))) => stored.response(bytes),
         Ok(None) => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such attachment, or it is not fetched yet"),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
+    }
+}
+
+/// A reply's file, passed on to ingest's upload (its checks: token, type, size) as it came.
+async fn upload(State(desk): State<Arc<Desk>>, uri: http::Uri, headers: HeaderMap, bytes: Bytes) -> Response {
+    let url = match uri.query() {
+        Some(q) => format!("{}?{q}", desk.uploads),
+        None => desk.uploads.clone(),
+    };
+    let mut request = desk.http.post(url).body(bytes);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(v) = headers.get(&name) {
+            request = request.header(name, v.clone());
+        }
+    }
+    let answer = match request.send().await {
+        Ok(a) => a,
+        Err(e) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("the upload service: {e}"));
+        }
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let kind = answer.headers().get(header::CONTENT_TYPE).cloned();
+    match answer.bytes().await {
+        Ok(body) => {
+            let mut response = (status, body).into_response();
+            if let Some(k) = kind {
+                response.headers_mut().insert(header::CONTENT_TYPE, k);
+            }
+            response
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("the upload service: {e}")),
     }
 }
 

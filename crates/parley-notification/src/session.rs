@@ -359,14 +359,15 @@ impl Sessions {
     }
 
     /// What each channel can carry: one file a message on Telegram, WhatsApp and Viber (a
-    /// Viber file without text), ten on MMS, all on email and the API channel; the
-    /// providers fetch files by link, so those need the public media URL.
+    /// Viber file without text), ten on MMS and the web chat, all on email and the API
+    /// channel; the providers fetch files by link, so those need the public media URL.
     fn check_files_fit(&self, channel: Channel, files: &[v1::Attachment], text: &str) -> Result<(), ApiError> {
         let max = match channel {
             Channel::Telegram | Channel::WhatsApp | Channel::Viber => 1,
             Channel::Sms => 10,
             Channel::Email | Channel::Api => MAX_ATTACHMENTS,
-            Channel::WebChat => 0,
+            // The widget fetches them from ingest by a signed link.
+            Channel::WebChat => 10,
         };
         if files.len() > max {
             return Err(ApiError::invalid(match max {

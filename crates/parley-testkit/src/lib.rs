@@ -266,6 +266,10 @@ impl App {
             desk: parley_notification::desk::DeskSection {
                 routing_url: format!("http://{}", routing.as_ref().map_or(ingest.grpc_addr, |r| r.grpc_addr)),
                 history_url: format!("http://{}", history.grpc_addr),
+                ingest_url: format!(
+                    "http://{}",
+                    ingest.listener(parley_ingest::WEBHOOKS_LISTENER).expect("ingest's public listener")
+                ),
                 ..Default::default()
             },
         };
