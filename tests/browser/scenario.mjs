@@ -8,6 +8,7 @@ import http from "node:http";
 import net from "node:net";
 import fs from "node:fs";
 import path from "node:path";
+import zlib from "node:zlib";
 import { chromium } from "playwright-core";
 
 // ───────────────────────────── configuration ─────────────────────────────
@@ -45,10 +46,13 @@ const TEXTS = {
   customer1: text("Здравствуйте, заказ 1001 не пришёл"),
   anna1: text("Анна: сейчас проверю заказ"),
   customerCut: text("Клиент пишет без сети"),
+  annaFile: text("Анна: вот фото чека"),
   annaCut: text("Анна отвечает без сети"),
   boris1: text("Борис: заказ уже в пути"),
 };
 const NOTE = text("Заметка Борису: клиент ждёт заказ 1001");
+/** The file Anna attaches: its name carries markup too (shown as text, never made into elements). */
+const FILE_NAME = `чек <b>1001</b> & "x".png`;
 /** Every message written, in the order written (the transfer note is not a message). */
 const written = [];
 
@@ -204,6 +208,48 @@ main{padding:24px 32px;max-width:900px}
   return { url, close: () => new Promise((resolve) => server.close(() => resolve())) };
 }
 
+// ───────────────────────────── a small picture ─────────────────────────────
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(buf) {
+  let c = 0xffffffff;
+  for (const b of buf) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+function pngChunk(type, data) {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(body));
+  return Buffer.concat([len, body, crc]);
+}
+
+/** A valid w×h PNG of one RGB colour. */
+function makePng(w, h, [r, g, b]) {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // truecolour
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) raw.set([r, g, b], y * (w * 3 + 1) + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk("IHDR", ihdr),
+    pngChunk("IDAT", zlib.deflateSync(raw)),
+    pngChunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
 // ───────────────────────────── waiting and asserting ─────────────────────────────
 
 class ScenarioError extends Error {}
@@ -289,14 +335,18 @@ async function widgetMessages(page) {
 async function assertNoMarkupInMessages(page, who) {
   const found = await page.evaluate(() => {
     const out = [];
-    const scan = (root, sel) => {
+    // The only images allowed: a file's picture, as the desk (a blob: URL) or the widget (a link) shows it.
+    const scan = (root, sel, picture, src) => {
       for (const m of root.querySelectorAll(sel)) {
-        for (const e of m.querySelectorAll("img, script, iframe, object, embed")) out.push(`${e.tagName} in ${m.outerHTML.slice(0, 200)}`);
+        for (const e of m.querySelectorAll("img, script, iframe, object, embed")) {
+          const isPicture = e.tagName === "IMG" && e.matches(picture) && src.test(e.getAttribute("src") ?? "") && ![...e.attributes].some((a) => a.name.startsWith("on"));
+          if (!isPicture) out.push(`${e.tagName} in ${m.outerHTML.slice(0, 200)}`);
+        }
       }
     };
-    scan(document, '[data-testid="message"], [data-testid="note"], [data-testid="transfer-note"], [data-testid="offer"]');
+    scan(document, '[data-testid="message"], [data-testid="note"], [data-testid="transfer-note"], [data-testid="offer"]', '[data-testid="attachment-image"]', /^blob:/);
     const root = document.querySelector("parley-chat")?.shadowRoot;
-    if (root) scan(root, '[data-testid="widget-message"]');
+    if (root) scan(root, '[data-testid="widget-message"]', ".files > a > img", /^https?:\/\//);
     return out;
   });
   if (found.length) fail(`${who}: elements made from message text: ${found.join("; ")}`);
@@ -548,6 +598,66 @@ async function main() {
       const visible = await shopPage.locator('[data-testid="widget-operator"]').isVisible();
       return { ok: visible && shown === annaName, shown, visible, expected: annaName };
     });
+    await assertNoMarkupInMessages(shopPage, "the widget");
+  });
+
+  // 6b. Anna attaches a picture (and a second file she takes back) to a reply; the customer sees the picture.
+  await step("06b-anna-sends-a-picture", shopPage, async () => {
+    const chips = anna.locator('#attach-list [data-testid="attachment-chip"]');
+    await anna.locator("#attach-input").setInputFiles([
+      { name: FILE_NAME, mimeType: "image/png", buffer: makePng(24, 16, [43, 76, 63]) },
+      { name: "лишний.txt", mimeType: "text/plain", buffer: Buffer.from("не тот файл\n") },
+    ]);
+    await until("both files upload and show as chips, their names as text", async () => {
+      const got = await chips.evaluateAll((els) =>
+        els.map((c) => ({
+          name: c.querySelector('[data-testid="attachment-chip-name"]')?.textContent ?? "",
+          state: c.dataset.state,
+          id: c.dataset.attachmentId ?? "",
+          elements: c.querySelectorAll("b, img, script").length,
+          remove: c.querySelector('[data-testid="attachment-remove"]')?.getAttribute("aria-label") ?? "",
+        })),
+      );
+      const error = (await anna.locator("#reply-error").textContent()) ?? "";
+      if (error) fail(`the upload failed: ${error}`);
+      return {
+        ok: got.length === 2 && got.every((c) => c.state === "ready" && c.id && !c.elements && c.remove.includes(c.name)) && got[0].name === FILE_NAME,
+        got,
+      };
+    });
+    if (await anna.locator("#reply-send").isDisabled()) fail("the send button stays disabled after the uploads");
+    await chips.nth(1).locator('[data-testid="attachment-remove"]').click();
+    await until("the second file is taken back", async () => ({ ok: (await chips.count()) === 1, chips: await chips.count() }));
+    const fileId = (await chips.first().getAttribute("data-attachment-id")) ?? "";
+    await deskReply(anna, TEXTS.annaFile);
+    await until("Anna's reply with the picture is accepted, and the composer's files are cleared", async () => {
+      const found = await deskMessages(anna, TEXTS.annaFile);
+      return { ok: found.length === 1 && SETTLED_DESK.has(found[0].delivery) && (await chips.count()) === 0, found, chips: await chips.count() };
+    });
+    await until("Anna's desk shows the picture in her message", async () => {
+      const pics = await anna.evaluate((wanted) => {
+        const m = [...document.querySelectorAll('#messages [data-testid="message"]')].filter((n) => n.querySelector('[data-testid="message-text"]')?.textContent === wanted);
+        return m.map((n) => [...n.querySelectorAll('[data-testid="attachment"]')].map((a) => ({ id: a.dataset.attachmentId, loaded: (a.querySelector("img")?.naturalWidth ?? 0) > 0 })));
+      }, TEXTS.annaFile);
+      return { ok: pics.length === 1 && pics[0].length === 1 && pics[0][0].id === fileId && pics[0][0].loaded, pics };
+    });
+    await until("the widget shows Anna's reply once, with the picture loaded from the chat server", async () => {
+      const got = await shopPage.evaluate((wanted) => {
+        const root = document.querySelector("parley-chat")?.shadowRoot;
+        if (!root) return null;
+        return [...root.querySelectorAll('[data-testid="widget-message"]')]
+          .filter((m) => m.querySelector('[data-testid="widget-message-text"]')?.textContent === wanted)
+          .map((m) => {
+            const imgs = [...m.querySelectorAll("img")];
+            imgs[0]?.scrollIntoView();
+            return { from: m.dataset.sender, images: imgs.map((i) => ({ src: i.getAttribute("src"), alt: i.alt, width: i.naturalWidth })) };
+          });
+      }, TEXTS.annaFile);
+      const one = got?.length === 1 ? got[0] : null;
+      const img = one?.images.length === 1 ? one.images[0] : null;
+      return { ok: !!img && one.from === "operator" && img.width === 24 && img.alt === FILE_NAME && img.src.startsWith(ingestProxy.url), got };
+    });
+    await assertNoMarkupInMessages(anna, "Anna's desk");
     await assertNoMarkupInMessages(shopPage, "the widget");
   });
 

@@ -1,4 +1,4 @@
-// The Parley web desk: sign-in, the live operator session over /desk/ws, offers, conversations with the customer's whole history, replies, canned answers, transfers and the supervisor view.
+// The Parley web desk: sign-in, the live operator session over /desk/ws, offers, conversations with the customer's whole history, replies with files, canned answers, transfers and the supervisor view.
 //
 // Everything shown that comes from outside (customer and operator text, names, file names,
 // subjects, notes, error messages) goes into the page through textContent or attribute
@@ -517,8 +517,7 @@ function onWelcome(w, requested) {
   // Replies not answered before the drop go again, with the same clientMessageId.
   for (const rec of S.pending.values()) {
     if (rec.local === "sending" || rec.local === "queued") {
-      if (sendFrame({ reply: { conversationId: rec.conversationId, clientMessageId: rec.clientMessageId, text: rec.text } }))
-        rec.local = "sending";
+      if (sendFrame(replyFrame(rec))) rec.local = "sending";
     }
   }
   refreshPendingViews();
@@ -704,6 +703,7 @@ function onReleased(r) {
   const conv = S.convs.get(id);
   if (!conv) return;
   S.convs.delete(id);
+  abortUploads(conv);
   for (const [cmid, rec] of S.pending) if (rec.conversationId === id) S.pending.delete(cmid);
   conv.itemEl?.parentElement?.remove();
   renderList();
@@ -749,6 +749,7 @@ function onReplyAccepted(a) {
   S.pending.delete(rec.clientMessageId);
   rec.local = null;
   rec.error = "";
+  settleFiles(rec, true);
   const conv = S.convs.get(rec.conversationId);
   if (a.messageId) {
     rec.id = a.messageId;
@@ -786,6 +787,7 @@ function onReplyRejected(r) {
   S.pending.delete(rec.clientMessageId);
   rec.local = "rejected";
   rec.error = r.message || r.code || "";
+  settleFiles(rec, false);
   const conv = S.convs.get(rec.conversationId);
   if (conv) conv.waitCache = undefined;
   refreshMessage(rec);
@@ -814,6 +816,8 @@ function upsertConv(c) {
       index: new Map(),
       typingUntil: 0,
       draft: "",
+      /** The files of the next reply, and those of replies not answered yet. */
+      files: [],
       itemEl: null,
       recentLoaded: false,
       waitCache: undefined,
@@ -870,7 +874,10 @@ function addMessage(conv, m) {
       if (rec.el) rec.el.dataset.messageId = id;
       // The recorded message proves it was accepted (the answer may still come, with the
       // SMS segments), so it is not sent again after a reconnect.
-      if (rec.local === "sending" || rec.local === "queued") rec.local = null;
+      if (rec.local === "sending" || rec.local === "queued") {
+        rec.local = null;
+        settleFiles(rec, true);
+      }
     }
   }
   if (rec) {
@@ -1761,11 +1768,21 @@ const RASTER = /^image\/(png|jpe?g|gif|webp|bmp|avif)$/i;
 
 async function fetchFile(id, attempt = 0) {
   const token = S.token;
-  const res = await fetch(`/desk/files/${encodeURIComponent(id)}`, {
-    headers: { Authorization: `Bearer ${token}` },
-    cache: "no-store",
-    credentials: "omit",
-  });
+  let res;
+  try {
+    res = await fetch(`/desk/files/${encodeURIComponent(id)}`, {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch {
+    // The network is down (a reply written offline shows its files at once): try again soon.
+    if (attempt < 4 && token === S.token) {
+      await sleep(2000 * (attempt + 1));
+      return fetchFile(id, attempt + 1);
+    }
+    throw new Error("failed");
+  }
   if (res.status === 404) {
     // Not there yet: a file is fetched from the provider after its message arrives (the
     // gateway answers NOT_FOUND until then; ingest's own endpoint says `"pending": true`).
@@ -1874,20 +1891,343 @@ function revokeFiles() {
   files.clear();
 }
 
+// ───────────────────────────── files of a reply ─────────────────────────────
+//
+// Each file chosen (the Attach button, a drop on the composer, a paste) is uploaded at once
+// with `POST /desk/files?name=…` (the raw bytes, its type as Content-Type); the answer's id
+// goes into the reply's attachmentIds. A conversation keeps its files like its draft. Files
+// sent with a reply stay in the composer, locked, until the reply is accepted (then they go)
+// or rejected (then they can be sent again).
+
+/** How many files a reply may carry, per channel (the server checks too). */
+const MAX_FILES = {
+  CHANNEL_TELEGRAM: 1,
+  CHANNEL_WHATSAPP: 1,
+  CHANNEL_VIBER: 1,
+  CHANNEL_SMS: 10,
+  CHANNEL_WEBCHAT: 10,
+  CHANNEL_EMAIL: 20,
+  CHANNEL_API: 20,
+};
+const maxFiles = (channel) => MAX_FILES[channel] ?? 20;
+
+let fileSeq = 0;
+/** Uploads under way, so signing out can stop them. */
+const uploads = new Set();
+
+/** The files of the conversation's next reply (not those locked by a reply on its way). */
+const draftFiles = (conv) => conv.files.filter((f) => !f.sentWith);
+
+/** Adds files to the open conversation's next reply and starts their uploads. */
+function addFiles(list) {
+  const conv = S.convs.get(S.openId);
+  const files = [...(list ?? [])];
+  if (!conv || !files.length) return;
+  const max = maxFiles(conv.channel);
+  const room = Math.max(0, max - draftFiles(conv).length);
+  const errors = [];
+  if (files.length > room) {
+    errors.push(t("attach.tooMany", { channel: t(`channel.${conv.channel}`), files: plural("fileMax", max) }));
+  }
+  for (const file of files.slice(0, room)) uploadFile(conv, file);
+  $("#reply-error").textContent = errors.join(" ");
+  renderAttachList();
+}
+
+function uploadFile(conv, file) {
+  const item = {
+    key: `f${++fileSeq}`,
+    name: file.name || t("msg.fileUnnamed"),
+    size: file.size,
+    mime: file.type || "application/octet-stream",
+    kind: "",
+    id: "",
+    state: "uploading",
+    progress: 0,
+    sentWith: "",
+    xhr: null,
+    el: null,
+  };
+  conv.files.push(item);
+  const xhr = new XMLHttpRequest();
+  item.xhr = xhr;
+  uploads.add(xhr);
+  const token = S.token;
+  const done = () => {
+    uploads.delete(xhr);
+    item.xhr = null;
+  };
+  const failed = (message) => {
+    done();
+    if (item.state === "removed" || token !== S.token) return;
+    conv.files = conv.files.filter((f) => f !== item);
+    const text = t("attach.failed", { name: item.name, message });
+    if (S.openId === conv.id) {
+      $("#reply-error").textContent = text;
+      renderAttachList();
+    } else notice(text);
+  };
+  xhr.upload.addEventListener("progress", (e) => {
+    if (!e.lengthComputable || !e.total) return;
+    item.progress = e.loaded / e.total;
+    updateChipProgress(item);
+  });
+  xhr.addEventListener("load", () => {
+    let json = null;
+    try {
+      json = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+    } catch {
+      json = null;
+    }
+    if (xhr.status < 200 || xhr.status > 299 || !json?.id) {
+      // Ingest answers {"error": {"code", "message"}}; the desk's gateway {"code", "message"}.
+      const err = json?.error && typeof json.error === "object" ? json.error : json ?? {};
+      const message =
+        (typeof err.message === "string" && err.message) ||
+        (xhr.status === 413 ? t("attach.tooLarge") : "") ||
+        (typeof err.code === "string" && err.code) ||
+        (xhr.status ? t("attach.httpError", { status: xhr.status }) : t("error.network"));
+      failed(message);
+      return;
+    }
+    done();
+    if (item.state === "removed" || token !== S.token) return;
+    item.id = String(json.id);
+    item.kind = String(json.kind ?? "");
+    item.mime = json.mime_type || item.mime;
+    item.name = json.file_name || item.name;
+    item.size = Number(json.size_bytes ?? item.size);
+    item.state = "ready";
+    item.progress = 1;
+    if (S.openId === conv.id) {
+      renderAttachList();
+      announce(t("attach.uploaded", { name: item.name }));
+    }
+  });
+  xhr.addEventListener("error", () => failed(t("error.network")));
+  xhr.addEventListener("abort", () => done());
+  xhr.open("POST", `/desk/files?name=${encodeURIComponent(item.name)}`);
+  xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+  xhr.setRequestHeader("Content-Type", item.mime);
+  xhr.send(file);
+}
+
+/** Takes a file out of the next reply (stopping its upload). */
+function removeFile(conv, item) {
+  if (item.sentWith) return;
+  item.state = "removed";
+  item.xhr?.abort();
+  const list = draftFiles(conv);
+  const i = list.indexOf(item);
+  conv.files = conv.files.filter((f) => f !== item);
+  renderAttachList();
+  announce(t("attach.removed", { name: item.name }));
+  // The keyboard stays in the list: on the next file's remove button, or back on Attach.
+  const rest = draftFiles(conv);
+  const next = rest[Math.min(i, rest.length - 1)];
+  (next?.el?.querySelector(".attach-remove") ?? $("#attach-open")).focus();
+}
+
+/** Stops every upload (signing out, or the conversation left). */
+function abortUploads(conv) {
+  for (const item of conv ? conv.files : []) {
+    item.state = "removed";
+    item.xhr?.abort();
+  }
+  if (!conv) for (const xhr of [...uploads]) xhr.abort();
+}
+
+function updateChipProgress(item) {
+  if (!item.el || item.state !== "uploading") return;
+  const percent = Math.round(item.progress * 100);
+  const bar = item.el.querySelector("progress");
+  if (bar) bar.value = percent;
+  const state = item.el.querySelector(".attach-state");
+  if (state) state.textContent = t("attach.uploading", { percent });
+}
+
+function buildChip(conv, item) {
+  const percent = Math.round(item.progress * 100);
+  const uploading = item.state === "uploading";
+  const li = h(
+    "li",
+    {
+      class: "attach-chip",
+      "data-testid": "attachment-chip",
+      "data-state": item.sentWith ? "sending" : item.state,
+      "data-attachment-id": item.id || undefined,
+    },
+    h("span", { class: "attach-name", "data-testid": "attachment-chip-name", text: item.name }),
+    h("span", { class: "attach-size muted small", text: fmtSize(item.size) }),
+    uploading ? h("progress", { max: "100", value: String(percent), "aria-label": t("attach.uploadingLabel", { name: item.name }) }) : null,
+    uploading || item.sentWith
+      ? h("span", { class: "attach-state muted small", text: uploading ? t("attach.uploading", { percent }) : t("attach.sending") })
+      : null,
+  );
+  if (!item.sentWith) {
+    const remove = h("button", {
+      type: "button",
+      class: "attach-remove secondary",
+      "data-testid": "attachment-remove",
+      "aria-label": t(uploading ? "attach.cancel" : "attach.remove", { name: item.name }),
+      title: t(uploading ? "attach.cancel" : "attach.remove", { name: item.name }),
+    });
+    remove.append(h("span", { "aria-hidden": "true", text: "×" }));
+    remove.addEventListener("click", () => removeFile(conv, item));
+    li.append(remove);
+  }
+  item.el = li;
+  return li;
+}
+
+/** Shows the open conversation's files and sets what depends on them. */
+function renderAttachList() {
+  const conv = S.convs.get(S.openId);
+  const ul = $("#attach-list");
+  const files = conv?.files ?? [];
+  const focused = document.activeElement && ul.contains(document.activeElement) ? document.activeElement.closest("li") : null;
+  const focusKey = focused ? files.find((f) => f.el === focused)?.key : "";
+  for (const f of files) f.el = null;
+  ul.replaceChildren(...files.map((f) => buildChip(conv, f)));
+  ul.hidden = !files.length;
+  if (focusKey) files.find((f) => f.key === focusKey)?.el?.querySelector("button")?.focus();
+  const uploading = files.some((f) => !f.sentWith && f.state === "uploading");
+  $("#reply-send").disabled = uploading;
+  if (conv) {
+    $("#attach-hint").textContent = t("attach.hint", {
+      files: plural("fileMax", maxFiles(conv.channel)),
+      channel: t(`channel.${conv.channel}`),
+    });
+  }
+}
+
+/** The files a reply being sent takes: locked in the composer until the answer comes. */
+function takeFiles(conv, cmid) {
+  const ready = draftFiles(conv).filter((f) => f.state === "ready");
+  for (const f of ready) f.sentWith = cmid;
+  return ready;
+}
+
+/** The answer to a reply with files: accepted, they leave the composer; rejected, they stay. */
+function settleFiles(rec, accepted) {
+  const conv = S.convs.get(rec.conversationId);
+  if (!conv || !rec.clientMessageId) return;
+  const mine = conv.files.filter((f) => f.sentWith === rec.clientMessageId);
+  if (!mine.length) return;
+  if (accepted) conv.files = conv.files.filter((f) => f.sentWith !== rec.clientMessageId);
+  else for (const f of mine) f.sentWith = "";
+  if (S.openId === conv.id) renderAttachList();
+}
+
+/** An uploaded file as a message's attachment (the proto3 JSON of `Attachment`). */
+function asAttachment(f) {
+  return {
+    id: f.id,
+    kind: f.kind ? `ATTACHMENT_KIND_${f.kind.toUpperCase()}` : "ATTACHMENT_KIND_DOCUMENT",
+    mimeType: f.mime,
+    fileName: f.name,
+    sizeBytes: String(f.size),
+  };
+}
+
+/** The reply frame of a record (the same on a resend). */
+function replyFrame(rec) {
+  const reply = { conversationId: rec.conversationId, clientMessageId: rec.clientMessageId, text: rec.text };
+  if (rec.attachmentIds?.length) reply.attachmentIds = rec.attachmentIds;
+  return { reply };
+}
+
+const hasFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes("Files");
+
+function wireAttachments() {
+  const input = $("#attach-input");
+  $("#attach-open").addEventListener("click", () => {
+    if (S.openId) input.click();
+  });
+  input.addEventListener("change", () => {
+    addFiles(input.files);
+    input.value = "";
+    $("#attach-open").focus();
+  });
+  const composer = $("#composer");
+  const drop = $("#attach-drop");
+  let depth = 0;
+  composer.addEventListener("dragenter", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth++;
+    composer.classList.add("drop-target");
+    drop.hidden = false;
+  });
+  composer.addEventListener("dragover", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+  });
+  const leave = () => {
+    depth = 0;
+    composer.classList.remove("drop-target");
+    drop.hidden = true;
+  };
+  composer.addEventListener("dragleave", (e) => {
+    if (!hasFiles(e)) return;
+    depth = Math.max(0, depth - 1);
+    if (!depth) leave();
+  });
+  composer.addEventListener("drop", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    leave();
+    addFiles(e.dataTransfer.files);
+  });
+  // A file dropped anywhere else must not replace the desk with the file.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (e) => {
+      if (hasFiles(e) && !composer.contains(e.target)) {
+        e.preventDefault();
+        if (e.dataTransfer) e.dataTransfer.dropEffect = "none";
+      }
+    });
+  }
+  // A picture pasted into the reply box is attached (text pastes as usual).
+  $("#reply-text").addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.files ?? [])];
+    if (!files.length || e.clipboardData.getData("text/plain")) return;
+    e.preventDefault();
+    addFiles(files);
+  });
+}
+
 // ───────────────────────────── composer ─────────────────────────────
 
 function sendReply() {
   const conv = S.convs.get(S.openId);
   if (!conv) return;
   const ta = $("#reply-text");
-  const text = ta.value;
-  if (!text.trim()) return;
+  const draft = draftFiles(conv);
+  if (draft.some((f) => f.state === "uploading")) {
+    $("#reply-error").textContent = t("attach.wait");
+    return;
+  }
+  // With files, the text may be empty (a blank one is sent as none).
+  const text = draft.length && !ta.value.trim() ? "" : ta.value;
+  if (!text.trim() && !draft.length) return;
   if ([...text].length > 4096) {
     $("#reply-error").textContent = t("composer.tooLong");
     return;
   }
+  const max = maxFiles(conv.channel);
+  if (draft.length > max) {
+    $("#reply-error").textContent = t("attach.tooMany", { channel: t(`channel.${conv.channel}`), files: plural("fileMax", max) });
+    return;
+  }
+  if (conv.channel === "CHANNEL_VIBER" && text.trim() && draft.some((f) => f.kind !== "image")) {
+    $("#reply-error").textContent = t("attach.viberText");
+    return;
+  }
   $("#reply-error").textContent = "";
   const cmid = newClientMessageId();
+  const files = takeFiles(conv, cmid);
   const rec = makeRecord({
     conversationId: conv.id,
     customerId: conv.customerId,
@@ -1895,9 +2235,11 @@ function sendReply() {
     senderKind: "SENDER_KIND_OPERATOR",
     operatorId: S.operatorId,
     text,
+    attachments: files.map(asAttachment),
   });
   rec.key = `c:${cmid}`;
   rec.clientMessageId = cmid;
+  rec.attachmentIds = files.map((f) => f.id);
   rec.time = serverNow();
   rec.delivery = "unspecified";
   rec.local = "queued";
@@ -1905,7 +2247,7 @@ function sendReply() {
   conv.index.set(rec.key, rec);
   S.pending.set(cmid, rec);
   conv.waitCache = undefined;
-  if (sendFrame({ reply: { conversationId: conv.id, clientMessageId: cmid, text } })) rec.local = "sending";
+  if (sendFrame(replyFrame(rec))) rec.local = "sending";
   ta.value = "";
   conv.draft = "";
   updateComposerExtras();
@@ -1924,6 +2266,7 @@ function onComposerInput() {
 }
 
 function updateComposerExtras() {
+  renderAttachList();
   updateSmsCount();
   updateSmsLast();
   updateWindowWarning();
@@ -2433,7 +2776,11 @@ function resetData() {
   S.loaded = false;
   S.lastSeq = 0n;
   S.ackedSeq = 0n;
+  abortUploads();
   revokeFiles();
+  $("#attach-list").replaceChildren();
+  $("#attach-list").hidden = true;
+  $("#reply-send").disabled = false;
   $("#offers").replaceChildren();
   $("#conversation-list").replaceChildren();
   $("#messages").replaceChildren();
@@ -2632,6 +2979,8 @@ function init() {
   $("#transfer-dialog").addEventListener("close", () => {
     if (S.openId) $("#transfer-open").focus();
   });
+
+  wireAttachments();
 
   $("#conversation-close").addEventListener("click", closeConversation);
   $("#note-form").addEventListener("submit", addNote);
