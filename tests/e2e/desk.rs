@@ -94,6 +94,17 @@ async fn event_of(socket: &mut Socket, kind: &str) -> (u64, Value) {
     }
 }
 
+/// The texts of the next `n` messages a resumed desk is shown, each after `seen`.
+async fn missed(socket: &mut Socket, seen: u64, n: usize) -> Vec<String> {
+    let mut texts = Vec::new();
+    while texts.len() < n {
+        let (seq, m) = event_of(socket, "message").await;
+        assert!(seq > seen, "nothing before the resume point");
+        texts.push(m["text"].as_str().expect("text").to_owned());
+    }
+    texts
+}
+
 /// Sends a reply; Parley's answer, which must be `replyAccepted`.
 async fn reply(socket: &mut Socket, conversation: &str, client_id: &str, text: &str) -> Value {
     let body = json!({"conversationId": conversation, "clientMessageId": client_id, "text": text});
@@ -170,13 +181,7 @@ async fn an_operator_works_a_conversation_through_the_web_desk_and_misses_nothin
     // The desk comes back with the last sequence it applied: exactly the two, in order.
     let (mut ws, welcome) = open(&app, &anna, seen).await;
     assert_eq!(welcome["resumeAfterSequence"], seen.to_string());
-    let mut texts = Vec::new();
-    while texts.len() < 2 {
-        let (seq, m) = event_of(&mut ws, "message").await;
-        assert!(seq > seen, "nothing before the resume point");
-        texts.push(m["text"].as_str().expect("text").to_owned());
-    }
-    assert_eq!(texts, ["Спасибо", "А когда?"]);
+    assert_eq!(missed(&mut ws, seen, 2).await, ["Спасибо", "А когда?"]);
     // A reply resent after the drop with the same id is the same reply.
     let again = reply(&mut ws, &conversation, "d-1", "Разблокируем.").await;
     assert_eq!(again["messageId"], accepted["messageId"]);
@@ -485,13 +490,7 @@ async fn desks_on_any_notification_replica_get_their_events_and_a_killed_replica
     }
     let (mut back, welcome) = open(&app, &anna, seen).await;
     assert_eq!(welcome["resumeAfterSequence"], seen.to_string());
-    let mut texts = Vec::new();
-    while texts.len() < 2 {
-        let (seq, m) = event_of(&mut back, "message").await;
-        assert!(seq > seen, "nothing before the resume point");
-        texts.push(m["text"].as_str().expect("text").to_owned());
-    }
-    assert_eq!(texts, ["Алло?", "Вы тут?"], "exactly what was missed, in order");
+    assert_eq!(missed(&mut back, seen, 2).await, ["Алло?", "Вы тут?"], "exactly what was missed, in order");
     // Her conversation stayed hers: she is connected through the new session.
     let accepted = reply(&mut back, &conversation, "a-2", "Да, на связи").await;
     assert!(accepted["messageId"].as_str().is_some_and(|id| !id.is_empty()));

@@ -283,59 +283,87 @@ impl Feed {
     }
 }
 
-/// Saturated deliveries per second, then latency (p50, p99 in ms) paced at `paced_rate`.
-async fn measure(
-    feed: &Feed,
-    seen: &Arc<Seen>,
-    spec: &Spec,
-    paced_rate: Option<f64>,
-) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// Deliveries per second with `events_per_session` for every session sent at once.
+async fn saturated(feed: &Feed, seen: &Arc<Seen>, spec: &Spec) -> anyhow::Result<f64> {
     let n = spec.sessions;
     let expected = (n * spec.events_per_session) as u64;
     let before = seen.total();
     let started = Instant::now();
     feed.load(n, spec.events_per_session, 1_000_000, None).await?;
     anyhow::ensure!(seen.wait_for(before + expected, Duration::from_secs(300)).await, "saturated run: events missing");
-    let per_second = rate(expected as usize, started.elapsed());
-    let paced = paced_rate.unwrap_or(per_second / 2.0);
-    let count = (paced * spec.paced_seconds as f64) as usize;
-    let per_session = (count / n).max(1);
+    Ok(rate(expected as usize, started.elapsed()))
+}
+
+/// Delivery latency (p50, p99 in ms) with events sent at `per_second` for `paced_seconds`.
+async fn paced(feed: &Feed, seen: &Arc<Seen>, spec: &Spec, per_second: f64) -> anyhow::Result<(f64, f64)> {
+    let n = spec.sessions;
+    let per_session = ((per_second * spec.paced_seconds as f64) as usize / n).max(1);
     let before = seen.total();
     seen.measure();
-    feed.load(n, per_session, 2_000_000, Some(paced)).await?;
+    feed.load(n, per_session, 2_000_000, Some(per_second)).await?;
     anyhow::ensure!(
         seen.wait_for(before + (n * per_session) as u64, Duration::from_secs(300)).await,
         "paced run: events missing"
     );
     let h = seen.take();
-    Ok((per_second, paced, ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99))))
+    Ok((ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99))))
+}
+
+/// Open sessions, recording what they are shown until closed.
+struct Clients {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Opens every session of `tokens` over `links`, each resuming after `after[i]`.
+    async fn open(
+        links: &[Channel],
+        tokens: &[Option<String>],
+        after: &[u64],
+        seen: &Arc<Seen>,
+    ) -> anyhow::Result<Self> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = open_all(links, tokens, after, seen, &stop).await?;
+        Ok(Clients { stop, tasks })
+    }
+
+    async fn close(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The anchor: a bare tonic streaming server on a free port, and where it listens.
+async fn bare_server() -> anyhow::Result<(Bare, std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let bare = Bare::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let service = OperatorSessionServiceServer::new(bare.clone());
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Ok((bare, addr, server))
 }
 
 pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     let n = spec.sessions;
     let mut rows = Rows::new();
 
-    // Anchor.
-    let bare = Bare::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(OperatorSessionServiceServer::new(bare.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let seen = Seen::new(n);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let tokens = vec![None; n];
-    let clients = open_all(&channels(addr).await?, &tokens, &vec![0; n], &seen, &stop).await?;
-    let (anchor_rate, _, _, _) = measure(&Feed::Bare(bare.clone()), &seen, spec, None).await?;
+    // Anchor: its sessions stay open (idle) while Parley runs, for the paced run after.
+    let (bare, addr, server) = bare_server().await?;
+    let anchor_seen = Seen::new(n);
+    let anchor = Feed::Bare(bare);
+    let anchor_clients = Clients::open(&channels(addr).await?, &vec![None; n], &vec![0; n], &anchor_seen).await?;
+    let anchor_rate = saturated(&anchor, &anchor_seen, spec).await?;
     println!("anchor: bare tonic streaming, {n} sessions: {anchor_rate:.0} deliveries/s");
-    stop.cancel();
-    for c in clients {
-        let _ = c.await;
-    }
-    server.abort();
 
     // Parley.
     let app = App::spawn().await;
@@ -378,47 +406,28 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     let notification = app.notification.as_ref().map(|h| h.grpc_addr).ok_or_else(|| anyhow::anyhow!("notification"))?;
     let links = channels(notification).await?;
     let seen = Seen::new(n);
-    let stop = tokio_util::sync::CancellationToken::new();
     let opened = Instant::now();
-    let clients = open_all(&links, &tokens, &vec![0; n], &seen, &stop).await?;
+    let clients = Clients::open(&links, &tokens, &vec![0; n], &seen).await?;
     println!("parley: {n} sessions open in {:.1} s", opened.elapsed().as_secs_f64());
-    let (parley_rate, paced, p50, p99) = measure(&feed, &seen, spec, None).await?;
-    println!("parley: {parley_rate:.0} deliveries/s; paced at {paced:.0}/s p50 {p50:.1} ms, p99 {p99:.1} ms");
+    let parley_rate = saturated(&feed, &seen, spec).await?;
+    let paced_rate = parley_rate / 2.0;
+    let (p50, p99) = paced(&feed, &seen, spec, paced_rate).await?;
+    println!("parley: {parley_rate:.0} deliveries/s; paced at {paced_rate:.0}/s p50 {p50:.1} ms, p99 {p99:.1} ms");
 
     // The anchor's latency at Parley's paced rate.
-    let bare = Bare::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(OperatorSessionServiceServer::new(bare.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let anchor_seen = Seen::new(n);
-    let anchor_stop = tokio_util::sync::CancellationToken::new();
-    let anchor_clients =
-        open_all(&channels(addr).await?, &vec![None; n], &vec![0; n], &anchor_seen, &anchor_stop).await?;
-    let (_, _, a50, a99) = measure(&Feed::Bare(bare), &anchor_seen, spec, Some(paced)).await?;
-    anchor_stop.cancel();
-    for c in anchor_clients {
-        let _ = c.await;
-    }
+    let (a50, a99) = paced(&anchor, &anchor_seen, spec, paced_rate).await?;
+    anchor_clients.close().await;
     server.abort();
 
     // The storm: all drop, events keep coming, all come back at once.
-    stop.cancel();
-    for c in clients {
-        let _ = c.await;
-    }
+    clients.close().await;
     let after: Vec<u64> = seen.last.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     let before_counts: Vec<u64> = seen.count.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     let away = spec.storm_events_per_session;
     feed.load(n, away, 3_000_000, None).await?;
     let expected = seen.total() + (n * away) as u64;
-    let stop = tokio_util::sync::CancellationToken::new();
     let storm = Instant::now();
-    let clients = open_all(&links, &tokens, &after, &seen, &stop).await?;
+    let clients = Clients::open(&links, &tokens, &after, &seen).await?;
     let all_back = storm.elapsed();
     let caught_up = seen.wait_for(expected, Duration::from_secs(120)).await;
     let caught_up_in = storm.elapsed();
@@ -435,10 +444,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
         caught_up_in.as_secs_f64(),
         if caught_up { "all" } else { "NOT all" }
     );
-    stop.cancel();
-    for c in clients {
-        let _ = c.await;
-    }
+    clients.close().await;
     app.stop().await;
 
     rows.push((format!("anchor: bare tonic streaming server, {n} sessions"), format!("{anchor_rate:.0} deliveries/s")));
@@ -447,7 +453,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
         format!("{parley_rate:.0} deliveries/s ({:.0} % of the anchor)", 100.0 * parley_rate / anchor_rate),
     ));
     rows.push((
-        format!("delivery latency paced at {paced:.0}/s (anchor / Parley)"),
+        format!("delivery latency paced at {paced_rate:.0}/s (anchor / Parley)"),
         format!("p50 {a50:.2} / {p50:.1} ms, p99 {a99:.2} / {p99:.1} ms"),
     ));
     rows.push((

@@ -41,6 +41,26 @@ fn delivery(m: &jetstream::Message) -> anyhow::Result<(Delivery, u64)> {
     Ok((d, info.pending))
 }
 
+/// An ordered consumer of `subject` from after sequence `after`, in one round trip. Pushed,
+/// not pulled: the server sends each message as it is stored, with no pull request per
+/// batch from each of thousands of sessions.
+async fn ordered(
+    js: &jetstream::Context,
+    stream: StreamDef,
+    subject: String,
+    after: u64,
+) -> anyhow::Result<jetstream::consumer::Consumer<consumer::push::OrderedConfig>> {
+    let config = consumer::push::OrderedConfig {
+        deliver_subject: js.client().new_inbox(),
+        filter_subject: subject,
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(config, stream.name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", stream.name))
+}
+
 /// Follows `subject` of `stream` after `after` (0: after the stream's current end).
 pub async fn follow(js: &jetstream::Context, stream: StreamDef, subject: String, after: u64) -> anyhow::Result<Tail> {
     let mut s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
@@ -55,18 +75,7 @@ pub async fn follow_after(
     subject: String,
     resume_after: u64,
 ) -> anyhow::Result<Tail> {
-    let s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
-    // Pushed, not pulled: the server sends each new message as it is stored, with no pull
-    // request per batch from each of thousands of sessions.
-    let consumer = s
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: js.client().new_inbox(),
-            filter_subject: subject,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: resume_after + 1 },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot follow {}: {e}", stream.name))?;
+    let consumer = ordered(js, stream, subject, resume_after).await?;
     let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("cannot follow {}: {e}", stream.name))?;
     let messages = messages.map(|m| {
         let m = m.map_err(|e| anyhow::anyhow!("feed interrupted: {e}"))?;
@@ -87,17 +96,8 @@ pub async fn backlog(
     if after >= until {
         return Ok(Vec::new());
     }
-    let s = js.get_stream(stream.name).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", stream.name))?;
-    let mut consumer = s
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: js.client().new_inbox(),
-            filter_subject: subject,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", stream.name))?;
-    let pending = consumer.info().await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", stream.name))?.num_pending;
+    let consumer = ordered(js, stream, subject, after).await?;
+    let pending = consumer.cached_info().num_pending;
     let mut out = Vec::new();
     if pending == 0 {
         return Ok(out);

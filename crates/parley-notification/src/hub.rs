@@ -56,35 +56,34 @@ impl Hub {
     }
 
     async fn run(self: Arc<Self>, token: CancellationToken) {
-        loop {
+        'follow: loop {
             let from = self.state().position;
-            let mut feed =
-                match tail::follow_after(&self.js, topology::DESK, topology::DESK.subjects.into(), from).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "desk feed cannot start; retrying");
-                        tokio::select! {
-                            _ = token.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
+            let feed = tokio::select! {
+                _ = token.cancelled() => break,
+                f = tail::follow_after(&self.js, topology::DESK, topology::DESK.subjects.into(), from) => f,
+            };
+            let mut feed = match feed {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "desk feed cannot start; retrying");
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
-                };
+                }
+            };
             loop {
                 let next = tokio::select! {
-                    _ = token.cancelled() => None,
-                    next = feed.messages.next() => Some(next),
+                    _ = token.cancelled() => break 'follow,
+                    next = feed.messages.next() => next,
                 };
                 match next {
-                    None => {
-                        self.stop();
-                        return;
-                    }
-                    Some(Some(Ok(d))) => self.hand_out(d),
-                    Some(Some(Err(e))) => {
+                    Some(Ok(d)) => self.hand_out(d),
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "desk feed interrupted; following again");
                         break;
                     }
-                    Some(None) => break,
+                    None => break,
                 }
             }
         }

@@ -108,7 +108,6 @@ pub async fn start(
     let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), cache.clone());
     let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
     let sessions = Arc::new(session::Sessions {
-        js: nats.js.clone(),
         hub: hub::Hub::start(nats.js.clone(), token.clone()).await?,
         log: nats.conversations().await?,
         publisher: nats.publisher(),

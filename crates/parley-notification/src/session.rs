@@ -73,7 +73,6 @@ const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 /// Shared by every session of a replica.
 pub struct Sessions {
-    pub js: async_nats::jetstream::Context,
     /// The replica's live feed of every desk subject.
     pub hub: Arc<crate::hub::Hub>,
     pub log: ConversationLog,
