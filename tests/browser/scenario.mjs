@@ -1,7 +1,8 @@
 // Parley's browser scenario (run by tests/e2e/browser.rs): the widget on a shop page of another origin and two operator desks in headless Chromium, through TCP proxies that can cut the network; every step asserted, the last stdout line says what was written.
 //
 // Environment (set by the Rust test): PARLEY_DESK_URL, PARLEY_INGEST_URL, PARLEY_TENANT,
-// PARLEY_CHANNEL, PARLEY_ANNA_TOKEN, PARLEY_BORIS_TOKEN, PARLEY_ARTIFACTS, PARLEY_CHROMIUM.
+// PARLEY_CHANNEL, PARLEY_ANNA_TOKEN, PARLEY_BORIS_TOKEN, PARLEY_SUPERVISOR_TOKEN,
+// PARLEY_ARTIFACTS, PARLEY_CHROMIUM.
 // Only playwright-core and node built-ins; the browser is the system's Chromium.
 
 import http from "node:http";
@@ -28,6 +29,7 @@ const TENANT = env("PARLEY_TENANT");
 const CHANNEL = env("PARLEY_CHANNEL");
 const ANNA_TOKEN = env("PARLEY_ANNA_TOKEN");
 const BORIS_TOKEN = env("PARLEY_BORIS_TOKEN");
+const SUPERVISOR_TOKEN = env("PARLEY_SUPERVISOR_TOKEN");
 const ARTIFACTS = env("PARLEY_ARTIFACTS");
 const CHROMIUM = env("PARLEY_CHROMIUM");
 
@@ -454,7 +456,7 @@ const SETTLED_WIDGET = new Set(["sent", "delivered", "read"]);
 async function main() {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   for (const f of fs.readdirSync(ARTIFACTS)) {
-    if (/^(failure-.*|desk-anna|desk-boris|widget)\.png$/.test(f)) fs.rmSync(path.join(ARTIFACTS, f));
+    if (/^(failure-.*|desk-anna|desk-boris|widget|supervisor)\.png$/.test(f)) fs.rmSync(path.join(ARTIFACTS, f));
   }
   const pageErrors = [];
   const bypassed = [];
@@ -822,6 +824,40 @@ async function main() {
       const shown = ((await shopPage.locator('[data-testid="widget-operator"]').textContent()) ?? "").trim();
       return { ok: shown === borisName, shown, expected: borisName };
     });
+  });
+
+  // 9b. A supervisor (no desk of their own) watches the team: Anna signing off shows at
+  // once, from the team feed, before the view's next 5-second refresh.
+  const sup = await newPage("supervisor", "en-US", { width: 1440, height: 900 });
+  await step("09b-supervisor-sees-presence-live", sup, async () => {
+    await sup.goto(`${deskProxy.url}/desk/`);
+    await sup.locator("#login-token").fill(SUPERVISOR_TOKEN);
+    await sup.locator("#login-submit").click();
+    const statusOf = async (id) =>
+      sup.locator(`[data-testid="sup-operator"][data-operator-id="${id}"]`).evaluateAll((els) => els.map((e) => e.closest("[data-status]")?.dataset.status));
+    await until("the supervisor view shows Anna online, presence live", async () => {
+      const anna = await statusOf("anna");
+      const live = await sup.locator('[data-testid="sup-live"]').getAttribute("data-state");
+      return { ok: show(anna) === show(["online"]) && live === "live", anna, live };
+    });
+    // Just after a refresh, so the next one is seconds away.
+    const before = await sup.locator("#sup-updated").textContent();
+    await until("the view refreshes", async () => {
+      const now = await sup.locator("#sup-updated").textContent();
+      return { ok: now !== before, before, now };
+    }, 8000);
+    const refreshed = await sup.locator("#sup-updated").textContent();
+    const at = Date.now();
+    await anna.locator("#status").selectOption("offline");
+    await until("the supervisor sees Anna offline", async () => {
+      const shown = await statusOf("anna");
+      return { ok: show(shown) === show(["offline"]), shown };
+    }, 4000);
+    const after = await sup.locator("#sup-updated").textContent();
+    if (after !== refreshed) fail(`the change showed only with a refresh (${refreshed} → ${after})`);
+    log(`the supervisor saw Anna go offline ${Date.now() - at} ms after she chose it`);
+    await assertNotPwned(sup, "the supervisor view");
+    await sup.screenshot({ path: path.join(ARTIFACTS, "supervisor.png"), fullPage: true });
   });
 
   // 10. The last look: everything once everywhere, nothing ran, screenshots.

@@ -75,6 +75,7 @@ async fn a_customer_and_two_operators_talk_through_the_widget_and_the_desk_in_ch
         .env("PARLEY_CHANNEL", "site")
         .env("PARLEY_ANNA_TOKEN", fx.operator_token("anna"))
         .env("PARLEY_BORIS_TOKEN", fx.operator_token("boris"))
+        .env("PARLEY_SUPERVISOR_TOKEN", &fx.supervisor_token)
         .env("PARLEY_ARTIFACTS", &artifacts)
         .env("PARLEY_CHROMIUM", chromium())
         .kill_on_drop(true)

@@ -605,3 +605,127 @@ async fn a_desk_that_stops_reading_is_dropped_and_resumes_with_nothing_lost_or_r
     assert_eq!(texts.len(), EVENTS);
     app.stop().await;
 }
+
+/// The next presence change a team session is told: (operator, status, connected, reason).
+async fn told(team: &mut parley_e2e::Desk) -> (String, v1::OperatorStatus, bool, String) {
+    let event = team.event(WAIT).await;
+    let Some(v1::desk_event::Kind::Presence(p)) = event.kind else { panic!("a presence change, got {event:?}") };
+    assert!(p.load.is_empty(), "a presence event carries no load: {p:?}");
+    (p.operator_id, v1::OperatorStatus::try_from(p.status).expect("a status"), p.connected, p.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supervisors_are_told_every_colleague_s_presence_change_and_resume_without_gaps() {
+    use parley_e2e::{Desk, set_status};
+    use v1::OperatorStatus::{Away, Offline, Online};
+    let app = App::spawn().await;
+    let fx = app.tenant("acme", &["anna", "boris"]).await;
+    let other = app.tenant("globex", &["gina"]).await;
+    let (anna, boris) = (fx.operator_token("anna"), fx.operator_token("boris"));
+
+    // Only supervisors and admins watch the team; an operator's own desk is not for them.
+    for (token, team) in [(anna, true), (fx.supervisor_token.as_str(), false)] {
+        let refused = match team {
+            true => Desk::open_team(&app, token, 0).await,
+            false => Desk::open(&app, token, 0).await,
+        };
+        assert_eq!(refused.err().map(|s| s.code()), Some(tonic::Code::PermissionDenied), "team: {team}");
+    }
+    let mut team = Desk::open_team(&app, &fx.supervisor_token, 0).await.expect("a supervisor watches the team");
+    let mut admins = Desk::open_team(&app, &fx.admin_token, 0).await.expect("an admin watches the team");
+    let mut globex = Desk::open_team(&app, &other.supervisor_token, 0).await.expect("globex's supervisor too");
+
+    // Anna's first desk connects; her second one is no news. Her status changes follow.
+    let anna_desk = Desk::open(&app, anna, 0).await.expect("anna's desk");
+    assert_eq!(told(&mut team).await, ("anna".into(), Offline, true, String::new()));
+    let anna_second = Desk::open(&app, anna, 0).await.expect("anna's second desk");
+    set_status(&app, anna, Online).await;
+    assert_eq!(told(&mut team).await, ("anna".into(), Online, true, String::new()));
+    let away = app
+        .routing_client(anna)
+        .await
+        .set_operator_status(v1::SetOperatorStatusRequest {
+            status: Away as i32,
+            reason: "обед <b>".into(),
+            ..Default::default()
+        })
+        .await;
+    away.expect("anna goes away");
+    assert_eq!(told(&mut team).await, ("anna".into(), Away, true, "обед <b>".into()));
+    // The admin's session saw the same, in the same order.
+    for want in [(Offline, true), (Online, true), (Away, true)] {
+        let (who, status, connected, _) = told(&mut admins).await;
+        assert_eq!((who.as_str(), status, connected), ("anna", want.0, want.1));
+    }
+
+    // A team session sends no replies.
+    match team.reply("00000000-0000-0000-0000-000000000000", "r1", "hello").await {
+        v1::open_session_response::Frame::ReplyRejected(r) => assert_eq!(r.code, "PERMISSION_DENIED", "{r:?}"),
+        other => panic!("a rejection, got {other:?}"),
+    }
+
+    // The supervisor's session drops. Meanwhile anna closes both desks, and a supervisor
+    // sets boris online for him (he has no desk).
+    let seen = team.last_sequence;
+    drop(team);
+    drop(anna_desk);
+    drop(anna_second);
+    app.routing_client(&fx.supervisor_token)
+        .await
+        .set_operator_status(v1::SetOperatorStatusRequest {
+            operator_id: "boris".into(),
+            status: Online as i32,
+            reason: String::new(),
+        })
+        .await
+        .expect("a supervisor sets boris online");
+    let (who, _, connected, _) = told(&mut admins).await;
+    let (first, second) = match who.as_str() {
+        "anna" => {
+            assert!(!connected, "anna's last desk closed");
+            (("anna", Away, false), ("boris", Online, false))
+        }
+        _ => (("boris", Online, false), ("anna", Away, false)),
+    };
+    told(&mut admins).await;
+    // Resumed where it stopped, it gets both, in the stream's order, nothing twice.
+    let mut team = Desk::open_team(&app, &fx.supervisor_token, seen).await.expect("the supervisor resumes");
+    for want in [first, second] {
+        let (who, status, connected, _) = told(&mut team).await;
+        assert_eq!((who.as_str(), status, connected), want);
+    }
+
+    // A desk that hangs (no heartbeats, no close) holding a conversation is told gone once
+    // its session expires.
+    let mut hung = Desk::open(&app, boris, 0).await.expect("boris's desk");
+    let started = Instant::now();
+    assert_eq!(told(&mut team).await, ("boris".into(), Online, true, String::new()));
+    let mut ingest = app.ingest_client(&fx.integrator_token).await;
+    ingest.submit_message(submit("c-1", "Здравствуйте", "k1")).await.expect("submitted");
+    while !matches!(hung.event(WAIT).await.kind, Some(v1::desk_event::Kind::Assigned(_))) {}
+    assert_eq!(told(&mut team).await, ("boris".into(), Online, false, String::new()));
+    let ttl = Duration::from_secs(parley_testkit::AppOptions::default().session_ttl_secs);
+    assert!(started.elapsed() + Duration::from_millis(500) >= ttl, "told gone only after the session's TTL");
+    // Once: routing, which finds him gone each second while his conversation waits for
+    // him, does not tell it again.
+    team.expect_quiet(Duration::from_millis(2500)).await;
+    drop(hung);
+
+    // Nothing of acme's reached globex's supervisor; gina's own desk did.
+    let _gina = Desk::open(&app, other.operator_token("gina"), 0).await.expect("gina's desk");
+    assert_eq!(told(&mut globex).await, ("gina".into(), Offline, true, String::new()));
+
+    // The web desk's team session: the same events as JSON over the WebSocket.
+    let (mut web, welcome) = {
+        let mut socket = connect(&app).await;
+        let hello = json!({"resumeAfterSequence": seen.to_string(), "clientName": "web", "team": true});
+        send(&mut socket, json!({"token": fx.supervisor_token, "hello": hello})).await;
+        let welcome = frame(&mut socket).await.expect("a welcome");
+        (socket, welcome)
+    };
+    assert_eq!(welcome["welcome"]["operatorId"], "test-supervisor", "{welcome}");
+    let (_, body) = event_of(&mut web, "presence").await;
+    // Proto3 JSON leaves out a false `connected`.
+    assert_eq!((body["operatorId"].as_str(), body.get("connected")), (Some(first.0), None), "{body}");
+    app.stop().await;
+}

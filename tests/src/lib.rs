@@ -23,9 +23,22 @@ pub struct Desk {
 impl Desk {
     /// Opens a session for the operator whose token is given, resuming after `resume`.
     pub async fn open(app: &App, token: &str, resume: u64) -> Result<Self, tonic::Status> {
+        Self::open_with(app, token, hello(resume)).await
+    }
+
+    /// Opens a team session (a supervisor's: operators' presence), resuming after `resume`.
+    pub async fn open_team(app: &App, token: &str, resume: u64) -> Result<Self, tonic::Status> {
+        let mut hello = hello(resume);
+        if let Some(open_session_request::Frame::Hello(h)) = &mut hello.frame {
+            h.team = true;
+        }
+        Self::open_with(app, token, hello).await
+    }
+
+    async fn open_with(app: &App, token: &str, hello: v1::OpenSessionRequest) -> Result<Self, tonic::Status> {
         let mut client = app.sessions_client(token).await;
         let (tx, rx) = mpsc::channel(64);
-        tx.send(hello(resume)).await.expect("queue hello");
+        tx.send(hello).await.expect("queue hello");
         let mut stream = client.open_session(ReceiverStream::new(rx)).await?.into_inner();
         let first = stream.message().await?.ok_or_else(|| tonic::Status::unknown("session closed before welcome"))?;
         let Some(open_session_response::Frame::Welcome(w)) = first.frame else {
@@ -157,6 +170,7 @@ pub fn hello(resume: u64) -> v1::OpenSessionRequest {
         frame: Some(open_session_request::Frame::Hello(v1::Hello {
             resume_after_sequence: resume,
             client_name: "e2e".into(),
+            team: false,
         })),
     }
 }
@@ -364,6 +378,7 @@ pub fn describe(event: &v1::DeskEvent) -> (String, &'static str) {
         Kind::Released(r) => (r.conversation_id.clone(), "released"),
         Kind::Delivery(d) => (d.conversation_id.clone(), "delivery"),
         Kind::Typing(t) => (t.conversation_id.clone(), "typing"),
+        Kind::Presence(p) => (p.operator_id.clone(), "presence"),
     }
 }
 

@@ -298,6 +298,8 @@ const S = {
   tickTimer: 0,
   presenceTimer: 0,
   supTimer: 0,
+  // Operators' presences in the supervisor view, by id.
+  presences: new Map(),
   statusBusy: null,
 };
 
@@ -2623,6 +2625,9 @@ function showTab(which) {
   if (sup) {
     refreshSupervisor();
     S.supTimer = setInterval(refreshSupervisor, 5000);
+    teamStart();
+  } else {
+    teamStop();
   }
 }
 
@@ -2641,6 +2646,7 @@ async function refreshSupervisor() {
   if (supBusy || S.stopped && !S.supervisorOnly) return;
   if (document.visibilityState !== "visible" && S.supLoadedOnce) return;
   supBusy = true;
+  const started = Date.now();
   try {
     const [queuesR, presR, opsR] = await Promise.all([
       api("admin/ListQueues", {}),
@@ -2654,7 +2660,15 @@ async function refreshSupervisor() {
       queues.map((q) => api("routing/GetQueueStatus", { queueId: q.id }).catch((e) => ({ queueId: q.id, error: e.message }))),
     );
     renderSupQueues(queues, statuses);
-    renderSupOperators(presR.presences ?? []);
+    // A change the team feed told after this refresh began is newer than what it read.
+    const fresh = new Map();
+    for (const p of presR.presences ?? []) {
+      const id = p.operatorId ?? "";
+      const told = T.presences.get(id);
+      fresh.set(id, told && told.at > started ? { ...p, ...told.presence, load: p.load } : p);
+    }
+    S.presences = fresh;
+    renderSupOperators([...fresh.values()]);
     $("#sup-error").textContent = "";
     $("#sup-updated").textContent = t("sup.updated", { time: new Intl.DateTimeFormat(lang(), { timeStyle: "medium" }).format(new Date()) });
     S.supLoadedOnce = true;
@@ -2732,6 +2746,109 @@ function renderSupOperators(presences) {
         ),
       ),
   );
+}
+
+// ───────────────────────────── the team feed ─────────────────────────────
+// While the supervisor view is open, a team session on its own socket tells every
+// operator's presence change as it happens, resumed after a drop from the last sequence
+// seen; the 5-second refresh keeps queue figures and loads current.
+const T = { ws: null, want: false, seq: 0n, timer: 0, beat: 0, backoff: 500, presences: new Map() };
+
+function teamStart() {
+  T.want = true;
+  if (!T.ws) teamConnect();
+}
+
+function teamStop() {
+  T.want = false;
+  clearTimeout(T.timer);
+  clearInterval(T.beat);
+  const ws = T.ws;
+  T.ws = null;
+  ws?.close();
+  setTeamState("off");
+}
+
+function setTeamState(state) {
+  const el = $("#sup-live");
+  el.dataset.state = state;
+  el.textContent = state === "off" ? "" : t(`sup.live.${state}`);
+}
+
+function teamConnect() {
+  clearTimeout(T.timer);
+  if (!T.want || !S.token) return;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  let ws;
+  try {
+    ws = new WebSocket(`${scheme}//${location.host}/desk/ws`);
+  } catch {
+    teamRetry();
+    return;
+  }
+  T.ws = ws;
+  const requested = T.seq;
+  ws.addEventListener("open", () => {
+    const hello = { resumeAfterSequence: requested.toString(), clientName: "web desk (team)", team: true };
+    ws.send(JSON.stringify({ token: S.token, hello }));
+  });
+  ws.addEventListener("message", (e) => {
+    if (ws !== T.ws) return;
+    let f;
+    try {
+      f = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    if (f.welcome) {
+      T.backoff = 500;
+      clearInterval(T.beat);
+      const every = Math.max(1, Number(f.welcome.heartbeatIntervalSeconds ?? 0) || 5) * 800;
+      T.beat = setInterval(() => ws.readyState === WebSocket.OPEN && ws.send('{"heartbeat":{}}'), every);
+      const resumed = big(f.welcome.resumeAfterSequence);
+      // Started afresh (or the resume point was gone): what happened meanwhile is read whole.
+      if (requested === 0n || resumed !== requested) refreshSupervisor();
+      T.seq = resumed;
+      setTeamState("live");
+    } else if (f.event?.presence) {
+      const seq = big(f.event.sequence);
+      if (seq <= T.seq) return;
+      T.seq = seq;
+      onTeamPresence(f.event.presence);
+    } else if (f.error) {
+      // A resume point the stream no longer has: start over from now and read everything.
+      if (f.error.code !== "UNAVAILABLE") T.seq = 0n;
+      if (f.error.code === "PERMISSION_DENIED" || f.error.code === "UNAUTHENTICATED") T.want = false;
+    }
+  });
+  ws.addEventListener("close", () => {
+    if (ws !== T.ws) return;
+    T.ws = null;
+    clearInterval(T.beat);
+    teamRetry();
+  });
+}
+
+function teamRetry() {
+  if (!T.want) {
+    setTeamState("off");
+    return;
+  }
+  setTeamState("reconnecting");
+  const delay = T.backoff * (0.75 + Math.random() * 0.5);
+  T.backoff = Math.min(10000, T.backoff * 2);
+  T.timer = setTimeout(teamConnect, delay);
+}
+
+/** A colleague's presence changed: shown at once (the load stays until the next refresh). */
+function onTeamPresence(p) {
+  const id = p.operatorId ?? "";
+  // Proto3 JSON leaves out false and empty fields.
+  const presence = { status: p.status, reason: p.reason ?? "", connected: p.connected === true, statusChangeTime: p.statusChangeTime };
+  T.presences.set(id, { presence, at: Date.now() });
+  const old = S.presences.get(id) ?? { operatorId: id, load: [] };
+  S.presences.set(id, { ...old, ...presence });
+  renderSupOperators([...S.presences.values()]);
 }
 
 function onTabsKey(e) {
@@ -2834,6 +2951,10 @@ function signOut(message = "") {
   clearInterval(S.tickTimer);
   clearInterval(S.presenceTimer);
   clearInterval(S.supTimer);
+  teamStop();
+  T.seq = 0n;
+  T.presences.clear();
+  S.presences.clear();
   try {
     sessionStorage.removeItem(TOKEN_KEY);
   } catch {

@@ -135,6 +135,7 @@ async fn client(
     tx.send(frame(open_session_request::Frame::Hello(v1::Hello {
         resume_after_sequence: after,
         client_name: format!("bench-{i}"),
+        team: false,
     })))
     .await?;
     let mut request = Request::new(ReceiverStream::new(rx));

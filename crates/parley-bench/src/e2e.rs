@@ -101,6 +101,7 @@ async fn desk(app: &App, token: &str, clock: Shared) -> anyhow::Result<tokio::ta
     tx.send(frame(open_session_request::Frame::Hello(v1::Hello {
         resume_after_sequence: 0,
         client_name: "bench".into(),
+        team: false,
     })))
     .await?;
     let mut stream = app.sessions_client(token).await.open_session(ReceiverStream::new(rx)).await?.into_inner();

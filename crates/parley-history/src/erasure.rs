@@ -80,7 +80,7 @@ impl Doomed {
             Some(Kind::Released(r)) => Some(r.conversation_id.as_str()),
             Some(Kind::Delivery(d)) => Some(d.conversation_id.as_str()),
             Some(Kind::Typing(t)) => Some(t.conversation_id.as_str()),
-            None => None,
+            Some(Kind::Presence(_)) | None => None,
         };
         conversation.is_some_and(|c| self.conversations.contains(c))
     }

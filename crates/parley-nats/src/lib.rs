@@ -30,7 +30,7 @@ pub use config_store::{ConfigCache, ConfigStore, StoreError};
 pub use consume::{ConsumerSpec, Delivery, Handler, Outcome};
 pub use conversations::{ConversationLog, Loaded};
 pub use media::{MediaStore, ObjectMedia, Stored, StoredFile};
-pub use publish::{Payload, Published, Publisher};
+pub use publish::{Payload, Published, Publisher, TeamPresence};
 
 /// A connection to NATS with its JetStream context.
 #[derive(Clone)]

@@ -6,7 +6,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use opentelemetry::propagation::Injector;
-use parley_proto::{events, prost, v1};
+use parley_domain::{OperatorId, OperatorStatus, TenantId, Timestamp};
+use parley_proto::{convert, events, prost, v1};
 
 /// The header naming a payload's protobuf type.
 pub const SCHEMA_HEADER: &str = "Parley-Schema";
@@ -43,6 +44,15 @@ pub struct PublishError {
     pub conflict: bool,
 }
 
+/// An operator's presence as a team event tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct TeamPresence<'a> {
+    pub status: OperatorStatus,
+    pub reason: &'a str,
+    pub connected: bool,
+    pub since: Option<Timestamp>,
+}
+
 /// The stream's acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -75,6 +85,32 @@ impl Injector for HeaderInjector<'_> {
 impl Publisher {
     pub fn new(js: jetstream::Context) -> Self {
         Self { js }
+    }
+
+    /// Tells the tenant's team sessions an operator's presence as it is now: status, reason,
+    /// whether a desk is connected, since when the status holds (no load).
+    pub async fn presence(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        now: TeamPresence<'_>,
+        dedupe_id: &str,
+    ) -> Result<Published, PublishError> {
+        let at = convert::timestamp(parley_kit::clock::now());
+        let event = v1::DeskEvent {
+            sequence: 0,
+            event_time: Some(at),
+            conversation_version: 0,
+            kind: Some(v1::desk_event::Kind::Presence(v1::OperatorPresence {
+                operator_id: op.to_string(),
+                status: convert::operator_status(now.status) as i32,
+                reason: now.reason.to_owned(),
+                connected: now.connected,
+                load: Vec::new(),
+                status_change_time: now.since.map(convert::timestamp),
+            })),
+        };
+        self.publish(crate::topology::team_subject(tenant), dedupe_id, op.as_str(), &event).await
     }
 
     /// Publishes `payload` on `subject` and waits until the stream has it.

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `PARLEY_INBOUND` | `parley.inbound.<tenant>.<channel>` | ingest | routing, ingest (media worker) |
 //! | `PARLEY_EVENTS` | `parley.events.<tenant>.<conversation>` | routing (one record per transition) | history, routing's fan-out |
-//! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>` | routing's fan-out | notification (per session) |
+//! | `PARLEY_DESK` | `parley.desk.<tenant>.<operator>`, `parley.desk.<tenant>._team` | routing's fan-out; routing and notification (presence, on `_team`) | notification (operator and team sessions) |
 //! | `PARLEY_OUTBOUND` | `parley.outbound.<tenant>.<channel>.<customer>` | notification | routing, channel senders, API streams |
 //! | `PARLEY_DEAD` | `parley.dead.<consumer>` | every consumer (poison messages, with the reason) | people |
 //!
@@ -102,6 +102,12 @@ pub fn events_subject(tenant: &TenantId, conversation: ConversationId) -> String
 
 pub fn desk_subject(tenant: &TenantId, operator: &OperatorId) -> String {
     format!("parley.desk.{tenant}.{operator}")
+}
+
+/// A tenant's team events (operators' presence, for supervisors). Operator ids are slugs,
+/// which never start with `_`, so this never names an operator.
+pub fn team_subject(tenant: &TenantId) -> String {
+    format!("parley.desk.{tenant}._team")
 }
 
 pub fn outbound_subject(tenant: &TenantId, channel: Channel, customer: CustomerId) -> String {

@@ -22,7 +22,7 @@ use parley_kit::auth::{Principal, principal, require};
 use parley_kit::clock;
 use parley_kit::error::ApiError;
 use parley_kit::telemetry::code_name;
-use parley_nats::{ConversationLog, MediaStore, Publisher, Stored, tail, topology};
+use parley_nats::{ConversationLog, MediaStore, Publisher, Stored, TeamPresence, tail, topology};
 use parley_proto::v1::operator_session_service_server::OperatorSessionService;
 use parley_proto::v1::{open_session_request, open_session_response};
 use parley_proto::{convert, events, v1};
@@ -68,6 +68,16 @@ fn outbound(c: &parley_domain::Conversation, kind: v1::customer_update::Kind) ->
     }
 }
 
+/// Who a session is for.
+struct Desk {
+    tenant: TenantId,
+    /// The operator whose events it carries; `None` for a team session.
+    operator: Option<OperatorId>,
+    session: String,
+    /// The token's subject (the operator, or the supervisor of a team session).
+    subject: String,
+}
+
 /// A desk's typing is passed on at most this often per conversation.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
@@ -106,8 +116,8 @@ impl OperatorSessionService for SessionApi {
         request: Request<Streaming<v1::OpenSessionRequest>>,
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let p = principal(&request)?;
-        // Refused before waiting for `hello`.
-        require(&p, &[Role::Operator])?;
+        // Refused before waiting for `hello` (which says which kind of session it is).
+        require(&p, &[Role::Operator, Role::Supervisor, Role::Admin])?;
         let mut incoming = request.into_inner();
         // The desk speaks first: `hello` says where to resume.
         let hello = match tokio::time::timeout(HELLO_WITHIN, incoming.next()).await {
@@ -137,12 +147,18 @@ impl Sessions {
     where
         S: Stream<Item = Result<v1::OpenSessionRequest, Status>> + Send + Unpin + 'static,
     {
-        require(p, &[Role::Operator])?;
-        let operator = OperatorId::parse(&p.subject).map_err(|e| ApiError::invalid(format!("token subject: {e}")))?;
         if hello.client_name.chars().count() > 100 {
             return Err(Status::invalid_argument("hello.client_name must be at most 100 characters"));
         }
-        let subject = topology::desk_subject(&p.tenant, &operator);
+        let (subject, operator) = if hello.team {
+            require(p, &[Role::Supervisor, Role::Admin])?;
+            (topology::team_subject(&p.tenant), None)
+        } else {
+            require(p, &[Role::Operator])?;
+            let operator =
+                OperatorId::parse(&p.subject).map_err(|e| ApiError::invalid(format!("token subject: {e}")))?;
+            (topology::desk_subject(&p.tenant, &operator), Some(operator))
+        };
         let feed = self
             .hub
             .follow(subject, hello.resume_after_sequence)
@@ -151,34 +167,30 @@ impl Sessions {
         let (tx, rx) = mpsc::channel(256);
         let session = clock::new_id().to_string();
         let me = self.clone();
-        let tenant = p.tenant.clone();
-        tracing::info!(tenant = %tenant, operator = %operator, session, resume_after = feed.resume_after, client = %hello.client_name, "desk session opened");
+        let desk = Desk { tenant: p.tenant.clone(), operator, session, subject: p.subject.clone() };
+        tracing::info!(tenant = %desk.tenant, who = %desk.subject, team = hello.team, session = %desk.session, resume_after = feed.resume_after, client = %hello.client_name, "desk session opened");
         tokio::spawn(async move {
-            me.run(tenant, operator, session, feed, incoming, tx).await;
+            me.run(desk, feed, incoming, tx).await;
         });
         Ok(rx)
     }
 
-    async fn run<S>(
-        self: Arc<Self>,
-        tenant: TenantId,
-        operator: OperatorId,
-        session: String,
-        mut feed: tail::Tail,
-        mut incoming: S,
-        tx: mpsc::Sender<Frame>,
-    ) where
+    async fn run<S>(self: Arc<Self>, desk: Desk, mut feed: tail::Tail, mut incoming: S, tx: mpsc::Sender<Frame>)
+    where
         S: Stream<Item = Result<v1::OpenSessionRequest, Status>> + Send + Unpin,
     {
         let welcome = v1::Welcome {
-            operator_id: operator.to_string(),
+            operator_id: desk.subject.clone(),
             resume_after_sequence: feed.resume_after,
             heartbeat_interval_seconds: self.heartbeat.as_secs() as u32,
         };
         if tx.send(frame(open_session_response::Frame::Welcome(welcome))).await.is_err() {
             return;
         }
-        self.alive(&tenant, &operator, &session).await;
+        let tenant = &desk.tenant;
+        if let Some(operator) = &desk.operator {
+            self.connected(tenant, operator, &desk.session).await;
+        }
         // When this desk last passed on typing, per conversation (see `TYPING_EVERY`).
         let mut typing_sent: std::collections::HashMap<String, std::time::Instant> = Default::default();
         loop {
@@ -193,7 +205,7 @@ impl Sessions {
                         Ok(d) => match d.decode::<v1::DeskEvent>() {
                             Ok(mut event) => {
                                 // The last hop of the message's trace: onto the desk's stream.
-                                let span = tracing::info_span!("desk deliver", otel.name = "desk deliver", operator = %operator, seq = d.stream_sequence);
+                                let span = tracing::info_span!("desk deliver", otel.name = "desk deliver", who = %desk.subject, seq = d.stream_sequence);
                                 parley_kit::telemetry::set_parent_from_traceparent(&span, d.traceparent.as_deref());
                                 let _entered = span.enter();
                                 event.sequence = d.stream_sequence;
@@ -220,15 +232,40 @@ impl Sessions {
                         }
                         None => break,
                     };
-                    self.alive(&tenant, &operator, &session).await;
+                    let Some(operator) = &desk.operator else {
+                        // A team session: heartbeats and acknowledgements only.
+                        let reply = match request.frame {
+                            Some(open_session_request::Frame::Heartbeat(_)) => {
+                                Some(open_session_response::Frame::Heartbeat(v1::Heartbeat {}))
+                            }
+                            Some(open_session_request::Frame::Ack(_)) => None,
+                            Some(open_session_request::Frame::Reply(r)) => {
+                                Some(open_session_response::Frame::ReplyRejected(v1::ReplyRejected {
+                                    client_message_id: r.client_message_id,
+                                    code: code_name(tonic::Code::PermissionDenied).to_owned(),
+                                    message: "a team session sends no replies; open an operator's session".into(),
+                                }))
+                            }
+                            Some(open_session_request::Frame::Typing(_)) => None,
+                            Some(open_session_request::Frame::Hello(_)) | None => {
+                                let _ = tx.send(Err(Status::invalid_argument("`hello` is only the first frame"))).await;
+                                break;
+                            }
+                        };
+                        if let Some(f) = reply && tx.send(frame(f)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    };
+                    self.alive(tenant, operator, &desk.session).await;
                     let reply = match request.frame {
-                        Some(open_session_request::Frame::Reply(r)) => Some(self.reply(&tenant, &operator, r).await),
+                        Some(open_session_request::Frame::Reply(r)) => Some(self.reply(tenant, operator, r).await),
                         Some(open_session_request::Frame::Typing(t)) => {
                             let now = std::time::Instant::now();
                             let due = typing_sent.get(&t.conversation_id).is_none_or(|at| now.duration_since(*at) >= TYPING_EVERY);
                             if due {
                                 typing_sent.insert(t.conversation_id.clone(), now);
-                                if let Err(e) = self.typing(&tenant, &operator, &t.conversation_id).await {
+                                if let Err(e) = self.typing(tenant, operator, &t.conversation_id).await {
                                     tracing::debug!(error = %e, "typing not passed on");
                                 }
                             }
@@ -252,10 +289,39 @@ impl Sessions {
                 }
             }
         }
-        if let Err(e) = self.redis.end_session(&tenant, &operator, &session, clock::now()).await {
+        if let Some(operator) = &desk.operator
+            && let Err(e) = self.redis.end_session(tenant, operator, &desk.session, clock::now()).await
+        {
             tracing::warn!(error = %e, "ending session in redis");
         }
-        tracing::info!(tenant = %tenant, operator = %operator, session, "desk session closed");
+        tracing::info!(tenant = %tenant, who = %desk.subject, session = %desk.session, "desk session closed");
+    }
+
+    /// The session's first heartbeat; if no other desk of the operator was alive, tells
+    /// the team they have connected. (Routing tells them when the last desk closes or
+    /// expires.)
+    async fn connected(&self, tenant: &TenantId, operator: &OperatorId, session: &str) {
+        let now = clock::now();
+        let first =
+            match self.redis.open_session(tenant, operator, session, now, now.saturating_add(self.session_ttl)).await {
+                Ok(first) => first,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session heartbeat not recorded");
+                    return;
+                }
+            };
+        if !first {
+            return;
+        }
+        let told = async {
+            let p = self.redis.status(tenant, operator, now).await?;
+            let now = TeamPresence { status: p.status, reason: &p.reason, connected: p.connected, since: p.since };
+            self.publisher.presence(tenant, operator, now, &format!("connected:{operator}:{session}")).await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = told.await {
+            tracing::warn!(operator = %operator, error = %e, "the team was not told the operator connected");
+        }
     }
 
     /// Keeps the session (and so the operator's presence) alive for another TTL.

@@ -142,6 +142,34 @@ impl TimerKind {
     }
 }
 
+/// Adds to `pipe` what keeps a desk session alive until `expires` (its answers ignored).
+fn keep_alive<'p>(
+    pipe: &'p mut redis::Pipeline,
+    tenant: &TenantId,
+    op: &OperatorId,
+    session: &str,
+    expires: Timestamp,
+) -> &'p mut redis::Pipeline {
+    let key = sessions_key(tenant, op);
+    pipe.cmd("ZADD")
+        .arg(&key)
+        .arg(expires.as_millis())
+        .arg(session)
+        .ignore()
+        // Keep the set small: drop sessions expired an hour ago.
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(expires.as_millis() - 3_600_000)
+        .ignore()
+        .cmd("ZADD")
+        .arg(desks_key(tenant))
+        .arg("GT")
+        .arg(expires.as_millis())
+        .arg(op.as_str())
+        .ignore()
+}
+
 fn tag(tenant: &TenantId) -> String {
     format!("{{t:{tenant}}}")
 }
@@ -560,28 +588,62 @@ impl Coordinator {
     /// Records that a desk session of the operator is alive until `expires`.
     pub async fn heartbeat(&self, tenant: &TenantId, op: &OperatorId, session: &str, expires: Timestamp) -> Result<()> {
         let mut c = self.conn.clone();
-        let key = sessions_key(tenant, op);
-        redis::pipe()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(expires.as_millis())
-            .arg(session)
-            .ignore()
-            // Keep the set small: drop sessions expired an hour ago.
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(expires.as_millis() - 3_600_000)
-            .ignore()
-            .cmd("ZADD")
-            .arg(desks_key(tenant))
-            .arg("GT")
-            .arg(expires.as_millis())
-            .arg(op.as_str())
-            .ignore()
+        keep_alive(&mut redis::pipe(), tenant, op, session, expires).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// The first heartbeat of a desk session; true when no other desk of the operator was
+    /// alive at `now` (the operator has just connected).
+    pub async fn open_session(
+        &self,
+        tenant: &TenantId,
+        op: &OperatorId,
+        session: &str,
+        now: Timestamp,
+        expires: Timestamp,
+    ) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("ZCOUNT").arg(sessions_key(tenant, op)).arg(now.as_millis()).arg("+inf");
+        let (alive,): (u64,) = keep_alive(&mut pipe, tenant, op, session, expires).query_async(&mut c).await?;
+        Ok(alive == 0)
+    }
+
+    /// Whether the operator's going away at `gone_since` has been told yet; a new
+    /// `gone_since` (they came back and went again) has not.
+    pub async fn gone_told(&self, tenant: &TenantId, op: &OperatorId, gone_since: Timestamp) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let told: Option<i64> = redis::cmd("HGET").arg(op_key(tenant, op)).arg("gone_told").query_async(&mut c).await?;
+        Ok(told == Some(gone_since.as_millis()))
+    }
+
+    /// Notes that the operator's going away at `gone_since` has been told.
+    pub async fn tell_gone(&self, tenant: &TenantId, op: &OperatorId, gone_since: Timestamp) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(op_key(tenant, op))
+            .arg("gone_told")
+            .arg(gone_since.as_millis())
             .query_async::<()>(&mut c)
             .await?;
         Ok(())
+    }
+
+    /// An operator's status, its reason and time, and whether a desk is connected (no load).
+    pub async fn status(&self, tenant: &TenantId, op: &OperatorId, now: Timestamp) -> Result<Presence> {
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        read_operator(&mut pipe, tenant, op, now);
+        let values: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        let (hash, connected) = parse_operator(&values[0], &values[1]);
+        Ok(Presence {
+            status: hash.status,
+            reason: hash.reason,
+            since: hash.since,
+            connected,
+            last_assigned: hash.last_assigned,
+            load: Vec::new(),
+        })
     }
 
     /// Ends a desk session at once (a clean disconnect): it expires now, which also

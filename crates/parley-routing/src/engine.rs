@@ -29,7 +29,7 @@ use parley_domain::{
 };
 use parley_kit::clock;
 use parley_kit::error::ApiError;
-use parley_nats::{ConfigCache, ConversationLog, Loaded, StoreError};
+use parley_nats::{ConfigCache, ConversationLog, Loaded, StoreError, TeamPresence};
 use parley_policy::{Decision, Exclusion, OperatorView, Request, Waiting, decide, queue_score, serve_order};
 use parley_proto::{convert, events, v1};
 use parley_redis::{ClaimRefused, Coordinator, OpCtx, TimerKind, Weights, activity_entry};
@@ -1687,6 +1687,7 @@ impl Engine {
         let seats = self.seats(tenant, op);
         let ctxs: Vec<OpCtx<'_>> = seats.iter().map(Seat::ctx).collect();
         self.redis.set_status(tenant, op, status, reason, now, &ctxs).await?;
+        self.tell_presence(tenant, op, &format!("status:{op}:{}", clock::new_id())).await?;
         if status == OperatorStatus::Online {
             self.wake.notify_one();
         }
@@ -1694,6 +1695,18 @@ impl Engine {
             let settings = self.cache.routing_settings(tenant);
             self.reroute(tenant, op, settings.reroute_after.is_some()).await?;
         }
+        Ok(())
+    }
+
+    /// Tells the tenant's team sessions (supervisors) the operator's presence as Redis has
+    /// it now.
+    async fn tell_presence(&self, tenant: &TenantId, op: &OperatorId, dedupe_id: &str) -> Result<(), EngineError> {
+        let p = self.redis.status(tenant, op, clock::now()).await?;
+        let now = TeamPresence { status: p.status, reason: &p.reason, connected: p.connected, since: p.since };
+        self.publisher
+            .presence(tenant, op, now, dedupe_id)
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("presence not told: {e}")))?;
         Ok(())
     }
 
@@ -1754,6 +1767,12 @@ impl Engine {
                     now
                 }
             };
+            // Supervisors hear once that the last desk closed or expired (the id makes a
+            // second routing replica's telling of it the same message).
+            if !self.redis.gone_told(tenant, op, gone_since).await? {
+                self.tell_presence(tenant, op, &format!("gone:{op}:{}", gone_since.as_millis())).await?;
+                self.redis.tell_gone(tenant, op, gone_since).await?;
+            }
             let open_too = settings.reroute_after.is_some_and(|after| now.since(gone_since) >= after);
             let r = self.reroute(tenant, op, open_too).await?;
             if r.moved > 0 {

@@ -132,7 +132,7 @@ pub async fn run(e: &Endpoints, args: DemoArgs) -> anyhow::Result<()> {
 
     step(2, "Anna opens her desk and goes online");
     let (tx, rx) = mpsc::channel(16);
-    let hello = v1::Hello { resume_after_sequence: 0, client_name: "demo".into() };
+    let hello = v1::Hello { resume_after_sequence: 0, client_name: "demo".into(), team: false };
     tx.send(v1::OpenSessionRequest { frame: Some(open_session_request::Frame::Hello(hello)) }).await?;
     let mut desk = e.sessions_as(&anna).await?.open_session(ReceiverStream::new(rx)).await?.into_inner();
     desk.message().await?;

@@ -1,5 +1,6 @@
 //! `parleyctl desk`: an operator desk in the terminal over `OpenSession` — prints offers,
-//! assignments and messages as they come, keeps the session alive, and can answer.
+//! assignments and messages as they come, keeps the session alive, and can answer; with
+//! `--team`, a supervisor's view of every operator's presence changes.
 
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct DeskArgs {
     /// Answer every customer message with this text.
     #[arg(long)]
     pub auto_reply: Option<String>,
+    /// Watch the team instead (a supervisor's token): every operator's presence changes.
+    #[arg(long, conflicts_with_all = ["online", "accept", "auto_reply"])]
+    pub team: bool,
 }
 
 pub async fn run(e: &Endpoints, args: DeskArgs) -> anyhow::Result<()> {
@@ -34,6 +38,7 @@ pub async fn run(e: &Endpoints, args: DeskArgs) -> anyhow::Result<()> {
     tx.send(frame(open_session_request::Frame::Hello(v1::Hello {
         resume_after_sequence: args.resume,
         client_name: "parleyctl".into(),
+        team: args.team,
     })))
     .await?;
     let mut stream = e.sessions_as(token).await?.open_session(ReceiverStream::new(rx)).await?.into_inner();
@@ -106,6 +111,11 @@ pub async fn run(e: &Endpoints, args: DeskArgs) -> anyhow::Result<()> {
                             }
                             Some(desk_event::Kind::Typing(t)) => {
                                 println!("#{} [{at}] the customer is typing in {}", ev.sequence, t.conversation_id);
+                            }
+                            Some(desk_event::Kind::Presence(p)) => {
+                                let status = v1::OperatorStatus::try_from(p.status).map_or("unknown", |s| s.as_str_name());
+                                let desk = if p.connected { "desk connected" } else { "no desk" };
+                                println!("#{} [{at}] operator {}: {status} ({desk}) {}", ev.sequence, p.operator_id, p.reason);
                             }
                             None => {}
                         }
