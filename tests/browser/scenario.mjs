@@ -49,12 +49,15 @@ const TEXTS = {
   anna1: text("Анна: сейчас проверю заказ"),
   customerCut: text("Клиент пишет без сети"),
   annaFile: text("Анна: вот фото чека"),
+  customerFile: text("Клиент: а вот фото коробки"),
   annaCut: text("Анна отвечает без сети"),
   boris1: text("Борис: заказ уже в пути"),
 };
 const NOTE = text("Заметка Борису: клиент ждёт заказ 1001");
 /** The file Anna attaches: its name carries markup too (shown as text, never made into elements). */
 const FILE_NAME = `чек <b>1001</b> & "x".png`;
+/** The picture the customer attaches in the widget, its name marked up too. */
+const CUSTOMER_FILE_NAME = `коробка <i>1001</i> & "y".png`;
 /** Every message written, in the order written (the transfer note is not a message). */
 const written = [];
 
@@ -337,7 +340,7 @@ async function widgetMessages(page) {
 async function assertNoMarkupInMessages(page, who) {
   const found = await page.evaluate(() => {
     const out = [];
-    // The only images allowed: a file's picture, as the desk (a blob: URL) or the widget (a link) shows it.
+    // The only images allowed: a file's picture, as the desk (a blob: URL) or the widget (a link or a blob: URL) shows it.
     const scan = (root, sel, picture, src) => {
       for (const m of root.querySelectorAll(sel)) {
         for (const e of m.querySelectorAll("img, script, iframe, object, embed")) {
@@ -348,7 +351,8 @@ async function assertNoMarkupInMessages(page, who) {
     };
     scan(document, '[data-testid="message"], [data-testid="note"], [data-testid="transfer-note"], [data-testid="offer"]', '[data-testid="attachment-image"]', /^blob:/);
     const root = document.querySelector("parley-chat")?.shadowRoot;
-    if (root) scan(root, '[data-testid="widget-message"]', ".files > a > img", /^https?:\/\//);
+    // The widget shows an operator's picture from its link, the customer's own from the page's memory.
+    if (root) scan(root, '[data-testid="widget-message"]', ".files > a > img", /^(https?:\/\/|blob:)/);
     return out;
   });
   if (found.length) fail(`${who}: elements made from message text: ${found.join("; ")}`);
@@ -658,6 +662,41 @@ async function main() {
       const one = got?.length === 1 ? got[0] : null;
       const img = one?.images.length === 1 ? one.images[0] : null;
       return { ok: !!img && one.from === "operator" && img.width === 24 && img.alt === FILE_NAME && img.src.startsWith(ingestProxy.url), got };
+    });
+    await assertNoMarkupInMessages(anna, "Anna's desk");
+    await assertNoMarkupInMessages(shopPage, "the widget");
+  });
+
+  // 6c. The customer attaches a picture in the widget; Anna's desk shows it inline.
+  await step("06c-customer-sends-a-picture", anna, async () => {
+    const chips = shopPage.locator('[data-testid="widget-attachment"]');
+    await shopPage.locator('[data-testid="widget-file-input"]').setInputFiles([
+      { name: CUSTOMER_FILE_NAME, mimeType: "image/png", buffer: makePng(20, 12, [200, 60, 40]) },
+    ]);
+    await until("the widget uploads the picture and shows its name as text", async () => {
+      const got = await chips.evaluateAll((els) =>
+        els.map((c) => ({ state: c.dataset.state, name: c.querySelector(".chip-name")?.textContent ?? "", elements: c.querySelectorAll("i, b, img, script").length })),
+      );
+      const error = await shopPage.locator('[data-testid="widget-error"]').evaluate((e) => (e.hidden ? "" : e.textContent));
+      if (error) fail(`the widget's upload failed: ${error}`);
+      return { ok: got.length === 1 && got[0].state === "ready" && got[0].name === CUSTOMER_FILE_NAME && !got[0].elements, got };
+    });
+    await widgetSend(shopPage, TEXTS.customerFile);
+    await until("the widget shows the customer's message with the picture, and the composer's files are cleared", async () => {
+      const got = await shopPage.evaluate((wanted) => {
+        const root = document.querySelector("parley-chat")?.shadowRoot;
+        return [...(root?.querySelectorAll('[data-testid="widget-message"]') ?? [])]
+          .filter((m) => m.querySelector('[data-testid="widget-message-text"]')?.textContent === wanted)
+          .map((m) => ({ from: m.dataset.sender, widths: [...m.querySelectorAll("img")].map((i) => i.naturalWidth) }));
+      }, TEXTS.customerFile);
+      return { ok: got.length === 1 && got[0].from === "customer" && show(got[0].widths) === show([20]) && (await chips.count()) === 0, got };
+    });
+    await until("Anna's desk shows the customer's picture in the message", async () => {
+      const pics = await anna.evaluate((wanted) => {
+        const m = [...document.querySelectorAll('#messages [data-testid="message"]')].filter((n) => n.querySelector('[data-testid="message-text"]')?.textContent === wanted);
+        return m.map((n) => [...n.querySelectorAll('[data-testid="attachment"]')].map((a) => (a.querySelector("img")?.naturalWidth ?? 0)));
+      }, TEXTS.customerFile);
+      return { ok: pics.length === 1 && show(pics[0]) === show([20]), pics };
     });
     await assertNoMarkupInMessages(anna, "Anna's desk");
     await assertNoMarkupInMessages(shopPage, "the widget");

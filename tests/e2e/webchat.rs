@@ -452,3 +452,148 @@ async fn a_file_the_operator_sends_reaches_the_visitor_by_a_signed_link() {
     assert_eq!(refused.status().as_u16(), 403);
     app.stop().await;
 }
+
+/// A file as the widget uploads it: raw body, its type, `?name=`, the visitor's token.
+async fn upload_as(
+    app: &App,
+    token: Option<&str>,
+    origin: &str,
+    mime: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(url(app, "files"))
+        .query(&[("name", name)])
+        .header("Origin", origin)
+        .header("Content-Type", mime)
+        .body(bytes);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let answer = r.send().await.expect("ingest answers");
+    let status = answer.status().as_u16();
+    (status, serde_json::from_slice(&answer.bytes().await.expect("a body")).expect("a JSON body"))
+}
+
+/// The next message event on the desk (skipping others).
+async fn desk_message(desk: &mut parley_e2e::Desk) -> v1::Message {
+    loop {
+        if let Some(v1::desk_event::Kind::Message(m)) = desk.event(WAIT).await.kind {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visitor_s_files_reach_the_operator_and_nobody_else_can_send_them() {
+    use crate::attachments::PNG;
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    let token = session(&app, json!({"name": "Иван"})).await["token"].as_str().expect("a token").to_owned();
+    let stranger = session(&app, json!({"name": "Пётр"})).await["token"].as_str().expect("a token").to_owned();
+
+    let name = "чек <b>1001</b>.png";
+    let (status, picture) = upload_as(&app, Some(&token), ORIGIN, "image/png", name, PNG.to_vec()).await;
+    assert_eq!(status, 201, "{picture}");
+    assert_eq!((picture["file_name"].as_str(), picture["kind"].as_str()), (Some(name), Some("image")));
+    let picture = picture["id"].as_str().expect("an id").to_owned();
+    let pdf_bytes = b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n".to_vec();
+    let (status, pdf) = upload_as(&app, Some(&token), ORIGIN, "application/pdf", "акт.pdf", pdf_bytes.clone()).await;
+    assert_eq!(status, 201, "{pdf}");
+    let pdf = pdf["id"].as_str().expect("an id").to_owned();
+    // A file the operator uploaded for a reply, and one of another visitor.
+    let (_, operators) =
+        crate::attachments::upload(&app, Some(fx.operator_token("anna")), "image/png", "o.png", PNG).await;
+    let operators = operators["id"].as_str().expect("an id").to_owned();
+    let (_, strangers) = upload_as(&app, Some(&stranger), ORIGIN, "image/png", "p.png", PNG.to_vec()).await;
+    let strangers = strangers["id"].as_str().expect("an id").to_owned();
+
+    // --- refused uploads, with a JSON error that says why -------------------------------------
+    let before = app.stream_len("PARLEY_INBOUND").await;
+    // (token, origin, type, name, bytes, status, code)
+    let refusals = [
+        (None::<&str>, ORIGIN, "image/png", "a.png", PNG.to_vec(), 401, "unauthenticated"),
+        (Some("v1.forged.token"), ORIGIN, "image/png", "a.png", PNG.to_vec(), 401, "unauthenticated"),
+        (Some(&token), "https://evil.example", "image/png", "a.png", PNG.to_vec(), 403, "permission_denied"),
+        (Some(&token), ORIGIN, "text/html", "a.html", b"<script>1</script>".to_vec(), 415, "unsupported_type"),
+        (Some(&token), ORIGIN, "image/png", "a.png", Vec::new(), 400, "invalid_argument"),
+        (Some(&token), ORIGIN, "image/png", "a\u{7}b.png", PNG.to_vec(), 400, "invalid_argument"),
+    ];
+    for (who, origin, mime, file, bytes, status, code) in refusals {
+        let (got, body) = upload_as(&app, who, origin, mime, file, bytes).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{mime} {file:?}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+    let too_big = vec![0u8; 25 * 1024 * 1024 + 1];
+    let (got, body) = upload_as(&app, Some(&token), ORIGIN, "image/png", "big.png", too_big).await;
+    assert_eq!((got, body["error"]["code"].as_str()), (413, Some("too_large")), "{body}");
+
+    // --- refused messages: files that are not the visitor's, or named wrongly ----------------------
+    let mut ws = connect(&app, &token, 0).await;
+    next_of(&mut ws, "welcome").await;
+    let too_many: Vec<String> = (0..11).map(|_| picture.clone()).collect();
+    let refused = [
+        (json!([operators]), "not_found", "attachment_ids[0]"),
+        (json!([picture, strangers]), "not_found", "attachment_ids[1]"),
+        (json!(["not-an-id"]), "invalid_argument", "attachment_ids[0]"),
+        (json!([picture, picture]), "invalid_argument", "named twice"),
+        (json!(too_many), "invalid_argument", "at most 10"),
+        (json!("one-id"), "invalid_argument", "a list of strings"),
+    ];
+    for (i, (ids, code, says)) in refused.into_iter().enumerate() {
+        let client_id = format!("bad-{i}");
+        send(&mut ws, json!({"type": "message", "client_id": client_id, "text": "x", "attachment_ids": ids})).await;
+        let answer = next_of(&mut ws, "error").await;
+        assert_eq!(answer["code"], code, "{ids}: {answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| m.contains(says)), "{ids}: {answer}");
+    }
+    // Over HTTP too (the long-poll fallback's sending).
+    let (status, body) = post(
+        &app,
+        "messages",
+        ORIGIN,
+        Some(&stranger),
+        json!({"client_id": "steal", "text": "", "attachment_ids": [picture]}),
+    )
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    assert_eq!(app.stream_len("PARLEY_INBOUND").await, before, "nothing refused was published");
+
+    // --- the visitor's files reach the operator ----------------------------------------------------
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "m1", "text": "Вот чек и акт", "attachment_ids": [picture, pdf]}),
+    )
+    .await;
+    assert_eq!(next_of(&mut ws, "accepted").await["client_id"], "m1");
+    let conversation = assigned(&mut desk).await;
+    let m = conversation.recent_messages.last().expect("the visitor's message");
+    assert_eq!(m.text, "Вот чек и акт");
+    let files: Vec<_> =
+        m.attachments.iter().map(|a| (a.id.as_str(), a.file_name.as_str(), a.mime_type.as_str())).collect();
+    assert_eq!(files, [(picture.as_str(), name, "image/png"), (pdf.as_str(), "акт.pdf", "application/pdf")]);
+    assert_eq!(m.attachments[0].kind, v1::AttachmentKind::Image as i32);
+    for (id, bytes) in [(&picture, PNG.to_vec()), (&pdf, pdf_bytes)] {
+        let got = reqwest::Client::new()
+            .get(format!("http://{}/v1/attachments/{id}", app.webhooks_addr()))
+            .bearer_auth(fx.operator_token("anna"))
+            .send()
+            .await
+            .expect("ingest answers");
+        assert_eq!(got.status().as_u16(), 200, "{id}");
+        assert_eq!(got.bytes().await.expect("bytes").to_vec(), bytes, "{id}");
+    }
+    // Files alone, over HTTP: the operator reads what they are. A resend is the same message.
+    for _ in 0..2 {
+        let body = json!({"client_id": "m2", "attachment_ids": [picture]});
+        let (status, answer) = post(&app, "messages", ORIGIN, Some(&token), body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let m = desk_message(&mut desk).await;
+    assert_eq!((m.text.as_str(), m.attachments.len()), ("[photo]", 1));
+    desk.expect_quiet(Duration::from_millis(1000)).await;
+    app.stop().await;
+}

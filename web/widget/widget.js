@@ -34,6 +34,7 @@
   const TOKEN_MARGIN_MS = 5 * 60 * 1000;
   const ACTIVE_FOR_MS = 24 * 3600 * 1000;
   const MAX_TEXT_CHARS = 4096;
+  const MAX_FILES = 10;
   const MAX_KEPT = 200;
   const MAX_CONVS_KEPT = 20;
   const STATE_RANK = { sending: 0, sent: 1, accepted: 1, delivered: 2, read: 3 };
@@ -82,6 +83,15 @@
       stRead: 'Read',
       stFailed: 'Not sent',
       file: 'File',
+      attach: 'Attach a file',
+      removeFile: 'Remove {name}',
+      uploading: 'uploading…',
+      uploadFailed: 'not uploaded',
+      errFileType: 'This kind of file cannot be sent: pictures, sound, video, PDF, office documents, text or zip.',
+      errFileTooBig: 'The file is too large.',
+      errFileUpload: 'The file could not be uploaded. Please try again.',
+      errFilesWait: 'Wait until the files have uploaded.',
+      errTooManyFiles: 'At most {n} files a message.',
       errNotFound: 'The chat is not available right now. We will keep trying.',
       errForbidden: 'The chat cannot be opened on this page.',
       errIdentity: 'We could not confirm your account. Please reload the page or sign in again.',
@@ -133,6 +143,15 @@
       stRead: 'Прочитано',
       stFailed: 'Не отправлено',
       file: 'Файл',
+      attach: 'Прикрепить файл',
+      removeFile: 'Убрать {name}',
+      uploading: 'загружается…',
+      uploadFailed: 'не загружен',
+      errFileType: 'Такой файл отправить нельзя: картинки, звук, видео, PDF, офисные документы, текст или zip.',
+      errFileTooBig: 'Файл слишком большой.',
+      errFileUpload: 'Не удалось загрузить файл. Попробуйте ещё раз.',
+      errFilesWait: 'Подождите, пока файлы загрузятся.',
+      errTooManyFiles: 'Не больше {n} файлов в сообщении.',
       errNotFound: 'Чат сейчас недоступен. Мы продолжаем попытки.',
       errForbidden: 'Чат нельзя открыть на этой странице.',
       errIdentity: 'Не удалось подтвердить вашу учётную запись. Обновите страницу или войдите снова.',
@@ -310,6 +329,8 @@
   const ICON_CHAT =
     'M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2zm3 6.5a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01z';
   const ICON_SEND = 'M3 20.5 21 12 3 3.5 3 10l12 2-12 2z';
+  const ICON_ATTACH =
+    'M16.5 6v11.5a4 4 0 0 1-8 0V5a2.5 2.5 0 0 1 5 0v10.5a1 1 0 0 1-2 0V6H10v9.5a2.5 2.5 0 0 0 5 0V5a4 4 0 0 0-8 0v12.5a5.5 5.5 0 0 0 11 0V6z';
   const ICON_CLOSE =
     'M6.4 5 12 10.6 17.6 5 19 6.4 13.4 12 19 17.6 17.6 19 12 13.4 6.4 19 5 17.6 10.6 12 5 6.4z';
 
@@ -411,6 +432,18 @@ button{font:inherit;margin:0}
 .send{flex:none;width:40px;height:40px;border:0;border-radius:10px;padding:0;background:var(--pw-accent);color:var(--pw-on-accent);
   cursor:pointer;display:flex;align-items:center;justify-content:center}
 .send svg{width:20px;height:20px;fill:currentColor}
+.attach{flex:none;width:36px;height:40px;border:0;border-radius:10px;padding:0;background:transparent;color:#3d4652;cursor:pointer;
+  display:flex;align-items:center;justify-content:center}
+.attach:hover{background:#eef1f5}
+.attach svg{width:22px;height:22px;fill:currentColor}
+.chips{display:flex;flex-wrap:wrap;gap:6px;padding:8px 12px 0;border-top:1px solid #dfe4ea;background:#fff}
+.chip{display:inline-flex;align-items:center;gap:4px;max-width:100%;padding:3px 4px 3px 10px;border:1px solid #c5ccd6;border-radius:14px;
+  font-size:12.5px;color:#1b1f24;background:#f6f8fa}
+.chip[data-state=failed]{border-color:#b3261e;color:#7d1a12}
+.chip-name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;max-width:180px}
+.chip-state{color:#4f5a68}
+.chip button{width:22px;height:22px;border:0;border-radius:50%;padding:0;background:transparent;color:inherit;cursor:pointer;font-size:15px;line-height:1}
+.chip button:hover{background:#e2e6eb}
 .vh{position:absolute!important;width:1px;height:1px;padding:0;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap;border:0}
 :focus{outline:none}
 :focus-visible{outline:3px solid #1b1f24;outline-offset:2px;box-shadow:0 0 0 2px #fff}
@@ -459,6 +492,7 @@ button{font:inherit;margin:0}
       this.isOpen = false;
       this.nodes = new Map(); // item key -> element
       this.sentAt = new Map(); // client_id -> when last sent on this socket
+      this.files = []; // files chosen for the next message: {key, name, mime, state, id, preview, abort}
       this.readInFlight = new Set();
       this.lastTypingAt = 0;
       this.errorKind = '';
@@ -494,6 +528,8 @@ button{font:inherit;margin:0}
       if (!Array.isArray(s.items)) s.items = [];
       if (!s.convs || typeof s.convs !== 'object') s.convs = {};
       if (!s.status || typeof s.status !== 'object') s.status = { kind: 'none' };
+      // Pictures of the visitor's own files were shown from this page's memory.
+      for (const item of s.items) for (const f of item.att || []) if (f.own) f.url = undefined;
       return s;
     }
 
@@ -603,7 +639,12 @@ button{font:inherit;margin:0}
       this.sendBtn = el('button', { type: 'button', class: 'send', 'data-testid': 'widget-send', 'aria-label': t.send, title: t.send }, [
         icon(ICON_SEND),
       ]);
-      const composer = el('div', { class: 'composer' }, [label, this.input, this.sendBtn]);
+      this.attachBtn = el('button', { type: 'button', class: 'attach', 'data-testid': 'widget-attach', 'aria-label': t.attach, title: t.attach }, [
+        icon(ICON_ATTACH),
+      ]);
+      this.fileInput = el('input', { type: 'file', multiple: '', hidden: true, 'data-testid': 'widget-file-input', tabindex: '-1' });
+      this.chipsEl = el('div', { class: 'chips', 'data-testid': 'widget-attachments', hidden: true });
+      const composer = el('div', { class: 'composer' }, [label, this.attachBtn, this.fileInput, this.input, this.sendBtn]);
 
       this.panel = el(
         'div',
@@ -616,7 +657,7 @@ button{font:inherit;margin:0}
           'aria-label': cfg.theme.title || t.dialog,
           hidden: true,
         },
-        [header, this.queueEl, this.logEl, this.typingEl, this.endedEl, this.errorEl, composer],
+        [header, this.queueEl, this.logEl, this.typingEl, this.endedEl, this.errorEl, this.chipsEl, composer],
       );
 
       root.appendChild(this.panel);
@@ -647,6 +688,18 @@ button{font:inherit;margin:0}
       this.sendBtn.addEventListener('click', () => {
         this.sendTyped();
         this.input.focus();
+      });
+      this.attachBtn.addEventListener('click', () => this.fileInput.click());
+      this.fileInput.addEventListener('change', () => {
+        this.addFiles(Array.from(this.fileInput.files || []));
+        this.fileInput.value = '';
+      });
+      this.input.addEventListener('paste', (e) => {
+        const files = Array.from((e.clipboardData && e.clipboardData.files) || []);
+        if (files.length) {
+          e.preventDefault();
+          this.addFiles(files);
+        }
       });
       document.addEventListener('visibilitychange', this.onVisibility);
       window.addEventListener('online', this.onOnline);
@@ -1352,7 +1405,12 @@ button{font:inherit;margin:0}
 
     sendTyped() {
       const text = this.input.value.replace(/\u0000/g, '');
-      if (!text.trim()) return;
+      const files = this.files.filter((f) => f.state === 'ready');
+      if (!text.trim() && !files.length) return;
+      if (this.files.some((f) => f.state === 'uploading')) {
+        this.showError('errFilesWait', 'message');
+        return;
+      }
       if (codePoints(text) > MAX_TEXT_CHARS) {
         this.showError('errTooLong', 'message', { n: MAX_TEXT_CHARS });
         return;
@@ -1360,9 +1418,12 @@ button{font:inherit;margin:0}
       this.clearError('message');
       const cid = newClientId();
       const item = { k: 'm', cid: cid, from: 'customer', text: text, at: now(), st: 'sending' };
+      if (files.length) item.att = files.map((f) => ({ name: f.name, mime: f.mime, url: f.preview, own: true }));
       this.itemKey(item);
       this.state.items.push(item);
-      this.state.outbox.push({ client_id: cid, text: text });
+      this.state.outbox.push({ client_id: cid, text: text, attachment_ids: files.map((f) => f.id) });
+      this.files = [];
+      this.renderChips();
       this.input.value = '';
       this.autosize();
       this.persist();
@@ -1386,7 +1447,8 @@ button{font:inherit;margin:0}
       for (const o of this.state.outbox) {
         const at = this.sentAt.get(o.client_id);
         if (at && t - at < RESEND_AFTER_MS) continue;
-        if (!this.sendFrame({ type: 'message', client_id: o.client_id, text: o.text })) return;
+        const frame = { type: 'message', client_id: o.client_id, text: o.text, attachment_ids: o.attachment_ids || [] };
+        if (!this.sendFrame(frame)) return;
         this.sentAt.set(o.client_id, t);
       }
     }
@@ -1402,7 +1464,9 @@ button{font:inherit;margin:0}
         this.timers.post = setTimeout(() => this.postNext(), delay);
       };
       this.ensureSession()
-        .then((token) => this.http('POST', 'messages', { client_id: o.client_id, text: o.text }, token))
+        .then((token) =>
+          this.http('POST', 'messages', { client_id: o.client_id, text: o.text, attachment_ids: o.attachment_ids || [] }, token),
+        )
         .then(
           (res) => {
             this.posting = false;
@@ -1464,6 +1528,89 @@ button{font:inherit;margin:0}
       // Not stored this time ("send it again with the same client_id"): it stays in the outbox.
       this.sentAt.set(clientId, now() - RESEND_AFTER_MS + 3000);
       if (code === 'unavailable') this.showError('errBusy', 'message');
+    }
+
+    // -- Files --
+
+    /** Files the visitor chose: each uploaded at once, shown as a chip until sent or removed. */
+    addFiles(list) {
+      for (const file of list) {
+        if (this.files.length >= MAX_FILES) {
+          this.showError('errTooManyFiles', 'message', { n: MAX_FILES });
+          break;
+        }
+        const mime = String(file.type || 'application/octet-stream').toLowerCase();
+        const f = { key: newClientId(), name: String(file.name || '').slice(0, 255), mime: mime, state: 'uploading', id: '', preview: undefined };
+        if (mime.indexOf('image/') === 0 && mime !== 'image/svg+xml' && window.URL && URL.createObjectURL) f.preview = URL.createObjectURL(file);
+        this.files.push(f);
+        this.upload(f, file);
+      }
+      this.renderChips();
+      if (!this.started) this.start();
+    }
+
+    upload(f, file) {
+      const abort = typeof AbortController === 'function' ? new AbortController() : null;
+      f.abort = abort;
+      this.ensureSession()
+        .then((token) =>
+          fetch(this.api + 'files?name=' + encodeURIComponent(f.name), {
+            method: 'POST',
+            headers: { 'Content-Type': f.mime, Authorization: 'Bearer ' + token },
+            body: file,
+            credentials: 'omit',
+            cache: 'no-store',
+            mode: 'cors',
+            signal: abort ? abort.signal : undefined,
+          }),
+        )
+        .then((r) => r.json().catch(() => null).then((data) => ({ ok: r.ok, status: r.status, data: data })))
+        .then(
+          (res) => {
+            if (this.files.indexOf(f) < 0) return;
+            if (res.ok && res.data && typeof res.data.id === 'string') {
+              f.id = res.data.id;
+              f.state = 'ready';
+            } else {
+              f.state = 'failed';
+              const code = (res.data && res.data.error && res.data.error.code) || codeForStatus(res.status);
+              if (code === 'unsupported_type') this.showError('errFileType', 'message');
+              else if (code === 'too_large') this.showError('errFileTooBig', 'message');
+              else this.showError('errFileUpload', 'message');
+            }
+            this.renderChips();
+          },
+          () => {
+            if (this.files.indexOf(f) < 0) return;
+            f.state = 'failed';
+            this.showError('errFileUpload', 'message');
+            this.renderChips();
+          },
+        );
+    }
+
+    removeFile(f) {
+      this.files = this.files.filter((x) => x !== f);
+      if (f.abort) f.abort.abort();
+      if (f.preview) URL.revokeObjectURL(f.preview);
+      this.renderChips();
+      this.input.focus();
+    }
+
+    renderChips() {
+      const t = this.t;
+      this.chipsEl.replaceChildren();
+      for (const f of this.files) {
+        const name = el('span', { class: 'chip-name' });
+        name.textContent = f.name || t.file;
+        const state = el('span', { class: 'chip-state' });
+        state.textContent = f.state === 'uploading' ? t.uploading : f.state === 'failed' ? t.uploadFailed : '';
+        const remove = el('button', { type: 'button', 'aria-label': fmt(t.removeFile, { name: f.name || t.file }) });
+        remove.textContent = '×';
+        remove.addEventListener('click', () => this.removeFile(f));
+        this.chipsEl.appendChild(el('span', { class: 'chip', 'data-testid': 'widget-attachment', 'data-state': f.state }, [name, state, remove]));
+      }
+      this.chipsEl.hidden = !this.files.length;
     }
 
     typed() {

@@ -30,7 +30,7 @@ pub use ids::{
 };
 pub use message::{
     Attachment, AttachmentKind, DeliveryState, InvalidAttachment, InvalidText, MAX_ATTACHMENTS, MAX_TEXT_CHARS,
-    Message, Quoted, Sender, check_attachment, check_text,
+    Message, Quoted, Sender, check_attachment, check_text, parse_attachment_ids,
 };
 pub use operator::{InvalidConfig, Operator, OperatorStatus, Queue, Role, SkillLevel, check_display_name};
 pub use time::Timestamp;

@@ -179,6 +179,23 @@ pub enum InvalidAttachment {
     Mime(String),
 }
 
+/// Parses the `attachment_ids` of a message: at most `max`, each an attachment id, none
+/// twice. The error names the field.
+pub fn parse_attachment_ids(ids: &[String], max: usize) -> Result<Vec<crate::AttachmentId>, String> {
+    if ids.len() > max {
+        return Err(format!("attachment_ids: at most {max} files a message"));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, raw) in ids.iter().enumerate() {
+        let id = crate::AttachmentId::parse(raw).map_err(|e| format!("attachment_ids[{i}]: {e}"))?;
+        if out.contains(&id) {
+            return Err(format!("attachment_ids[{i}]: named twice"));
+        }
+        out.push(id);
+    }
+    Ok(out)
+}
+
 /// Checks what an attachment says of itself: a file name of printable characters, a MIME
 /// type that is `type/subtype` in visible ASCII (parameters allowed), or empty ones.
 pub fn check_attachment(a: &Attachment) -> Result<(), InvalidAttachment> {
@@ -226,6 +243,20 @@ pub struct Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachment_ids_are_parsed_bounded_and_named_once() {
+        let a = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_owned();
+        let b = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c".to_owned();
+        assert_eq!(parse_attachment_ids(&[a.clone(), b.clone()], 2).map(|v| v.len()), Ok(2));
+        assert_eq!(
+            parse_attachment_ids(&[a.clone(), b.clone()], 1),
+            Err("attachment_ids: at most 1 files a message".into())
+        );
+        assert_eq!(parse_attachment_ids(&[a.clone(), a.clone()], 5), Err("attachment_ids[1]: named twice".into()));
+        let bad = parse_attachment_ids(&[a, "x".into()], 5).unwrap_err();
+        assert!(bad.starts_with("attachment_ids[1]: "), "{bad}");
+    }
 
     #[test]
     fn names_round_trip() {

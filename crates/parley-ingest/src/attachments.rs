@@ -307,6 +307,7 @@ impl MediaWorker {
                     file_name: meta.file_name.clone(),
                     size: bytes.len() as u64,
                     digest: String::new(),
+                    owner: String::new(),
                 };
                 let stored = self.store.put(tenant, id, file, Bytes::from(bytes)).await.map_err(|e| e.to_string())?;
                 tracing::info!(%tenant, attachment = %id, size = stored.size, mime = %stored.mime, "attachment stored");
@@ -407,7 +408,7 @@ fn unavailable(e: parley_nats::media::MediaError) -> WebhookError {
 
 /// The `?name=` of an upload.
 #[derive(Debug, Deserialize)]
-struct UploadQuery {
+pub(crate) struct UploadQuery {
     #[serde(default)]
     name: String,
 }
@@ -422,61 +423,86 @@ async fn upload(
 ) -> Response {
     let stored = async {
         let principal = tenant_principal(&s, &headers).await?;
-        let invalid = |m: String| WebhookError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
-        let Query(query) = query.map_err(|e| invalid(format!("query: {e}")))?;
-        let body = body.map_err(|e| match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => WebhookError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the file is larger than {} bytes", s.policy.max_bytes),
-            ),
-            _ => invalid(format!("body: {e}")),
-        })?;
-        if body.is_empty() {
-            return Err(invalid("the file is empty".into()));
-        }
-        let mime = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|m| m.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        if !s.policy.type_allowed(&mime) {
-            return Err(WebhookError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_type",
-                format!(
-                    "content type {mime:?} is not one customers may be sent (pictures, sound, video, PDF, office documents, text, zip)"
-                ),
-            ));
-        }
-        let attachment = Attachment {
-            id: AttachmentId::from_uuid(uuid::Uuid::now_v7()),
-            kind: AttachmentKind::from_mime(&mime),
-            mime: mime.clone(),
-            file_name: query.name.trim().to_owned(),
-            size: body.len() as u64,
-        };
-        parley_domain::check_attachment(&attachment).map_err(|e| invalid(format!("name: {e}")))?;
-        let file =
-            StoredFile { mime, file_name: attachment.file_name.clone(), size: attachment.size, digest: String::new() };
-        s.store.put(&principal.tenant, attachment.id, file, body).await.map_err(unavailable)?;
-        tracing::info!(tenant = %principal.tenant, attachment = %attachment.id, by = %principal.subject, size = attachment.size, "file uploaded");
-        Ok::<_, WebhookError>(attachment)
+        let a = store_upload(&*s.store, &s.policy, &principal.tenant, &headers, query, body, String::new()).await?;
+        tracing::info!(tenant = %principal.tenant, attachment = %a.id, by = %principal.subject, size = a.size, "file uploaded");
+        Ok::<_, WebhookError>(a)
     };
     match stored.await {
-        Ok(a) => (
-            StatusCode::CREATED,
-            parley_kit::axum::Json(serde_json::json!({
-                "id": a.id.to_string(),
-                "kind": a.kind.as_str(),
-                "mime_type": a.mime,
-                "file_name": a.file_name,
-                "size_bytes": a.size,
-            })),
-        )
-            .into_response(),
+        Ok(a) => uploaded(&a),
         Err(e) => e.into_response(),
     }
+}
+
+/// Checks and stores an uploaded file (raw body, its `Content-Type`, `?name=`): not empty,
+/// within the size limit, of a type customers may be sent, with a clean name.
+pub(crate) async fn store_upload(
+    store: &dyn MediaStore,
+    policy: &FetchPolicy,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+    owner: String,
+) -> Result<Attachment, WebhookError> {
+    let invalid = |m: String| WebhookError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
+    let Query(query) = query.map_err(|e| invalid(format!("query: {e}")))?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => WebhookError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the file is larger than {} bytes", policy.max_bytes),
+        ),
+        _ => invalid(format!("body: {e}")),
+    })?;
+    if body.is_empty() {
+        return Err(invalid("the file is empty".into()));
+    }
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !policy.type_allowed(&mime) {
+        return Err(WebhookError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_type",
+            format!(
+                "content type {mime:?} is not one customers may be sent (pictures, sound, video, PDF, office documents, text, zip)"
+            ),
+        ));
+    }
+    let attachment = Attachment {
+        id: AttachmentId::from_uuid(uuid::Uuid::now_v7()),
+        kind: AttachmentKind::from_mime(&mime),
+        mime: mime.clone(),
+        file_name: query.name.trim().to_owned(),
+        size: body.len() as u64,
+    };
+    parley_domain::check_attachment(&attachment).map_err(|e| invalid(format!("name: {e}")))?;
+    let file = StoredFile {
+        mime,
+        file_name: attachment.file_name.clone(),
+        size: attachment.size,
+        digest: String::new(),
+        owner,
+    };
+    store.put(tenant, attachment.id, file, body).await.map_err(unavailable)?;
+    Ok(attachment)
+}
+
+/// The answer to an upload: `201` with the attachment.
+pub(crate) fn uploaded(a: &Attachment) -> Response {
+    (
+        StatusCode::CREATED,
+        parley_kit::axum::Json(serde_json::json!({
+            "id": a.id.to_string(),
+            "kind": a.kind.as_str(),
+            "mime_type": a.mime,
+            "file_name": a.file_name,
+            "size_bytes": a.size,
+        })),
+    )
+        .into_response()
 }
 
 async fn serve(State(s): State<Arc<Serving>>, Path(id): Path<String>, headers: HeaderMap) -> Response {

@@ -190,6 +190,8 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         token_key: webchat::token_key(config.auth.signing_key.expose().as_bytes()),
         link_key: parley_channels::media_link_key(config.auth.signing_key.expose().as_bytes()),
         shutdown: token.clone(),
+        store: store.clone(),
+        policy: config.media.policy(),
     };
     let serving = attachments::Serving {
         auth: auth.clone(),

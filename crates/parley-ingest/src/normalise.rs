@@ -168,23 +168,29 @@ pub fn text(m: &InboundMessage) -> String {
     truncate(&text, MAX_TEXT_CHARS)
 }
 
+/// What a message of `count` files and no text says in its place ("[photo]", "[document:
+/// name] (+2 more)"), by its first file.
+pub fn files_placeholder(first: MediaKind, first_name: Option<&str>, count: usize) -> String {
+    let what = match first {
+        MediaKind::Image => "[photo]".to_owned(),
+        MediaKind::Video => "[video]".to_owned(),
+        MediaKind::Audio => "[audio]".to_owned(),
+        MediaKind::Voice => "[voice message]".to_owned(),
+        MediaKind::Sticker => "[sticker]".to_owned(),
+        MediaKind::Document => match first_name.map(without_controls) {
+            Some(name) if !name.trim().is_empty() => format!("[document: {}]", truncate(&name, 200)),
+            _ => "[document]".to_owned(),
+        },
+    };
+    match count {
+        0 | 1 => what,
+        n => format!("{what} (+{} more)", n - 1),
+    }
+}
+
 fn placeholder(m: &InboundMessage) -> String {
     if let Some(first) = m.attachments.first() {
-        let what = match first.kind {
-            MediaKind::Image => "[photo]".to_owned(),
-            MediaKind::Video => "[video]".to_owned(),
-            MediaKind::Audio => "[audio]".to_owned(),
-            MediaKind::Voice => "[voice message]".to_owned(),
-            MediaKind::Sticker => "[sticker]".to_owned(),
-            MediaKind::Document => match first.file_name.as_deref().map(without_controls) {
-                Some(name) if !name.trim().is_empty() => format!("[document: {}]", truncate(&name, 200)),
-                _ => "[document]".to_owned(),
-            },
-        };
-        return match m.attachments.len() {
-            1 => what,
-            n => format!("{what} (+{} more)", n - 1),
-        };
+        return files_placeholder(first.kind, first.file_name.as_deref(), m.attachments.len());
     }
     if let Some(l) = &m.location {
         let name = l.name.as_deref().or(l.address.as_deref()).map(without_controls);

@@ -176,6 +176,7 @@ impl Postmaster {
                     file_name: meta.file_name.clone(),
                     size: part.bytes.len() as u64,
                     digest: String::new(),
+                    owner: String::new(),
                 };
                 self.store
                     .put(tenant, id, file, Bytes::copy_from_slice(&part.bytes))

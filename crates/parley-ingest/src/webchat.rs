@@ -21,6 +21,9 @@
 //! - Long-poll fallback for networks that break WebSockets: `GET …/updates?token=…&after=N`
 //!   (answers as soon as there is something, or after 25 s with nothing) and
 //!   `POST …/messages` with `Authorization: Bearer <token>`.
+//! - `POST …/files?name=…` with the token: a file the visitor will send, stored at once and
+//!   marked as this visitor's; a message names up to 10 such files by id
+//!   (`attachment_ids`), and only the visitor who uploaded a file can name it.
 //!
 //! Browsers are held to the config's `allowed_origins` (an empty list allows any origin).
 //! Errors are JSON, as the webhooks' are.
@@ -31,19 +34,25 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use parley_channels::{ct_eq, hmac_sha256, verify_hex_sha256};
-use parley_domain::{Channel, ConversationId, CustomerId, MessageId, TenantId, check_text};
+use parley_domain::{
+    AttachmentKind, Channel, ConversationId, CustomerId, MessageId, TenantId, check_text, parse_attachment_ids,
+};
+use parley_kit::axum::extract::rejection::{BytesRejection, QueryRejection};
 use parley_kit::axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use parley_kit::axum::extract::{Path, Query, State};
+use parley_kit::axum::extract::{DefaultBodyLimit, Path, Query, State};
 use parley_kit::axum::http::{HeaderMap, StatusCode, header};
 use parley_kit::axum::response::{IntoResponse, Response};
 use parley_kit::axum::{Json, Router, routing};
 use parley_kit::clock;
-use parley_nats::{ConfigCache, Publisher, tail, topology};
+use parley_nats::{ConfigCache, MediaStore, Publisher, Stored, tail, topology};
 use parley_proto::v1::channel_config::Settings;
 use parley_proto::{convert, events, v1};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use crate::attachments::{UploadQuery, store_upload, uploaded};
+use crate::media::FetchPolicy;
 
 /// How long a visitor token is good for.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -67,7 +76,13 @@ pub struct WebChat {
     /// Signs the links to the files operators send (`/v1/media/…`, served beside).
     pub link_key: [u8; 32],
     pub shutdown: CancellationToken,
+    /// Where visitors' files go, and what they may send (the same as operators).
+    pub store: Arc<dyn MediaStore>,
+    pub policy: FetchPolicy,
 }
+
+/// The most files one visitor message carries.
+const MAX_VISITOR_FILES: usize = 10;
 
 /// The routes, to merge into the public router.
 pub fn router(chat: WebChat) -> Router {
@@ -76,6 +91,10 @@ pub fn router(chat: WebChat) -> Router {
         .route("/webchat/{tenant}/{channel_config_id}/ws", routing::get(socket))
         .route("/webchat/{tenant}/{channel_config_id}/updates", routing::get(poll).options(preflight))
         .route("/webchat/{tenant}/{channel_config_id}/messages", routing::post(post_message).options(preflight))
+        .route(
+            "/webchat/{tenant}/{channel_config_id}/files",
+            routing::post(upload_file).options(preflight).layer(DefaultBodyLimit::max(chat.policy.max_bytes)),
+        )
         .layer(parley_kit::axum::middleware::map_response(cross_origin))
         .route("/widget.js", routing::get(widget))
         .with_state(Arc::new(chat))
@@ -178,6 +197,11 @@ pub struct Visitor {
 }
 
 impl Visitor {
+    /// Whose files a visitor's uploads are: only this visitor, in this chat, may send them.
+    fn owner(&self) -> String {
+        format!("webchat:{}:{}", self.channel_config_id, self.address)
+    }
+
     fn customer(&self) -> CustomerId {
         CustomerId::derive(&self.tenant, Channel::WebChat, &self.address)
     }
@@ -333,11 +357,59 @@ impl WebChat {
             .map_err(|e| ChatError::unavailable(format!("not noted ({e}); send it again")))
     }
 
+    /// The files a visitor's message names: each uploaded by this visitor in this chat, once.
+    async fn visitor_files(&self, v: &Visitor, ids: &[String]) -> ChatResult<Vec<events::InboundAttachment>> {
+        let ids = parse_attachment_ids(ids, MAX_VISITOR_FILES).map_err(ChatError::bad)?;
+        let mut files = Vec::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            let stored = self.store.head(&v.tenant, id).await.map_err(|e| ChatError::unavailable(e.to_string()))?;
+            let file = match stored {
+                Some(Stored::File(f)) if ct_eq(f.owner.as_bytes(), v.owner().as_bytes()) => f,
+                _ => {
+                    return Err(ChatError::new(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("attachment_ids[{i}]: no file {id} was uploaded in this chat"),
+                    ));
+                }
+            };
+            files.push(events::InboundAttachment {
+                attachment: Some(v1::Attachment {
+                    id: id.to_string(),
+                    kind: convert::attachment_kind(AttachmentKind::from_mime(&file.mime)) as i32,
+                    mime_type: file.mime,
+                    file_name: file.file_name,
+                    size_bytes: file.size,
+                }),
+                // Stored already: nothing for the media worker to fetch.
+                provider_ref: String::new(),
+            });
+        }
+        Ok(files)
+    }
+
     /// Stores a visitor's message; the same `client_id` again is the same message.
-    async fn submit(&self, v: &Visitor, client_id: &str, text: &str) -> ChatResult<(MessageId, bool)> {
+    async fn submit(
+        &self,
+        v: &Visitor,
+        client_id: &str,
+        text: &str,
+        attachment_ids: &[String],
+    ) -> ChatResult<(MessageId, bool)> {
         if client_id.is_empty() || client_id.len() > 128 || !client_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(ChatError::bad("client_id must be 1 to 128 printable ASCII characters"));
         }
+        let files = self.visitor_files(v, attachment_ids).await?;
+        // Files may go without text: the operator then reads what they are.
+        let text = match files.first().and_then(|f| f.attachment.as_ref()) {
+            Some(first) if text.trim().is_empty() => {
+                let kind = AttachmentKind::from_mime(&first.mime_type);
+                let name = (!first.file_name.is_empty()).then_some(first.file_name.as_str());
+                crate::normalise::files_placeholder(kind, name, files.len())
+            }
+            _ => text.to_owned(),
+        };
+        let text = text.as_str();
         check_text(text).map_err(|e| ChatError::bad(e.to_string()))?;
         let customer = v.customer();
         let key = format!("{}:{client_id}", v.address);
@@ -354,6 +426,7 @@ impl WebChat {
             verified_phone: v.phone.clone(),
             channel_message_id: client_id.to_owned(),
             receive_time: Some(convert::timestamp(clock::now())),
+            attachments: files,
             ..Default::default()
         };
         let kind = events::inbound_envelope::Kind::CustomerMessage(message);
@@ -478,7 +551,7 @@ async fn socket(
 /// empty; what they must hold is checked where they are used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Message { client_id: String, text: String },
+    Message { client_id: String, text: String, attachment_ids: Vec<String> },
     Read { conversation_id: String, message_id: String },
     Typing { conversation_id: String },
     Ping,
@@ -490,7 +563,18 @@ impl Frame {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
         let field = |name: &str| v[name].as_str().unwrap_or_default().to_owned();
         match v["type"].as_str() {
-            Some("message") => Ok(Frame::Message { client_id: field("client_id"), text: field("text") }),
+            Some("message") => {
+                let ids = match &v["attachment_ids"] {
+                    Value::Null => Vec::new(),
+                    Value::Array(ids) => ids
+                        .iter()
+                        .map(|id| id.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or("attachment_ids must be a list of strings")?,
+                    _ => return Err("attachment_ids must be a list of strings".into()),
+                };
+                Ok(Frame::Message { client_id: field("client_id"), text: field("text"), attachment_ids: ids })
+            }
             Some("read") => {
                 Ok(Frame::Read { conversation_id: field("conversation_id"), message_id: field("message_id") })
             }
@@ -537,7 +621,7 @@ async fn converse(chat: Arc<WebChat>, visitor: Visitor, mut feed: tail::Tail, ws
                 };
                 let answer = match Frame::parse(&text) {
                     Err(message) => json!({"type": "error", "code": "invalid_argument", "message": message}),
-                    Ok(Frame::Message { client_id, text }) => match chat.submit(&visitor, &client_id, &text).await {
+                    Ok(Frame::Message { client_id, text, attachment_ids }) => match chat.submit(&visitor, &client_id, &text, &attachment_ids).await {
                         Ok((id, duplicate)) => json!({"type": "accepted", "client_id": client_id,
                                                       "message_id": id.to_string(), "duplicate": duplicate}),
                         Err(e) => json!({"type": "error", "client_id": client_id, "code": e.code, "message": e.message}),
@@ -600,7 +684,10 @@ async fn poll(
 #[serde(deny_unknown_fields)]
 struct PostMessage {
     client_id: String,
+    #[serde(default)]
     text: String,
+    #[serde(default)]
+    attachment_ids: Vec<String>,
 }
 
 async fn post_message(
@@ -609,15 +696,42 @@ async fn post_message(
     headers: HeaderMap,
     body: parley_kit::axum::body::Bytes,
 ) -> ChatResult<Json<Value>> {
-    let bearer = headers
+    let visitor = chat.visitor(&tenant, &config, bearer(&headers), &headers)?;
+    let m: PostMessage = parse_json(&body)?;
+    let (id, duplicate) = chat.submit(&visitor, &m.client_id, &m.text, &m.attachment_ids).await?;
+    Ok(Json(json!({"message_id": id.to_string(), "duplicate": duplicate})))
+}
+
+/// The visitor's bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let visitor = chat.visitor(&tenant, &config, bearer, &headers)?;
-    let m: PostMessage = parse_json(&body)?;
-    let (id, duplicate) = chat.submit(&visitor, &m.client_id, &m.text).await?;
-    Ok(Json(json!({"message_id": id.to_string(), "duplicate": duplicate})))
+        .map(str::trim)
+}
+
+/// `POST …/files?name=`: a file the visitor will send (raw body with its `Content-Type`,
+/// `Authorization: Bearer <visitor token>`); the same checks as operators' uploads. Only
+/// this visitor can then name it in a message.
+async fn upload_file(
+    State(chat): State<Arc<WebChat>>,
+    Path((tenant, config)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    body: Result<parley_kit::axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let visitor = match chat.visitor(&tenant, &config, bearer(&headers), &headers) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match store_upload(&*chat.store, &chat.policy, &visitor.tenant, &headers, query, body, visitor.owner()).await {
+        Ok(a) => {
+            tracing::info!(tenant = %visitor.tenant, attachment = %a.id, size = a.size, "visitor file uploaded");
+            uploaded(&a)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 fn time_ms(t: Option<&parley_proto::Timestamp>) -> i64 {

@@ -31,6 +31,9 @@ pub struct StoredFile {
     pub size: u64,
     /// `SHA-256=<base64url>`, as the store computed it.
     pub digest: String,
+    /// Who put it there, when only they may use it (a web chat visitor:
+    /// `webchat:<config>:<address>`); empty otherwise.
+    pub owner: String,
 }
 
 impl StoredFile {
@@ -125,6 +128,7 @@ fn name(tenant: &TenantId, id: AttachmentId) -> String {
 const MIME: &str = "mime";
 const FILE_NAME: &str = "file-name";
 const FAILED: &str = "failed";
+const OWNER: &str = "owner";
 
 /// JetStream Object Store as the media store: one bucket, chunked objects, SHA-256 digests.
 #[derive(Clone)]
@@ -161,6 +165,7 @@ fn stored(info: &object_store::ObjectInfo) -> Stored {
         file_name: info.metadata.get(FILE_NAME).cloned().unwrap_or_default(),
         size: info.size as u64,
         digest: info.digest.clone().unwrap_or_default(),
+        owner: info.metadata.get(OWNER).cloned().unwrap_or_default(),
     })
 }
 
@@ -177,6 +182,7 @@ impl MediaStore for ObjectMedia {
             metadata: HashMap::from([
                 (MIME.to_owned(), file.mime.clone()),
                 (FILE_NAME.to_owned(), file.file_name.clone()),
+                (OWNER.to_owned(), file.owner.clone()),
             ]),
             ..Default::default()
         };
@@ -249,7 +255,13 @@ mod tests {
 
     #[test]
     fn only_pictures_sound_and_video_show_inline() {
-        let file = |mime: &str| StoredFile { mime: mime.into(), file_name: "x".into(), size: 1, digest: "d".into() };
+        let file = |mime: &str| StoredFile {
+            mime: mime.into(),
+            file_name: "x".into(),
+            size: 1,
+            digest: "d".into(),
+            owner: String::new(),
+        };
         let disposition = |mime: &str| {
             file(mime).response(Bytes::new()).headers()[header::CONTENT_DISPOSITION].to_str().unwrap().to_owned()
         };

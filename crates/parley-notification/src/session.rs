@@ -15,8 +15,8 @@ use parley_channels::segments::{self, SegmentCount, SmsEncoding};
 use parley_channels::whatsapp;
 use parley_domain::Status as ConversationStatus;
 use parley_domain::{
-    AttachmentId, AttachmentKind, Channel, ConversationId, MAX_ATTACHMENTS, MessageId, OperatorId, Role, Sender,
-    TenantId, check_text,
+    AttachmentKind, Channel, ConversationId, MAX_ATTACHMENTS, MessageId, OperatorId, Role, Sender, TenantId,
+    check_text, parse_attachment_ids,
 };
 use parley_kit::auth::{Principal, principal, require};
 use parley_kit::clock;
@@ -399,15 +399,9 @@ impl Sessions {
 
     /// The stored files a reply names, as attachments: each a file of the tenant, once.
     async fn reply_files(&self, tenant: &TenantId, ids: &[String]) -> Result<Vec<v1::Attachment>, ApiError> {
-        if ids.len() > MAX_ATTACHMENTS {
-            return Err(ApiError::invalid(format!("attachment_ids: at most {MAX_ATTACHMENTS}")));
-        }
+        let ids = parse_attachment_ids(ids, MAX_ATTACHMENTS).map_err(ApiError::invalid)?;
         let mut files = Vec::with_capacity(ids.len());
-        for (i, raw) in ids.iter().enumerate() {
-            let id = AttachmentId::parse(raw).map_err(|e| ApiError::invalid(format!("attachment_ids[{i}]: {e}")))?;
-            if ids[..i].contains(raw) {
-                return Err(ApiError::invalid(format!("attachment_ids[{i}]: named twice")));
-            }
+        for (i, id) in ids.into_iter().enumerate() {
             let stored = self.store.head(tenant, id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
             let Some(Stored::File(file)) = stored else {
                 return Err(ApiError::NotFound(format!("attachment_ids[{i}]: no file {id} was uploaded")));
