@@ -229,16 +229,7 @@ async fn a_visitor_chats_with_an_operator_and_misses_nothing_across_a_reconnect(
         }
     };
     assert_eq!(thanks, "Спасибо!");
-    let polled = reqwest::Client::new()
-        .get(url(&app, &format!("updates?token={token}&after={seen}")))
-        .header("Origin", ORIGIN)
-        .send()
-        .await
-        .expect("poll")
-        .bytes()
-        .await
-        .expect("a body");
-    let polled: Value = serde_json::from_slice(&polled).expect("JSON");
+    let polled = poll(&app, &token, seen).await;
     let texts: Vec<&str> = polled["updates"]
         .as_array()
         .expect("updates")
@@ -595,5 +586,65 @@ async fn a_visitor_s_files_reach_the_operator_and_nobody_else_can_send_them() {
     let m = desk_message(&mut desk).await;
     assert_eq!((m.text.as_str(), m.attachments.len()), ("[photo]", 1));
     desk.expect_quiet(Duration::from_millis(1000)).await;
+    app.stop().await;
+}
+
+/// A long poll as the widget sends it: the answer's JSON.
+async fn poll(app: &App, token: &str, after: u64) -> Value {
+    let answer = reqwest::Client::new()
+        .get(url(app, &format!("updates?token={token}&after={after}")))
+        .header("Origin", ORIGIN)
+        .send()
+        .await
+        .expect("ingest answers");
+    assert_eq!(answer.status().as_u16(), 200);
+    serde_json::from_slice(&answer.bytes().await.expect("a body")).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visitor_who_polls_only_after_writing_gets_everything_since_the_session_opened() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    // Another visitor's chat first, so the stream is not empty when Оля's session opens.
+    let other = session(&app, json!({})).await["token"].as_str().expect("a token").to_owned();
+    let (status, _) = post(&app, "messages", ORIGIN, Some(&other), json!({"client_id": "o1", "text": "Алло"})).await;
+    assert_eq!(status, 200);
+    assigned(&mut desk).await;
+    eventually(WAIT, "the other visitor's updates are on the stream", || async {
+        (app.stream_len("PARLEY_OUTBOUND").await > 0).then_some(())
+    })
+    .await;
+
+    // The widget in long-poll mode posts its first message before its first poll.
+    let s = session(&app, json!({"name": "Оля"})).await;
+    let token = s["token"].as_str().expect("a token").to_owned();
+    let after = s["after"].as_u64().expect("where the visitor's updates start");
+    assert!(after > 0, "the session says where the stream is: {s}");
+    let (status, posted) =
+        post(&app, "messages", ORIGIN, Some(&token), json!({"client_id": "m1", "text": "Добрый день"})).await;
+    assert_eq!(status, 200, "{posted}");
+    let conversation = assigned(&mut desk).await.conversation.expect("conversation");
+    let answer = desk.reply(&conversation.id, "r1", "Здравствуйте, Оля").await;
+    assert!(matches!(answer, v1::open_session_response::Frame::ReplyAccepted(_)), "{answer:?}");
+    // Its polls from the session's `after` have everything since, though it all came first;
+    // so do polls from 0 (every update kept for her), and nothing of the other visitor's.
+    for from in [after, 0] {
+        let mut seen = from;
+        let mut kinds: Vec<(String, String)> = Vec::new();
+        while !kinds.iter().any(|(k, t)| k == "message" && t == "Здравствуйте, Оля") {
+            let polled = poll(&app, &token, seen).await;
+            for u in polled["updates"].as_array().expect("updates") {
+                let text = u["update"]["text"].as_str().unwrap_or_default().to_owned();
+                kinds.push((u["update"]["kind"].as_str().unwrap_or_default().to_owned(), text));
+            }
+            let last = polled["last_seq"].as_u64().expect("last_seq");
+            assert!(last >= seen, "an answer never goes back: {last} after {seen}");
+            seen = last;
+        }
+        assert!(kinds.iter().any(|(k, _)| k == "operator_joined"), "from {from}: {kinds:?}");
+        assert_eq!(kinds.iter().filter(|(k, _)| k == "message").count(), 1, "from {from}: {kinds:?}");
+    }
     app.stop().await;
 }

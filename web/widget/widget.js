@@ -1090,6 +1090,9 @@ button{font:inherit;margin:0}
           s.token = d.token;
           s.expiresAt = Number(d.expires_at_ms) || now() + 23 * 3600 * 1000;
           if (typeof d.customer_id === 'string') s.customerId = d.customer_id;
+          // A new visitor's updates start where the stream was when the session opened:
+          // one from before the first poll or socket (the answer to a first message) is kept.
+          if (!s.lastSeq && Number(d.after) > 0) s.lastSeq = Number(d.after);
           if (!body.identity && typeof d.visitor_id === 'string' && d.visitor_id) {
             writeString(this.local, this.visitorKey, d.visitor_id);
           }

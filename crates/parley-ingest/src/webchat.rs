@@ -11,7 +11,8 @@
 //!   so it cannot be moved to another; it expires after a day.
 //! - `GET …/ws?token=…&after=N`: a WebSocket. Parley sends every update for the customer
 //!   after stream sequence `N` (messages, queue position, operator joined, conversation
-//!   ended, delivery states), each with its `seq`; a widget that reconnects passes the last
+//!   ended, delivery states), each with its `seq`; a new visitor starts from the `after` the
+//!   session answered with (0 replays every update kept for the customer); a widget that reconnects passes the last
 //!   `seq` it saw and gets exactly what it missed. Each update also has its conversation's
 //!   `version`: the widget ignores a status update older than one it applied. The widget sends messages, each with its
 //!   own `client_id` (a resend with the same id is stored once), `read` for a message the
@@ -306,10 +307,20 @@ impl WebChat {
         self.publisher.publish(topology::inbound_subject(&v.tenant, Channel::WebChat), dedupe_id, key, &envelope).await
     }
 
-    /// The visitor's updates after stream sequence `after`, as they come.
+    /// The last sequence of `PARLEY_OUTBOUND` now: updates published from here on are after it.
+    async fn position(&self) -> ChatResult<u64> {
+        let mut stream =
+            self.js.get_stream(topology::OUTBOUND.name).await.map_err(|e| ChatError::unavailable(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| ChatError::unavailable(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// The visitor's updates after stream sequence `after` (0: all that are kept), as they
+    /// come. The session's answer says where a new visitor starts (`after`), so a widget
+    /// that polls or connects only after its first message still gets the answer to it.
     async fn feed(&self, v: &Visitor, after: u64) -> ChatResult<tail::Tail> {
         let subject = topology::outbound_subject(&v.tenant, Channel::WebChat, v.customer());
-        tail::follow(&self.js, topology::OUTBOUND, subject, after)
+        tail::follow_after(&self.js, topology::OUTBOUND, subject, after)
             .await
             .map_err(|e| ChatError::unavailable(e.to_string()))
     }
@@ -519,12 +530,16 @@ async fn open_session(
     let expires_ms = clock::now().as_millis() + TOKEN_TTL.as_millis() as i64;
     let visitor =
         Visitor { tenant: tenant_id, channel_config_id: config, address, display_name: name, phone, expires_ms };
+    // Where the visitor's updates start: a widget that polls (or connects) only after its
+    // first message still gets the answer to it.
+    let after = chat.position().await?;
     Ok(Json(json!({
         "token": sign(&visitor, &chat.token_key),
         "customer_id": visitor.customer().to_string(),
         "visitor_id": visitor_id,
         "verified": verified,
         "expires_at_ms": expires_ms,
+        "after": after,
     })))
 }
 
@@ -661,7 +676,7 @@ async fn poll(
     let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
     let mut feed = chat.feed(&visitor, q.after).await?;
     let mut updates = Vec::new();
-    let mut last = q.after;
+    let mut last = feed.resume_after;
     // Wait for the first update; then take what is already there, without waiting.
     let deadline = tokio::time::Instant::now() + POLL_WAIT;
     while updates.len() < POLL_BATCH {
