@@ -2,7 +2,7 @@
 //
 // Environment (set by the Rust test): PARLEY_DESK_URL, PARLEY_INGEST_URL, PARLEY_TENANT,
 // PARLEY_CHANNEL, PARLEY_ANNA_TOKEN, PARLEY_BORIS_TOKEN, PARLEY_SUPERVISOR_TOKEN,
-// PARLEY_ARTIFACTS, PARLEY_CHROMIUM.
+// PARLEY_WA_BODY, PARLEY_WA_SIGNATURE, PARLEY_ARTIFACTS, PARLEY_CHROMIUM.
 // Only playwright-core and node built-ins; the browser is the system's Chromium.
 
 import http from "node:http";
@@ -30,6 +30,9 @@ const CHANNEL = env("PARLEY_CHANNEL");
 const ANNA_TOKEN = env("PARLEY_ANNA_TOKEN");
 const BORIS_TOKEN = env("PARLEY_BORIS_TOKEN");
 const SUPERVISOR_TOKEN = env("PARLEY_SUPERVISOR_TOKEN");
+/** A WhatsApp webhook (Meta's payload) and its signature, for a customer who writes there. */
+const WA_BODY = env("PARLEY_WA_BODY");
+const WA_SIGNATURE = env("PARLEY_WA_SIGNATURE");
 const ARTIFACTS = env("PARLEY_ARTIFACTS");
 const CHROMIUM = env("PARLEY_CHROMIUM");
 
@@ -863,6 +866,40 @@ async function main() {
       const shown = ((await shopPage.locator('[data-testid="widget-operator"]').textContent()) ?? "").trim();
       return { ok: shown === borisName, shown, expected: borisName };
     });
+  });
+
+  // 9a. A WhatsApp customer writes; Anna answers with an approved template from the desk.
+  await step("09a-anna-sends-a-whatsapp-template", anna, async () => {
+    await until("ingest takes the WhatsApp message", async () => {
+      const r = await fetch(`${INGEST_URL}/webhooks/${TENANT}/wa`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-Hub-Signature-256": WA_SIGNATURE },
+        body: WA_BODY,
+      });
+      return { ok: r.status === 200, status: r.status, body: await r.text() };
+    });
+    const item = anna.locator(`[data-testid="conversation-item"]:not([data-conversation-id="${conversationId}"])`);
+    await item.first().waitFor({ state: "visible", timeout: WAIT_MS });
+    await item.first().click();
+    const open = anna.locator('[data-testid="template-open"]');
+    await open.waitFor({ state: "visible", timeout: WAIT_MS });
+    await open.click();
+    await anna.locator("#template-name").fill("Order Update");
+    await anna.locator("#template-language").fill("ru");
+    await anna.locator("#template-params").fill("1001\nзавтра");
+    await anna.locator("#template-submit").click();
+    // A name WhatsApp would refuse is refused before anything is sent.
+    const said = (await anna.locator("#template-error").textContent()) ?? "";
+    if (!said || !(await anna.locator("#template-dialog").evaluate((d) => d.open))) fail(`a bad template name was not refused: ${show(said)}`);
+    await anna.locator("#template-name").fill("order_update");
+    await anna.locator("#template-submit").click();
+    const shown = "[template order_update] 1001 · завтра";
+    await until("Anna's desk shows the template as sent", async () => {
+      const found = await deskMessages(anna, shown);
+      const label = await anna.locator("#messages .msg-template").allTextContents();
+      return { ok: found.length === 1 && SETTLED_DESK.has(found[0].delivery) && label.some((l) => l.includes("order_update")), found, label };
+    });
+    if (!(await anna.locator("#template-dialog").evaluate((d) => !d.open))) fail("the template dialog stayed open");
   });
 
   // 9b. A supervisor (no desk of their own) watches the team: Anna signing off shows at

@@ -39,9 +39,20 @@ async fn a_customer_and_two_operators_talk_through_the_widget_and_the_desk_in_ch
     for op in ["anna", "boris"] {
         fx.edit_operator(&app, op, |o| {
             o.capacity.push(v1::ChannelCapacity { channel: v1::Channel::Webchat as i32, max_conversations: 3 });
+            // Only Anna takes WhatsApp: its customer is hers.
+            if o.id == "anna" {
+                o.capacity.push(v1::ChannelCapacity { channel: v1::Channel::Whatsapp as i32, max_conversations: 3 });
+            }
         })
         .await;
     }
+    fx.create_channel_config(&app, crate::webhooks::whatsapp()).await;
+    let wa_body = parley_e2e::fixture("whatsapp_text.min.json");
+    let wa_signature = crate::webhooks::signed(&crate::webhooks::whatsapp(), &wa_body)
+        .into_iter()
+        .find(|(h, _)| *h == "X-Hub-Signature-256")
+        .expect("a signature")
+        .1;
     // Offers wait a minute for accept, so the desk shows one with its countdown.
     fx.create_queue(
         &app,
@@ -76,6 +87,8 @@ async fn a_customer_and_two_operators_talk_through_the_widget_and_the_desk_in_ch
         .env("PARLEY_ANNA_TOKEN", fx.operator_token("anna"))
         .env("PARLEY_BORIS_TOKEN", fx.operator_token("boris"))
         .env("PARLEY_SUPERVISOR_TOKEN", &fx.supervisor_token)
+        .env("PARLEY_WA_BODY", String::from_utf8(wa_body).expect("a JSON fixture"))
+        .env("PARLEY_WA_SIGNATURE", wa_signature)
         .env("PARLEY_ARTIFACTS", &artifacts)
         .env("PARLEY_CHROMIUM", chromium())
         .kill_on_drop(true)
@@ -127,7 +140,16 @@ async fn a_customer_and_two_operators_talk_through_the_widget_and_the_desk_in_ch
     for t in &texts {
         assert_eq!(counts.get(t.as_str()), Some(&1), "{t:?} is stored once: {counts:?}");
     }
-    for shot in ["desk-anna.png", "desk-boris.png", "widget.png"] {
+    // The template Anna chose in the desk went to WhatsApp once, as Meta's API takes it.
+    let templates: Vec<Value> =
+        app.providers.received("whatsapp").iter().map(|r| r.json()).filter(|b| b["type"] == "template").collect();
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    assert_eq!(
+        templates[0]["template"],
+        serde_json::json!({"name": "order_update", "language": {"code": "ru"}, "components": [{"type": "body",
+            "parameters": [{"type": "text", "text": "1001"}, {"type": "text", "text": "завтра"}]}]})
+    );
+    for shot in ["desk-anna.png", "desk-boris.png", "widget.png", "supervisor.png"] {
         let meta = std::fs::metadata(artifacts.join(shot)).unwrap_or_else(|e| panic!("screenshot {shot}: {e}"));
         assert!(meta.len() > 1000, "{shot} is a picture");
     }

@@ -2134,8 +2134,9 @@ function asAttachment(f) {
 
 /** The reply frame of a record (the same on a resend). */
 function replyFrame(rec) {
-  const reply = { conversationId: rec.conversationId, clientMessageId: rec.clientMessageId, text: rec.text };
+  const reply = { conversationId: rec.conversationId, clientMessageId: rec.clientMessageId, text: rec.sendText ?? rec.text };
   if (rec.attachmentIds?.length) reply.attachmentIds = rec.attachmentIds;
+  if (rec.template) reply.template = rec.template;
   return { reply };
 }
 
@@ -2230,18 +2231,29 @@ function sendReply() {
   $("#reply-error").textContent = "";
   const cmid = newClientMessageId();
   const files = takeFiles(conv, cmid);
+  queueReply(conv, cmid, { text, attachments: files.map(asAttachment), attachmentIds: files.map((f) => f.id) });
+  ta.value = "";
+  conv.draft = "";
+  updateComposerExtras();
+}
+
+/** Shows a reply at once and sends it (again after a drop, with the same clientMessageId). */
+function queueReply(conv, cmid, { text, shown = text, attachments = [], attachmentIds = [], template = null }) {
   const rec = makeRecord({
     conversationId: conv.id,
     customerId: conv.customerId,
     channel: conv.channel,
     senderKind: "SENDER_KIND_OPERATOR",
     operatorId: S.operatorId,
-    text,
-    attachments: files.map(asAttachment),
+    text: shown,
+    attachments,
+    template,
   });
   rec.key = `c:${cmid}`;
   rec.clientMessageId = cmid;
-  rec.attachmentIds = files.map((f) => f.id);
+  rec.attachmentIds = attachmentIds;
+  // What goes to the service (a template's own text is empty).
+  rec.sendText = text;
   rec.time = serverNow();
   rec.delivery = "unspecified";
   rec.local = "queued";
@@ -2250,11 +2262,43 @@ function sendReply() {
   S.pending.set(cmid, rec);
   conv.waitCache = undefined;
   if (sendFrame(replyFrame(rec))) rec.local = "sending";
-  ta.value = "";
-  conv.draft = "";
-  updateComposerExtras();
   renderMessages({ toBottom: true });
   renderList();
+}
+
+// ───────────────────────────── WhatsApp templates ─────────────────────────────
+
+function openTemplate() {
+  const conv = S.convs.get(S.openId);
+  if (!conv || conv.channel !== "CHANNEL_WHATSAPP") return;
+  $("#template-error").textContent = "";
+  if (!$("#template-language").value) $("#template-language").value = lang() === "ru" ? "ru" : "en_US";
+  $("#template-dialog").showModal();
+  $("#template-name").focus();
+}
+
+function submitTemplate(e) {
+  e.preventDefault();
+  const conv = S.convs.get(S.openId);
+  if (!conv || conv.channel !== "CHANNEL_WHATSAPP") return;
+  const name = $("#template-name").value.trim();
+  const language = $("#template-language").value.trim();
+  const bodyParameters = $("#template-params")
+    .value.split("\n")
+    .map((p) => p.trim())
+    .filter((p) => p);
+  // The service's own checks, said before anything is sent.
+  let error = "";
+  if (!/^[a-z0-9_]{1,512}$/.test(name)) error = t("template.badName");
+  else if (!/^[a-z]{2,3}(_[A-Za-z0-9]{2,4})*$/.test(language)) error = t("template.badLanguage");
+  else if (bodyParameters.length > 20 || bodyParameters.some((p) => [...p].length > 1024 || /\t| {5}/.test(p))) error = t("template.badParams");
+  $("#template-error").textContent = error;
+  if (error) return;
+  // Shown as the service records it (its `template_text`), so the echo changes nothing.
+  const shown = bodyParameters.length ? `[template ${name}] ${bodyParameters.join(" · ")}` : `[template ${name}]`;
+  queueReply(conv, newClientMessageId(), { text: "", shown, template: { name, language, bodyParameters } });
+  $("#template-params").value = "";
+  $("#template-dialog").close();
 }
 
 function onComposerInput() {
@@ -2268,6 +2312,7 @@ function onComposerInput() {
 }
 
 function updateComposerExtras() {
+  $("#template-open").hidden = S.convs.get(S.openId)?.channel !== "CHANNEL_WHATSAPP";
   renderAttachList();
   updateSmsCount();
   updateSmsLast();
@@ -3094,6 +3139,12 @@ function init() {
   });
 
   $("#transfer-open").addEventListener("click", openTransfer);
+  $("#template-open").addEventListener("click", openTemplate);
+  $("#template-form").addEventListener("submit", submitTemplate);
+  $("#template-cancel").addEventListener("click", () => $("#template-dialog").close());
+  $("#template-dialog").addEventListener("close", () => {
+    if (S.openId) $("#reply-text").focus();
+  });
   $("#transfer-kind").addEventListener("change", fillTransferTargets);
   $("#transfer-form").addEventListener("submit", submitTransfer);
   $("#transfer-cancel").addEventListener("click", () => $("#transfer-dialog").close());
