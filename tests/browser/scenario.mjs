@@ -3,7 +3,8 @@
 // Environment (set by the Rust test): PARLEY_DESK_URL, PARLEY_INGEST_URL, PARLEY_TENANT,
 // PARLEY_CHANNEL, PARLEY_ANNA_TOKEN, PARLEY_BORIS_TOKEN, PARLEY_SUPERVISOR_TOKEN,
 // PARLEY_WA_BODY, PARLEY_WA_SIGNATURE, PARLEY_ARTIFACTS, PARLEY_CHROMIUM.
-// Only playwright-core and node built-ins; the browser is the system's Chromium.
+// Only playwright-core, axe-core (the accessibility checks) and node built-ins; the browser
+// is the system's Chromium.
 
 import http from "node:http";
 import net from "node:net";
@@ -359,6 +360,25 @@ async function assertNoMarkupInMessages(page, who) {
     return out;
   });
   if (found.length) fail(`${who}: elements made from message text: ${found.join("; ")}`);
+}
+
+/** axe-core's source, run in a page through the DevTools protocol (the desk's CSP allows no inline script). */
+const AXE = fs.readFileSync(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+
+/** WCAG 2 A and AA as axe-core checks them (labels, names, roles, contrast, …), open shadow roots included. */
+async function assertAccessible(page, who) {
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(AXE);
+  const { violations, passed } = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+    return {
+      violations: r.violations.map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`),
+      passed: r.passes.length,
+    };
+  });
+  if (violations.length) fail(`${who} has accessibility violations: ${violations.join("; ")}`);
+  // A check that looked at nothing proves nothing.
+  if (passed < 10) fail(`axe-core passed only ${passed} rules on ${who}: it did not see the page`);
+  log(`${who}: no WCAG 2.1 A/AA violations among the ${passed} rules axe-core applied`);
 }
 
 async function assertNotPwned(page, who) {
@@ -887,6 +907,7 @@ async function main() {
     await anna.locator("#template-name").fill("Order Update");
     await anna.locator("#template-language").fill("ru");
     await anna.locator("#template-params").fill("1001\nзавтра");
+    await assertAccessible(anna, "the template dialog");
     await anna.locator("#template-submit").click();
     // A name WhatsApp would refuse is refused before anything is sent.
     const said = (await anna.locator("#template-error").textContent()) ?? "";
@@ -932,6 +953,7 @@ async function main() {
     const after = await sup.locator("#sup-updated").textContent();
     if (after !== refreshed) fail(`the change showed only with a refresh (${refreshed} → ${after})`);
     log(`the supervisor saw Anna go offline ${Date.now() - at} ms after she chose it`);
+    await assertAccessible(sup, "the supervisor view");
     await assertNotPwned(sup, "the supervisor view");
     await sup.screenshot({ path: path.join(ARTIFACTS, "supervisor.png"), fullPage: true });
   });
@@ -956,6 +978,9 @@ async function main() {
       await assertNoMarkupInMessages(page, who);
       await assertNotPwned(page, who);
     }
+    await assertAccessible(boris, "Boris's desk with the conversation open");
+    await assertAccessible(anna, "Anna's desk");
+    await assertAccessible(shopPage, "the shop page with the widget open");
     if (bypassed.length) fail(`requests that went around the proxies: ${bypassed.join(" | ")}`);
     if (pageErrors.length) fail(`uncaught errors in the pages: ${pageErrors.join(" | ")}`);
     await boris.screenshot({ path: path.join(ARTIFACTS, "desk-boris.png"), fullPage: true });

@@ -3,8 +3,13 @@
 //! A customer writes in the widget on a page of another origin, an operator gets the offer
 //! in the desk, accepts and replies, the customer sees it; the network drops on both sides
 //! while each writes; the operator transfers the conversation to a second operator, who
-//! sees its whole history. Script payloads in every text are shown as text. Screenshots go
-//! to `test-artifacts/browser/`. Afterwards history must hold every message exactly once.
+//! sees its whole history. Files go both ways (a picture from the desk, one from the
+//! widget); a WhatsApp customer gets a template the operator sends from the desk; a
+//! supervisor sees an operator's status change live. Script payloads in every text are
+//! shown as text; axe-core finds no WCAG 2.1 A/AA violation in the desk, the supervisor
+//! view, the template dialog or the widget. Screenshots go to `test-artifacts/browser/`.
+//! Afterwards history must hold every message exactly once, and WhatsApp's double the
+//! template once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,10 +33,12 @@ fn chromium() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_customer_and_two_operators_talk_through_the_widget_and_the_desk_in_chromium() {
     let dir = browser_dir();
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed: run `deploy/local/infra.sh tools` (or `npm ci` in tests/browser)"
-    );
+    for package in ["playwright-core", "axe-core"] {
+        assert!(
+            dir.join("node_modules").join(package).is_dir(),
+            "{package} is not installed: run `deploy/local/infra.sh tools` (or `npm ci` in tests/browser)"
+        );
+    }
     assert!(std::path::Path::new(&chromium()).exists(), "no Chromium at {}: `apt-get install chromium`", chromium());
 
     let app = App::spawn().await;
