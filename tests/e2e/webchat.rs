@@ -69,15 +69,22 @@ async fn session(app: &App, body: Value) -> Value {
     .await
 }
 
+/// A socket as the widget opens it: the token in the first frame, not the URL.
 async fn connect(app: &App, token: &str, after: u64) -> Socket {
+    let mut socket = open_socket(app, &format!("after={after}")).await.expect("the socket opens");
+    send(&mut socket, json!({"type": "auth", "token": token})).await;
+    socket
+}
+
+/// A socket to the chat's `ws` with this query, from the site's origin.
+async fn open_socket(app: &App, query: &str) -> Result<Socket, tungstenite::Error> {
     let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{}/webchat/acme/site/ws?token={token}&after={after}",
+        "ws://{}/webchat/acme/site/ws?{query}",
         app.webhooks_addr()
     ))
     .expect("a request");
     request.headers_mut().insert("Origin", ORIGIN.parse().unwrap());
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("the socket opens");
-    socket
+    tokio_tungstenite::connect_async(request).await.map(|(socket, _)| socket)
 }
 
 async fn frame(socket: &mut Socket) -> Value {
@@ -295,15 +302,41 @@ async fn forged_foreign_and_unverified_visitors_are_refused() {
         .await
         .unwrap();
     assert_eq!(answer.status().as_u16(), 404, "another config's path");
-    // A socket with a bad token is refused before the upgrade.
-    let request = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{}/webchat/acme/site/ws?token=nonsense",
+    // A socket with a bad token in its URL is refused before the upgrade; a good one is taken.
+    match open_socket(&app, "token=nonsense").await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let mut in_url = open_socket(&app, &format!("token={token}&after=0")).await.expect("a token in the URL");
+    next_of(&mut in_url, "welcome").await;
+    // The token in the first frame: a bad one, or another first frame, is an error frame,
+    // then the close; a socket from a foreign origin is refused before the upgrade.
+    for first in [
+        json!({"type": "auth", "token": "nonsense"}),
+        json!({"type": "auth", "token": tampered}),
+        json!({"type": "message", "client_id": "m", "text": "hi"}),
+        json!({"type": "auth"}),
+    ] {
+        let mut socket = open_socket(&app, "after=0").await.expect("the socket opens");
+        send(&mut socket, first.clone()).await;
+        let answer = frame(&mut socket).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some("unauthenticated")),
+            "{first}"
+        );
+        let closed = tokio::time::timeout(WAIT, socket.next()).await.expect("closed in time");
+        assert!(matches!(closed, None | Some(Ok(tungstenite::Message::Close(_))) | Some(Err(_))), "{closed:?}");
+    }
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/webchat/acme/site/ws?after=0",
         app.webhooks_addr()
     ))
     .unwrap();
+    request.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
-        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
-        other => panic!("expected 401, got {other:?}"),
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("expected 403, got {other:?}"),
     }
     // Bad messages with a good token: nothing stored.
     let before = app.stream_len("PARLEY_INBOUND").await;
@@ -589,10 +622,11 @@ async fn a_visitor_s_files_reach_the_operator_and_nobody_else_can_send_them() {
     app.stop().await;
 }
 
-/// A long poll as the widget sends it: the answer's JSON.
+/// A long poll as the widget sends it (the token as a bearer header): the answer's JSON.
 async fn poll(app: &App, token: &str, after: u64) -> Value {
     let answer = reqwest::Client::new()
-        .get(url(app, &format!("updates?token={token}&after={after}")))
+        .get(url(app, &format!("updates?after={after}")))
+        .bearer_auth(token)
         .header("Origin", ORIGIN)
         .send()
         .await

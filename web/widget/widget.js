@@ -1165,7 +1165,8 @@ button{font:inherit;margin:0}
     openSocket(token, probe) {
       let ws;
       try {
-        ws = new WebSocket(`${this.wsApi}ws?token=${encodeURIComponent(token)}&after=${this.state.lastSeq}`);
+        // The token goes in the first frame, not the URL (which servers and proxies log).
+        ws = new WebSocket(`${this.wsApi}ws?after=${this.state.lastSeq}`);
       } catch (e) {
         if (probe) this.scheduleProbe();
         else this.socketFailed(null);
@@ -1174,6 +1175,13 @@ button{font:inherit;margin:0}
       const conn = { ws: ws, welcomed: false, openedAt: 0, probe: probe, gone: false };
       if (probe) this.probe = conn;
       else this.sock = conn;
+      ws.addEventListener('open', () => {
+        try {
+          ws.send(JSON.stringify({ type: 'auth', token: token }));
+        } catch (e) {
+          /* closing already */
+        }
+      });
       ws.addEventListener('message', (ev) => this.socketMessage(conn, ev));
       ws.addEventListener('close', () => this.socketGone(conn));
       ws.addEventListener('error', () => this.socketGone(conn));
@@ -1207,6 +1215,11 @@ button{font:inherit;margin:0}
         conn.welcomed = true;
         conn.openedAt = now();
         this.welcomed(conn, f);
+        return;
+      }
+      if (f.type === 'error' && !conn.welcomed && f.code === 'unauthenticated') {
+        // The token was refused (expired): the next attempt opens a new session.
+        this.state.token = null;
         return;
       }
       if (this.sock !== conn || !conn.welcomed) return;
@@ -1355,7 +1368,7 @@ button{font:inherit;margin:0}
         if (gen === this.gen && this.mode === 'poll') this.markConnected();
       }, 2000);
       const after = this.state.lastSeq;
-      this.http('GET', `updates?token=${encodeURIComponent(token)}&after=${after}`, null, null, ctrl && ctrl.signal).then(
+      this.http('GET', `updates?after=${after}`, null, token, ctrl && ctrl.signal).then(
         (res) => {
           clearTimeout(timeout);
           clearTimeout(settled);

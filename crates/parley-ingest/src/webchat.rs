@@ -9,7 +9,8 @@
 //!   and history links the visitor to the SMS and WhatsApp customers with that number). The
 //!   answer's `token` is signed by Parley and names the tenant, the config and the customer,
 //!   so it cannot be moved to another; it expires after a day.
-//! - `GET …/ws?token=…&after=N`: a WebSocket. Parley sends every update for the customer
+//! - `GET …/ws?after=N`: a WebSocket whose first frame is `{"type": "auth", "token": …}`
+//!   (the token stays out of URLs, which get logged; `?token=` in the URL works too). Parley sends every update for the customer
 //!   after stream sequence `N` (messages, queue position, operator joined, conversation
 //!   ended, delivery states), each with its `seq`; a new visitor starts from the `after` the
 //!   session answered with (0 replays every update kept for the customer); a widget that reconnects passes the last
@@ -19,7 +20,8 @@
 //!   visitor has seen (the operator's desk sees the reply become `READ`), `typing` (passed on
 //!   to the operator at most every 2 s; the operator's typing comes down as an update), and
 //!   pings.
-//! - Long-poll fallback for networks that break WebSockets: `GET …/updates?token=…&after=N`
+//! - Long-poll fallback for networks that break WebSockets: `GET …/updates?after=N` with
+//!   `Authorization: Bearer <token>` (or `?token=`)
 //!   (answers as soon as there is something, or after 25 s with nothing) and
 //!   `POST …/messages` with `Authorization: Bearer <token>`.
 //! - `POST …/files?name=…` with the token: a file the visitor will send, stored at once and
@@ -286,6 +288,11 @@ impl WebChat {
     fn visitor(&self, tenant: &str, config: &str, token: Option<&str>, headers: &HeaderMap) -> ChatResult<Visitor> {
         let (_, settings) = self.config(tenant, config)?;
         Self::check_origin(&settings, headers)?;
+        self.visitor_of(tenant, config, token)
+    }
+
+    /// The visitor a token names, if it is valid for this tenant and config.
+    fn visitor_of(&self, tenant: &str, config: &str, token: Option<&str>) -> ChatResult<Visitor> {
         let token = token.ok_or_else(|| ChatError::unauthenticated("a visitor token is required"))?;
         let visitor = verify(token, &self.token_key, clock::now().as_millis())
             .ok_or_else(|| ChatError::unauthenticated("the visitor token is invalid or expired; open a new session"))?;
@@ -557,10 +564,48 @@ async fn socket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> ChatResult<Response> {
-    let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
-    let feed = chat.feed(&visitor, q.after).await?;
-    Ok(upgrade.max_message_size(MAX_INPUT).on_upgrade(move |ws| converse(chat, visitor, feed, ws)))
+    let upgrade = upgrade.max_message_size(MAX_INPUT);
+    if q.token.is_some() {
+        let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
+        let feed = chat.feed(&visitor, q.after).await?;
+        return Ok(upgrade.on_upgrade(move |ws| converse(chat, visitor, feed, ws)));
+    }
+    // The token comes in the first frame instead, out of the URL (which servers and proxies
+    // log): the address and origin are checked now, the token once it arrives.
+    let (_, settings) = chat.config(&tenant, &config)?;
+    WebChat::check_origin(&settings, &headers)?;
+    Ok(upgrade.on_upgrade(move |mut ws| async move {
+        let started = async {
+            let first = tokio::time::timeout(AUTH_WITHIN, ws.next())
+                .await
+                .map_err(|_| ChatError::unauthenticated("no auth frame within 10 seconds"))?;
+            let token = match first {
+                Some(Ok(WsMessage::Text(t))) => serde_json::from_str::<Value>(&t)
+                    .ok()
+                    .filter(|v| v["type"] == "auth")
+                    .and_then(|v| v["token"].as_str().map(str::to_owned))
+                    .ok_or_else(|| {
+                        ChatError::unauthenticated(r#"the first frame must be {"type": "auth", "token": "…"}"#)
+                    })?,
+                _ => return Err(ChatError::unauthenticated("the socket closed before its auth frame")),
+            };
+            let visitor = chat.visitor_of(&tenant, &config, Some(&token))?;
+            let feed = chat.feed(&visitor, q.after).await?;
+            Ok((visitor, feed))
+        };
+        match started.await {
+            Ok((visitor, feed)) => converse(chat, visitor, feed, ws).await,
+            Err(e) => {
+                let frame = json!({"type": "error", "code": e.code, "message": e.message});
+                let _ = ws.send(WsMessage::Text(frame.to_string().into())).await;
+                let _ = ws.send(WsMessage::Close(None)).await;
+            }
+        }
+    }))
 }
+
+/// How long a socket opened without a token has to send its `auth` frame.
+const AUTH_WITHIN: Duration = Duration::from_secs(10);
 
 /// A text frame the widget sends on the WebSocket. Absent or non-string fields read as
 /// empty; what they must hold is checked where they are used.
@@ -673,7 +718,9 @@ async fn poll(
     Query(q): Query<FeedQuery>,
     headers: HeaderMap,
 ) -> ChatResult<Json<Value>> {
-    let visitor = chat.visitor(&tenant, &config, q.token.as_deref(), &headers)?;
+    // The token as a bearer header (out of the URL), or in the query.
+    let token = q.token.as_deref().or(bearer(&headers));
+    let visitor = chat.visitor(&tenant, &config, token, &headers)?;
     let mut feed = chat.feed(&visitor, q.after).await?;
     let mut updates = Vec::new();
     let mut last = feed.resume_after;
