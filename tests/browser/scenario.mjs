@@ -978,6 +978,14 @@ async function main() {
       await assertNoMarkupInMessages(page, who);
       await assertNotPwned(page, who);
     }
+    // The operators have seen every message the customer wrote: the widget marks them read.
+    await until("the widget shows the customer's messages read (✓✓)", async () => {
+      const marks = await shopPage.evaluate(() => {
+        const root = document.querySelector("parley-chat")?.shadowRoot;
+        return [...(root?.querySelectorAll('[data-testid="widget-message"][data-sender="customer"] [data-testid="widget-message-status"]') ?? [])].map((m) => m.dataset.state);
+      });
+      return { ok: marks.length >= 3 && marks.every((m) => m === "read"), marks };
+    });
     await assertAccessible(boris, "Boris's desk with the conversation open");
     await assertAccessible(anna, "Anna's desk");
     await assertAccessible(shopPage, "the shop page with the widget open");

@@ -682,3 +682,43 @@ async fn a_visitor_who_polls_only_after_writing_gets_everything_since_the_sessio
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_visitor_sees_when_the_operator_has_read_their_messages() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    let token = session(&app, json!({"name": "Иван"})).await["token"].as_str().expect("a token").to_owned();
+    let mut ws = connect(&app, &token, 0).await;
+    next_of(&mut ws, "welcome").await;
+    let mut ids = Vec::new();
+    for (client_id, text) in [("m1", "Первое"), ("m2", "Второе")] {
+        send(&mut ws, json!({"type": "message", "client_id": client_id, "text": text})).await;
+        ids.push(next_of(&mut ws, "accepted").await["message_id"].as_str().expect("an id").to_owned());
+    }
+    let assignment = assigned(&mut desk).await;
+    let conversation = assignment.conversation.expect("conversation").id;
+    // The second is on the desk too (with the assignment, or after it).
+    if !assignment.recent_messages.iter().any(|m| m.id == ids[1]) {
+        while desk_message(&mut desk).await.id != ids[1] {}
+    }
+    let read = |message: &str| {
+        v1::open_session_request::Frame::Read(v1::DeskRead {
+            conversation_id: conversation.clone(),
+            message_id: message.to_owned(),
+        })
+    };
+    // A message that is not the customer's, and a malformed id, are ignored.
+    desk.send(read("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")).await;
+    desk.send(read("not-an-id")).await;
+    // The operator has seen up to the second: the widget is told it was read.
+    desk.send(read(&ids[1])).await;
+    let update = update_of(&mut ws, "delivery").await;
+    assert_eq!(
+        (update["update"]["message_id"].as_str(), update["update"]["state"].as_str()),
+        (Some(ids[1].as_str()), Some("read")),
+        "{update}"
+    );
+    app.stop().await;
+}

@@ -941,10 +941,19 @@ function unreadCount(conv) {
 
 function markViewed(conv) {
   let last = S.viewed[conv.id] ?? 0;
-  for (const rec of conv.records.values()) if (rec.sender === "customer") last = Math.max(last, rec.time);
+  let newest = null;
+  for (const rec of conv.records.values()) {
+    if (rec.sender !== "customer") continue;
+    last = Math.max(last, rec.time);
+    if (rec.id && (!newest || rec.time >= newest.time)) newest = rec;
+  }
   if (last !== S.viewed[conv.id]) {
     S.viewed[conv.id] = last;
     saveJson(viewedKey(), S.viewed);
+  }
+  // The customer's side learns it was read (the web chat shows ✓✓), once per message.
+  if (newest && conv.readSent !== newest.id && sendFrame({ read: { conversationId: conv.id, messageId: newest.id } })) {
+    conv.readSent = newest.id;
   }
   updateItem(conv);
 }

@@ -1689,12 +1689,22 @@ button{font:inherit;margin:0}
         return true;
       }
       if (kind === 'delivery') {
-        const item = s.items.find((i) => i.id === u.message_id && i.from === 'customer');
+        const at = s.items.findIndex((i) => i.id === u.message_id && i.from === 'customer');
+        const item = s.items[at];
         const st = String(u.state || '');
         if (item && item.st !== 'failed') {
           if (st === 'failed') item.st = 'failed';
           else if ((STATE_RANK[st] || 0) > (STATE_RANK[item.st] || 0)) item.st = st === 'accepted' ? 'sent' : st;
           this.renderMark(item);
+        }
+        // Read by the operator up to this message: the visitor's earlier ones too.
+        if (item && st === 'read') {
+          for (const earlier of s.items.slice(0, at)) {
+            if (earlier.from === 'customer' && earlier.id && earlier.st !== 'failed' && earlier.st !== 'read') {
+              earlier.st = 'read';
+              this.renderMark(earlier);
+            }
+          }
         }
         return true;
       }

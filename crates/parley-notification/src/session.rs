@@ -4,8 +4,10 @@
 //! resume point, each with its stream sequence (a reconnecting desk passes the last one it
 //! saw and misses nothing, repeats nothing). Up: replies (checked against the conversation's
 //! current owner, then published to `PARLEY_OUTBOUND` with an id derived from the desk's
-//! own id, so a resend never reaches the customer twice), acknowledgements and heartbeats,
-//! each of which keeps the session — and so the operator's presence — alive.
+//! own id, so a resend never reaches the customer twice), typing and `read` (passed on to a
+//! web chat visitor), acknowledgements and heartbeats, each of which keeps the session —
+//! and so the operator's presence — alive. A team session (`hello.team`, supervisors)
+//! carries the tenant's presence changes instead and takes only heartbeats.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -246,7 +248,7 @@ impl Sessions {
                                     message: "a team session sends no replies; open an operator's session".into(),
                                 }))
                             }
-                            Some(open_session_request::Frame::Typing(_)) => None,
+                            Some(open_session_request::Frame::Typing(_) | open_session_request::Frame::Read(_)) => None,
                             Some(open_session_request::Frame::Hello(_)) | None => {
                                 let _ = tx.send(Err(Status::invalid_argument("`hello` is only the first frame"))).await;
                                 break;
@@ -273,6 +275,12 @@ impl Sessions {
                         }
                         Some(open_session_request::Frame::Heartbeat(_)) => {
                             Some(open_session_response::Frame::Heartbeat(v1::Heartbeat {}))
+                        }
+                        Some(open_session_request::Frame::Read(r)) => {
+                            if let Err(e) = self.read(tenant, operator, &r).await {
+                                tracing::debug!(error = %e, "read not passed on");
+                            }
+                            None
                         }
                         Some(open_session_request::Frame::Ack(a)) => {
                             tracing::trace!(operator = %operator, sequence = a.sequence, "desk acknowledged");
@@ -392,6 +400,40 @@ impl Sessions {
         let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
         self.publisher
             .publish(subject, &clock::new_id().to_string(), &c.customer.id.to_string(), &envelope)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    /// Tells a web chat visitor that the operator has seen their messages up to one: a
+    /// `READ` delivery update on the customer's subject (once per message).
+    async fn read(&self, tenant: &TenantId, operator: &OperatorId, r: &v1::DeskRead) -> Result<(), ApiError> {
+        let id = ConversationId::parse(&r.conversation_id)
+            .map_err(|e| ApiError::invalid(format!("conversation_id: {e}")))?;
+        let message = MessageId::parse(&r.message_id).map_err(|e| ApiError::invalid(format!("message_id: {e}")))?;
+        let (c, version) = self.owned(tenant, operator, id).await?;
+        if c.channel != Channel::WebChat {
+            return Ok(());
+        }
+        // Only a message of this customer in this conversation.
+        let theirs = c.recent_messages.iter().any(|m| m.id == message && m.sender == Sender::Customer);
+        if !theirs {
+            return Err(ApiError::not_found(format!("no message {message} of the customer in conversation {id}")));
+        }
+        let read = v1::DeliveryUpdate {
+            conversation_id: id.to_string(),
+            message_id: message.to_string(),
+            state: v1::DeliveryState::Read as i32,
+            failure_reason: String::new(),
+            update_time: Some(convert::timestamp(clock::now())),
+        };
+        let envelope = events::OutboundEnvelope {
+            conversation_version: version,
+            ..outbound(&c, v1::customer_update::Kind::Delivery(read))
+        };
+        let subject = topology::outbound_subject(tenant, c.channel, c.customer.id);
+        self.publisher
+            .publish(subject, &format!("read:{message}"), &c.customer.id.to_string(), &envelope)
             .await
             .map(|_| ())
             .map_err(|e| ApiError::Unavailable(e.to_string()))
