@@ -124,6 +124,9 @@ async fn parleyctl_sets_up_a_tenant_and_says_what_is_wrong() {
     ctl.fails(Some(&integrator), &["operator", "list"], 1, "PERMISSION_DENIED").await;
     ctl.fails(Some("garbage"), &["operator", "list"], 1, "UNAUTHENTICATED").await;
     ctl.fails(Some(&admin), &["frobnicate"], 2, "unrecognized subcommand").await;
+    // The team view is a supervisor's or an admin's, and only watches.
+    ctl.fails(Some(&anna), &["desk", "--team"], 1, "PERMISSION_DENIED").await;
+    ctl.fails(Some(&admin), &["desk", "--team", "--online"], 2, "cannot be used with").await;
     ctl.fails(None, &["token", "platform", "--signing-key", "short"], 1, "at least 32 bytes").await;
     app.stop().await;
 }

@@ -44,7 +44,8 @@ pub async fn run(e: &Endpoints, args: DeskArgs) -> anyhow::Result<()> {
     let mut stream = e.sessions_as(token).await?.open_session(ReceiverStream::new(rx)).await?.into_inner();
     let beat = match stream.message().await?.and_then(|f| f.frame) {
         Some(open_session_response::Frame::Welcome(w)) => {
-            println!("desk of {} open; events after #{}", w.operator_id, w.resume_after_sequence);
+            let what = if args.team { "team view" } else { "desk" };
+            println!("{what} of {} open; events after #{}", w.operator_id, w.resume_after_sequence);
             Duration::from_secs(u64::from(w.heartbeat_interval_seconds.max(1)))
         }
         other => anyhow::bail!("expected welcome, got {other:?}"),
