@@ -722,3 +722,42 @@ async fn the_visitor_sees_when_the_operator_has_read_their_messages() {
     );
     app.stop().await;
 }
+
+/// Consumers `PARLEY_OUTBOUND` has now.
+async fn outbound_consumers(app: &App) -> usize {
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await.expect("nats"));
+    let mut stream = js.get_stream("PARLEY_OUTBOUND").await.expect("the stream");
+    stream.info().await.expect("its info").state.consumer_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visitors_share_their_replica_s_feed_instead_of_a_consumer_each() {
+    let app = App::spawn().await;
+    let fx = tenant(&app).await;
+    let mut desk = online(&app, &fx, "anna").await;
+    let _alive = desk.keep_alive();
+    let before = outbound_consumers(&app).await;
+    let mut visitors = Vec::new();
+    for i in 0..20 {
+        let token = session(&app, json!({"name": format!("Гость {i}")})).await["token"].as_str().unwrap().to_owned();
+        let mut ws = connect(&app, &token, 0).await;
+        next_of(&mut ws, "welcome").await;
+        visitors.push(ws);
+    }
+    // Each join reads its backlog through a consumer that goes once read; then twenty open
+    // sockets hold none.
+    eventually(WAIT, "the joins' consumers are gone", || async {
+        let now = outbound_consumers(&app).await;
+        (now <= before + 2).then_some(now)
+    })
+    .await;
+    // And they still get what is theirs, live.
+    let last = visitors.last_mut().expect("a visitor");
+    send(last, json!({"type": "message", "client_id": "m1", "text": "Есть кто?"})).await;
+    let conversation = assigned(&mut desk).await.conversation.expect("conversation");
+    let answer = desk.reply(&conversation.id, "r1", "Да, слушаю").await;
+    assert!(matches!(answer, v1::open_session_response::Frame::ReplyAccepted(_)), "{answer:?}");
+    let update = update_of(last, "message").await;
+    assert_eq!(update["update"]["text"], "Да, слушаю");
+    app.stop().await;
+}

@@ -187,6 +187,13 @@ pub async fn start(config: IngestConfig, metrics: Metrics, token: CancellationTo
         cache: cache_for_chat,
         publisher: nats.publisher(),
         js: nats.js.clone(),
+        hub: parley_nats::hub::Hub::start(
+            nats.js.clone(),
+            topology::OUTBOUND,
+            topology::outbound_channel_filter(parley_domain::Channel::WebChat),
+            token.clone(),
+        )
+        .await?,
         token_key: webchat::token_key(config.auth.signing_key.expose().as_bytes()),
         link_key: parley_channels::media_link_key(config.auth.signing_key.expose().as_bytes()),
         shutdown: token.clone(),

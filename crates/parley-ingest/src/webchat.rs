@@ -47,6 +47,7 @@ use parley_kit::axum::http::{HeaderMap, StatusCode, header};
 use parley_kit::axum::response::{IntoResponse, Response};
 use parley_kit::axum::{Json, Router, routing};
 use parley_kit::clock;
+use parley_nats::hub::{Hub, Resume};
 use parley_nats::{ConfigCache, MediaStore, Publisher, Stored, tail, topology};
 use parley_proto::v1::channel_config::Settings;
 use parley_proto::{convert, events, v1};
@@ -74,6 +75,8 @@ pub struct WebChat {
     pub cache: ConfigCache,
     pub publisher: Publisher,
     pub js: async_nats::jetstream::Context,
+    /// The replica's one feed of every web chat subject of `PARLEY_OUTBOUND`.
+    pub hub: Arc<Hub>,
     /// Signs visitor tokens (derived from the service's signing key).
     pub token_key: Vec<u8>,
     /// Signs the links to the files operators send (`/v1/media/…`, served beside).
@@ -327,9 +330,7 @@ impl WebChat {
     /// that polls or connects only after its first message still gets the answer to it.
     async fn feed(&self, v: &Visitor, after: u64) -> ChatResult<tail::Tail> {
         let subject = topology::outbound_subject(&v.tenant, Channel::WebChat, v.customer());
-        tail::follow_after(&self.js, topology::OUTBOUND, subject, after)
-            .await
-            .map_err(|e| ChatError::unavailable(e.to_string()))
+        self.hub.follow(subject, Resume::After(after)).await.map_err(|e| ChatError::unavailable(e.to_string()))
     }
 
     /// Tells the operator of the visitor's conversation that the visitor is typing.

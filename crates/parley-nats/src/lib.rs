@@ -16,6 +16,7 @@
 pub mod config_store;
 pub mod consume;
 pub mod conversations;
+pub mod hub;
 pub mod media;
 pub mod publish;
 pub mod tail;

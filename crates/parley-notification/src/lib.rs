@@ -10,7 +10,6 @@
 
 pub mod desk;
 pub mod email;
-pub mod hub;
 pub mod senders;
 pub mod session;
 
@@ -22,6 +21,7 @@ use parley_kit::config::{AuthConfig, NatsConfig, RedisConfig, ServerConfig, Tele
 use parley_kit::runtime::{self, HasTelemetry, ServiceHandle};
 use parley_kit::telemetry::Metrics;
 use parley_nats::consume::{self, ConsumerSpec};
+use parley_nats::hub::Hub;
 use parley_nats::{ConfigCache, MediaStore, Nats, ObjectMedia, topology};
 use parley_proto::v1::operator_session_service_server::OperatorSessionServiceServer;
 use parley_redis::Coordinator;
@@ -108,7 +108,7 @@ pub async fn start(
     let auth = Authenticator::new(TokenKey::new(config.auth.signing_key.clone()), cache.clone());
     let store: Arc<dyn MediaStore> = Arc::new(ObjectMedia::open(&nats.js).await?);
     let sessions = Arc::new(session::Sessions {
-        hub: hub::Hub::start(nats.js.clone(), token.clone()).await?,
+        hub: Hub::start(nats.js.clone(), topology::DESK, topology::DESK.subjects.into(), token.clone()).await?,
         log: nats.conversations().await?,
         publisher: nats.publisher(),
         redis,

@@ -24,6 +24,7 @@ use parley_kit::auth::{Principal, principal, require};
 use parley_kit::clock;
 use parley_kit::error::ApiError;
 use parley_kit::telemetry::code_name;
+use parley_nats::hub::Resume;
 use parley_nats::{ConversationLog, MediaStore, Publisher, Stored, TeamPresence, tail, topology};
 use parley_proto::v1::operator_session_service_server::OperatorSessionService;
 use parley_proto::v1::{open_session_request, open_session_response};
@@ -86,7 +87,7 @@ const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Shared by every session of a replica.
 pub struct Sessions {
     /// The replica's live feed of every desk subject.
-    pub hub: Arc<crate::hub::Hub>,
+    pub hub: Arc<parley_nats::hub::Hub>,
     pub log: ConversationLog,
     pub publisher: Publisher,
     pub redis: Coordinator,
@@ -163,7 +164,13 @@ impl Sessions {
         };
         let feed = self
             .hub
-            .follow(subject, hello.resume_after_sequence)
+            .follow(
+                subject,
+                match hello.resume_after_sequence {
+                    0 => Resume::Now,
+                    after => Resume::After(after),
+                },
+            )
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(256);

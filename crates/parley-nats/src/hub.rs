@@ -1,6 +1,7 @@
-//! One live feed of `PARLEY_DESK` per replica, fanned out in memory to the desk sessions
-//! open on it — instead of a JetStream consumer per session, which makes the server check
-//! every stored event against thousands of consumers.
+//! One live feed of a stream's subjects per replica, fanned out in memory to the sessions
+//! open on it (desks on `PARLEY_DESK` in notification, web chat visitors on their subjects
+//! of `PARLEY_OUTBOUND` in ingest) — instead of a JetStream consumer per session, which
+//! makes the server check every stored message against thousands of consumers.
 //!
 //! A session joins in two steps that leave no gap and no repeat: it first subscribes to the
 //! live feed for its subject (learning how far the feed has read, `position`), then reads
@@ -14,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use parley_nats::consume::Delivery;
-use parley_nats::{tail, topology};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::consume::Delivery;
+use crate::tail;
+use crate::topology::StreamDef;
 
 /// Live events a session may have waiting before it is dropped.
 const BUFFER: usize = 1024;
@@ -34,18 +37,35 @@ struct State {
     stopped: bool,
 }
 
-/// The replica's feed of every desk subject.
+/// Where a session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// With what the feed hands out from now on.
+    Now,
+    /// After this stream sequence (0: every message kept for the subject).
+    After(u64),
+}
+
+/// The replica's feed of a stream's subjects (those `filter` matches).
 pub struct Hub {
     js: async_nats::jetstream::Context,
+    stream: StreamDef,
+    filter: String,
     state: Mutex<State>,
 }
 
 impl Hub {
-    /// Starts following `PARLEY_DESK` from its current end; runs until `token` fires.
-    pub async fn start(js: async_nats::jetstream::Context, token: CancellationToken) -> anyhow::Result<Arc<Self>> {
-        let mut stream = js.get_stream(topology::DESK.name).await?;
-        let position = stream.info().await?.state.last_sequence;
-        let hub = Arc::new(Hub { js, state: Mutex::new(State { position, ..State::default() }) });
+    /// Starts following the subjects of `stream` that `filter` matches, from the stream's
+    /// current end; runs until `token` fires.
+    pub async fn start(
+        js: async_nats::jetstream::Context,
+        stream: StreamDef,
+        filter: String,
+        token: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut s = js.get_stream(stream.name).await?;
+        let position = s.info().await?.state.last_sequence;
+        let hub = Arc::new(Hub { js, stream, filter, state: Mutex::new(State { position, ..State::default() }) });
         let feed = hub.clone();
         tokio::spawn(async move { feed.run(token).await });
         Ok(hub)
@@ -60,12 +80,12 @@ impl Hub {
             let from = self.state().position;
             let feed = tokio::select! {
                 _ = token.cancelled() => break,
-                f = tail::follow_after(&self.js, topology::DESK, topology::DESK.subjects.into(), from) => f,
+                f = tail::follow_after(&self.js, self.stream, self.filter.clone(), from) => f,
             };
             let mut feed = match feed {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(error = %e, "desk feed cannot start; retrying");
+                    tracing::warn!(stream = self.stream.name, error = %e, "feed cannot start; retrying");
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -80,7 +100,7 @@ impl Hub {
                 match next {
                     Some(Ok(d)) => self.hand_out(d),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "desk feed interrupted; following again");
+                        tracing::warn!(stream = self.stream.name, error = %e, "feed interrupted; following again");
                         break;
                     }
                     None => break,
@@ -121,21 +141,23 @@ impl Hub {
         }
     }
 
-    /// Every event of `subject` after `after` (0: after the feed's position now), in order,
-    /// live from then on.
-    pub async fn follow(self: &Arc<Self>, subject: String, after: u64) -> anyhow::Result<tail::Tail> {
+    /// Every message of `subject` after the resume point, in order, live from then on.
+    pub async fn follow(self: &Arc<Self>, subject: String, from: Resume) -> anyhow::Result<tail::Tail> {
         let (tx, mut live) = mpsc::channel(BUFFER);
         let (position, id) = {
             let mut state = self.state();
-            anyhow::ensure!(!state.stopped, "the desk feed has stopped");
+            anyhow::ensure!(!state.stopped, "the feed of {} has stopped", self.stream.name);
             state.next_id += 1;
             let id = state.next_id;
             state.subscribers.entry(subject.clone()).or_default().push((id, tx));
             (state.position, id)
         };
         let guard = Unsubscribe { hub: self.clone(), subject: subject.clone(), id };
-        let resume_after = if after == 0 { position } else { after };
-        let missed = tail::backlog(&self.js, topology::DESK, subject, resume_after, position).await?;
+        let resume_after = match from {
+            Resume::Now => position,
+            Resume::After(after) => after,
+        };
+        let missed = tail::backlog(&self.js, self.stream, subject, resume_after, position).await?;
         let (out, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let _guard = guard;
@@ -158,14 +180,16 @@ impl Hub {
                             }
                         }
                         None => {
-                            let _ = out.send(Err(anyhow::anyhow!("the session fell behind the desk feed"))).await;
+                            let _ = out.send(Err(anyhow::anyhow!("the session fell behind the feed"))).await;
                             return;
                         }
                     },
                 }
             }
         });
-        Ok(tail::Tail { resume_after, messages: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) })
+        let mut rx = rx;
+        let messages = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(tail::Tail { resume_after, messages: Box::pin(messages) })
     }
 }
 
