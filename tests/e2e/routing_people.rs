@@ -290,7 +290,7 @@ async fn a_returning_customer_goes_back_to_their_operator_within_the_window_and_
     let (p5, p6) = (fx.position(&app, &k5.id).await, fx.position(&app, &later.id).await);
     assert_eq!((p5.position, p6.position), (1, 2), "the returning customer keeps their place");
     assert!(p5.waited_seconds >= 2, "the wait start did not reset: waited {} s", p5.waited_seconds);
-    let waited = fx.decisions(&app, &k5.id).await;
+    let waited = fx.decisions_made(&app, &k5.id).await;
     let first_decision = waited.first().expect("decision recorded on arrival");
     assert_eq!(first_decision.strategy, "known_operator");
     assert_eq!(first_decision.chosen_operator_id, "");
@@ -1166,7 +1166,7 @@ async fn a_draining_operator_finishes_their_work_but_gets_nothing_new_and_away_s
     let mut waits = arrive(&app, &fx, message("c-5", "Жду")).await;
     anna.expect_quiet(Duration::from_millis(500)).await;
     assert_eq!(fx.position(&app, &waits.id).await.position, 1);
-    let d = fx.decisions(&app, &waits.id).await;
+    let d = fx.decisions_made(&app, &waits.id).await;
     let anna_why = d[0].candidates.iter().find(|c| c.operator_id == "anna").expect("anna considered");
     assert_eq!(anna_why.excluded_because, "status draining");
     // Nor can it be transferred to her.
@@ -1260,7 +1260,7 @@ async fn capacity_is_per_channel_a_full_channel_takes_nothing_more_while_another
     let a2 = arrive(&app, &fx, message("c-2", "API два")).await;
     anna.expect_quiet(Duration::from_millis(500)).await;
     vera.expect_quiet(Duration::from_millis(100)).await;
-    let d = fx.decisions(&app, &a2.id).await;
+    let d = fx.decisions_made(&app, &a2.id).await;
     let why: Vec<(&str, &str)> =
         d[0].candidates.iter().map(|c| (c.operator_id.as_str(), c.excluded_because.as_str())).collect();
     assert_eq!(why, [("anna", "at capacity"), ("vera", "no capacity for this channel")]);

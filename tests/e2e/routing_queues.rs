@@ -179,7 +179,7 @@ async fn a_full_operator_gets_another_conversation_once_theirs_wait_on_customers
         let third = arrive(&app, fx, "c-3", "default").await;
         wait_for_depth(&app, fx, "default", 1).await;
         assert_eq!(api_load(&app, fx, "anna").await, (2, 2, 2.0));
-        let waiting = fx.decisions(&app, &third).await;
+        let waiting = fx.decisions_made(&app, &third).await;
         let anna = candidate(&waiting[0], "anna");
         assert_eq!(anna.excluded_because, "at capacity");
         assert_eq!(anna.weighted_load, 2.0);

@@ -576,6 +576,16 @@ impl TenantFixture {
             .decisions
     }
 
+    /// The decisions about a conversation once there is at least one: a dispatch pass
+    /// records its decision a moment after the conversation shows in its queue.
+    pub async fn decisions_made(&self, app: &App, conversation: &str) -> Vec<v1::RoutingDecision> {
+        eventually(Duration::from_secs(10), &format!("a decision about {conversation}"), || async {
+            let d = self.decisions(app, conversation).await;
+            (!d.is_empty()).then_some(d)
+        })
+        .await
+    }
+
     /// A waiting conversation's place in its queue and estimated wait.
     pub async fn position(&self, app: &App, conversation: &str) -> v1::GetConversationPositionResponse {
         app.routing_client(&self.supervisor_token)
