@@ -227,16 +227,16 @@ async fn kill_9_of_history_loses_nothing_and_duplicates_nothing() {
     app.stop().await;
 }
 
-/// The same batch written by several writers at once (two replicas given the same record,
-/// say): one row each, whoever commits first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_duplicate_writes_store_one_row() {
-    let app = App::spawn().await;
-    let tenant = parley_domain::TenantId::parse("acme").unwrap();
-    let now = parley_kit::clock::now();
-    let (customer, conversation, message) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let batch = parley_pg::TenantBatch {
-        tenant: tenant.clone(),
+/// A batch of tenant `acme`: one SMS customer, their conversation and its `messages`, all
+/// made at `now` (a message's time is part of its key, as it is fixed in its record).
+fn batch_of(
+    customer: uuid::Uuid,
+    conversation: uuid::Uuid,
+    messages: &[uuid::Uuid],
+    now: parley_domain::Timestamp,
+) -> parley_pg::TenantBatch {
+    parley_pg::TenantBatch {
+        tenant: parley_domain::TenantId::parse("acme").unwrap(),
         customers: vec![parley_pg::CustomerRow {
             id: customer,
             display_name: "Иван".into(),
@@ -258,27 +258,55 @@ async fn concurrent_duplicate_writes_store_one_row() {
             updated_at: now,
             closed_at: None,
         }],
-        messages: vec![parley_pg::MessageRow {
-            id: message,
-            conversation_id: conversation,
-            customer_id: customer,
-            channel: "sms".into(),
-            sender: "customer".into(),
-            operator_id: None,
-            body: "Дубль".into(),
-            quoted_message_id: None,
-            quoted_channel_message_id: None,
-            quoted_text: None,
-            delivery_state: "accepted".into(),
-            channel_message_id: "SM1".into(),
-            created_at: now,
-            subject: String::new(),
-            attachments: Vec::new(),
-        }],
+        messages: messages
+            .iter()
+            .map(|&id| parley_pg::MessageRow {
+                id,
+                conversation_id: conversation,
+                customer_id: customer,
+                channel: "sms".into(),
+                sender: "customer".into(),
+                operator_id: None,
+                body: format!("Дубль {id}"),
+                quoted_message_id: None,
+                quoted_channel_message_id: None,
+                quoted_text: None,
+                delivery_state: "accepted".into(),
+                channel_message_id: format!("SM-{id}"),
+                created_at: now,
+                subject: String::new(),
+                attachments: Vec::new(),
+            })
+            .collect(),
         assignments: Vec::new(),
         decisions: Vec::new(),
         deliveries: Vec::new(),
-    };
+    }
+}
+
+/// Rows of tenant `acme` in each of the customer, identity, conversation and message tables.
+async fn acme_counts(app: &App) -> Vec<i64> {
+    let tenant = parley_domain::TenantId::parse("acme").unwrap();
+    let db = parley_pg::Db::connect(&app.infra.db.url(), 1, "parley_app").expect("db");
+    db.tenant_tx(&tenant, |tx| {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for table in ["customers", "customer_identities", "conversations", "messages"] {
+                out.push(tx.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get::<_, i64>(0));
+            }
+            Ok(out)
+        })
+    })
+    .await
+    .expect("counts")
+}
+
+/// The same batch written by several writers at once (two replicas given the same record,
+/// say): one row each, whoever commits first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicate_writes_store_one_row() {
+    let app = App::spawn().await;
+    let batch = batch_of(uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), &[uuid::Uuid::now_v7()], parley_kit::clock::now());
     let writers: Vec<_> = (0..8)
         .map(|_| {
             let (url, batch) = (app.infra.db.url(), batch.clone());
@@ -293,19 +321,36 @@ async fn concurrent_duplicate_writes_store_one_row() {
     for w in writers {
         assert!(w.await.expect("writer"), "a writer could not write");
     }
-    let db = parley_pg::Db::connect(&app.infra.db.url(), 1, "parley_app").expect("db");
-    let counts = db
+    let counts = acme_counts(&app).await;
+    assert_eq!(counts, [1, 1, 1, 1]);
+    app.stop().await;
+}
+
+/// A batch holding some messages already stored (a redelivery batched with new records)
+/// stores the new ones and leaves the stored ones as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_partly_stored_already_adds_only_what_is_new() {
+    let app = App::spawn().await;
+    let db = parley_pg::Db::connect(&app.infra.db.url(), 2, "parley_app").expect("db");
+    let (customer, conversation) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    let now = parley_kit::clock::now();
+    let first = batch_of(customer, conversation, &ids[..2], now);
+    db.write(std::slice::from_ref(&first)).await.expect("first batch");
+    // The same two messages again, one of them with another body, and a new one.
+    let mut again = batch_of(customer, conversation, &ids, now);
+    again.messages[0].body = "не та версия".into();
+    db.write(std::slice::from_ref(&again)).await.expect("a batch with stored messages is written");
+    assert_eq!(acme_counts(&app).await, [1, 1, 1, 3]);
+    let tenant = parley_domain::TenantId::parse("acme").unwrap();
+    let first_body = db
         .tenant_tx(&tenant, |tx| {
             Box::pin(async move {
-                let mut out = Vec::new();
-                for table in ["customers", "customer_identities", "conversations", "messages"] {
-                    out.push(tx.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get::<_, i64>(0));
-                }
-                Ok(out)
+                Ok(tx.query_one("SELECT body FROM messages WHERE id = $1", &[&ids[0]]).await?.get::<_, String>(0))
             })
         })
         .await
-        .expect("counts");
-    assert_eq!(counts, [1, 1, 1, 1]);
+        .expect("body");
+    assert_eq!(first_body, first.messages[0].body, "a stored message is never rewritten");
     app.stop().await;
 }

@@ -910,10 +910,18 @@ const LINK_BY_PHONE: &str = "
     ORDER BY o.new_id, o.first_seen_at
     ON CONFLICT (tenant_id, customer_id) DO NOTHING";
 
+/// Messages from arrays, one per column (see [`write_tenant_batch`]).
+const INSERT_MESSAGES: &str = "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender,
+                                   operator_id, body, quoted_message_id, quoted_channel_message_id, quoted_text,
+                                   delivery_state, channel_message_id, created_at, subject)
+     SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
+                              $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[],
+                              $15::text[])";
+
 async fn write_tenant_batch(tx: &deadpool_postgres::Transaction<'_>, b: &TenantBatch) -> Result<()> {
     let tenant = b.tenant.as_str();
     if !b.customers.is_empty() {
-        let mut customers = b.customers.clone();
+        let mut customers: Vec<&CustomerRow> = b.customers.iter().collect();
         customers.sort_by_key(|c| c.id);
         customers.dedup_by_key(|c| c.id);
         let ids: Vec<Uuid> = customers.iter().map(|c| c.id).collect();
@@ -929,7 +937,7 @@ async fn write_tenant_batch(tx: &deadpool_postgres::Transaction<'_>, b: &TenantB
             &[&tenant, &ids, &names, &created],
         )
         .await?;
-        let mut identities = b.customers.clone();
+        let mut identities: Vec<&CustomerRow> = b.customers.iter().collect();
         identities.sort_by(|a, b| (&a.channel, &a.address).cmp(&(&b.channel, &b.address)));
         identities.dedup_by(|a, b| a.channel == b.channel && a.address == b.address);
         let channels: Vec<&str> = identities.iter().map(|c| c.channel.as_str()).collect();
@@ -953,7 +961,7 @@ async fn write_tenant_batch(tx: &deadpool_postgres::Transaction<'_>, b: &TenantB
     }
     if !b.conversations.is_empty() {
         // One row per conversation: the newest state in the batch.
-        let mut convs = b.conversations.clone();
+        let mut convs: Vec<&ConversationRow> = b.conversations.iter().collect();
         convs.sort_by(|a, b| a.id.cmp(&b.id).then(b.updated_at.cmp(&a.updated_at)));
         convs.dedup_by_key(|c| c.id);
         let c = &convs;
@@ -999,7 +1007,7 @@ async fn write_tenant_batch(tx: &deadpool_postgres::Transaction<'_>, b: &TenantB
         .await?;
     }
     if !b.messages.is_empty() {
-        let mut msgs = b.messages.clone();
+        let mut msgs: Vec<&MessageRow> = b.messages.iter().collect();
         msgs.sort_by_key(|m| m.id);
         msgs.dedup_by_key(|m| m.id);
         let m = &msgs;
@@ -1017,36 +1025,36 @@ async fn write_tenant_batch(tx: &deadpool_postgres::Transaction<'_>, b: &TenantB
         let channel_ids: Vec<&str> = m.iter().map(|m| m.channel_message_id.as_str()).collect();
         let created = times(m.iter().map(|m| m.created_at));
         let subjects: Vec<&str> = m.iter().map(|m| m.subject.as_str()).collect();
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO messages (tenant_id, id, conversation_id, customer_id, channel, sender, operator_id, body,
-                                   quoted_message_id, quoted_channel_message_id, quoted_text, delivery_state,
-                                   channel_message_id, created_at, subject)
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                                      $8::text[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[],
-                                      $14::timestamptz[], $15::text[])
-             ON CONFLICT (tenant_id, id, created_at) DO NOTHING",
-            )
-            .await?,
-            &[
-                &tenant,
-                &ids,
-                &convs,
-                &customers,
-                &channels,
-                &senders,
-                &operators,
-                &bodies,
-                &q_ids,
-                &q_channel_ids,
-                &q_texts,
-                &states,
-                &channel_ids,
-                &created,
-                &subjects,
-            ],
-        )
-        .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+            &tenant,
+            &ids,
+            &convs,
+            &customers,
+            &channels,
+            &senders,
+            &operators,
+            &bodies,
+            &q_ids,
+            &q_channel_ids,
+            &q_texts,
+            &states,
+            &channel_ids,
+            &created,
+            &subjects,
+        ];
+        // First a plain insert, which checks the primary key as it inserts, where
+        // ON CONFLICT probes it before every row. A batch holding a message already stored
+        // (a redelivery) fails it, rolls back to the savepoint and goes again skipping those.
+        tx.batch_execute("SAVEPOINT messages").await?;
+        match tx.execute(&tx.prepare_cached(INSERT_MESSAGES).await?, &params).await {
+            Ok(_) => tx.batch_execute("RELEASE SAVEPOINT messages").await?,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT messages").await?;
+                let again = format!("{INSERT_MESSAGES} ON CONFLICT (tenant_id, id, created_at) DO NOTHING");
+                tx.execute(&tx.prepare_cached(&again).await?, &params).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         let files: Vec<(Uuid, i16, &AttachmentRow)> =
             m.iter().flat_map(|m| m.attachments.iter().enumerate().map(move |(i, a)| (m.id, i as i16, a))).collect();
         if !files.is_empty() {

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (14, "messages_by_month", include_str!("../migrations/0014_messages_by_month.sql")),
     (15, "verified_phone", include_str!("../migrations/0015_verified_phone.sql")),
     (16, "messages_by_time", include_str!("../migrations/0016_messages_by_time.sql")),
+    (17, "one_index_fewer", include_str!("../migrations/0017_one_index_fewer.sql")),
 ];
 
 /// An arbitrary, fixed key for `pg_advisory_lock` ("parley" in ASCII).
