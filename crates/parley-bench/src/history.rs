@@ -1,10 +1,12 @@
 //! History: the raw anchor is a binary `COPY` into a table of the messages' shape (the same
 //! columns, generated search vector and indexes); Parley is the history writer from the
-//! conversation log (`PARLEY_EVENTS`) to committed rows — throughput, and the time from
-//! publish to committed row at half of it. Then search: `SearchMessages` latency over a
+//! conversation log (`PARLEY_EVENTS`) to committed rows — throughput draining a backlog
+//! (the writer alone, as when publishers run on other machines) and with the harness
+//! publishing meanwhile on the same cores, and the time from publish to committed row at
+//! half of it. Then search: `SearchMessages` latency over a
 //! generated corpus of Russian and English messages.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -255,30 +257,48 @@ fn interleaved(
     out
 }
 
+/// Publishes a record; returns its stream sequence.
 async fn publish(
     nats: &Nats,
     tenant: &TenantId,
     id: ConversationId,
     r: &parley_proto::events::ConversationRecord,
-) -> anyhow::Result<()> {
-    nats.publisher()
+) -> anyhow::Result<u64> {
+    let published = nats
+        .publisher()
         .publish(topology::events_subject(tenant, id), &r.record_id, &id.to_string(), r)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    Ok(published.sequence)
+}
+
+/// How records reach the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Published while the writer runs: the harness's publishing shares the machine.
+    Live,
+    /// Published while the history service is stopped, then drained by it: the writer
+    /// alone, as when publishers run elsewhere.
+    Backlog,
 }
 
 /// Publishes `records` (at most 256 at once) and waits until the `bench` tenant has
-/// `before` + that many messages; returns committed rows per second.
+/// `before` + that many messages; returns committed rows per second, timed from the first
+/// publish ([`Feed::Live`]) or from the history service's start ([`Feed::Backlog`]).
 async fn write_all(
+    app: &mut App,
     nats: &Nats,
     client: &tokio_postgres::Client,
     tenant: &TenantId,
     records: Vec<(ConversationId, MessageId, parley_proto::events::ConversationRecord)>,
     before: i64,
+    feed: Feed,
 ) -> anyhow::Result<f64> {
     use futures_util::StreamExt as _;
-    let started = Instant::now();
+    if feed == Feed::Backlog {
+        app.stop_history().await?;
+    }
+    let mut started = Instant::now();
     let mut inflight = futures_util::stream::FuturesUnordered::new();
     for (id, _, r) in &records {
         inflight.push(publish(nats, tenant, *id, r));
@@ -289,20 +309,32 @@ async fn write_all(
     while let Some(r) = inflight.next().await {
         r?;
     }
-    // Waiting reads little, so the writer keeps PostgreSQL to itself: first the newest
-    // 1 000 records' messages by id, then the whole count once.
-    let last: Vec<uuid::Uuid> = records.iter().rev().take(1000).map(|(_, m, _)| m.as_uuid()).collect();
+    if feed == Feed::Backlog {
+        started = Instant::now();
+        app.start_history().await?;
+    }
+    // The writer acknowledges a record only once its rows have committed, so the history
+    // consumer with nothing pending and nothing awaiting an ack means every row is in. It is
+    // asked of NATS, not PostgreSQL, so that waiting costs the database nothing; the rows are
+    // counted once the clock has stopped.
+    let stream = nats.js.get_stream(topology::EVENTS.name).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let found: i64 = client
-            .query_one("SELECT count(*) FROM messages WHERE tenant_id = 'bench' AND id = ANY($1)", &[&last])
-            .await?
-            .get(0);
-        if found == last.len() as i64 && count(client, "bench").await? >= before + records.len() as i64 {
+        let info = stream.consumer_info(topology::consumers::HISTORY_EVENTS).await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        anyhow::ensure!(Instant::now() < deadline, "the history writer did not finish in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(rate(records.len(), started.elapsed()))
+    let elapsed = started.elapsed();
+    let rows = count(client, "bench").await?;
+    anyhow::ensure!(
+        rows == before + records.len() as i64,
+        "{rows} messages committed, expected {}",
+        before + records.len() as i64
+    );
+    Ok(rate(records.len(), elapsed))
 }
 
 async fn count(client: &tokio_postgres::Client, tenant: &str) -> anyhow::Result<i64> {
@@ -325,8 +357,13 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     client.batch_execute("SELECT set_config('parley.tenant', 'bench', false)").await?;
     let mut rows = Rows::new();
 
-    let anchor = copy_anchor(&client, spec.records).await?;
-    println!("anchor: binary COPY into a table of the messages' shape: {anchor:.0} rows/s");
+    // The anchor's rate swings from run to run with the disk's writeback: the best of three
+    // is taken, the hardest figure to be measured against.
+    let mut anchor: f64 = 0.0;
+    for _ in 0..3 {
+        anchor = anchor.max(copy_anchor(&client, spec.records).await?);
+    }
+    println!("anchor: binary COPY into a table of the messages' shape (best of 3): {anchor:.0} rows/s");
 
     // Parley: records published as fast as JetStream takes them; rows committed.
     let nats = Nats::connect(
@@ -340,39 +377,48 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     let tenant = TenantId::parse("bench").expect("tenant");
     // First every record opens a conversation (the worst case: customer, identity,
     // conversation and message rows for one message), then conversations of eight
-    // messages (one opening, seven more messages: conversation and message rows).
-    let opening = write_all(&nats, &client, &tenant, interleaved(&cache, &tenant, 0, spec.records, 1), 0).await?;
+    // messages (one opening, seven more messages: conversation and message rows). Each is
+    // published while the history service is stopped and timed from its start: the
+    // harness's publishing would otherwise take CPU from the writer it measures. Then the
+    // conversations again, published while the writer runs.
+    let opening = write_all(
+        &mut app,
+        &nats,
+        &client,
+        &tenant,
+        interleaved(&cache, &tenant, 0, spec.records, 1),
+        0,
+        Feed::Backlog,
+    )
+    .await?;
     println!("parley: history writer, opening records → committed rows: {opening:.0} rows/s");
     let per = 8;
     let mixed = interleaved(&cache, &tenant, spec.records as u64, spec.records / per, per);
-    let writer = write_all(&nats, &client, &tenant, mixed, spec.records as i64).await?;
+    let writer = write_all(&mut app, &nats, &client, &tenant, mixed, spec.records as i64, Feed::Backlog).await?;
     println!("parley: history writer, conversations of {per} messages → committed rows: {writer:.0} rows/s");
+    let mixed = interleaved(&cache, &tenant, 2 * spec.records as u64, spec.records / per, per);
+    let live = write_all(&mut app, &nats, &client, &tenant, mixed, 2 * spec.records as i64, Feed::Live).await?;
+    println!("parley: history writer, the same published while it writes → committed rows: {live:.0} rows/s");
 
-    // Publish → committed at half the throughput.
+    // Publish → committed at half the throughput. A record counts as committed once the
+    // history consumer's ack floor passes its stream sequence: the writer acknowledges only
+    // after commit, and the floor waits for every record before it too (so this errs long).
+    // Asked of NATS, the watch costs the database nothing.
     let pace = (opening / 2.0).max(1.0);
-    let pending: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
+    let pending: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
     let done = Arc::new(Mutex::new(fresh_histogram()));
     let stop = tokio_util::sync::CancellationToken::new();
     let watcher = {
         let (pending, done, stop) = (pending.clone(), done.clone(), stop.clone());
-        let (client2, connection) = tokio_postgres::connect(&app.infra.db.url(), tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        client2.batch_execute("SELECT set_config('parley.tenant', 'bench', false)").await?;
+        let stream = nats.js.get_stream(topology::EVENTS.name).await?;
         tokio::spawn(async move {
             while !stop.is_cancelled() || !pending.lock().expect("lock").is_empty() {
-                let ids: Vec<uuid::Uuid> = pending.lock().expect("lock").keys().copied().collect();
-                if !ids.is_empty()
-                    && let Ok(found) = client2
-                        .query("SELECT id FROM messages WHERE tenant_id = 'bench' AND id = ANY($1)", &[&ids])
-                        .await
-                {
+                if let Ok(info) = stream.consumer_info(topology::consumers::HISTORY_EVENTS).await {
                     let now = Instant::now();
                     let mut p = pending.lock().expect("lock");
-                    for row in found {
-                        let id: uuid::Uuid = row.get(0);
-                        if let Some(t0) = p.remove(&id) {
-                            let _ = done.lock().expect("lock").record((now - t0).as_micros() as u64);
-                        }
+                    let later = p.split_off(&(info.ack_floor.stream_sequence + 1));
+                    for t0 in std::mem::replace(&mut *p, later).into_values() {
+                        let _ = done.lock().expect("lock").record((now - t0).as_micros() as u64);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -382,26 +428,33 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     let n = (pace * spec.paced_seconds as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / pace);
     let begin = Instant::now();
+    let before = count(&client, "bench").await?;
     for i in 0..n {
         tokio::time::sleep_until((begin + interval.mul_f64(i as f64)).into()).await;
-        let (id, message, r) =
-            conversation_records(&cache, &tenant, 1_000_000 + i, 1).pop().expect("the opening record");
-        pending.lock().expect("lock").insert(message.as_uuid(), Instant::now());
-        publish(&nats, &tenant, id, &r).await?;
+        let (id, _, r) = conversation_records(&cache, &tenant, 1_000_000 + i, 1).pop().expect("the opening record");
+        let t0 = Instant::now();
+        let sequence = publish(&nats, &tenant, id, &r).await?;
+        pending.lock().expect("lock").insert(sequence, t0);
     }
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), watcher)
         .await
-        .map_err(|_| anyhow::anyhow!("rows not committed"))??;
+        .map_err(|_| anyhow::anyhow!("records not acknowledged"))??;
+    let rows_now = count(&client, "bench").await?;
+    anyhow::ensure!(rows_now == before + n as i64, "{} paced messages committed of {n}", rows_now - before);
     let h = done.lock().expect("lock").clone();
-    rows.push(("anchor: binary COPY into the messages' table shape".into(), format!("{anchor:.0} rows/s")));
+    rows.push(("anchor: binary COPY into the messages' table shape (best of 3)".into(), format!("{anchor:.0} rows/s")));
     rows.push((
-        "history: records on PARLEY_EVENTS → committed rows, each opening a conversation".into(),
+        "history: a backlog on PARLEY_EVENTS drained → committed rows, each record opening a conversation".into(),
         format!("{opening:.0} rows/s ({:.0} % of COPY)", 100.0 * opening / anchor),
     ));
     rows.push((
-        format!("history: records on PARLEY_EVENTS → committed rows, conversations of {per} messages"),
+        format!("history: a backlog on PARLEY_EVENTS drained → committed rows, conversations of {per} messages"),
         format!("{writer:.0} rows/s ({:.0} % of COPY)", 100.0 * writer / anchor),
+    ));
+    rows.push((
+        format!("history: records published while the writer runs → committed rows, conversations of {per} messages"),
+        format!("{live:.0} rows/s ({:.0} % of COPY)", 100.0 * live / anchor),
     ));
     rows.push((
         format!("history: publish → committed, paced at {pace:.0}/s"),

@@ -216,23 +216,7 @@ impl App {
         let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new())
             .await
             .expect("ingest starts");
-        let history_config = parley_history::HistoryConfig {
-            server: any_port(),
-            nats: nats.clone(),
-            database: parley_history::DatabaseSection {
-                url: Secret::new(infra.db.url()),
-                pool_size: 8,
-                ..Default::default()
-            },
-            auth: auth.clone(),
-            telemetry: telemetry.clone(),
-            writer: parley_history::WriterSection::default(),
-            // Retention applied every second, so tests see it act.
-            retention: parley_history::retention::RetentionSection { interval_secs: 1, ..Default::default() },
-        };
-        let history = parley_history::start(history_config, Metrics::new("history"), CancellationToken::new())
-            .await
-            .expect("history starts");
+        let history = start_history(&infra, &signing_key).await.expect("history starts");
         let mut senders = parley_notification::senders::SendersSection {
             telegram_api: providers.base("telegram"),
             whatsapp_api: providers.base("whatsapp"),
@@ -300,6 +284,24 @@ impl App {
     /// replicas split the work; stopping one leaves the others).
     pub async fn routing_replica(&self, options: AppOptions, name: &'static str) -> ServiceHandle {
         start_routing(&self.infra, &self.signing_key, options, name).await.expect("routing replica starts")
+    }
+
+    /// Stops the history service (its durable consumer keeps what is published meanwhile).
+    pub async fn stop_history(&mut self) -> anyhow::Result<()> {
+        match self.history.take() {
+            Some(history) => history.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the history service again after [`App::stop_history`]; its API moves to a new
+    /// address, which [`App::history_client`] follows (the desk gateway keeps the old one).
+    pub async fn start_history(&mut self) -> anyhow::Result<()> {
+        self.stop_history().await?;
+        let history = start_history(&self.infra, &self.signing_key).await?;
+        self.addrs.history = history.grpc_addr;
+        self.history = Some(history);
+        Ok(())
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -461,6 +463,25 @@ impl App {
             }
         }
     }
+}
+
+/// The history service against `infra`, accepting tokens signed with `signing_key`.
+pub async fn start_history(infra: &Infra, signing_key: &Secret) -> anyhow::Result<ServiceHandle> {
+    let config = parley_history::HistoryConfig {
+        server: any_port(),
+        nats: parley_kit::config::NatsConfig { url: infra.nats.url(), ..Default::default() },
+        database: parley_history::DatabaseSection {
+            url: Secret::new(infra.db.url()),
+            pool_size: 8,
+            ..Default::default()
+        },
+        auth: parley_kit::config::AuthConfig { signing_key: signing_key.clone() },
+        telemetry: TelemetryConfig::default(),
+        writer: parley_history::WriterSection::default(),
+        // Retention applied every second, so tests see it act.
+        retention: parley_history::retention::RetentionSection { interval_secs: 1, ..Default::default() },
+    };
+    parley_history::start(config, Metrics::new("history"), CancellationToken::new()).await
 }
 
 /// Starts a routing service in this process on free ports.
