@@ -131,6 +131,30 @@ pub fn fresh_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
+/// Waits until every consumer in `consumers` of the conversation log has nothing pending
+/// and nothing awaiting an ack, asking NATS every `poll` (so waiting costs the services
+/// being measured nothing); gives up after 10 minutes.
+pub async fn settle(js: &async_nats::jetstream::Context, consumers: &[&str], poll: Duration) -> anyhow::Result<()> {
+    let stream = js.get_stream(parley_nats::topology::EVENTS.name).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    for name in consumers {
+        loop {
+            let info = stream.consumer_info(*name).await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{name} still has {} pending and {} awaiting an ack after 10 minutes",
+                info.num_pending,
+                info.num_ack_pending
+            );
+            tokio::time::sleep(poll).await;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -274,29 +274,6 @@ async fn fill_backlog(app: &App, token: &str, n: usize) -> anyhow::Result<()> {
     .await
 }
 
-/// Waits until the consumers of the conversation log have nothing pending.
-async fn settle(app: &App) -> anyhow::Result<()> {
-    use parley_nats::topology::{EVENTS, consumers};
-    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await?);
-    let stream = js.get_stream(EVENTS.name).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    for name in [consumers::HISTORY_EVENTS, consumers::ROUTING_FANOUT] {
-        loop {
-            let info = stream.consumer_info(name).await?;
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{name} still has {} pending after 10 minutes",
-                info.num_pending
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(())
-}
-
 async fn waiting(app: &App, token: &str) -> anyhow::Result<u32> {
     Ok(app
         .routing_client(token)
@@ -381,7 +358,11 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     // History and the fan-out work through the backlog's records behind routing; measured
     // while they catch up, the first step would time their catching up too.
     let t = Instant::now();
-    settle(&app).await?;
+    {
+        use parley_nats::topology::consumers::{HISTORY_EVENTS, ROUTING_FANOUT};
+        let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await?);
+        crate::settle(&js, &[HISTORY_EVENTS, ROUTING_FANOUT], Duration::from_millis(200)).await?;
+    }
     println!("   history and fan-out caught up with the backlog in {:.1} s", t.elapsed().as_secs_f64());
 
     let mut steps = Vec::new();
@@ -404,12 +385,13 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
         // Saturation: closers close as fast as they can; every close frees a seat that
         // routing fills from the backlog.
         let (count, took, saturated) =
-            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, None, spec.seconds).await?;
+            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, None, spec.seconds, backlog as usize).await?;
         let assignments_per_second = rate(count, took);
         // Latency: closes paced at half that rate.
         let paced_rate = assignments_per_second / 2.0;
+        let left = waiting(&app, &fx.supervisor_token).await? as usize;
         let (_, _, paced) =
-            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(paced_rate), spec.seconds).await?;
+            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(paced_rate), spec.seconds, left).await?;
         paced.print_slow();
         let step = Step {
             operators: n,
@@ -450,6 +432,9 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
 /// `concurrency` freed and not yet refilled), or paced at `per_second`. Returns the
 /// assignments seen meanwhile, the time, and the latencies from each close to the next
 /// assignment to that operator. Returns once every freed seat is refilled.
+///
+/// Each close takes one of the `waiting` conversations; closing more would free seats the
+/// backlog cannot refill, so running out is an error that says so.
 async fn closing(
     app: &App,
     token: &str,
@@ -457,6 +442,7 @@ async fn closing(
     concurrency: usize,
     per_second: Option<f64>,
     seconds: u64,
+    waiting: usize,
 ) -> anyhow::Result<(usize, Duration, Latency)> {
     let (start_assigned, start_closed) = {
         let mut w = lock(watch);
@@ -482,6 +468,11 @@ async fn closing(
                 }
                 let job = {
                     let mut w = lock(&watch);
+                    anyhow::ensure!(
+                        w.closed - start_closed < waiting,
+                        "the backlog ran out ({waiting} were waiting when this phase began): raise --routing-queued \
+                         or shorten --routing-seconds"
+                    );
                     // Seats freed and not yet refilled.
                     let outstanding = (w.closed - start_closed).saturating_sub(w.assigned - start_assigned);
                     let job = if outstanding < concurrency { w.held.pop_front() } else { None };
