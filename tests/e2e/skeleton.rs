@@ -121,6 +121,10 @@ async fn a_customer_message_reaches_an_operator_and_the_reply_comes_back() {
     assert_eq!(got.message_count, 3);
     let c = got.conversation.unwrap();
     assert_eq!((c.operator_id.as_str(), c.status), ("anna", v1::ConversationStatus::Assigned as i32));
+    // The last message changed no stored field of the conversation (its row is not
+    // rewritten for it), yet the conversation reads as updated by it.
+    let seconds = |t: &Option<parley_proto::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos / 1_000_000));
+    assert_eq!(seconds(&c.update_time), seconds(&messages[2].create_time), "updated by its last message");
     let customer = history
         .get_customer(v1::GetCustomerRequest { customer_id: first.customer_id.clone() })
         .await

@@ -935,6 +935,38 @@ mod tests {
         assert_eq!(third.next.message_count, 3);
     }
 
+    /// History rewrites a conversation's row only for records that do more than add
+    /// messages or delivery states: those must leave every field of the row but the update
+    /// time as it was, whatever the status.
+    #[test]
+    fn messages_and_delivery_states_change_no_field_history_stores_but_the_update_time() {
+        let row = |c: &Conversation| {
+            let fields = (c.id, c.customer.id, c.channel, c.channel_config.clone(), c.queue.clone());
+            (fields, c.status.clone(), c.priority, c.created, c.closed_at)
+        };
+        let queued = opened();
+        let assigned = queued.apply(Command::Assign { operator: op("anna") }, at(2_000)).unwrap().next;
+        for c in [queued, assigned] {
+            let received = c.apply(Command::CustomerMessage(msg(201, Sender::Customer)), at(3_000)).unwrap();
+            assert!(matches!(received.effects[0], Effect::Log(Event::MessageReceived(_))));
+            assert_eq!(row(&received.next), row(&c));
+            let sent = received.next.apply(Command::RecordOperatorMessage(msg(202, Sender::Operator)), at(4_000));
+            let sent = sent.unwrap();
+            assert!(matches!(sent.effects[0], Effect::Log(Event::MessageSent(_))));
+            assert_eq!(row(&sent.next), row(&c));
+            let change = DeliveryChange {
+                message: msg(202, Sender::Operator).id,
+                state: DeliveryState::Delivered,
+                reason: String::new(),
+                at: at(5_000),
+            };
+            let delivered = sent.next.apply(Command::RecordDelivery(change), at(5_000)).unwrap();
+            assert!(matches!(delivered.effects[0], Effect::Log(Event::Delivery(_))));
+            assert_eq!(row(&delivered.next), row(&c));
+            assert_eq!(delivered.next.updated, sent.next.updated);
+        }
+    }
+
     #[test]
     fn offer_accept_and_expiry() {
         let c = opened();

@@ -70,7 +70,9 @@ pub struct WriterSection {
     pub max_batch: usize,
     /// How long the first record of a batch waits for company.
     pub max_delay_ms: u64,
-    /// Concurrent lanes (records of one conversation share a lane and stay in order).
+    /// Concurrent lanes (records of one conversation share a lane and stay in order). Each
+    /// holds its record until the record's batch commits, so this bounds the records in
+    /// flight: the writer's depth (the consumer lets twice as many await an ack).
     pub lanes: usize,
     /// Batches committing at once, each on its own connection (a record waits for its
     /// commit, so one conversation's records are never in two batches at a time).
@@ -79,7 +81,7 @@ pub struct WriterSection {
 
 impl Default for WriterSection {
     fn default() -> Self {
-        Self { max_batch: 1000, max_delay_ms: 5, lanes: 4096, concurrent_batches: 6 }
+        Self { max_batch: 1000, max_delay_ms: 5, lanes: 8192, concurrent_batches: 6 }
     }
 }
 
@@ -112,8 +114,8 @@ impl Validate for HistoryConfig {
         }
         self.retention.validate()?;
         let w = &self.writer;
-        if !(1..=10_000).contains(&w.max_batch) || w.max_delay_ms > 1000 || !(1..=4096).contains(&w.lanes) {
-            return Err("writer: max_batch 1..=10000, max_delay_ms ≤ 1000, lanes 1..=4096".into());
+        if !(1..=10_000).contains(&w.max_batch) || w.max_delay_ms > 1000 || !(1..=16384).contains(&w.lanes) {
+            return Err("writer: max_batch 1..=10000, max_delay_ms ≤ 1000, lanes 1..=16384".into());
         }
         if w.concurrent_batches == 0 || w.concurrent_batches >= db.pool_size {
             return Err(format!(
@@ -183,6 +185,7 @@ pub async fn start(config: HistoryConfig, metrics: Metrics, token: CancellationT
     }
     let spec = ConsumerSpec {
         lanes: config.writer.lanes,
+        max_ack_pending: 2 * config.writer.lanes as i64,
         ..ConsumerSpec::new(topology::EVENTS, topology::consumers::HISTORY_EVENTS)
     };
     let (consumer_token, consumer_metrics) = (token.clone(), metrics.clone());

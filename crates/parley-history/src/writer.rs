@@ -81,6 +81,21 @@ fn conversation_row(tenant: &TenantId, s: &events::ConversationStateSummary) -> 
     })
 }
 
+/// Whether a record changes the conversation's row. A record that only adds messages or
+/// delivery states leaves every stored field as it was but the update time (a message never
+/// changes a conversation's status, queue, operator, priority or close), and the update time
+/// is read as the later of the row's and the newest message's; so the row is rewritten only
+/// for the other records: about one record in eight of a typical conversation, where every
+/// message once rewrote it.
+fn changes_row(record: &events::ConversationRecordHistory) -> bool {
+    use events::conversation_event::Kind;
+    record.events.is_empty()
+        || record
+            .events
+            .iter()
+            .any(|e| !matches!(e.kind, Some(Kind::MessageReceived(_) | Kind::MessageSent(_) | Kind::Delivery(_))))
+}
+
 /// Turns one record (read without what only routing needs) into the rows it adds.
 pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, String> {
     let tenant = TenantId::parse(&record.tenant_id).map_err(|e| e.to_string())?;
@@ -88,7 +103,9 @@ pub fn rows(record: &events::ConversationRecordHistory) -> Result<TenantBatch, S
     let row = conversation_row(&tenant, state)?;
     let (conversation_id, customer_id, channel) = (row.id, row.customer_id, row.channel.clone());
     let mut batch = TenantBatch::new(tenant);
-    batch.conversations.push(row);
+    if changes_row(record) {
+        batch.conversations.push(row);
+    }
     for event in &record.events {
         let at = convert::from_timestamp(event.event_time.as_ref());
         let event_id = uuid::Uuid::parse_str(&event.event_id).map_err(|e| format!("event_id: {e}"))?;
@@ -302,4 +319,38 @@ type RowsFamily = Family<Vec<(String, String)>, Counter>;
 
 fn prometheus_rows() -> RowsFamily {
     RowsFamily::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::conversation_event::Kind;
+
+    fn record(kinds: Vec<Kind>) -> events::ConversationRecordHistory {
+        events::ConversationRecordHistory {
+            events: kinds
+                .into_iter()
+                .map(|k| events::ConversationEvent { kind: Some(k), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_records_that_change_more_than_messages_rewrite_the_conversation_row() {
+        // Messages and delivery states leave the row as it was (but its update time).
+        assert!(!changes_row(&record(vec![Kind::MessageReceived(Default::default())])));
+        assert!(!changes_row(&record(vec![Kind::MessageSent(Default::default()), Kind::Delivery(Default::default())])));
+        // Anything else rewrites it, with or without messages beside it.
+        assert!(changes_row(&record(vec![
+            Kind::Opened(Default::default()),
+            Kind::MessageReceived(Default::default()),
+            Kind::Queued(Default::default()),
+        ])));
+        assert!(changes_row(&record(vec![Kind::Assigned(Default::default())])));
+        assert!(changes_row(&record(vec![Kind::MessageSent(Default::default()), Kind::Closed(Default::default())])));
+        assert!(changes_row(&record(vec![Kind::Decision(Default::default())])));
+        // A record saying nothing of what happened is written as it comes.
+        assert!(changes_row(&record(Vec::new())));
+    }
 }

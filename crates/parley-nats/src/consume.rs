@@ -123,20 +123,31 @@ pub async fn run<H: Handler>(
         .get_stream(spec.stream.name)
         .await
         .map_err(|e| anyhow::anyhow!("stream {} unavailable: {e}", spec.stream.name))?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            spec.durable,
-            consumer::pull::Config {
-                durable_name: Some(spec.durable.to_owned()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: spec.ack_wait,
-                max_ack_pending: spec.max_ack_pending,
-                filter_subject: spec.filter.clone().unwrap_or_default(),
-                ..Default::default()
-            },
-        )
+    let config = consumer::pull::Config {
+        durable_name: Some(spec.durable.to_owned()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_ack_pending: spec.max_ack_pending,
+        filter_subject: spec.filter.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(spec.durable, config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("consumer {} on {}: {e}", spec.durable, spec.stream.name))?;
+    // A consumer made by an older release keeps its limits unless told otherwise (NATS 2.10
+    // or newer can change them in place; an older server keeps the old ones, which only
+    // bounds how much is in flight).
+    let (had_pending, had_wait) =
+        (consumer.cached_info().config.max_ack_pending, consumer.cached_info().config.ack_wait);
+    if had_pending != spec.max_ack_pending || had_wait != spec.ack_wait {
+        match stream.update_consumer(config).await {
+            Ok(updated) => consumer = updated,
+            Err(e) => {
+                tracing::warn!(consumer = spec.durable, error = %e, had_pending, "cannot update the consumer's limits; keeping them")
+            }
+        }
+    }
 
     let lanes = spec.lanes.max(1);
     let mut senders = Vec::with_capacity(lanes);

@@ -1297,7 +1297,14 @@ fn attachment_rows(r: &Row) -> Vec<AttachmentRow> {
         .collect()
 }
 
-const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id, queue_id, status, operator_id, priority, created_at, updated_at, closed_at";
+/// A conversation's columns, from `conversations` (not aliased). Its row is not rewritten for
+/// records that only add messages (see the history writer), so its update time is the later
+/// of the row's and its newest message's.
+const CONVERSATION_COLUMNS: &str = "id, customer_id, channel, channel_config_id, queue_id, status, operator_id,
+     priority, created_at, closed_at,
+     GREATEST(updated_at, (SELECT max(lm.created_at) FROM messages lm
+                           WHERE lm.tenant_id = conversations.tenant_id AND lm.conversation_id = conversations.id))
+       AS updated_at";
 /// A message's delivery state is its row's, or the furthest a receipt took it.
 const MESSAGE_COLUMNS: &str = "id, conversation_id, customer_id, channel, sender, operator_id, body, quoted_message_id,
      quoted_channel_message_id, quoted_text, COALESCE(d.state, m.delivery_state) AS delivery_state,
@@ -1341,9 +1348,10 @@ impl Db {
         self.tenant_tx(tenant, move |tx| {
             Box::pin(async move {
                 let sql = format!(
-                    "SELECT {CONVERSATION_COLUMNS}, (SELECT count(*) FROM messages m WHERE m.tenant_id = c.tenant_id
-                       AND m.conversation_id = c.id) AS message_count
-                     FROM conversations c WHERE id = $1"
+                    "SELECT {CONVERSATION_COLUMNS}, (SELECT count(*) FROM messages m
+                       WHERE m.tenant_id = conversations.tenant_id AND m.conversation_id = conversations.id)
+                       AS message_count
+                     FROM conversations WHERE id = $1"
                 );
                 let row = tx.query_opt(&sql, &[&id]).await?;
                 Ok(row.map(|r| (conversation_row(&r), r.get::<_, i64>("message_count"))))
