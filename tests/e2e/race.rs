@@ -1042,12 +1042,7 @@ async fn three_replicas_racing_never_overfill_an_operator_or_share_a_conversatio
             let mut supervisor = supervisor.clone();
             let capacity = capacity.clone();
             async move {
-                let presences = supervisor
-                    .list_operator_presences(v1::ListOperatorPresencesRequest {})
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .presences;
+                let presences = parley_testkit::presences(supervisor.clone()).await?;
                 let seats_match = presences.len() == OPERATORS
                     && presences.iter().all(|p| {
                         p.load.iter().map(|l| l.max_conversations as usize).sum::<usize>() == capacity[&p.operator_id]

@@ -142,7 +142,15 @@ pub async fn run<H: Handler>(
         (consumer.cached_info().config.max_ack_pending, consumer.cached_info().config.ack_wait);
     if had_pending != spec.max_ack_pending || had_wait != spec.ack_wait {
         match stream.update_consumer(config).await {
-            Ok(updated) => consumer = updated,
+            Ok(updated) => {
+                tracing::info!(
+                    consumer = spec.durable,
+                    had_pending,
+                    max_ack_pending = spec.max_ack_pending,
+                    "consumer limits updated"
+                );
+                consumer = updated;
+            }
             Err(e) => {
                 tracing::warn!(consumer = spec.durable, error = %e, had_pending, "cannot update the consumer's limits; keeping them")
             }
