@@ -157,11 +157,11 @@ fn generated_rows(n: usize, seed: u64) -> impl Iterator<Item = CopyRow> {
 
 /// The message rows the history writer stores for `records` (the same ids, conversations,
 /// customers, texts and times), for the anchor to COPY the same data.
-fn rows_of(records: &[(ConversationId, MessageId, parley_proto::events::ConversationRecord)]) -> Vec<CopyRow> {
+fn rows_of(records: &[Record]) -> Vec<CopyRow> {
     use parley_proto::prost::Message as _;
     records
         .iter()
-        .flat_map(|(_, _, r)| {
+        .flat_map(|(_, r)| {
             let history = parley_proto::events::ConversationRecordHistory::decode(r.encode_to_vec().as_slice())
                 .expect("a record decodes as history reads it");
             parley_history::writer::rows(&history).expect("rows of a bench record").messages
@@ -229,14 +229,12 @@ async fn copy_rows(
     Ok(n)
 }
 
+/// A conversation record with the conversation it belongs to, as the bench publishes it.
+type Record = (ConversationId, parley_proto::events::ConversationRecord);
+
 /// The records of conversation `i`, as routing appends them: the first opens it with the
 /// customer's first message, each of the next `messages - 1` adds one more message.
-fn conversation_records(
-    cache: &ConfigCache,
-    tenant: &TenantId,
-    i: u64,
-    messages: usize,
-) -> Vec<(ConversationId, MessageId, parley_proto::events::ConversationRecord)> {
+fn conversation_records(cache: &ConfigCache, tenant: &TenantId, i: u64, messages: usize) -> Vec<Record> {
     let now = parley_kit::clock::now();
     let address = format!("bench-{i}-{}", uuid::Uuid::now_v7().simple());
     let customer = CustomerId::derive(tenant, Channel::Telegram, &address);
@@ -277,19 +275,16 @@ fn conversation_records(
         preference: None,
     };
     let mut out = Vec::with_capacity(messages);
-    let mut t = Conversation::open(opening, first.clone(), now);
-    let mut last = first.id;
+    let mut t = Conversation::open(opening, first, now);
     for n in 1..=messages {
         let next = t.next.clone();
         let (record, _) =
             parley_routing::record::build(uuid::Uuid::now_v7(), &t.next, t.effects, vec![], vec![], now, cache);
-        out.push((id, last, record));
+        out.push((id, record));
         if n == messages {
             break;
         }
-        let m = message(n, Some(id));
-        last = m.id;
-        t = next.apply(Command::CustomerMessage(m), now).expect("a customer message applies");
+        t = next.apply(Command::CustomerMessage(message(n, Some(id))), now).expect("a customer message applies");
     }
     out
 }
@@ -298,13 +293,7 @@ fn conversation_records(
 /// every conversation's first record, then every conversation's second, and so on (so
 /// one conversation's records, far apart, reach the stream in order even when published
 /// concurrently).
-fn interleaved(
-    cache: &ConfigCache,
-    tenant: &TenantId,
-    first: u64,
-    conversations: usize,
-    per: usize,
-) -> Vec<(ConversationId, MessageId, parley_proto::events::ConversationRecord)> {
+fn interleaved(cache: &ConfigCache, tenant: &TenantId, first: u64, conversations: usize, per: usize) -> Vec<Record> {
     let mut each: Vec<_> =
         (0..conversations as u64).map(|i| conversation_records(cache, tenant, first + i, per).into_iter()).collect();
     let mut out = Vec::with_capacity(conversations * per);
@@ -339,19 +328,19 @@ enum Feed {
     Backlog,
 }
 
-/// Publishes `records` (at most 256 at once) and waits until the `bench` tenant has
-/// `before` + that many messages; returns committed rows per second, timed from the first
+/// Publishes `records` (at most 256 at once) and waits until the `bench` tenant has that
+/// many messages more; returns committed rows per second, timed from the first
 /// publish ([`Feed::Live`]) or from the history service's start ([`Feed::Backlog`]).
 async fn write_all(
     app: &mut App,
     nats: &Nats,
     client: &tokio_postgres::Client,
     tenant: &TenantId,
-    records: Vec<(ConversationId, MessageId, parley_proto::events::ConversationRecord)>,
-    before: i64,
+    records: Vec<Record>,
     feed: Feed,
 ) -> anyhow::Result<f64> {
     use futures_util::StreamExt as _;
+    let before = count(client, "bench").await?;
     if feed == Feed::Backlog {
         app.stop_history().await?;
     } else {
@@ -359,7 +348,7 @@ async fn write_all(
     }
     let mut started = Instant::now();
     let mut inflight = futures_util::stream::FuturesUnordered::new();
-    for (id, _, r) in &records {
+    for (id, r) in &records {
         inflight.push(publish(nats, tenant, *id, r));
         if inflight.len() >= 256 {
             inflight.next().await.transpose()?;
@@ -424,16 +413,9 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     // published while the history service is stopped and timed from its start: the
     // harness's publishing would otherwise take CPU from the writer it measures. Then the
     // conversations again, published while the writer runs.
-    let opening = write_all(
-        &mut app,
-        &nats,
-        &client,
-        &tenant,
-        interleaved(&cache, &tenant, 0, spec.records, 1),
-        0,
-        Feed::Backlog,
-    )
-    .await?;
+    let opening =
+        write_all(&mut app, &nats, &client, &tenant, interleaved(&cache, &tenant, 0, spec.records, 1), Feed::Backlog)
+            .await?;
     println!("parley: history writer, opening records → committed rows: {opening:.0} rows/s");
 
     // Conversations of eight messages, three rounds. Each round COPYs, as the anchor, the
@@ -444,14 +426,12 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     // swings by a third within a minute: rounds alternate the anchor and the writer, and
     // the best of each is compared.
     let per = 8;
-    let records = spec.records as i64;
     let (mut anchor, mut ordered, mut writer): (f64, f64, f64) = (0.0, 0.0, 0.0);
     for round in 0..3 {
         let mixed = interleaved(&cache, &tenant, (1 + round) * spec.records as u64, spec.records / per, per);
         let copied = copy_anchor(&client, rows_of(&mixed).into_iter()).await?;
         let generated = copy_anchor(&client, generated_rows(spec.records, 0)).await?;
-        let written =
-            write_all(&mut app, &nats, &client, &tenant, mixed, (1 + round as i64) * records, Feed::Backlog).await?;
+        let written = write_all(&mut app, &nats, &client, &tenant, mixed, Feed::Backlog).await?;
         println!(
             "round {}: COPY of the writer's rows {copied:.0} rows/s, of time-ordered rows {generated:.0} rows/s; \
              the writer, conversations of {per} messages: {written:.0} rows/s ({:.0} % of the COPY before it)",
@@ -461,7 +441,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
         (anchor, ordered, writer) = (anchor.max(copied), ordered.max(generated), writer.max(written));
     }
     let mixed = interleaved(&cache, &tenant, 4 * spec.records as u64, spec.records / per, per);
-    let live = write_all(&mut app, &nats, &client, &tenant, mixed, 4 * records, Feed::Live).await?;
+    let live = write_all(&mut app, &nats, &client, &tenant, mixed, Feed::Live).await?;
     println!("parley: history writer, the same published while it writes → committed rows: {live:.0} rows/s");
 
     // Publish → committed at half the throughput. A record counts as committed once the
@@ -495,7 +475,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     let begin = Instant::now();
     for i in 0..n {
         tokio::time::sleep_until((begin + interval.mul_f64(i as f64)).into()).await;
-        let (id, _, r) = conversation_records(&cache, &tenant, 1_000_000 + i, 1).pop().expect("the opening record");
+        let (id, r) = conversation_records(&cache, &tenant, 1_000_000 + i, 1).pop().expect("the opening record");
         let t0 = Instant::now();
         let sequence = publish(&nats, &tenant, id, &r).await?;
         pending.lock().expect("lock").insert(sequence, t0);

@@ -138,9 +138,9 @@ pub async fn run<H: Handler>(
     // A consumer made by an older release keeps its limits unless told otherwise (NATS 2.10
     // or newer can change them in place; an older server keeps the old ones, which only
     // bounds how much is in flight).
-    let (had_pending, had_wait) =
-        (consumer.cached_info().config.max_ack_pending, consumer.cached_info().config.ack_wait);
-    if had_pending != spec.max_ack_pending || had_wait != spec.ack_wait {
+    let had = &consumer.cached_info().config;
+    let had_pending = had.max_ack_pending;
+    if had_pending != spec.max_ack_pending || had.ack_wait != spec.ack_wait {
         match stream.update_consumer(config).await {
             Ok(updated) => {
                 tracing::info!(

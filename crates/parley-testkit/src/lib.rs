@@ -41,7 +41,6 @@ pub use servers::{NatsServer, RedisServer, TestDatabase};
 /// A client with a bearer token.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// Shows service logs in tests when `PARLEY_TEST_LOG` is set.
 /// Every operator's presence (status, connection, load per channel) as a routing replica
 /// sees it; `None` when the call fails (for polling with [`eventually`]).
 pub async fn presences(mut routing: RoutingServiceClient<Authed>) -> Option<Vec<v1::OperatorPresence>> {
@@ -49,6 +48,7 @@ pub async fn presences(mut routing: RoutingServiceClient<Authed>) -> Option<Vec<
     Some(routing.list_operator_presences(request).await.ok()?.into_inner().presences)
 }
 
+/// Shows service logs in tests when `PARLEY_TEST_LOG` is set.
 pub fn init_logging() {
     if let Ok(filter) = std::env::var("PARLEY_TEST_LOG") {
         let config = TelemetryConfig { log_filter: filter, ..TelemetryConfig::default() };
