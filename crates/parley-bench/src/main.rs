@@ -5,13 +5,15 @@
 //!    operator's desk session (throughput, and latency at half of it);
 //! 2. **routing** ([`routing`]): bare Redis `EVALSHA` of an empty script vs routing's
 //!    assignments per second and "capacity freed → offered" latency with 100, 1 000 and
-//!    10 000 operators online over a backlog of 100 000 waiting conversations;
+//!    10 000 operators online over a backlog of 100 000 waiting conversations, at half the
+//!    saturated rate and at the load that many operators make (with a bare `EVALSHA` paced
+//!    alike);
 //! 3. **policy** ([`policy`]): the pure policy's decisions per second;
 //! 4. **channels** ([`channels`]): a trivial axum handler and a bare JetStream publish vs
 //!    a Telegram webhook until JetStream acked it; a bare HTTP client vs the senders, both
 //!    against the same local provider double;
-//! 5. **history** ([`history`]): a bare binary `COPY` into the messages' table shape vs the
-//!    history writer from `PARLEY_EVENTS` to committed rows (throughput, and publish →
+//! 5. **history** ([`history`]): a bare binary `COPY` of the writer's own rows into tables
+//!    of their shape vs the history writer from `PARLEY_EVENTS` to committed rows (throughput, and publish →
 //!    committed at half of it); `SearchMessages` latency over a generated corpus.
 //!
 //! 6. **desk** ([`desk`]): a bare tonic streaming server vs the notification service, both
@@ -74,6 +76,11 @@ pub struct Args {
     /// Routing: closes in flight at once (and callers of the Redis anchor).
     #[arg(long, default_value_t = 32)]
     routing_concurrency: usize,
+    /// Routing: for the latency at a contact center's own load, each online operator frees
+    /// a seat once per this many seconds on average (two seats, conversations of two
+    /// minutes; chats usually last longer).
+    #[arg(long, default_value_t = 60.0)]
+    routing_turnover_secs: f64,
     /// Routing: run the routing service inside the bench's process instead of as its own
     /// `parley-routing` process.
     #[arg(long)]
@@ -159,6 +166,10 @@ pub async fn settle(js: &async_nats::jetstream::Context, consumers: &[&str], pol
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!("parley-bench: {args:?}");
+    anyhow::ensure!(
+        args.routing_turnover_secs.is_finite() && args.routing_turnover_secs > 0.0,
+        "--routing-turnover-secs must be a positive number of seconds"
+    );
     // Service logs only when asked for (PARLEY_TEST_LOG=<filter>).
     parley_testkit::init_logging();
     let runs = |s: Section| args.only.is_empty() || args.only.contains(&s);
@@ -178,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             seats: args.routing_seats,
             seconds: args.routing_seconds,
             concurrency: args.routing_concurrency,
+            turnover_secs: args.routing_turnover_secs,
             routing_process: !args.routing_in_process,
         };
         let out = routing::run(&spec).await?;
@@ -200,6 +212,16 @@ async fn main() -> anyhow::Result<()> {
                     s.paced_rate,
                     s.p50_ms,
                     s.p99_ms
+                ),
+            ));
+            rows.push((
+                format!(
+                    "routing: {} operators online, each freeing a seat every {:.0} s",
+                    s.operators, args.routing_turnover_secs
+                ),
+                format!(
+                    "{:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms ({} samples); bare EVALSHA at that pace p50 {:.2} ms, p99 {:.2} ms",
+                    s.typical_rate, s.typical_p50_ms, s.typical_p99_ms, s.typical_samples, s.bare_p50_ms, s.bare_p99_ms
                 ),
             ));
         }

@@ -38,6 +38,9 @@ pub struct Spec {
     pub seconds: u64,
     /// Closes in flight at once.
     pub concurrency: usize,
+    /// The load of a contact center of each step's size, for a second latency measure: each
+    /// operator frees a seat once per this many seconds on average.
+    pub turnover_secs: f64,
     /// Routing runs as its own process (`parley-routing`, as deployed) rather than in the
     /// bench's process, where it would share two tokio workers with the load it measures
     /// and the other three services.
@@ -62,6 +65,14 @@ pub struct Step {
     pub p99_decided_ms: f64,
     pub p99_delivered_ms: f64,
     pub samples: u64,
+    /// Paced at the contact center's own load (`Spec::turnover_secs`): freed → offered.
+    pub typical_rate: f64,
+    pub typical_p50_ms: f64,
+    pub typical_p99_ms: f64,
+    pub typical_samples: u64,
+    /// A bare `EVALSHA` paced at `typical_rate`.
+    pub bare_p50_ms: f64,
+    pub bare_p99_ms: f64,
 }
 
 /// The figures of a run.
@@ -75,21 +86,36 @@ pub struct Outcome {
 }
 
 /// Bare `EVALSHA` of an empty script, `concurrency` callers over one multiplexed
-/// connection (as routing uses Redis), for `seconds`.
-async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
+/// connection (as routing uses Redis), for `seconds`: as fast as they can, or `per_second`
+/// calls paced as the bench paces closes.
+async fn anchor(
+    url: &str,
+    concurrency: usize,
+    seconds: u64,
+    per_second: Option<f64>,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
     let client = redis::Client::open(url)?;
     let conn = client.get_connection_manager().await?;
     let script = redis::Script::new("");
     // Load it once so every call is an EVALSHA.
     let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
-    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (mut conn, script) = (conn.clone(), script.clone());
+        let (mut conn, script, next) = (conn.clone(), script.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut h = fresh_histogram();
             let mut n = 0u64;
-            while Instant::now() < until {
+            loop {
+                if let Some(rate) = per_second {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+                }
+                if Instant::now() >= until {
+                    break;
+                }
                 let t = Instant::now();
                 let _: redis::Value = script.invoke_async(&mut conn).await?;
                 h.record(t.elapsed().as_micros().max(1) as u64)?;
@@ -98,7 +124,6 @@ async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(
             anyhow::Ok((n, h))
         }));
     }
-    let started = Instant::now();
     let mut total = 0;
     let mut all = fresh_histogram();
     for w in workers {
@@ -286,7 +311,7 @@ async fn waiting(app: &App, token: &str) -> anyhow::Result<u32> {
 
 pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     let infra = parley_testkit::Infra::start().await?;
-    let (anchor_per_second, anchor_h) = anchor(&infra.redis.url(), spec.concurrency, 5).await?;
+    let (anchor_per_second, anchor_h) = anchor(&infra.redis.url(), spec.concurrency, 5, None).await?;
     println!(
         "   anchor: bare EVALSHA of an empty script, {} callers: {anchor_per_second:>9.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
         spec.concurrency,
@@ -393,6 +418,19 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
         let (_, _, paced) =
             closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(paced_rate), spec.seconds, left).await?;
         paced.print_slow();
+        // Latency at the load this many operators make: each frees a seat once per
+        // `turnover_secs` on average (at most half the saturated rate), for long enough to see
+        // about 600 seats refilled (10 to 60 s).
+        let typical_rate = (n as f64 / spec.turnover_secs).min(paced_rate);
+        let typical_secs = (600.0 / typical_rate).clamp(spec.seconds as f64, 60.0).ceil() as u64;
+        let left = waiting(&app, &fx.supervisor_token).await? as usize;
+        let (_, _, typical) =
+            closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(typical_rate), typical_secs, left)
+                .await?;
+        typical.print_slow();
+        // One bare round trip to Redis at the same pace, on the same machine: the floor
+        // under each of the dozen round trips a freed seat's refill makes.
+        let (_, bare) = anchor(&app.infra.redis.url(), spec.concurrency, typical_secs, Some(typical_rate)).await?;
         let step = Step {
             operators: n,
             backlog,
@@ -404,6 +442,12 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             p99_decided_ms: ms(paced.decided.value_at_quantile(0.99)),
             p99_delivered_ms: ms(paced.delivered.value_at_quantile(0.99)),
             samples: paced.whole.len(),
+            typical_rate,
+            typical_p50_ms: ms(typical.whole.value_at_quantile(0.5)),
+            typical_p99_ms: ms(typical.whole.value_at_quantile(0.99)),
+            typical_samples: typical.whole.len(),
+            bare_p50_ms: ms(bare.value_at_quantile(0.5)),
+            bare_p99_ms: ms(bare.value_at_quantile(0.99)),
         };
         println!(
             "   {n:>6} operators online (filled at {fill:.0}/s), {backlog} waiting: {:>6.0} assignments/s (p99 {:.1} ms saturated); paced at {paced_rate:.0}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p99 {:.1} ms, decision → desk p99 {:.1} ms; {} samples)",
@@ -414,6 +458,19 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             step.p99_decided_ms,
             step.p99_delivered_ms,
             step.samples
+        );
+        println!(
+            "          at this many operators' own load, each freeing a seat every {:.0} s: {typical_rate:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p50 {:.1} / p99 {:.1} ms, decision → desk p50 {:.1} / p99 {:.1} ms; {} samples); a bare EVALSHA at that pace p50 {:.2} ms, p99 {:.2} ms",
+            spec.turnover_secs,
+            step.typical_p50_ms,
+            step.typical_p99_ms,
+            ms(typical.decided.value_at_quantile(0.5)),
+            ms(typical.decided.value_at_quantile(0.99)),
+            ms(typical.delivered.value_at_quantile(0.5)),
+            ms(typical.delivered.value_at_quantile(0.99)),
+            step.typical_samples,
+            step.bare_p50_ms,
+            step.bare_p99_ms
         );
         steps.push(step);
     }
