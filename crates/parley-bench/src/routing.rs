@@ -70,7 +70,10 @@ pub struct Step {
     pub typical_p50_ms: f64,
     pub typical_p99_ms: f64,
     pub typical_samples: u64,
-    /// A bare `EVALSHA` paced at `typical_rate`.
+    /// The bare round trips of a refill ([`chain_anchor`]) paced at `typical_rate`, and each
+    /// `EVALSHA` among them.
+    pub chain_p50_ms: f64,
+    pub chain_p99_ms: f64,
     pub bare_p50_ms: f64,
     pub bare_p99_ms: f64,
 }
@@ -86,14 +89,8 @@ pub struct Outcome {
 }
 
 /// Bare `EVALSHA` of an empty script, `concurrency` callers over one multiplexed
-/// connection (as routing uses Redis), for `seconds`: as fast as they can, or `per_second`
-/// calls paced as the bench paces closes.
-async fn anchor(
-    url: &str,
-    concurrency: usize,
-    seconds: u64,
-    per_second: Option<f64>,
-) -> anyhow::Result<(f64, Histogram<u64>)> {
+/// connection (as routing uses Redis), for `seconds`.
+async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
     let client = redis::Client::open(url)?;
     let conn = client.get_connection_manager().await?;
     let script = redis::Script::new("");
@@ -101,21 +98,13 @@ async fn anchor(
     let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
-    let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (mut conn, script, next) = (conn.clone(), script.clone(), next.clone());
+        let (mut conn, script) = (conn.clone(), script.clone());
         workers.push(tokio::spawn(async move {
             let mut h = fresh_histogram();
             let mut n = 0u64;
-            loop {
-                if let Some(rate) = per_second {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
-                }
-                if Instant::now() >= until {
-                    break;
-                }
+            while Instant::now() < until {
                 let t = Instant::now();
                 let _: redis::Value = script.invoke_async(&mut conn).await?;
                 h.record(t.elapsed().as_micros().max(1) as u64)?;
@@ -132,6 +121,64 @@ async fn anchor(
         all.add(h)?;
     }
     Ok((rate(total as usize, started.elapsed()), all))
+}
+
+/// The round trips a refill makes, bare and one after another, as the anchor of the
+/// latency at the operators' own load: `EVALSHA` of an empty script where routing calls
+/// Redis (hold in doubt; release, pass read, shortlist, claim) and a JetStream publish of a
+/// record-sized message with a dedupe id where it appends or tells a desk (the close, the
+/// desk's "released"; the offer, the desk's offer). Paced at `per_second` as the closes are,
+/// for `seconds`; returns the chains' latencies and those of each `EVALSHA` in them.
+async fn chain_anchor(
+    redis_url: &str,
+    nats_url: &str,
+    per_second: f64,
+    seconds: u64,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let conn = redis::Client::open(redis_url)?.get_connection_manager().await?;
+    let script = redis::Script::new("");
+    let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_CHAIN".into(),
+        subjects: vec!["benchchain.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let (chains, calls) = (Arc::new(Mutex::new(fresh_histogram())), Arc::new(Mutex::new(fresh_histogram())));
+    let started = Instant::now();
+    let n = (per_second * seconds as f64) as usize;
+    let mut samples = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / per_second)).into()).await;
+        let (mut conn, script, js, payload) = (conn.clone(), script.clone(), js.clone(), payload.clone());
+        let (chains, calls) = (chains.clone(), calls.clone());
+        samples.spawn(async move {
+            let t0 = Instant::now();
+            for (step, redis_calls) in [1, 0, 0, 4, 0, 0].into_iter().enumerate() {
+                if redis_calls == 0 {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("{i}:{step}").as_str());
+                    js.publish_with_headers(format!("benchchain.{}", i % 100), headers, payload.clone()).await?.await?;
+                }
+                for _ in 0..redis_calls {
+                    let t = Instant::now();
+                    let _: redis::Value = script.invoke_async(&mut conn).await?;
+                    calls.lock().expect("lock").record(t.elapsed().as_micros().max(1) as u64)?;
+                }
+            }
+            chains.lock().expect("lock").record(t0.elapsed().as_micros().max(1) as u64)?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = samples.join_next().await {
+        r??;
+    }
+    js.delete_stream("BENCH_CHAIN").await?;
+    let take = |h: Arc<Mutex<Histogram<u64>>>| h.lock().expect("lock").clone();
+    Ok((take(chains), take(calls)))
 }
 
 /// What the desk streams showed: every assignment, and when each operator's seat was
@@ -311,7 +358,7 @@ async fn waiting(app: &App, token: &str) -> anyhow::Result<u32> {
 
 pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     let infra = parley_testkit::Infra::start().await?;
-    let (anchor_per_second, anchor_h) = anchor(&infra.redis.url(), spec.concurrency, 5, None).await?;
+    let (anchor_per_second, anchor_h) = anchor(&infra.redis.url(), spec.concurrency, 5).await?;
     println!(
         "   anchor: bare EVALSHA of an empty script, {} callers: {anchor_per_second:>9.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
         spec.concurrency,
@@ -428,9 +475,9 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             closing(&app, &fx.supervisor_token, &watch, spec.concurrency, Some(typical_rate), typical_secs, left)
                 .await?;
         typical.print_slow();
-        // One bare round trip to Redis at the same pace, on the same machine: the floor
-        // under each of the dozen round trips a freed seat's refill makes.
-        let (_, bare) = anchor(&app.infra.redis.url(), spec.concurrency, typical_secs, Some(typical_rate)).await?;
+        // The round trips a refill makes, bare, at the same pace on the same machine.
+        let (bare_chain, bare) =
+            chain_anchor(&app.infra.redis.url(), &app.infra.nats.url(), typical_rate, typical_secs).await?;
         let step = Step {
             operators: n,
             backlog,
@@ -446,6 +493,8 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             typical_p50_ms: ms(typical.whole.value_at_quantile(0.5)),
             typical_p99_ms: ms(typical.whole.value_at_quantile(0.99)),
             typical_samples: typical.whole.len(),
+            chain_p50_ms: ms(bare_chain.value_at_quantile(0.5)),
+            chain_p99_ms: ms(bare_chain.value_at_quantile(0.99)),
             bare_p50_ms: ms(bare.value_at_quantile(0.5)),
             bare_p99_ms: ms(bare.value_at_quantile(0.99)),
         };
@@ -460,7 +509,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             step.samples
         );
         println!(
-            "          at this many operators' own load, each freeing a seat every {:.0} s: {typical_rate:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p50 {:.1} / p99 {:.1} ms, decision → desk p50 {:.1} / p99 {:.1} ms; {} samples); a bare EVALSHA at that pace p50 {:.2} ms, p99 {:.2} ms",
+            "          at this many operators' own load, each freeing a seat every {:.0} s: {typical_rate:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p50 {:.1} / p99 {:.1} ms, decision → desk p50 {:.1} / p99 {:.1} ms; {} samples); its round trips bare at that pace (5 EVALSHA, 4 JetStream publishes in a row) p50 {:.1} ms, p99 {:.1} ms, one EVALSHA p50 {:.2} ms, p99 {:.2} ms",
             spec.turnover_secs,
             step.typical_p50_ms,
             step.typical_p99_ms,
@@ -469,6 +518,8 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             ms(typical.delivered.value_at_quantile(0.5)),
             ms(typical.delivered.value_at_quantile(0.99)),
             step.typical_samples,
+            step.chain_p50_ms,
+            step.chain_p99_ms,
             step.bare_p50_ms,
             step.bare_p99_ms
         );
