@@ -199,8 +199,10 @@ fn stored(records: &[Record]) -> Stored {
     }
     let t = || Box::new(tenant.clone()) as Box<dyn ToSql + Sync + Send>;
     let time = |at| Box::new(parley_pg::to_system_time(at)) as Box<dyn ToSql + Sync + Send>;
-    let identities = customers
-        .values()
+    // The writer keeps one identity per channel and address.
+    let identities: BTreeMap<_, _> = customers.values().map(|c| ((&c.channel, &c.address), c)).collect();
+    let identities = identities
+        .into_values()
         .map(|c: &CustomerRow| -> CopyRow {
             vec![
                 t(),
@@ -253,6 +255,11 @@ struct Rates {
 }
 
 impl Rates {
+    /// `rows` committed over every table, `messages` of them message rows, in `took`.
+    fn of(rows: usize, messages: usize, took: Duration) -> Rates {
+        Rates { all: rate(rows, took), messages: rate(messages, took) }
+    }
+
     fn max(self, other: Rates) -> Rates {
         Rates { all: self.all.max(other.all), messages: self.messages.max(other.messages) }
     }
@@ -544,16 +551,12 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
     // compared. The 8-message rounds also COPY generated messages with time-ordered ids (each
     // index insert at the end of the index), the anchor used until 2026-12-06.
     let per = 8;
+    let shapes = [(1, "records opening a conversation".to_owned()), (per, format!("conversations of {per} messages"))];
     let mut best = [(Rates::default(), Rates::default()); 2];
     let mut ordered = 0.0f64;
-    let mut opening_records = 0.0f64;
     let mut first = 0u64;
-    for (shape, messages) in [(0, 1), (1, per)] {
-        let what = if messages == 1 {
-            "records opening a conversation".to_owned()
-        } else {
-            format!("conversations of {messages} messages")
-        };
+    for (shape, (messages, what)) in shapes.iter().enumerate() {
+        let messages = *messages;
         for round in 0..3 {
             let records = interleaved(&cache, &tenant, first, spec.records / messages, messages);
             first += spec.records as u64;
@@ -568,7 +571,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
                 None
             };
             let took = write_all(&mut app, &nats, &client, &tenant, records, Feed::Backlog).await?;
-            let written = Rates { all: rate(n, took), messages: rate(m, took) };
+            let written = Rates::of(n, m, took);
             let (all, msgs) = written.percent_of(copied);
             println!(
                 "round {}, {what}: COPY of the writer's rows {:.0} rows/s (messages {:.0}){}; the writer {:.0} rows/s \
@@ -582,22 +585,20 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
             );
             best[shape] = (best[shape].0.max(copied), best[shape].1.max(written));
             ordered = ordered.max(generated.unwrap_or(0.0));
-            if messages == 1 {
-                opening_records = opening_records.max(written.messages);
-            }
         }
     }
     let records = interleaved(&cache, &tenant, first, spec.records / per, per);
     let (n, m) = (stored(&records).rows(), records.len());
     let took = write_all(&mut app, &nats, &client, &tenant, records, Feed::Live).await?;
-    let live = Rates { all: rate(n, took), messages: rate(m, took) };
+    let live = Rates::of(n, m, took);
     println!("parley: history writer, the same published while it writes → committed rows: {:.0} rows/s", live.all);
 
     // Publish → committed at half the throughput. A record counts as committed once the
     // history consumer's ack floor passes its stream sequence: the writer acknowledges only
     // after commit, and the floor waits for every record before it too (so this errs long).
     // Asked of NATS, the watch costs the database nothing.
-    let pace = (opening_records / 2.0).max(1.0);
+    // One message per opening record: its best message rate is its best record rate.
+    let pace = (best[0].1.messages / 2.0).max(1.0);
     let pending: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
     let done = Arc::new(Mutex::new(fresh_histogram()));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -643,11 +644,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
             None => format!("{:.0} rows/s; messages alone {:.0} rows/s", r.all, r.messages),
         }
     };
-    for (i, what) in ["records opening a conversation".to_owned(), format!("conversations of {per} messages")]
-        .into_iter()
-        .enumerate()
-    {
-        let (anchor, writer) = best[i];
+    for ((_, what), (anchor, writer)) in shapes.iter().zip(best) {
         rows.push((
             format!("anchor: binary COPY of the writer's rows into tables of their shape, {what} (best of 3)"),
             shown(anchor, None),
@@ -662,7 +659,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Rows> {
         format!("{ordered:.0} rows/s"),
     ));
     rows.push((
-        format!("history: records published while the writer runs → committed rows, conversations of {per} messages"),
+        format!("history: records published while the writer runs → committed rows, {}", shapes[1].1),
         shown(live, Some(best[1].0)),
     ));
     rows.push((

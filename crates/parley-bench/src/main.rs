@@ -209,9 +209,9 @@ async fn main() -> anyhow::Result<()> {
                     s.assignments_per_second,
                     100.0 * s.assignments_per_second / out.anchor_per_second,
                     s.saturated_p99_ms,
-                    s.paced_rate,
-                    s.p50_ms,
-                    s.p99_ms
+                    s.paced.rate,
+                    s.paced.whole.p50_ms,
+                    s.paced.whole.p99_ms
                 ),
             ));
             rows.push((
@@ -221,13 +221,13 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 format!(
                     "{:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms ({} samples); its round trips bare at that pace p50 {:.1} ms, p99 {:.1} ms (one EVALSHA p99 {:.2} ms)",
-                    s.typical_rate,
-                    s.typical_p50_ms,
-                    s.typical_p99_ms,
-                    s.typical_samples,
-                    s.chain_p50_ms,
-                    s.chain_p99_ms,
-                    s.bare_p99_ms
+                    s.typical.rate,
+                    s.typical.whole.p50_ms,
+                    s.typical.whole.p99_ms,
+                    s.typical.samples,
+                    s.chain.p50_ms,
+                    s.chain.p99_ms,
+                    s.bare.p99_ms
                 ),
             ));
         }

@@ -47,6 +47,55 @@ pub struct Spec {
     pub routing_process: bool,
 }
 
+/// p50 and p99 of a histogram of µs, in ms.
+#[derive(Debug, Clone, Copy)]
+pub struct Quantiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Quantiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self { p50_ms: ms(h.value_at_quantile(0.5)), p99_ms: ms(h.value_at_quantile(0.99)) }
+    }
+}
+
+/// Freed → offered with closes paced at `rate`: the whole, and its two parts — up to the
+/// decision's record time (close call, seat released, dispatch pass, pick, claim), and
+/// from there to the desk (log append, fan-out, desk subject).
+#[derive(Debug, Clone, Copy)]
+pub struct Paced {
+    pub rate: f64,
+    pub whole: Quantiles,
+    pub decided: Quantiles,
+    pub delivered: Quantiles,
+    pub samples: u64,
+}
+
+impl Paced {
+    fn of(rate: f64, latency: &Latency) -> Self {
+        Self {
+            rate,
+            whole: Quantiles::of(&latency.whole),
+            decided: Quantiles::of(&latency.decided),
+            delivered: Quantiles::of(&latency.delivered),
+            samples: latency.whole.len(),
+        }
+    }
+}
+
+impl std::fmt::Display for Paced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Paced { rate, whole, decided, delivered, samples } = self;
+        write!(
+            f,
+            "{rate:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p50 {:.1} / p99 {:.1} ms, \
+             decision → desk p50 {:.1} / p99 {:.1} ms; {samples} samples)",
+            whole.p50_ms, whole.p99_ms, decided.p50_ms, decided.p99_ms, delivered.p50_ms, delivered.p99_ms
+        )
+    }
+}
+
 /// The figures of one step.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -55,27 +104,14 @@ pub struct Step {
     /// At saturation (closes as fast as assignments come).
     pub assignments_per_second: f64,
     pub saturated_p99_ms: f64,
-    /// Paced at half the saturated rate: freed → offered.
-    pub paced_rate: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// p99 of the two parts of freed → offered: up to the decision's record time (close
-    /// call, seat released, dispatch pass, pick, claim), and from there to the desk (log
-    /// append, fan-out, desk subject).
-    pub p99_decided_ms: f64,
-    pub p99_delivered_ms: f64,
-    pub samples: u64,
-    /// Paced at the contact center's own load (`Spec::turnover_secs`): freed → offered.
-    pub typical_rate: f64,
-    pub typical_p50_ms: f64,
-    pub typical_p99_ms: f64,
-    pub typical_samples: u64,
-    /// The bare round trips of a refill ([`chain_anchor`]) paced at `typical_rate`, and each
+    /// Paced at half the saturated rate.
+    pub paced: Paced,
+    /// Paced at the contact center's own load (`Spec::turnover_secs`).
+    pub typical: Paced,
+    /// The bare round trips of a refill ([`chain_anchor`]) paced as `typical`, and each
     /// `EVALSHA` among them.
-    pub chain_p50_ms: f64,
-    pub chain_p99_ms: f64,
-    pub bare_p50_ms: f64,
-    pub bare_p99_ms: f64,
+    pub chain: Quantiles,
+    pub bare: Quantiles,
 }
 
 /// The figures of a run.
@@ -88,14 +124,19 @@ pub struct Outcome {
     pub steps: Vec<Step>,
 }
 
+/// A multiplexed connection (as routing uses Redis) and an empty script loaded on it, so
+/// every call is an `EVALSHA`.
+async fn empty_script(url: &str) -> anyhow::Result<(redis::aio::ConnectionManager, redis::Script)> {
+    let conn = redis::Client::open(url)?.get_connection_manager().await?;
+    let script = redis::Script::new("");
+    let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
+    Ok((conn, script))
+}
+
 /// Bare `EVALSHA` of an empty script, `concurrency` callers over one multiplexed
 /// connection (as routing uses Redis), for `seconds`.
 async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let client = redis::Client::open(url)?;
-    let conn = client.get_connection_manager().await?;
-    let script = redis::Script::new("");
-    // Load it once so every call is an EVALSHA.
-    let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
+    let (conn, script) = empty_script(url).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let mut workers = Vec::new();
@@ -123,7 +164,28 @@ async fn anchor(url: &str, concurrency: usize, seconds: u64) -> anyhow::Result<(
     Ok((rate(total as usize, started.elapsed()), all))
 }
 
-/// The round trips a refill makes, bare and one after another, as the anchor of the
+/// One round trip of a refill: a Redis call, or a JetStream publish awaiting its ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trip {
+    Redis,
+    Publish,
+}
+
+/// A refill's round trips in order: the hold in doubt; the close appended, the desk told
+/// "released"; the release, the pass read, the shortlist, the claim; the offer appended,
+/// the desk told.
+const REFILL: [Trip; 9] = {
+    use Trip::{Publish, Redis};
+    [Redis, Publish, Publish, Redis, Redis, Redis, Redis, Publish, Publish]
+};
+
+/// What [`REFILL`] holds, in words.
+fn refill_trips() -> String {
+    let redis = REFILL.iter().filter(|t| **t == Trip::Redis).count();
+    format!("{redis} EVALSHA, {} JetStream publishes in a row", REFILL.len() - redis)
+}
+
+/// The round trips a refill makes ([`REFILL`]), bare and one after another, as the anchor of the
 /// latency at the operators' own load: `EVALSHA` of an empty script where routing calls
 /// Redis (hold in doubt; release, pass read, shortlist, claim) and a JetStream publish of a
 /// record-sized message with a dedupe id where it appends or tells a desk (the close, the
@@ -135,9 +197,7 @@ async fn chain_anchor(
     per_second: f64,
     seconds: u64,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    let conn = redis::Client::open(redis_url)?.get_connection_manager().await?;
-    let script = redis::Script::new("");
-    let _: redis::Value = script.invoke_async(&mut conn.clone()).await?;
+    let (conn, script) = empty_script(redis_url).await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "BENCH_CHAIN".into(),
@@ -157,16 +217,19 @@ async fn chain_anchor(
         let (chains, calls) = (chains.clone(), calls.clone());
         samples.spawn(async move {
             let t0 = Instant::now();
-            for (step, redis_calls) in [1, 0, 0, 4, 0, 0].into_iter().enumerate() {
-                if redis_calls == 0 {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", format!("{i}:{step}").as_str());
-                    js.publish_with_headers(format!("benchchain.{}", i % 100), headers, payload.clone()).await?.await?;
-                }
-                for _ in 0..redis_calls {
-                    let t = Instant::now();
-                    let _: redis::Value = script.invoke_async(&mut conn).await?;
-                    calls.lock().expect("lock").record(t.elapsed().as_micros().max(1) as u64)?;
+            for (step, trip) in REFILL.into_iter().enumerate() {
+                match trip {
+                    Trip::Redis => {
+                        let t = Instant::now();
+                        let _: redis::Value = script.invoke_async(&mut conn).await?;
+                        calls.lock().expect("lock").record(t.elapsed().as_micros().max(1) as u64)?;
+                    }
+                    Trip::Publish => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", format!("{i}:{step}").as_str());
+                        let subject = format!("benchchain.{}", i % 100);
+                        js.publish_with_headers(subject, headers, payload.clone()).await?.await?;
+                    }
                 }
             }
             chains.lock().expect("lock").record(t0.elapsed().as_micros().max(1) as u64)?;
@@ -483,45 +546,24 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
             backlog,
             assignments_per_second,
             saturated_p99_ms: ms(saturated.whole.value_at_quantile(0.99)),
-            paced_rate,
-            p50_ms: ms(paced.whole.value_at_quantile(0.5)),
-            p99_ms: ms(paced.whole.value_at_quantile(0.99)),
-            p99_decided_ms: ms(paced.decided.value_at_quantile(0.99)),
-            p99_delivered_ms: ms(paced.delivered.value_at_quantile(0.99)),
-            samples: paced.whole.len(),
-            typical_rate,
-            typical_p50_ms: ms(typical.whole.value_at_quantile(0.5)),
-            typical_p99_ms: ms(typical.whole.value_at_quantile(0.99)),
-            typical_samples: typical.whole.len(),
-            chain_p50_ms: ms(bare_chain.value_at_quantile(0.5)),
-            chain_p99_ms: ms(bare_chain.value_at_quantile(0.99)),
-            bare_p50_ms: ms(bare.value_at_quantile(0.5)),
-            bare_p99_ms: ms(bare.value_at_quantile(0.99)),
+            paced: Paced::of(paced_rate, &paced),
+            typical: Paced::of(typical_rate, &typical),
+            chain: Quantiles::of(&bare_chain),
+            bare: Quantiles::of(&bare),
         };
         println!(
-            "   {n:>6} operators online (filled at {fill:.0}/s), {backlog} waiting: {:>6.0} assignments/s (p99 {:.1} ms saturated); paced at {paced_rate:.0}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p99 {:.1} ms, decision → desk p99 {:.1} ms; {} samples)",
-            step.assignments_per_second,
-            step.saturated_p99_ms,
-            step.p50_ms,
-            step.p99_ms,
-            step.p99_decided_ms,
-            step.p99_delivered_ms,
-            step.samples
+            "   {n:>6} operators online (filled at {fill:.0}/s), {backlog} waiting: {:>6.0} assignments/s (p99 {:.1} ms saturated); paced at {}",
+            step.assignments_per_second, step.saturated_p99_ms, step.paced
         );
         println!(
-            "          at this many operators' own load, each freeing a seat every {:.0} s: {typical_rate:.1}/s freed → offered p50 {:.1} ms, p99 {:.1} ms (to the decision p50 {:.1} / p99 {:.1} ms, decision → desk p50 {:.1} / p99 {:.1} ms; {} samples); its round trips bare at that pace (5 EVALSHA, 4 JetStream publishes in a row) p50 {:.1} ms, p99 {:.1} ms, one EVALSHA p50 {:.2} ms, p99 {:.2} ms",
+            "          at this many operators' own load, each freeing a seat every {:.0} s: {}; its round trips bare at that pace ({}) p50 {:.1} ms, p99 {:.1} ms, one EVALSHA p50 {:.2} ms, p99 {:.2} ms",
             spec.turnover_secs,
-            step.typical_p50_ms,
-            step.typical_p99_ms,
-            ms(typical.decided.value_at_quantile(0.5)),
-            ms(typical.decided.value_at_quantile(0.99)),
-            ms(typical.delivered.value_at_quantile(0.5)),
-            ms(typical.delivered.value_at_quantile(0.99)),
-            step.typical_samples,
-            step.chain_p50_ms,
-            step.chain_p99_ms,
-            step.bare_p50_ms,
-            step.bare_p99_ms
+            step.typical,
+            refill_trips(),
+            step.chain.p50_ms,
+            step.chain.p99_ms,
+            step.bare.p50_ms,
+            step.bare.p99_ms
         );
         steps.push(step);
     }
