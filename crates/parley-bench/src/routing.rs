@@ -288,9 +288,9 @@ impl Latency {
         for (at, whole, decided) in &self.slow {
             let at = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             println!(
-                "   slow: freed at {}.{:03} whole {:.1} ms, to the decision {:.1} ms",
+                "   slow: freed at {}.{:06} whole {:.3} ms, to the decision {:.1} ms",
                 at.as_secs(),
-                at.subsec_millis(),
+                at.subsec_micros(),
                 ms(*whole),
                 ms(*decided)
             );
@@ -450,14 +450,24 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     create_operators(&app, &fx.admin_token, most, spec.seats).await?;
     println!("   {most} operators created in {:.1} s", started.elapsed().as_secs_f64());
 
-    // Every desk event of the tenant, as the notification service reads them.
+    // Every desk event of the tenant as the desk stream stores it, read as the
+    // notification service reads it (one live feed; a publish the stream drops as a
+    // duplicate is not an event).
     let watch: Shared = Arc::new(Mutex::new(Watch::default()));
-    let nats = async_nats::connect(app.infra.nats.url()).await?;
-    let mut desks = nats.subscribe(format!("parley.desk.{TENANT}.>")).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await?);
+    let subject = format!("parley.desk.{TENANT}.>");
+    let mut desks = parley_nats::tail::follow(&js, parley_nats::topology::DESK, subject, 0).await?.messages;
     let reader = {
         let watch = watch.clone();
         tokio::spawn(async move {
             while let Some(m) = desks.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("   desk feed: {e:#}");
+                        continue;
+                    }
+                };
                 let Ok(ev) = v1::DeskEvent::decode(m.payload.as_ref()) else { continue };
                 let decided = ev.event_time.and_then(|t| {
                     let nanos = u64::try_from(t.seconds).ok()? * 1_000_000_000 + u64::try_from(t.nanos).ok()?;
@@ -495,7 +505,6 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     {
         use parley_nats::topology::consumers::{HISTORY_EVENTS, ROUTING_FANOUT};
-        let js = async_nats::jetstream::new(async_nats::connect(app.infra.nats.url()).await?);
         crate::settle(&js, &[HISTORY_EVENTS, ROUTING_FANOUT], Duration::from_millis(200)).await?;
     }
     println!("   history and fan-out caught up with the backlog in {:.1} s", t.elapsed().as_secs_f64());
