@@ -279,6 +279,43 @@ pub struct Engine {
     pub finishing: Finishing,
     /// Publishes the desk part of records that free a seat (see `commit`).
     pub publisher: parley_nats::Publisher,
+    /// A pass's first reads, made beside the release that wakes it.
+    pub prefetch: Prefetch,
+}
+
+/// What a dispatch pass starts from: offers and timers due, and the heads of every queue
+/// of the tenant (in the order of `queues`).
+struct PassReads {
+    now: Timestamp,
+    queues: Vec<Arc<Queue>>,
+    offers: Vec<ConversationId>,
+    timers: Vec<(TimerKind, ConversationId)>,
+    heads: Vec<Vec<(ConversationId, f64)>>,
+}
+
+/// A pass's first reads made by a change that frees a seat, in the same round trip as the
+/// release, so the pass it wakes does not wait for them. None of them depends on the
+/// release (it changes who has room, which the pass reads when it picks), so they are as
+/// good as the pass's own as long as no pass ran meanwhile: `passes` counts the starts
+/// and ends of passes (odd while one runs), and reads are used only if taken while none
+/// ran and none has run since.
+#[derive(Default)]
+pub struct Prefetch {
+    passes: std::sync::atomic::AtomicU64,
+    reads: std::sync::Mutex<HashMap<TenantId, (u64, PassReads)>>,
+}
+
+impl Prefetch {
+    /// The reads for `tenant` taken since the last pass, if any.
+    fn take(&self, tenant: &TenantId) -> Option<PassReads> {
+        let (at, reads) = self.reads.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant)?;
+        (at == self.passes.load(std::sync::atomic::Ordering::SeqCst)).then_some(reads)
+    }
+
+    /// Counts a pass's start or end.
+    fn pass_boundary(&self) {
+        self.passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Whether the recordings of a pass wake the dispatcher when they end: when the pass may
@@ -514,7 +551,7 @@ impl Engine {
             let result = match &effect {
                 RedisEffect::Release(op) => {
                     let seat = self.seat(tenant, op, next.channel);
-                    let r = self.redis.release(&seat.ctx(), next.id, now).await;
+                    let r = self.release_for_pass(&seat, next.id, now).await;
                     // Capacity freed: a waiting conversation may fit now.
                     self.wake.notify_one();
                     r
@@ -1386,26 +1423,69 @@ impl Engine {
     /// are claimed. When a pass may have left assignable work behind (it claimed every head
     /// it looked at, and the queue had more), each recording wakes the dispatcher as it ends.
     pub async fn dispatch_tenant(self: &Arc<Self>, tenant: &TenantId) -> Result<(), EngineError> {
+        let prefetched = self.prefetch.take(tenant);
+        self.prefetch.pass_boundary();
+        let result = self.pass(tenant, prefetched).await;
+        self.prefetch.pass_boundary();
+        result
+    }
+
+    /// The reads a pass starts with, all in one round trip on the multiplexed connection.
+    async fn pass_reads(&self, tenant: &TenantId) -> Result<PassReads, EngineError> {
         let now = clock::now();
         let queues = self.cache.queue_models(tenant);
-        // The reads a pass starts with go out together (one round trip on the multiplexed
-        // connection); offers and timers that came due are handled first, and the heads
-        // read again after them, so a conversation they put back is served in its order.
-        let heads_of_every_queue = || {
-            futures_util::future::try_join_all(
-                queues.iter().map(|q| self.redis.waiting_scored(tenant, &q.id, HEADS_PER_QUEUE)),
-            )
-        };
         let (offers, timers, heads) = tokio::join!(
             self.redis.due_offers(tenant, now, 100),
             self.redis.due_timers(tenant, now, 200),
-            heads_of_every_queue()
+            self.heads_of_every_queue(tenant, &queues)
         );
-        let (offers, timers, mut heads) = (offers?, timers?, heads?);
+        Ok(PassReads { now, queues, offers: offers?, timers: timers?, heads: heads? })
+    }
+
+    async fn heads_of_every_queue(
+        &self,
+        tenant: &TenantId,
+        queues: &[Arc<Queue>],
+    ) -> Result<Vec<Vec<(ConversationId, f64)>>, EngineError> {
+        let reads = queues.iter().map(|q| self.redis.waiting_scored(tenant, &q.id, HEADS_PER_QUEUE));
+        Ok(futures_util::future::try_join_all(reads).await?)
+    }
+
+    /// Releases a seat and, in the same round trip, takes the reads the pass it wakes will
+    /// start from (see [`Prefetch`]).
+    async fn release_for_pass(
+        &self,
+        seat: &Seat,
+        id: ConversationId,
+        now: Timestamp,
+    ) -> Result<(), parley_redis::RedisError> {
+        let tenant = &seat.tenant;
+        let at = self.prefetch.passes.load(std::sync::atomic::Ordering::SeqCst);
+        let ctx = seat.ctx();
+        if !at.is_multiple_of(2) {
+            // A pass is running: the reads would be stale before the next one starts.
+            return self.redis.release(&ctx, id, now).await;
+        }
+        let (released, reads) = tokio::join!(self.redis.release(&ctx, id, now), self.pass_reads(tenant));
+        if let Ok(reads) = reads {
+            self.prefetch.reads.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), (at, reads));
+        }
+        released
+    }
+
+    /// A dispatch pass over a tenant, from `prefetched` reads if there are any.
+    async fn pass(self: &Arc<Self>, tenant: &TenantId, prefetched: Option<PassReads>) -> Result<(), EngineError> {
+        let reads = match prefetched {
+            Some(reads) => reads,
+            None => self.pass_reads(tenant).await?,
+        };
+        let PassReads { now, queues, offers, timers, mut heads } = reads;
+        // Offers and timers that came due are handled first, and the heads read again
+        // after them, so a conversation they put back is served in its order.
         if !offers.is_empty() || !timers.is_empty() {
             self.expire_offers(tenant, offers, now).await?;
             self.run_timers(tenant, timers, now).await?;
-            heads = heads_of_every_queue().await?;
+            heads = self.heads_of_every_queue(tenant, &queues).await?;
         }
         let mut waiting = Vec::new();
         let mut more_waiting = false;
@@ -2077,6 +2157,33 @@ fn default_queue() -> QueueId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reads() -> PassReads {
+        PassReads { now: clock::now(), queues: Vec::new(), offers: Vec::new(), timers: Vec::new(), heads: Vec::new() }
+    }
+
+    #[test]
+    fn prefetched_reads_serve_only_the_next_pass() {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let prefetch = Prefetch::default();
+        let store = |at: u64| prefetch.reads.lock().expect("lock").insert(tenant.clone(), (at, reads()));
+        // Taken while no pass ran: the next pass starts from them, once.
+        store(0);
+        assert!(prefetch.take(&tenant).is_some());
+        assert!(prefetch.take(&tenant).is_none());
+        // A pass started since they were taken: its picks may have changed the heads.
+        store(0);
+        prefetch.pass_boundary();
+        assert!(prefetch.take(&tenant).is_none());
+        // Taken while that pass ran, which has ended since.
+        store(1);
+        prefetch.pass_boundary();
+        assert!(prefetch.take(&tenant).is_none());
+        // Another tenant's reads are not this one's.
+        store(2);
+        assert!(prefetch.take(&TenantId::parse("other").expect("tenant")).is_none());
+        assert!(prefetch.take(&tenant).is_some());
+    }
 
     #[test]
     fn queue_scores_decode_back() {

@@ -62,6 +62,7 @@ pub async fn start(config: RoutingConfig, metrics: Metrics, token: CancellationT
         repairs: Default::default(),
         finishing: Default::default(),
         publisher: nats.publisher(),
+        prefetch: Default::default(),
     });
     engine.rebuild_if_needed(&nats.js).await?;
 
