@@ -109,6 +109,8 @@ pub struct AppOptions {
     pub send_rate: Option<f64>,
     /// Deliveries after which ingest's media worker gives up on a file.
     pub media_max_deliveries: i64,
+    /// How often history applies retention policies.
+    pub retention_interval_secs: u64,
 }
 
 impl Default for AppOptions {
@@ -122,6 +124,8 @@ impl Default for AppOptions {
             session_ttl_secs: 3,
             send_rate: None,
             media_max_deliveries: 3,
+            // Every second, so tests see retention act.
+            retention_interval_secs: 1,
         }
     }
 }
@@ -139,6 +143,7 @@ impl AppOptions {
             session_ttl_secs: sessions.ttl_secs,
             send_rate: None,
             media_max_deliveries: parley_ingest::attachments::MediaConfig::default().max_deliveries,
+            retention_interval_secs: parley_history::retention::RetentionSection::default().interval_secs,
         }
     }
 }
@@ -155,6 +160,7 @@ pub struct App {
     /// Where the notification service's senders send (Telegram, WhatsApp, Viber, Twilio).
     pub providers: providers::Providers,
     addrs: Addrs,
+    options: AppOptions,
 }
 
 /// Where each service's gRPC API listens.
@@ -223,7 +229,7 @@ impl App {
         let ingest = parley_ingest::start(ingest_config, Metrics::new("ingest"), CancellationToken::new())
             .await
             .expect("ingest starts");
-        let history = start_history(&infra, &signing_key).await.expect("history starts");
+        let history = start_history(&infra, &signing_key, options).await.expect("history starts");
         let mut senders = parley_notification::senders::SendersSection {
             telegram_api: providers.base("telegram"),
             whatsapp_api: providers.base("whatsapp"),
@@ -284,6 +290,7 @@ impl App {
             notification: Some(notification),
             providers,
             addrs,
+            options,
         }
     }
 
@@ -305,7 +312,7 @@ impl App {
     /// address, which [`App::history_client`] follows (the desk gateway keeps the old one).
     pub async fn start_history(&mut self) -> anyhow::Result<()> {
         self.stop_history().await?;
-        let history = start_history(&self.infra, &self.signing_key).await?;
+        let history = start_history(&self.infra, &self.signing_key, self.options).await?;
         self.addrs.history = history.grpc_addr;
         self.history = Some(history);
         Ok(())
@@ -473,7 +480,7 @@ impl App {
 }
 
 /// The history service against `infra`, accepting tokens signed with `signing_key`.
-pub async fn start_history(infra: &Infra, signing_key: &Secret) -> anyhow::Result<ServiceHandle> {
+pub async fn start_history(infra: &Infra, signing_key: &Secret, options: AppOptions) -> anyhow::Result<ServiceHandle> {
     let config = parley_history::HistoryConfig {
         server: any_port(),
         nats: parley_kit::config::NatsConfig { url: infra.nats.url(), ..Default::default() },
@@ -485,8 +492,10 @@ pub async fn start_history(infra: &Infra, signing_key: &Secret) -> anyhow::Resul
         auth: parley_kit::config::AuthConfig { signing_key: signing_key.clone() },
         telemetry: TelemetryConfig::default(),
         writer: parley_history::WriterSection::default(),
-        // Retention applied every second, so tests see it act.
-        retention: parley_history::retention::RetentionSection { interval_secs: 1, ..Default::default() },
+        retention: parley_history::retention::RetentionSection {
+            interval_secs: options.retention_interval_secs,
+            ..Default::default()
+        },
     };
     parley_history::start(config, Metrics::new("history"), CancellationToken::new()).await
 }
